@@ -1,0 +1,245 @@
+"""The One Codex standard upload: init_upload → S3 POST → confirm_upload.
+
+The only module that imports requests. It translates HTTP into the exceptions of
+daemon.errors, so its callers never look at status codes. The API key is sent
+only to base_url (per request, never on a session, so no redirect or second
+host can receive it); the S3 POST carries no Authorization header at all.
+TLS verification is always on.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import parsedate_to_datetime
+from typing import Any
+from xml.etree import ElementTree
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from daemon import __version__
+from daemon.config import check_url
+from daemon.errors import AuthError, Permanent, PolicyExpired, Transient
+from daemon.multipart import MultipartBody
+
+TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable",
+                      "RequestTimeTooSkewed", "OperationAborted"}
+FILENAME_RE = re.compile(r"^[\w\.]+[\w\-\.\[\]\(\)\{\} ]*\.[\w\.]+$")
+
+
+def sanitize_filename(name: str) -> str:
+    """A name the API accepts: unchanged if it already matches, else a safe lookalike."""
+    if FILENAME_RE.match(name):
+        return name
+    clean = re.sub(r"[^\w\-\.\[\]\(\)\{\} ]", "_", name, flags=re.ASCII)
+    clean = re.sub(r"^[^\w\.]+", "", clean, flags=re.ASCII)   # must start with a word char or dot
+    if "." not in clean[1:]:
+        clean += ".fastq" if clean else "sample.fastq"
+    if not FILENAME_RE.match(clean):
+        clean = re.sub(r"[^\w\.]", "_", clean, flags=re.ASCII) or "sample.fastq"
+    return clean
+
+
+@dataclass(frozen=True)
+class InitResult:
+    sample_id: str
+    upload_url: str
+    fields: tuple[tuple[str, str], ...]
+    expires_at: float | None = None      # epoch seconds from the policy, if it could be decoded
+
+    def to_json(self) -> str:
+        return json.dumps({"sample_id": self.sample_id, "upload_url": self.upload_url,
+                           "fields": [list(f) for f in self.fields], "expires_at": self.expires_at})
+
+    @classmethod
+    def from_json(cls, text: str) -> "InitResult":
+        d = json.loads(text)
+        return cls(d["sample_id"], d["upload_url"], tuple((k, v) for k, v in d["fields"]), d.get("expires_at"))
+
+
+def policy_expiry(fields: tuple[tuple[str, str], ...]) -> float | None:
+    """Decode the S3 POST policy's expiration (epoch seconds), None if absent or unreadable."""
+    policy = dict(fields).get("policy") or dict(fields).get("Policy")
+    if not policy:
+        return None
+    try:
+        doc = json.loads(base64.b64decode(policy + "=" * (-len(policy) % 4)))
+        return datetime.fromisoformat(doc["expiration"].replace("Z", "+00:00")).timestamp()
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass
+class PostResult:
+    etag: str
+    md5: str
+    seconds: float
+    bytes_sent: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _retry_after(resp: requests.Response) -> float | None:
+    value = resp.headers.get("Retry-After")
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _api_message(resp: requests.Response) -> str:
+    try:
+        body = resp.json()
+        if isinstance(body, dict) and body.get("message"):
+            return str(body["message"])
+    except ValueError:
+        pass
+    text = resp.text.strip().replace("\n", " ")
+    return text[:200] or resp.reason or "no message"
+
+
+def _s3_error(resp: requests.Response) -> tuple[str, str]:
+    try:
+        root = ElementTree.fromstring(resp.content)
+        return (root.findtext("Code") or "", root.findtext("Message") or "")
+    except ElementTree.ParseError:
+        return ("", resp.text.strip()[:200])
+
+
+class _NoAuth(requests.auth.AuthBase):
+    """Make sure nothing (not even ~/.netrc) adds credentials to the S3 request."""
+
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        r.headers.pop("Authorization", None)
+        return r
+
+
+class OneCodexClient:
+    def __init__(self, base_url: str, api_key: str, *, connect_timeout_s: float = 10.0,
+                 read_timeout_s: float = 60.0, session: requests.Session | None = None) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._auth = (api_key, "")
+        self.timeout = (connect_timeout_s, read_timeout_s)
+        self.session = session or requests.Session()
+        # Large socket writes for multi-GB bodies (urllib3 defaults to 16 KiB blocks).
+        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+        self.session.mount("https://", adapter)
+        self.session.mount("http://", adapter)
+        self.session.headers["User-Agent"] = f"seqdrop/{__version__}"
+        self.last_server_date: float | None = None
+
+    # -- API calls (authenticated, base_url only) ---------------------------------------------
+    def _api(self, method: str, path: str, **kwargs: Any) -> Any:
+        url = self.base_url + path
+        try:
+            resp = self.session.request(method, url, auth=self._auth, timeout=self.timeout,
+                                        allow_redirects=False, verify=True, **kwargs)
+        except requests.Timeout as e:
+            raise Transient(f"{path}: no answer within the timeout ({e.__class__.__name__})") from None
+        except requests.ConnectionError as e:
+            raise Transient(f"{path}: cannot reach {self.base_url} ({_short(e)})") from None
+        except requests.RequestException as e:
+            raise Transient(f"{path}: request failed ({_short(e)})") from None
+        self._note_date(resp)
+        status = resp.status_code
+        if 200 <= status < 300:
+            try:
+                return resp.json()
+            except ValueError:
+                raise Transient(f"{path}: the server answered {status} with something that is not JSON") from None
+        message = _api_message(resp)
+        if status in (401, 402, 403):
+            what = {401: "API key rejected", 402: "account problem (payment required)",
+                    403: "API key not allowed to upload"}[status]
+            raise AuthError(f"{what}: {message} (HTTP {status})", status=status)
+        if status in TRANSIENT_STATUS or status >= 500:
+            raise Transient(f"{path}: HTTP {status}: {message}", retry_after_s=_retry_after(resp))
+        if 300 <= status < 400:
+            raise Permanent(f"{path}: unexpected redirect (HTTP {status}) to {resp.headers.get('Location')!r}; "
+                            f"check api.base_url")
+        raise Permanent(f"{path}: HTTP {status}: {message}")
+
+    def _note_date(self, resp: requests.Response) -> None:
+        if date := resp.headers.get("Date"):
+            try:
+                self.last_server_date = parsedate_to_datetime(date).timestamp()
+            except (TypeError, ValueError):
+                pass
+
+    def init_upload(self, filename: str, size: int) -> InitResult:
+        body = self._api("POST", "/api/v1/samples/init_upload",
+                         json={"filename": filename, "size": size, "upload_type": "standard"})
+        try:
+            fields = body["additional_fields"]
+            sample_id, upload_url = str(body["sample_id"]), str(body["upload_url"])
+            if not isinstance(fields, dict) or not sample_id:
+                raise TypeError
+        except (KeyError, TypeError):
+            raise Transient("init_upload: the answer lacks additional_fields, sample_id or upload_url") from None
+        if reason := check_url(upload_url, what="upload_url"):
+            raise Permanent(f"init_upload returned an unsafe {reason}; refusing to send the file there")
+        pairs = tuple((str(k), "" if v is None else str(v)) for k, v in fields.items())
+        return InitResult(sample_id, upload_url, pairs, policy_expiry(pairs))
+
+    def confirm_upload(self, sample_id: str) -> dict[str, Any]:
+        return self._api("POST", "/api/v1/samples/confirm_upload",
+                         json={"sample_id": sample_id, "upload_type": "standard"})
+
+    def cancel_upload(self, sample_id: str) -> None:
+        self._api("POST", "/api/v1/samples/cancel_upload", json={"sample_id": sample_id})
+
+    def probe(self) -> None:
+        """One cheap authenticated request: raises AuthError/Transient, returns if the key works."""
+        self._api("GET", "/api/v1/samples", params={"per_page": 1})
+
+    # -- S3 POST (no credentials) ----------------------------------------------------------------
+    def post_to_s3(self, init: InitResult, body: MultipartBody, *, timeout_s: tuple[float, float] | None = None
+                   ) -> PostResult:
+        started = time.monotonic()
+        headers = {"Content-Type": body.content_type, "Content-Length": str(len(body))}
+        try:
+            resp = self.session.post(init.upload_url, data=body, headers=headers, auth=_NoAuth(),
+                                     timeout=timeout_s or self.timeout, allow_redirects=False, verify=True)
+        except requests.Timeout as e:
+            raise Transient(f"S3 upload: no answer within the timeout ({e.__class__.__name__})") from None
+        except requests.ConnectionError as e:
+            raise Transient(f"S3 upload: connection lost ({_short(e)})") from None
+        except requests.RequestException as e:
+            raise Transient(f"S3 upload failed ({_short(e)})") from None
+        status = resp.status_code
+        if 200 <= status < 300:
+            etag = resp.headers.get("ETag", "")
+            if not etag:
+                try:
+                    etag = ElementTree.fromstring(resp.content).findtext("ETag") or ""
+                except ElementTree.ParseError:
+                    etag = ""
+            return PostResult(etag=etag.strip().strip('"').lower(), md5=body.md5.hexdigest(),
+                              seconds=time.monotonic() - started, bytes_sent=body.file_bytes_sent)
+        code, message = _s3_error(resp)
+        text = f"S3 answered HTTP {status} {code or ''}: {message}".replace("  ", " ").strip()
+        if code == "AccessDenied" and "expired" in message.lower():
+            raise PolicyExpired(text)
+        if code in TRANSIENT_S3_CODES or status in TRANSIENT_STATUS or status >= 500:
+            raise Transient(text, retry_after_s=_retry_after(resp))
+        raise Permanent(text)
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    # urllib3 messages repeat the pool and the URL; keep the root cause readable.
+    if m := re.search(r"(Connection refused|Connection reset by peer|Name or service not known|"
+                      r"timed out|Remote end closed connection without response|Broken pipe|"
+                      r"certificate verify failed[^)'\"]*|Temporary failure in name resolution)", text):
+        return m.group(1)
+    return text[:160]

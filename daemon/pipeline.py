@@ -1,0 +1,273 @@
+"""One file version through init_upload → S3 POST → confirm_upload.
+
+Every step that talks to the network persists its result before the next step
+starts, so a crash anywhere resumes from the last persisted step:
+  step ''            nothing sent yet (or nothing that can be confirmed)
+  step 'initialized' sample_id and the POST form are stored: POST again to the same
+                     key (S3 overwrites), or, if the policy has expired, init again and
+                     cancel the abandoned sample
+  step 'posted'      S3 holds exactly the validated bytes (MD5 == ETag): confirm the
+                     same sample_id, never start a new sample
+The exception classes of daemon.errors decide what happens to the row; this module
+never looks at an HTTP status.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from daemon import retrying
+from daemon.client import InitResult, OneCodexClient, sanitize_filename
+from daemon.errors import (Aborted, AuthError, ContentRejected, FileChanged, Permanent, PolicyExpired,
+                           Transient)
+from daemon.multipart import MultipartBody
+from daemon.store import FileRow, Identity, Store
+
+MAX_SAMPLE_BYTES = 20 * 1000**3      # One Codex's limit for one sample (design.md: 20 GB)
+MAX_POST_BYTES = 5 * 1024**3         # S3's limit for one POST upload (5 GiB)
+SNIFF_BYTES = 64 * 1024
+POLICY_MARGIN_S = 60.0               # re-init when a stored policy has less than this left...
+ASSUMED_RATE_BPS = 10e6              # ...plus the time the upload is expected to take at this rate
+
+Emit = Callable[..., None]
+
+
+def _no_emit(event: str, **fields: Any) -> None:
+    pass
+
+
+class RateEstimate:
+    """Recent upload throughput, to judge whether a stored policy will outlive an upload."""
+
+    def __init__(self) -> None:
+        self.bps = ASSUMED_RATE_BPS
+        self._lock = threading.Lock()
+
+    def add(self, nbytes: int, seconds: float) -> None:
+        if nbytes < 1 << 20 or seconds <= 0:
+            return
+        with self._lock:
+            self.bps = 0.7 * self.bps + 0.3 * (nbytes / seconds)
+
+
+class Pipeline:
+    def __init__(self, *, store: Store, client: OneCodexClient, log: Any, validate: bool = True,
+                 block_size: int = 4 << 20, throttle: Callable[[int], None] | None = None,
+                 stop: threading.Event | None = None, emit: Emit = _no_emit,
+                 max_backoff_s: float = 600.0, call_attempts: int = 4, call_max_time_s: float = 90.0) -> None:
+        self.store, self.client, self.log = store, client, log
+        self.validate, self.block_size, self.throttle = validate, block_size, throttle
+        self.stop = stop or threading.Event()
+        self.emit = emit
+        self.max_backoff_s = max_backoff_s
+        self.call_attempts, self.call_max_time_s = call_attempts, call_max_time_s
+        self.rate = RateEstimate()
+
+    # -- the one entry point -------------------------------------------------------------------
+    def process(self, row: FileRow, *, progress: Callable[[int], None] | None = None) -> str:
+        """Take a claimed row as far as it can go; return the row's new state."""
+        log = self.log.bind(file_id=row.id, path=row.path)
+        try:
+            return self._process(row, log, progress)
+        except ContentRejected as e:
+            self._cancel(row.id, log)
+            self.store.set_state(row.id, "rejected", error=str(e), step="")
+            log.error("file.rejected", error=str(e))
+            self.emit("file_rejected", path=row.path, error=str(e))
+            return "rejected"
+        except FileChanged as e:
+            self._cancel(row.id, log)
+            self.store.set_state(row.id, "vanished", error=str(e), step="")
+            log.warning("file.vanished", error=str(e))
+            return "vanished"
+        except Permanent as e:
+            self._cancel(row.id, log)
+            self.store.set_state(row.id, "failed", error=str(e), step="")
+            log.error("file.failed", error=str(e))
+            self.emit("file_failed", path=row.path, error=str(e))
+            return "failed"
+        except AuthError as e:
+            # Not the file's fault: back in the queue, not counted as an attempt; the caller pauses.
+            self.store.reschedule(row.id, delay_s=0, error=str(e), count_attempt=False)
+            raise
+        except Aborted:
+            self.store.reschedule(row.id, delay_s=0, error=row.error, count_attempt=False)
+            log.info("upload.interrupted")
+            return "queued"
+        except Transient as e:
+            current = self.store.get(row.id)
+            attempts = (current.attempts if current else row.attempts) + 1
+            delay = retrying.backoff_s(attempts, initial_s=5.0, max_s=self.max_backoff_s,
+                                       retry_after_s=e.retry_after_s)
+            self.store.reschedule(row.id, delay_s=delay, error=f"{e} (will try again in {delay:.0f} s)")
+            log.warning("upload.delayed", error=str(e), attempt=attempts, retry_in_s=round(delay, 1))
+            self.emit("retry", reason=_reason(e))
+            return "queued"
+
+    # -- steps ---------------------------------------------------------------------------------
+    def _process(self, row: FileRow, log: Any, progress: Callable[[int], None] | None) -> str:
+        if row.step == "posted" and row.sample_id:
+            return self._confirm(row, row.sample_id, row.md5, log)
+
+        self._check_identity(row)
+        size = row.size
+        if size == 0:
+            raise ContentRejected(f"{os.path.basename(row.path)} is empty (0 bytes); nothing to upload.")
+        if size > MAX_SAMPLE_BYTES:
+            raise ContentRejected(f"{os.path.basename(row.path)} is {size / 1e9:.1f} GB, over One Codex's "
+                                  f"20 GB limit for one sample; split it (e.g. by lane) and drop the parts in.")
+        if size > MAX_POST_BYTES:
+            raise Permanent(f"{os.path.basename(row.path)} is {size / 2**30:.1f} GiB: files over 5 GiB need "
+                            f"One Codex's multipart upload, which this version of seqdrop does not do yet; "
+                            f"upload it with the onecodex CLI.")
+        if self.validate:
+            self._sniff(row)
+
+        if self._same_as_last_done(row, log):
+            return "done"
+
+        init = InitResult.from_json(row.init) if row.step == "initialized" and row.init else None
+        if init and not self._policy_fits(init, size):
+            log.info("upload.policy_stale", sample_id=init.sample_id)
+            self._cancel(row.id, log, sample_id=init.sample_id)
+            init = None
+        for _ in range(3):
+            if init is None:
+                init = self._call("init_upload", lambda: self.client.init_upload(
+                    sanitize_filename(os.path.basename(row.path)), size), log)
+                self.store.save_init(row.id, init.sample_id, init.to_json())
+                log.info("upload.initialized", sample_id=init.sample_id)
+            try:
+                md5 = self._post(row, init, log, progress)
+                break
+            except PolicyExpired as e:
+                log.warning("upload.policy_expired", sample_id=init.sample_id, error=str(e))
+                self.emit("retry", reason="policy_expired")
+                self._cancel(row.id, log, sample_id=init.sample_id)
+                init = None
+        else:
+            raise Transient("the upload policy expired three times in a row; will start again later")
+
+        self.store.save_posted(row.id, md5)
+        return self._confirm(row, init.sample_id, md5, log)
+
+    def _check_identity(self, row: FileRow) -> None:
+        try:
+            st = os.stat(row.path)
+        except FileNotFoundError:
+            raise FileChanged("deleted before it was uploaded") from None
+        except PermissionError:
+            raise Permanent(f"cannot read {row.path} (permission denied); give the seqdrop user read "
+                            f"access to the watch folder, then `seqdrop retry --failed`") from None
+        if Identity.of(st) != row.identity:
+            raise FileChanged("replaced or changed before it was uploaded; the new version is queued separately")
+
+    def _sniff(self, row: FileRow) -> None:
+        from daemon.validate import sniff
+        try:
+            with open(row.path, "rb") as f:
+                head = f.read(SNIFF_BYTES)
+        except FileNotFoundError:
+            raise FileChanged("deleted before it was uploaded") from None
+        except PermissionError:
+            raise Permanent(f"cannot read {row.path} (permission denied); give the seqdrop user read "
+                            f"access to the watch folder, then `seqdrop retry --failed`") from None
+        sniff(head, os.path.basename(row.path))
+
+    def _same_as_last_done(self, row: FileRow, log: Any) -> bool:
+        """A new version whose bytes equal the path's last confirmed version: recorded, not re-sent."""
+        prev = self.store.last_done_for_path(row.path, before_id=row.id)
+        if not prev or not prev.md5 or prev.size != row.size:
+            return False
+        md5 = hashlib.md5()
+        with open(row.path, "rb") as f:
+            while block := f.read(self.block_size):
+                if self.stop.is_set():
+                    raise Aborted("shutdown requested")
+                md5.update(block)
+        if md5.hexdigest() != prev.md5:
+            return False
+        self._check_identity(row)
+        self.store.mark_done(row.id, sample_id=prev.sample_id or "", md5=prev.md5,
+                             error=f"same bytes as the version already uploaded as sample {prev.sample_id}; "
+                                   f"not uploaded again")
+        log.info("upload.unchanged", sample_id=prev.sample_id)
+        return True
+
+    def _policy_fits(self, init: InitResult, size: int) -> bool:
+        if init.expires_at is None:
+            return True
+        return init.expires_at - time.time() > POLICY_MARGIN_S + size / self.rate.bps
+
+    def _post(self, row: FileRow, init: InitResult, log: Any, progress: Callable[[int], None] | None) -> str:
+        name = os.path.basename(row.path)
+
+        def attempt() -> str:
+            validator = None
+            if self.validate:
+                from daemon.validate import StreamValidator
+                validator = StreamValidator(name=name)
+            body = MultipartBody(init.fields, path=row.path, filename=sanitize_filename(name), size=row.size,
+                                 block_size=self.block_size,
+                                 tap=validator.feed if validator else None,
+                                 finish=validator.finish if validator else None,
+                                 throttle=self.throttle, progress=progress, should_abort=self.stop.is_set)
+            result = self.client.post_to_s3(init, body)
+            if result.etag != result.md5:
+                raise Transient(f"S3's ETag {result.etag!r} differs from the MD5 of the bytes sent "
+                                f"({result.md5}): not confirming; sending again")
+            self.rate.add(result.bytes_sent, result.seconds)
+            log.info("upload.posted", sample_id=init.sample_id, seconds=round(result.seconds, 3),
+                     mb_s=round(result.bytes_sent / 1e6 / max(result.seconds, 1e-6), 1))
+            return result.md5
+
+        md5 = self._call("s3_post", attempt, log)
+        self._check_identity(row)   # the bytes sent are the bytes of this version
+        return md5
+
+    def _confirm(self, row: FileRow, sample_id: str, md5: str | None, log: Any) -> str:
+        self._call("confirm_upload", lambda: self.client.confirm_upload(sample_id), log)
+        self.store.mark_done(row.id, sample_id=sample_id, md5=md5)
+        log.info("upload.confirmed", sample_id=sample_id, size=row.size)
+        self.emit("file_done", path=row.path, sample_id=sample_id, size=row.size)
+        return "done"
+
+    def _call(self, what: str, fn: Callable[[], Any], log: Any) -> Any:
+        def guarded() -> Any:
+            if self.stop.is_set():
+                raise Aborted("shutdown requested")
+            return fn()
+        return retrying.call(guarded, what=what, log=log, max_attempts=self.call_attempts,
+                             max_time_s=self.call_max_time_s, sleep=self.stop.wait)
+
+    def _cancel(self, file_id: int, log: Any, *, sample_id: str | None = None) -> None:
+        """Best effort: tell One Codex an abandoned sample will never be confirmed."""
+        if sample_id is None:
+            row = self.store.get(file_id)
+            if not row or not row.sample_id or row.step not in ("initialized", "posted") or row.state == "done":
+                return
+            sample_id = row.sample_id
+        try:
+            self.client.cancel_upload(sample_id)
+            log.info("upload.cancelled", sample_id=sample_id)
+        except (Transient, Permanent, AuthError) as e:
+            log.warning("upload.cancel_failed", sample_id=sample_id, error=str(e))
+
+
+def _reason(e: Exception) -> str:
+    text = str(e)
+    for code in ("429", "500", "502", "503", "504"):
+        if f"HTTP {code}" in text:
+            return f"http_{code}"
+    if "SlowDown" in text:
+        return "slowdown"
+    if "timeout" in text:
+        return "timeout"
+    if "ETag" in text:
+        return "etag_mismatch"
+    return "connection"

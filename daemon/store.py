@@ -1,0 +1,313 @@
+"""The persistent queue: one SQLite row per file version. The database is the truth.
+
+The only module that speaks SQL. Contract (small verbs, each one short transaction):
+  latest_for_path, add_seen, touch_seen, set_state, claim_next, save_init, save_posted,
+  mark_done, reschedule, requeue, release_stale_claims, retry, counts, files, get, meta.
+A row is *claimed* (state 'uploading', claimed_by set), never popped: a crash leaves
+it claimed and the next start-up releases it. No transaction is held across a
+network call. WAL mode lets `seqdrop status` read while the daemon writes;
+synchronous=FULL makes each recorded transition survive a power cut.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+STATES = ("seen", "queued", "uploading", "done", "rejected", "failed", "vanished")
+TERMINAL = frozenset({"done", "rejected", "failed", "vanished"})
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS files (
+    id              INTEGER PRIMARY KEY,
+    path            TEXT    NOT NULL,
+    dev             INTEGER NOT NULL,
+    inode           INTEGER NOT NULL,
+    size            INTEGER NOT NULL,
+    mtime_ns        INTEGER NOT NULL,
+    state           TEXT    NOT NULL,
+    step            TEXT    NOT NULL DEFAULT '',   -- '', 'initialized', 'posted'
+    sample_id       TEXT,
+    init            TEXT,                          -- JSON: upload_url, fields, expiry (no API key)
+    md5             TEXT,
+    attempts        INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL    NOT NULL DEFAULT 0,
+    error           TEXT,
+    claimed_by      TEXT,
+    stable_since    REAL    NOT NULL,
+    created_at      REAL    NOT NULL,
+    updated_at      REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS files_path ON files(path, id);
+CREATE INDEX IF NOT EXISTS files_due ON files(state, next_attempt_at);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A file version: (device, inode, size, mtime_ns) at one path."""
+    dev: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "Identity":
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    path: str
+    identity: Identity
+    state: str
+    step: str
+    sample_id: str | None
+    init: str | None
+    md5: str | None
+    attempts: int
+    next_attempt_at: float
+    error: str | None
+    stable_since: float
+    updated_at: float
+
+    @property
+    def size(self) -> int:
+        return self.identity.size
+
+    def public(self) -> dict[str, Any]:
+        """The row as `status --json` shows it (nothing secret: no upload fields)."""
+        return {"id": self.id, "path": self.path, "state": self.state, "size": self.size,
+                "sample_id": self.sample_id, "attempts": self.attempts, "error": self.error,
+                "updated_at": _iso(self.updated_at)}
+
+
+def _iso(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+def _row(r: sqlite3.Row) -> FileRow:
+    return FileRow(id=r["id"], path=r["path"], identity=Identity(r["dev"], r["inode"], r["size"], r["mtime_ns"]),
+                   state=r["state"], step=r["step"], sample_id=r["sample_id"], init=r["init"], md5=r["md5"],
+                   attempts=r["attempts"], next_attempt_at=r["next_attempt_at"], error=r["error"],
+                   stable_since=r["stable_since"], updated_at=r["updated_at"])
+
+
+class StoreLocked(Exception):
+    """Another seqdrop daemon already uses this queue."""
+
+
+class Store:
+    def __init__(self, path: str, *, clock: Any = time.time, readonly: bool = False) -> None:
+        self.path = path
+        self.clock = clock
+        self._lock = threading.RLock()
+        self._lockfile: int | None = None
+        if not readonly:
+            os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+        uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
+        # One connection shared by the daemon's threads behind a lock: transactions are short.
+        self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
+        self.db.row_factory = sqlite3.Row
+        self.db.execute("PRAGMA busy_timeout = 30000")
+        if not readonly:
+            self.db.execute("PRAGMA journal_mode = WAL")
+            self.db.execute("PRAGMA synchronous = FULL")
+            self.db.executescript(_SCHEMA)
+            self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                            (str(SCHEMA_VERSION),))
+
+    def close(self) -> None:
+        with self._lock:
+            self.db.close()
+            if self._lockfile is not None:
+                os.close(self._lockfile)
+                self._lockfile = None
+
+    def lock_exclusive(self) -> None:
+        """Hold an flock beside the database for the daemon's lifetime: one daemon per queue."""
+        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StoreLocked(f"another seqdrop daemon is using the queue {self.path}") from None
+        self._lockfile = fd
+
+    @contextmanager
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction (BEGIN IMMEDIATE: no upgrade deadlocks)."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.db
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+            self.db.execute("COMMIT")
+
+    def _one(self, sql: str, args: tuple = ()) -> FileRow | None:
+        with self._lock:
+            r = self.db.execute(sql, args).fetchone()
+        return _row(r) if r else None
+
+    # -- reading -------------------------------------------------------------------------------
+    def get(self, file_id: int) -> FileRow | None:
+        return self._one("SELECT * FROM files WHERE id = ?", (file_id,))
+
+    def latest_for_path(self, path: str) -> FileRow | None:
+        return self._one("SELECT * FROM files WHERE path = ? ORDER BY id DESC LIMIT 1", (path,))
+
+    def last_done_for_path(self, path: str, *, before_id: int) -> FileRow | None:
+        return self._one("SELECT * FROM files WHERE path = ? AND state = 'done' AND id < ? "
+                         "ORDER BY id DESC LIMIT 1", (path, before_id))
+
+    def rows_in(self, *states: str) -> list[FileRow]:
+        marks = ",".join("?" * len(states))
+        with self._lock:
+            rows = self.db.execute(f"SELECT * FROM files WHERE state IN ({marks}) ORDER BY id", states).fetchall()
+        return [_row(r) for r in rows]
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            rows = self.db.execute("SELECT state, COUNT(*) FROM files GROUP BY state").fetchall()
+        counts = {s: 0 for s in STATES}
+        counts.update({r[0]: r[1] for r in rows})
+        return counts
+
+    def files(self, *, states: tuple[str, ...] | None = None, limit: int | None = None) -> list[FileRow]:
+        sql, args = "SELECT * FROM files", ()
+        if states:
+            sql += f" WHERE state IN ({','.join('?' * len(states))})"
+            args = states
+        sql += " ORDER BY id"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        with self._lock:
+            return [_row(r) for r in self.db.execute(sql, args).fetchall()]
+
+    def next_due_at(self) -> float | None:
+        with self._lock:
+            r = self.db.execute("SELECT MIN(next_attempt_at) FROM files WHERE state = 'queued'").fetchone()
+        return r[0] if r and r[0] is not None else None
+
+    def done_since(self, ts: float) -> int:
+        with self._lock:
+            return self.db.execute("SELECT COUNT(*) FROM files WHERE state = 'done' AND updated_at >= ?",
+                                   (ts,)).fetchone()[0]
+
+    # -- writing -------------------------------------------------------------------------------
+    def add_seen(self, path: str, ident: Identity) -> int:
+        now = self.clock()
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT INTO files(path, dev, inode, size, mtime_ns, state, stable_since, created_at, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, 'seen', ?, ?, ?)",
+                (path, ident.dev, ident.inode, ident.size, ident.mtime_ns, now, now, now))
+            return int(cur.lastrowid)
+
+    def touch_seen(self, file_id: int, ident: Identity) -> None:
+        """A file still being written: new identity, the settle clock starts again."""
+        now = self.clock()
+        with self.tx() as db:
+            db.execute("UPDATE files SET dev=?, inode=?, size=?, mtime_ns=?, stable_since=?, updated_at=?"
+                       " WHERE id=? AND state='seen'",
+                       (ident.dev, ident.inode, ident.size, ident.mtime_ns, now, now, file_id))
+
+    def set_state(self, file_id: int, state: str, *, error: str | None = None,
+                  only_from: tuple[str, ...] | None = None, **cols: Any) -> bool:
+        """Move a row to state (if it is in one of only_from); returns whether it moved."""
+        assert state in STATES, state
+        sets = ["state = ?", "error = ?", "updated_at = ?", "claimed_by = NULL"]
+        args: list[Any] = [state, error, self.clock()]
+        for k, v in cols.items():
+            assert k in ("step", "sample_id", "init", "md5", "attempts", "next_attempt_at"), k
+            sets.append(f"{k} = ?")
+            args.append(v)
+        sql = f"UPDATE files SET {', '.join(sets)} WHERE id = ?"
+        args.append(file_id)
+        if only_from:
+            sql += f" AND state IN ({','.join('?' * len(only_from))})"
+            args.extend(only_from)
+        with self.tx() as db:
+            return db.execute(sql, args).rowcount == 1
+
+    def note(self, file_id: int, error: str | None) -> None:
+        """Change only the message shown in status (e.g. 'waiting for run marker')."""
+        with self.tx() as db:
+            db.execute("UPDATE files SET error = ? WHERE id = ? AND (error IS NOT ? )", (error, file_id, error))
+
+    def claim_next(self, worker: str) -> FileRow | None:
+        now = self.clock()
+        with self.tx() as db:
+            r = db.execute(
+                "UPDATE files SET state='uploading', claimed_by=?, updated_at=? WHERE id = ("
+                " SELECT id FROM files WHERE state='queued' AND next_attempt_at <= ?"
+                " ORDER BY next_attempt_at, id LIMIT 1) RETURNING *", (worker, now, now)).fetchone()
+        return _row(r) if r else None
+
+    def save_init(self, file_id: int, sample_id: str, init_json: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE files SET step='initialized', sample_id=?, init=?, md5=NULL, updated_at=?"
+                       " WHERE id=?", (sample_id, init_json, self.clock(), file_id))
+
+    def save_posted(self, file_id: int, md5: str) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE files SET step='posted', md5=?, updated_at=? WHERE id=?",
+                       (md5, self.clock(), file_id))
+
+    def mark_done(self, file_id: int, *, sample_id: str, md5: str | None, error: str | None = None) -> None:
+        with self.tx() as db:
+            db.execute("UPDATE files SET state='done', sample_id=?, md5=COALESCE(?, md5), error=?, init=NULL,"
+                       " claimed_by=NULL, updated_at=? WHERE id=?",
+                       (sample_id, md5, error, self.clock(), file_id))
+
+    def reschedule(self, file_id: int, *, delay_s: float, error: str, count_attempt: bool = True) -> None:
+        """Back to the queue for a later try, with the last error for status."""
+        now = self.clock()
+        with self.tx() as db:
+            db.execute("UPDATE files SET state='queued', claimed_by=NULL, error=?, next_attempt_at=?,"
+                       " attempts = attempts + ?, updated_at=? WHERE id=?",
+                       (error, now + delay_s, 1 if count_attempt else 0, now, file_id))
+
+    def release_stale_claims(self) -> int:
+        """At start-up: rows a dead daemon left 'uploading' go back to the queue, steps kept."""
+        with self.tx() as db:
+            return db.execute("UPDATE files SET state='queued', claimed_by=NULL, next_attempt_at=0"
+                              " WHERE state='uploading'").rowcount
+
+    def retry(self, *, states: tuple[str, ...], ids: tuple[int, ...] = ()) -> int:
+        """Put failed/rejected rows back in the queue from scratch (a new sample)."""
+        sql = (f"UPDATE files SET state='queued', step='', init=NULL, sample_id=NULL, error=NULL,"
+               f" next_attempt_at=0, updated_at=? WHERE state IN ({','.join('?' * len(states))})")
+        args: list[Any] = [self.clock(), *states]
+        if ids:
+            sql += f" AND id IN ({','.join('?' * len(ids))})"
+            args.extend(ids)
+        with self.tx() as db:
+            return db.execute(sql, args).rowcount
+
+    # -- meta ----------------------------------------------------------------------------------
+    def get_meta(self, key: str) -> Any:
+        with self._lock:
+            r = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return json.loads(r[0]) if r else None
+
+    def set_meta(self, key: str, value: Any) -> None:
+        with self.tx() as db:
+            if value is None:
+                db.execute("DELETE FROM meta WHERE key = ?", (key,))
+            else:
+                db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value"
+                           " = excluded.value", (key, json.dumps(value)))

@@ -1,0 +1,129 @@
+"""Finished-file detection: hints and scans in, `seen` → `queued` (or `vanished`) out.
+
+Events are hints, the scan is the guarantee: whatever the source, `observe(path)`
+stats the file and compares it with the path's latest row in the store:
+  no row / a finished row with another identity → a new version, `seen`
+  `seen`, identity changed                     → still being written: settle clock restarts
+  `seen`, unchanged for settle_s, marker there → `queued`
+  `seen`/`queued` (nothing sent) and gone      → `vanished`
+  `queued` (nothing sent) and replaced         → `vanished`, and the new version is `seen`
+Rows a worker holds are left to the worker, which re-checks identity before and
+after sending. Settle checks are kept in a heap of due times; the rows are in the store.
+"""
+
+from __future__ import annotations
+
+import heapq
+import os
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from daemon.store import TERMINAL, FileRow, Identity, Store
+
+MARKER_RECHECK_S = 5.0
+
+
+class Tracker:
+    def __init__(self, *, store: Store, settle_s: float, log: Any,
+                 marker_for: Callable[[str], str | None] = lambda path: None,
+                 on_queued: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.time) -> None:
+        self.store, self.settle_s, self.log = store, settle_s, log
+        self.marker_for = marker_for          # path -> reason it must wait, or None
+        self.on_queued = on_queued
+        self.clock = clock
+        self._due: list[tuple[float, str]] = []
+        self._scheduled: dict[str, float] = {}
+        self._lock = threading.Lock()
+
+    # -- scheduling ----------------------------------------------------------------------------
+    def schedule(self, path: str, at: float) -> None:
+        with self._lock:
+            old = self._scheduled.get(path)
+            if old is not None and old <= at:
+                return
+            self._scheduled[path] = at
+            heapq.heappush(self._due, (at, path))
+
+    def next_due(self) -> float | None:
+        with self._lock:
+            return self._due[0][0] if self._due else None
+
+    def run_due(self) -> int:
+        """Re-observe every path whose settle time has come; returns how many."""
+        now = self.clock()
+        paths = []
+        with self._lock:
+            while self._due and self._due[0][0] <= now:
+                at, path = heapq.heappop(self._due)
+                if self._scheduled.get(path) == at:
+                    del self._scheduled[path]
+                    paths.append(path)
+        for path in paths:
+            self.observe(path)
+        return len(paths)
+
+    def resume(self) -> None:
+        """At start-up: pick up the settle clocks of rows that were `seen` when the daemon stopped."""
+        for row in self.store.rows_in("seen"):
+            self.schedule(row.path, row.stable_since + self.settle_s)
+
+    # -- the decision --------------------------------------------------------------------------
+    def observe(self, path: str, st: os.stat_result | None = None) -> None:
+        if st is None:
+            try:
+                st = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                st = None
+            except OSError as e:
+                self.log.warning("tracker.stat_failed", path=path, error=str(e))
+                return
+        row = self.store.latest_for_path(path)
+        if st is None:
+            self._gone(row)
+            return
+        ident = Identity.of(st)
+        if row is None or (row.state in TERMINAL and row.identity != ident):
+            self.store.add_seen(path, ident)
+            self.log.debug("file.seen", path=path, size=ident.size)
+            self.schedule(path, self.clock() + self.settle_s)
+        elif row.state == "seen":
+            self._settle(row, ident)
+        elif row.state == "queued" and row.identity != ident:
+            if row.step == "":
+                self.store.set_state(row.id, "vanished", only_from=("queued",),
+                                     error="replaced by a newer version before it was uploaded")
+            self.store.add_seen(path, ident)
+            self.schedule(path, self.clock() + self.settle_s)
+        elif row.state == "uploading" and row.identity != ident:
+            # The worker notices (it stats again after sending) and will not confirm.
+            self.store.add_seen(path, ident)
+            self.schedule(path, self.clock() + self.settle_s)
+
+    def _settle(self, row: FileRow, ident: Identity) -> None:
+        now = self.clock()
+        if row.identity != ident:
+            self.store.touch_seen(row.id, ident)
+            self.schedule(row.path, now + self.settle_s)
+            return
+        if now - row.stable_since < self.settle_s:
+            self.schedule(row.path, row.stable_since + self.settle_s)
+            return
+        waiting = self.marker_for(row.path)
+        if waiting:
+            if row.error != waiting:
+                self.store.note(row.id, waiting)
+            self.schedule(row.path, now + MARKER_RECHECK_S)
+            return
+        if self.store.set_state(row.id, "queued", only_from=("seen",), next_attempt_at=0):
+            self.log.info("file.queued", path=row.path, size=row.size)
+            self.on_queued()
+
+    def _gone(self, row: FileRow | None) -> None:
+        if row is None:
+            return
+        if row.state == "seen" or (row.state == "queued" and row.step == ""):
+            if self.store.set_state(row.id, "vanished", only_from=(row.state,),
+                                    error="deleted before it was uploaded"):
+                self.log.info("file.vanished", path=row.path)
