@@ -1,0 +1,286 @@
+"""The One Codex API emulator: init_upload, confirm_upload, cancel_upload, samples; plus /_sandbox admin."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
+from typing import Any, Callable
+from urllib.parse import parse_qs
+
+from .base import BaseHandler
+from .faults import Fault, fault_from_dict
+from .policy import ACCESS_KEY_ID, make_policy
+
+# One Codex's filename rule (its API docs and the official client's upload code).
+FILENAME_RE = re.compile(r"^[\w\.]+[\w\-\.\[\]\(\)\{\} ]*\.[\w\.]+$")
+# "up to 20GB" (One Codex API docs); read as decimal gigabytes.
+MAX_SAMPLE_BYTES = 20 * 1000**3
+MAX_JSON_BYTES = 1024 * 1024
+PER_PAGE_MAX = 200
+
+Reply = tuple[int, Any]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+class ApiHandler(BaseHandler):
+    server_version = "seqdrop-sandbox-api"
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
+        self._dispatch()
+
+    # -- dispatch ---------------------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        self.answered = None
+        path, _, query = self.path.partition("?")
+        if path == "/_sandbox" or path.startswith("/_sandbox/"):
+            self._admin(path)
+            return
+        target, action = self._route(path)
+        fault = self.sb._faults.take(target) if target != "other" else None
+        try:
+            body = self._read_body()
+        except ApiError as exc:
+            self._json(exc.status, {"message": exc.message, "status": exc.status}, close=True)
+            self.record(target)
+            return
+        if fault is not None and fault.kind == "status":
+            self._fault_answer(fault)
+        elif fault is not None and fault.kind == "drop" and not fault.after_body:
+            self.drop()
+        else:
+            if fault is not None and fault.kind == "delay":
+                self.wait(fault.delay_s)
+            status, payload, headers = self._perform(action, body, query)
+            if fault is not None and fault.kind == "drop":
+                self.drop()  # after_body: the action happened, its answer is lost
+            else:
+                self._json(status, payload, headers)
+        self.record(target, fault=fault.kind if fault else None)
+
+    def _route(self, path: str) -> tuple[str, Callable[..., Reply] | None]:
+        routes: dict[str, tuple[str, str, Callable[..., Reply]]] = {
+            "/api/v1/samples/init_upload": ("init_upload", "POST", self._init_upload),
+            "/api/v1/samples/confirm_upload": ("confirm_upload", "POST", self._confirm_upload),
+            "/api/v1/samples/cancel_upload": ("cancel_upload", "POST", self._cancel_upload),
+            "/api/v1/samples": ("samples", "GET", self._list_samples),
+        }
+        path = path.rstrip("/") or "/"
+        if path in routes:
+            target, method, action = routes[path]
+            return target, action if method == self.command else self._method_not_allowed
+        match = re.fullmatch(r"/api/v1/samples/([0-9a-f]{16})", path)
+        if match and self.command == "GET":
+            return "samples", lambda owner, body, query: self._get_sample(owner, match.group(1))
+        return "other", None
+
+    def _perform(self, action: Callable[..., Reply] | None, body: bytes, query: str) -> tuple[int, Any, list]:
+        if action is None:
+            return 404, {"message": "Not found.", "status": 404}, []
+        try:
+            owner = self._authenticate()
+            status, payload = action(owner, body, query)
+        except ApiError as exc:
+            headers = [("WWW-Authenticate", 'Basic realm="One Codex API"')] if exc.status == 401 else []
+            return exc.status, {"message": exc.message, "status": exc.status}, headers
+        return status, payload, []
+
+    def _read_body(self) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise ApiError(411, "A Content-Length header is required.")
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            raise ApiError(400, "Invalid Content-Length header.") from None
+        if length > MAX_JSON_BYTES:
+            raise ApiError(413, "Request body too large.")
+        return self.rfile.read(length) if length > 0 else b""
+
+    def _authenticate(self) -> str:
+        """The caller's user id, from HTTP basic auth with the API key as user name."""
+        header = self.headers.get("Authorization", "")
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic" or not encoded:
+            raise ApiError(401, "Authentication credentials were not provided: use HTTP basic auth "
+                                "with the API key as the user name and an empty password.")
+        try:
+            user, _, password = base64.b64decode(encoded.strip(), validate=True).decode("utf-8").partition(":")
+        except (binascii.Error, UnicodeDecodeError):
+            raise ApiError(401, "Malformed basic auth credentials.") from None
+        if password or not any(hmac.compare_digest(user.encode(), key.encode()) for key in self.sb._api_keys):
+            raise ApiError(401, "Invalid API key.")
+        return "user_" + hmac.new(self.sb._secret, user.encode(), hashlib.sha256).hexdigest()[:16]
+
+    # -- the API ----------------------------------------------------------------------------------
+
+    def _init_upload(self, owner: str, body: bytes, query: str) -> Reply:
+        data = _json_object(body)
+        filename, size = data.get("filename"), data.get("size")
+        if not isinstance(filename, str) or not FILENAME_RE.fullmatch(filename):
+            raise ApiError(400, f"Invalid filename {filename!r}: it must match {FILENAME_RE.pattern}")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 < size <= MAX_SAMPLE_BYTES:
+            raise ApiError(400, f"Invalid size {size!r}: it must be an integer from 1 to {MAX_SAMPLE_BYTES} bytes.")
+        if data.get("upload_type") != "standard":
+            raise ApiError(400, f"Invalid upload_type {data.get('upload_type')!r}: only 'standard' is supported.")
+        sample = self.sb._samples.create(owner=owner, filename=filename, size=size)
+        prefix = f"{owner}/file_{sample['sample_id']}/"
+        signed = make_policy(self.sb._secret, key_prefix=prefix, max_size=size,
+                             lifetime_s=self.sb.policy_lifetime_s)
+        fields = {
+            "AWSAccessKeyId": ACCESS_KEY_ID,
+            "acl": "private",
+            "key": prefix + "${filename}",
+            "policy": signed.policy_b64,
+            "signature": signed.signature,
+            "success_action_status": "201",
+            "x-amz-server-side-encryption": "AES256",
+        }
+        return 200, {"additional_fields": fields, "sample_id": sample["sample_id"], "upload_url": self.sb.s3_url}
+
+    def _confirm_upload(self, owner: str, body: bytes, query: str) -> Reply:
+        data = _json_object(body)
+        sample_id = _sample_id(data)
+        if "upload_type" in data and data["upload_type"] != "standard":
+            raise ApiError(400, f"Invalid upload_type {data['upload_type']!r}: only 'standard' is supported.")
+        status, message = self.sb._samples.confirm(sample_id, owner)
+        if status != 200:
+            raise ApiError(status, message)
+        return 200, {"message": message, "sample": {"$ref": f"/api/v1/samples/{sample_id}"}, "success": True}
+
+    def _cancel_upload(self, owner: str, body: bytes, query: str) -> Reply:
+        sample_id = _sample_id(_json_object(body))
+        status, message = self.sb._samples.cancel(sample_id, owner)
+        if status != 200:
+            raise ApiError(status, message)
+        return 200, {"success": True}
+
+    def _list_samples(self, owner: str, body: bytes, query: str) -> Reply:
+        params = parse_qs(query)
+        try:
+            per_page = int(params.get("per_page", ["50"])[0])
+            page = int(params.get("page", ["1"])[0])
+        except ValueError:
+            raise ApiError(400, "per_page and page must be integers.") from None
+        if not 1 <= per_page <= PER_PAGE_MAX or page < 1:
+            raise ApiError(400, f"per_page must be from 1 to {PER_PAGE_MAX} and page at least 1.")
+        mine = [s for s in self.sb._samples.all() if s["owner"] == owner and s["state"] == "confirmed"]
+        chosen = mine[(page - 1) * per_page: page * per_page]
+        return 200, [_public(s) for s in chosen]
+
+    def _get_sample(self, owner: str, sample_id: str) -> Reply:
+        sample = self.sb._samples.get(sample_id)
+        if sample is None or sample["owner"] != owner or sample["state"] != "confirmed":
+            raise ApiError(404, f"Sample {sample_id} not found.")
+        return 200, _public(sample)
+
+    def _method_not_allowed(self, owner: str, body: bytes, query: str) -> Reply:
+        raise ApiError(405, f"Method {self.command} not allowed.")
+
+    # -- answers ----------------------------------------------------------------------------------
+
+    def _json(self, status: int, payload: Any, headers: list | tuple = (), *, close: bool = False) -> None:
+        self.send_body(status, json.dumps(payload).encode(), "application/json", headers, close=close)
+
+    def _fault_answer(self, fault: Fault) -> None:
+        headers = []
+        if fault.retry_after_s is not None:
+            headers.append(("Retry-After", _retry_after(fault.retry_after_s)))
+        message = fault.message or f"Injected fault: HTTP {fault.status}."
+        self._json(fault.status, {"message": message, "status": fault.status}, headers)
+
+    # -- admin ------------------------------------------------------------------------------------
+
+    def _admin(self, path: str) -> None:
+        """The /_sandbox endpoints (not recorded in requests(), not subject to faults, no auth)."""
+        try:
+            body = self._read_body()
+            status, payload = self._admin_action(path.rstrip("/"), body)
+        except ApiError as exc:
+            status, payload = exc.status, {"message": exc.message, "status": exc.status}
+        except ValueError as exc:
+            status, payload = 400, {"message": str(exc), "status": 400}
+        self._json(status, payload)
+
+    def _admin_action(self, path: str, body: bytes) -> Reply:
+        sb, method = self.sb, self.command
+        if path == "/_sandbox/faults" and method == "POST":
+            fault = fault_from_dict(_json_any(body))
+            sb.add_fault(fault)
+            return 201, fault.to_dict()
+        if path == "/_sandbox/faults" and method == "GET":
+            return 200, [f.to_dict() for f in sb._faults.active()]
+        if path == "/_sandbox/faults" and method == "DELETE":
+            return 200, {"cleared": sb.clear_faults()}
+        if path == "/_sandbox/samples" and method == "GET":
+            return 200, sb.samples()
+        if path == "/_sandbox/requests" and method == "GET":
+            return 200, sb.requests()
+        if path == "/_sandbox/config" and method == "POST":
+            data = _json_object(body)
+            unknown = sorted(set(data) - {"policy_lifetime_s", "api_keys"})
+            if unknown:
+                raise ApiError(400, f"unknown config field(s): {', '.join(unknown)}")
+            if "policy_lifetime_s" in data:
+                lifetime = data["policy_lifetime_s"]
+                if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool):
+                    raise ApiError(400, "policy_lifetime_s must be a number of seconds")
+                sb.policy_lifetime_s = float(lifetime)
+            if "api_keys" in data:
+                sb.set_api_keys(data["api_keys"])
+            return 200, sb._config_view()
+        if path == "/_sandbox/config" and method == "GET":
+            return 200, sb._config_view()
+        raise ApiError(404, "Unknown sandbox admin endpoint.")
+
+
+def _json_any(body: bytes) -> Any:
+    try:
+        return json.loads(body or b"null")
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise ApiError(400, "The request body is not valid JSON.") from None
+
+
+def _json_object(body: bytes) -> dict:
+    data = _json_any(body)
+    if not isinstance(data, dict):
+        raise ApiError(400, "The request body must be a JSON object.")
+    return data
+
+
+def _sample_id(data: dict) -> str:
+    sample_id = data.get("sample_id")
+    if not isinstance(sample_id, str) or not sample_id:
+        raise ApiError(400, "sample_id is required.")
+    return sample_id
+
+
+def _public(sample: dict) -> dict:
+    return {"$uri": f"/api/v1/samples/{sample['sample_id']}", "filename": sample["filename"],
+            "size": sample["size"], "created_at": sample["created_at"]}
+
+
+def _retry_after(seconds: float) -> str:
+    # Retry-After takes whole seconds (RFC 9110 10.2.3); round a fraction up.
+    whole = int(seconds)
+    return str(whole if whole == seconds else whole + 1)

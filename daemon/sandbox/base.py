@@ -1,0 +1,89 @@
+"""What both servers' request handlers share: answering, dropping, waiting, recording."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Iterable
+
+log = logging.getLogger("seqdrop.sandbox")
+
+
+class SandboxServer(ThreadingHTTPServer):
+    """A ThreadingHTTPServer that knows its Sandbox and keeps client disconnects out of stderr."""
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], handler: type, sandbox: Any) -> None:
+        super().__init__(address, handler)
+        self.sandbox = sandbox
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        log.debug("sandbox.handler_error client=%s", client_address, exc_info=True)
+
+
+class BaseHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 with keep-alive; every answer has a Content-Length and (from send_response) a Date."""
+
+    protocol_version = "HTTP/1.1"
+    idle_timeout_s = 60.0
+
+    def setup(self) -> None:
+        # A client that stops sending for this long is cut off (S3 answers RequestTimeout).
+        self.timeout = self.idle_timeout_s
+        super().setup()
+
+    @property
+    def sb(self) -> Any:
+        return self.server.sandbox  # type: ignore[attr-defined]
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the stdlib's name
+        log.debug("sandbox.http %s " + format, self.server.server_address[1], *args)
+
+    def version_string(self) -> str:
+        return self.server_version
+
+    def send_body(self, status: int, body: bytes, content_type: str,
+                  headers: Iterable[tuple[str, str]] = (), *, close: bool = False) -> None:
+        """Answer with `body`; `close` ends the connection afterwards."""
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in headers:
+            self.send_header(name, value)
+        if close:
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+        self.answered = status
+
+    def drop(self) -> None:
+        """Close the connection without answering."""
+        self.close_connection = True
+        try:
+            self.connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.answered = None
+
+    def wait(self, delay_s: float) -> None:
+        """Sleep, but wake up when the sandbox stops."""
+        self.sb._stopping.wait(delay_s)
+
+    def record(self, target: str, **extra: Any) -> None:
+        """Log this request in sb.requests(); the Authorization value is redacted."""
+        headers = {}
+        for name, value in self.headers.items():
+            if name.lower() == "authorization":
+                value = value.split(" ", 1)[0] + " <redacted>"
+            headers[name] = value
+        entry = {"target": target, "method": self.command, "path": self.path, "headers": headers,
+                 "status": getattr(self, "answered", None), "time": time.time()}
+        entry.update(extra)
+        self.sb._log.add(entry)
+        log.debug("sandbox.request target=%s method=%s path=%s status=%s", target, self.command,
+                  self.path.split("?")[0], entry["status"])

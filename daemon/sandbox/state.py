@@ -1,0 +1,97 @@
+"""The sandbox's memory: samples and the log of received requests (thread-safe, in memory)."""
+
+from __future__ import annotations
+
+import collections
+import copy
+import secrets
+import threading
+import time
+
+from .policy import iso_utc
+
+SAMPLE_STATES = ("initialized", "uploaded", "confirmed", "cancelled")
+REQUEST_LOG_MAX = 10_000  # oldest entries are forgotten past this, so a long-running sandbox stays small
+
+
+class Samples:
+    """Every sample created through init_upload, keyed by sample_id."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_id: dict[str, dict] = {}
+
+    def create(self, *, owner: str, filename: str, size: int) -> dict:
+        """A new sample in state "initialized"; returns a copy."""
+        sample_id = secrets.token_hex(8)
+        sample = {
+            "sample_id": sample_id, "filename": filename, "size": size, "state": "initialized",
+            "md5": None, "object_path": None, "confirm_count": 0, "created_at": iso_utc(time.time()),
+            "owner": owner, "key": None, "upload_count": 0,
+        }
+        with self._lock:
+            self._by_id[sample_id] = sample
+            return dict(sample)
+
+    def get(self, sample_id: str) -> dict | None:
+        """A copy of the sample, or None."""
+        with self._lock:
+            sample = self._by_id.get(sample_id)
+            return dict(sample) if sample else None
+
+    def all(self) -> list[dict]:
+        """Copies of every sample, oldest first."""
+        with self._lock:
+            return [dict(s) for s in self._by_id.values()]
+
+    def mark_uploaded(self, sample_id: str, *, key: str, md5: str, object_path: str | None) -> None:
+        """S3 stored the object of this sample (a re-POST overwrites; confirmed/cancelled keep their state)."""
+        with self._lock:
+            sample = self._by_id.get(sample_id)
+            if sample is None:
+                return
+            sample.update(key=key, md5=md5, object_path=object_path, upload_count=sample["upload_count"] + 1)
+            if sample["state"] == "initialized":
+                sample["state"] = "uploaded"
+
+    def confirm(self, sample_id: str, owner: str) -> tuple[int, str]:
+        """Confirm; returns (HTTP status, message). Idempotent for an already confirmed sample."""
+        with self._lock:
+            sample = self._by_id.get(sample_id)
+            if sample is None or sample["owner"] != owner:
+                return 404, f"Sample {sample_id} not found."
+            if sample["state"] == "cancelled":
+                return 400, f"Sample {sample_id} was cancelled and cannot be confirmed."
+            if sample["state"] == "initialized":
+                return 400, (f"The upload of sample {sample_id} has not been received: "
+                             "POST the file to upload_url before confirming.")
+            sample["state"] = "confirmed"
+            sample["confirm_count"] += 1
+            return 200, "Upload confirmed."
+
+    def cancel(self, sample_id: str, owner: str) -> tuple[int, str]:
+        """Cancel; returns (HTTP status, message). Cancelling twice is fine; a confirmed sample stays."""
+        with self._lock:
+            sample = self._by_id.get(sample_id)
+            if sample is None or sample["owner"] != owner:
+                return 404, f"Sample {sample_id} not found."
+            if sample["state"] == "confirmed":
+                return 400, f"Sample {sample_id} is already confirmed and cannot be cancelled."
+            sample["state"] = "cancelled"
+            return 200, "Upload cancelled."
+
+
+class RequestLog:
+    """What each server received and how it answered (bounded)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: collections.deque[dict] = collections.deque(maxlen=REQUEST_LOG_MAX)
+
+    def add(self, entry: dict) -> None:
+        with self._lock:
+            self._entries.append(entry)
+
+    def all(self) -> list[dict]:
+        with self._lock:
+            return copy.deepcopy(list(self._entries))
