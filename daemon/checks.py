@@ -1,0 +1,159 @@
+"""`seqdrop check`: is everything in place for the daemon? Says what is wrong and how to fix it.
+
+Works before the daemon has ever run. Exit 2 for a configuration error, 1 if any
+other check failed, 0 if all passed (warnings do not fail the check).
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import sys
+import time
+from typing import Any
+
+from daemon import config as config_mod
+from daemon import logs
+from daemon.errors import AuthError, ConfigError, Permanent, Transient
+
+CLOCK_SKEW_WARN_S = 60.0
+MAX_DIRS_COUNTED = 200_000
+
+
+class _Report:
+    def __init__(self, out: Any) -> None:
+        self.out, self.problems, self.warnings = out, 0, 0
+
+    def ok(self, what: str, detail: str = "") -> None:
+        print(f"  ok       {what}" + (f": {detail}" if detail else ""), file=self.out)
+
+    def warn(self, what: str, detail: str, fix: str) -> None:
+        self.warnings += 1
+        print(f"  warning  {what}: {detail}\n           fix: {fix}", file=self.out)
+
+    def bad(self, what: str, detail: str, fix: str) -> None:
+        self.problems += 1
+        print(f"  PROBLEM  {what}: {detail}\n           fix: {fix}", file=self.out)
+
+
+def run_checks(config_path: str, *, out: Any = None, env: dict[str, str] | None = None) -> int:
+    out = out or sys.stdout
+    r = _Report(out)
+    print(f"seqdrop check — {config_path}", file=out)
+    try:
+        settings = config_mod.load(config_path)
+    except ConfigError as e:
+        r.bad("config", str(e), e.fix or "correct the config file")
+        return 2
+    r.ok("config", f"{len(settings.watch.folders)} watch folder(s), queue {settings.queue.path}")
+    _check_queue(settings, r)
+    _check_folders(settings, r)
+    _check_api(settings, r, env)
+    verdict = "all good" if not r.problems else f"{r.problems} problem(s)"
+    print(f"\n{verdict}" + (f", {r.warnings} warning(s)" if r.warnings else ""), file=out)
+    return 0 if not r.problems else 1
+
+
+def _check_queue(settings: Any, r: _Report) -> None:
+    path = settings.queue.path
+    folder = os.path.dirname(path) or "."
+    if os.path.exists(path):
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+            result = db.execute("PRAGMA quick_check").fetchone()[0]
+            db.close()
+        except sqlite3.Error as e:
+            r.bad("queue", f"{path} cannot be read as a database ({e})",
+                  "move the damaged file aside and restart; seqdrop rescans the folders")
+            return
+        if result != "ok":
+            r.bad("queue", f"{path} fails SQLite's integrity check ({result})",
+                  "move it aside and restart; files already uploaded may then be uploaded again")
+            return
+        if not os.access(path, os.W_OK):
+            r.bad("queue", f"{path} is not writable by this user", "run as the seqdrop user, or fix ownership")
+            return
+        r.ok("queue", f"{path} readable, writable, intact")
+        return
+    existing = folder
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing) or "/"
+    if os.access(existing, os.W_OK):
+        r.ok("queue", f"{path} will be created at first start")
+    else:
+        r.bad("queue", f"cannot create {path}: {existing} is not writable by this user",
+              "create the folder and give it to the seqdrop user (the unit's StateDirectory= does this)")
+
+
+def _check_folders(settings: Any, r: _Report) -> None:
+    from daemon.watcher import network_mount_type
+    dirs = 0
+    for folder in settings.watch.folders:
+        p = folder.path
+        if not os.access(p, os.R_OK | os.X_OK):
+            r.bad("watch folder", f"{p} is not readable by this user",
+                  "give the seqdrop user read access (e.g. add it to the instrument's group)")
+            continue
+        if os.access(p, os.W_OK) and os.geteuid() != 0:
+            r.warn("watch folder", f"{p} is writable by this user",
+                   "seqdrop never writes there, but read-only access is safer (ReadOnlyPaths= in the unit)")
+        fstype = network_mount_type(p)
+        if fstype and not folder.polling:
+            r.warn("watch folder", f"{p} is on a {fstype} network share, which delivers no inotify events",
+                   f'set polling = true for it: paths = [{{path = "{p}", polling = true}}]')
+        else:
+            r.ok("watch folder", p + (f" ({fstype}, polling)" if fstype else ""))
+        if not folder.polling:
+            for _root, sub, _files in os.walk(p):
+                dirs += 1
+                if dirs > MAX_DIRS_COUNTED:
+                    break
+    limit = _read_int("/proc/sys/fs/inotify/max_user_watches")
+    if limit is not None and dirs:
+        if dirs > limit * 0.8:
+            r.bad("inotify", f"{dirs} folders to watch, limit fs.inotify.max_user_watches = {limit}",
+                  "install systemd/99-seqdrop-inotify.conf in /etc/sysctl.d/ and run `sysctl --system`")
+        else:
+            r.ok("inotify", f"{dirs} folder(s) to watch, limit {limit}")
+
+
+def _check_api(settings: Any, r: _Report, env: dict[str, str] | None) -> None:
+    from daemon.client import OneCodexClient
+    try:
+        key = config_mod.load_api_key(settings, env=env)
+    except ConfigError as e:
+        r.bad("API key", str(e), e.fix or "provide the key")
+        return
+    logs.register_secret(key)
+    r.ok("API key", "found")
+    client = OneCodexClient(settings.api.base_url, key, connect_timeout_s=settings.api.connect_timeout_s,
+                            read_timeout_s=min(settings.api.read_timeout_s, 30))
+    try:
+        client.probe()
+    except AuthError as e:
+        r.bad("API key", f"rejected by {settings.api.base_url}: {e}",
+              "copy the key again from your One Codex account settings")
+        return
+    except Transient as e:
+        r.bad("API", f"{settings.api.base_url} is unreachable: {e}",
+              "check the network, proxy and api.base_url; seqdrop retries by itself when it runs")
+        return
+    except Permanent as e:
+        r.bad("API", f"{settings.api.base_url} answered unexpectedly: {e}", "check api.base_url")
+        return
+    r.ok("API", f"{settings.api.base_url} accepts the key")
+    if client.last_server_date is not None:
+        skew = time.time() - client.last_server_date
+        if abs(skew) > CLOCK_SKEW_WARN_S:
+            r.warn("clock", f"this machine's clock is {skew:+.0f} s off the API server's",
+                   "enable time sync (timedatectl set-ntp true); upload policies expire by the clock")
+        else:
+            r.ok("clock", f"within {abs(skew):.0f} s of the API server")
+
+
+def _read_int(path: str) -> int | None:
+    try:
+        with open(path) as f:
+            return int(f.read().strip())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,202 @@
+"""The `seqdrop` command: argument parsing, exit codes and the words people read.
+
+Exit codes: 0 ok; 1 runtime failure; 2 usage or configuration error. User mistakes
+get one clear message naming the thing and the fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+from typing import Any
+
+from daemon import __version__
+from daemon import config as config_mod
+from daemon import logs
+from daemon.errors import ConfigError, SeqdropError
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", metavar="PATH", default=argparse.SUPPRESS,
+                        help="config file (default: $SEQDROP_CONFIG, then /etc/seqdrop/config.toml)")
+    p = argparse.ArgumentParser(prog="seqdrop", parents=[common],
+                                description="Watch sequencer output folders and upload finished "
+                                            "FASTA/FASTQ files to One Codex.")
+    p.add_argument("--version", action="version", version=f"seqdrop {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.add_parser("run", parents=[common], help="run the daemon in the foreground (systemd's ExecStart)")
+    st = sub.add_parser("status", parents=[common], help="what the queue holds, one line per file")
+    st.add_argument("--json", action="store_true", help="machine-readable output")
+    rt = sub.add_parser("retry", parents=[common], help="put failed and/or rejected files back in the queue")
+    rt.add_argument("--failed", action="store_true", help="retry failed files")
+    rt.add_argument("--rejected", action="store_true", help="retry rejected files")
+    rt.add_argument("ids", nargs="*", type=int, metavar="ID", help="only these file ids (see status)")
+    up = sub.add_parser("upload", parents=[common], help="upload the named files now, with a progress bar")
+    up.add_argument("files", nargs="+", metavar="FILE")
+    up.add_argument("--max-wait", type=float, default=900.0, metavar="SECONDS",
+                    help="give up on a file after retrying transient errors this long (default 900)")
+    sub.add_parser("check", parents=[common], help="validate config, queue, folders and API key")
+    dm = sub.add_parser("demo", parents=[common], help="a self-contained demonstration (no setup needed)")
+    dm.add_argument("--keep", action="store_true", help="keep the demo's temporary folder")
+    sb = sub.add_parser("sandbox", add_help=False, help="run the local One Codex + S3 emulator")
+    sb.add_argument("rest", nargs=argparse.REMAINDER)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sandbox"]:
+        from daemon.sandbox import main as sandbox_main
+        return sandbox_main(argv[1:])
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    explicit = getattr(args, "config", None) or os.environ.get("SEQDROP_CONFIG")
+    args.config_path = explicit or config_mod.DEFAULT_CONFIG_PATH
+    args.config_explicit = bool(explicit)
+    handler = {"run": cmd_run, "status": cmd_status, "retry": cmd_retry, "upload": cmd_upload,
+               "check": cmd_check, "demo": cmd_demo}[args.command]
+    try:
+        return handler(args)
+    except ConfigError as e:
+        print(f"seqdrop: configuration error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except SeqdropError as e:
+        print(f"seqdrop: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("seqdrop: interrupted", file=sys.stderr)
+        return 130
+
+
+# -- run ---------------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from daemon.notify import SystemdNotifier
+    from daemon.service import Service
+    from daemon.store import Store, StoreLocked
+
+    settings = config_mod.load(args.config_path)
+    if not settings.watch.folders:
+        raise ConfigError("no watch folders configured", file=settings.source, key="watch.paths",
+                          fix='add paths = ["/srv/sequencer/output"] under [watch]')
+    logs.configure(settings.log.level, settings.log.format)
+    key = config_mod.load_api_key(settings)
+    logs.register_secret(key)
+    log = logs.get("seqdrop")
+    try:
+        store = Store(settings.queue.path)
+    except Exception as e:
+        raise ConfigError(f"cannot open the queue database ({e})", file=settings.source, key="queue.path",
+                          fix="make its folder writable by the seqdrop user (StateDirectory= in the unit)") from None
+    service = Service(settings, api_key=key, log=log, store=store, notifier=SystemdNotifier.from_env(log=log))
+    _install_signal_handlers(service.request_stop, log)
+    log.info("service.starting", version=__version__, config=settings.source, queue=settings.queue.path)
+    try:
+        return service.run()
+    except StoreLocked as e:
+        print(f"seqdrop: {e}; stop the other one first (systemctl stop seqdrop)", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+def _install_signal_handlers(request_stop: Any, log: Any) -> None:
+    state = {"signals": 0}
+
+    def handler(signum: int, _frame: Any) -> None:
+        state["signals"] += 1
+        if state["signals"] > 1:
+            os._exit(EXIT_FAILURE)   # a second signal: stop now; claimed rows are released at start-up
+        request_stop()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+# -- status / retry ----------------------------------------------------------------------------
+def _open_store_for_reading(args: argparse.Namespace) -> tuple[Any, Any] | None:
+    from daemon.store import Store
+    settings = config_mod.load(args.config_path, must_exist=args.config_explicit, check_folders=False)
+    if not os.path.exists(settings.queue.path):
+        return settings, None
+    return settings, Store(settings.queue.path)
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from daemon.store import STATES
+    settings, store = _open_store_for_reading(args)
+    if store is None:
+        counts = {s: 0 for s in STATES}
+        files: list[dict[str, Any]] = []
+        paused = None
+    else:
+        counts, files, paused = store.counts(), [r.public() for r in store.files()], store.get_meta("paused")
+        store.close()
+    if args.json:
+        doc: dict[str, Any] = {"counts": counts, "files": files}
+        doc["paused"] = paused.get("reason") if paused else None
+        print(json.dumps(doc, indent=2))
+        return EXIT_OK
+    if store is None:
+        print(f"No queue yet at {settings.queue.path} (the daemon has not run with this config).")
+        return EXIT_OK
+    if paused:
+        print(f"UPLOADS PAUSED: {paused.get('reason')}\n  fix: check the API key with `seqdrop check`; "
+              f"uploads resume by themselves once it works.\n")
+    print("  ".join(f"{s} {counts[s]}" for s in STATES))
+    if files:
+        print()
+        print(f"{'ID':>5}  {'STATE':<9} {'TRIES':>5}  {'SAMPLE':<16}  PATH")
+        for f in files:
+            print(f"{f['id']:>5}  {f['state']:<9} {f['attempts']:>5}  {f['sample_id'] or '-':<16}  {f['path']}")
+            if f["error"]:
+                print(f"{'':>5}  └ {f['error']}")
+    return EXIT_OK
+
+
+def cmd_retry(args: argparse.Namespace) -> int:
+    settings, store = _open_store_for_reading(args)
+    if store is None:
+        print(f"No queue yet at {settings.queue.path}; nothing to retry.")
+        return EXIT_OK
+    states = tuple(s for s, on in (("failed", args.failed), ("rejected", args.rejected)) if on) or \
+        ("failed", "rejected")
+    n = store.retry(states=states, ids=tuple(args.ids))
+    store.close()
+    print(f"{n} file{'s' if n != 1 else ''} put back in the queue"
+          + ("; the running daemon picks them up within seconds." if n else "."))
+    return EXIT_OK
+
+
+# -- upload ------------------------------------------------------------------------------------
+def cmd_upload(args: argparse.Namespace) -> int:
+    from daemon.oneshot import upload_files
+    settings = config_mod.load(args.config_path, must_exist=args.config_explicit, check_folders=False)
+    logs.configure(settings.log.level if settings.log.level != "info" else "warning", settings.log.format,
+                   stream=sys.stderr)
+    key = config_mod.load_api_key(settings)
+    logs.register_secret(key)
+    return upload_files(settings, key, args.files, max_wait_s=args.max_wait)
+
+
+# -- check -------------------------------------------------------------------------------------
+def cmd_check(args: argparse.Namespace) -> int:
+    from daemon.checks import run_checks
+    return run_checks(args.config_path)
+
+
+# -- demo --------------------------------------------------------------------------------------
+def cmd_demo(args: argparse.Namespace) -> int:
+    from daemon.demo import run_demo
+    return run_demo(keep=args.keep)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,140 @@
+"""`seqdrop upload FILE...`: the daemon's pipeline, run once over named files.
+
+A private temporary queue (not the daemon's) holds the files, so every step is
+the daemon's own code path: validation, init → POST → confirm, retries, the
+policy-expiry dance. A progress bar on a terminal; periodic `upload.progress` log
+events otherwise. Exit 0 only if every file was confirmed.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+import time
+from typing import Any
+
+from daemon import logs
+from daemon.client import OneCodexClient
+from daemon.config import Settings
+from daemon.errors import AuthError
+from daemon.pipeline import Pipeline
+from daemon.store import Identity, Store
+
+PROGRESS_LOG_S = 5.0
+
+
+class _Progress:
+    """tqdm on a terminal, a structured log line every few seconds elsewhere."""
+
+    def __init__(self, path: str, size: int, log: Any) -> None:
+        self.path, self.size, self.log = path, size, log
+        self.done = 0
+        self.started = self.last_log = time.monotonic()
+        self.bar = None
+        if sys.stderr.isatty():
+            from tqdm import tqdm
+            self.bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
+                            desc=os.path.basename(path)[:40], file=sys.stderr, leave=True)
+
+    def __call__(self, n: int) -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(n)
+            return
+        now = time.monotonic()
+        if now - self.last_log >= PROGRESS_LOG_S:
+            self.last_log = now
+            rate = self.done / max(now - self.started, 1e-6)
+            self.log.info("upload.progress", path=self.path, bytes=self.done, total=self.size,
+                          mb_s=round(rate / 1e6, 1),
+                          eta_s=round((self.size - self.done) / rate, 0) if rate else None)
+
+    def reset(self) -> None:
+        """A retry starts the bytes again."""
+        if self.bar is not None:
+            self.bar.reset()
+        self.done = 0
+        self.started = time.monotonic()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def upload_files(settings: Settings, api_key: str, files: list[str], *, max_wait_s: float = 900.0,
+                 client: OneCodexClient | None = None, out: Any = None) -> int:
+    out = out or sys.stdout
+    log = logs.get("seqdrop")
+    client = client or OneCodexClient(settings.api.base_url, api_key,
+                                      connect_timeout_s=settings.api.connect_timeout_s,
+                                      read_timeout_s=settings.api.read_timeout_s)
+    throttle = None
+    if settings.upload.max_mbps:
+        from daemon.throttle import TokenBucket
+        bucket = TokenBucket.from_mbps(settings.upload.max_mbps)
+        throttle = bucket.consume
+    ok = True
+    with tempfile.TemporaryDirectory(prefix="seqdrop-upload-") as tmp:
+        store = Store(os.path.join(tmp, "queue.sqlite3"))
+        stop = threading.Event()
+        pipeline = Pipeline(store=store, client=client, log=log, validate=settings.upload.validate,
+                            block_size=settings.upload.block_size, throttle=throttle, stop=stop)
+        ids: dict[int, str] = {}
+        for path in files:
+            full = os.path.abspath(path)
+            try:
+                st = os.stat(full)
+            except OSError as e:
+                print(f"{path}: cannot read it ({e.strerror})", file=out)
+                ok = False
+                continue
+            if not os.path.isfile(full):
+                print(f"{path}: not a regular file", file=out)
+                ok = False
+                continue
+            file_id = store.add_seen(full, Identity.of(st))
+            store.set_state(file_id, "queued", only_from=("seen",))
+            ids[file_id] = path
+        deadline = {i: time.monotonic() + max_wait_s for i in ids}
+        try:
+            while True:
+                row = store.claim_next("oneshot")
+                if row is None:
+                    pending = [r for r in store.files(states=("queued",)) if r.id in ids]
+                    if not pending:
+                        break
+                    expired = [r for r in pending if time.monotonic() > deadline[r.id]]
+                    for r in expired:
+                        store.set_state(r.id, "failed", error=f"gave up after {max_wait_s:.0f} s of "
+                                        f"retries; last error: {r.error}")
+                    if expired:
+                        continue
+                    wake = min(r.next_attempt_at for r in pending)
+                    time.sleep(min(max(0.0, wake - time.time()), 5.0))
+                    continue
+                progress = _Progress(row.path, row.size, log)
+                try:
+                    state = pipeline.process(row, progress=progress)
+                finally:
+                    progress.close()
+                if state == "queued":
+                    current = store.get(row.id)
+                    print(f"{ids[row.id]}: retrying later: {current.error if current else ''}", file=out)
+        except AuthError as e:
+            print(f"seqdrop: {e}\n  fix: check the key (ONE_CODEX_API_KEY, api.api_key_file) with "
+                  f"`seqdrop check`", file=out)
+            store.close()
+            return 1
+        for file_id, path in ids.items():
+            row = store.get(file_id)
+            assert row is not None
+            if row.state == "done":
+                print(f"{path}: confirmed as sample {row.sample_id}"
+                      + (f" ({row.error})" if row.error else ""), file=out)
+            else:
+                ok = False
+                print(f"{path}: {row.state}: {row.error}", file=out)
+        store.close()
+    return 0 if ok else 1

@@ -1,0 +1,344 @@
+"""`seqdrop run`: the watch → settle → queue → upload service.
+
+Threads: the watcher's observer (hints into a queue), the main loop (hints, settle
+checks, rescans, pause probes, health, sd_notify), and `upload.workers` workers
+that claim rows from the store. Signal handlers only set `stop`; the main loop
+does the work. Shutdown order (written down, because it matters):
+  1. stop claiming; in-flight POSTs abort at their next block; rows go back to `queued`
+  2. stop the watcher
+  3. join the workers (bounded: the process exits within 10 s of SIGTERM)
+  4. tell systemd STOPPING=1; stop metrics and flush notifications (bounded)
+  5. close the store (the lock file goes with it)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import queue
+import threading
+import time
+from typing import Any
+
+from daemon.client import OneCodexClient
+from daemon.config import Settings
+from daemon.errors import AuthError, Transient
+from daemon.markers import MarkerRule
+from daemon.pipeline import Pipeline
+from daemon.store import Store
+from daemon.tracker import Tracker
+from daemon.watcher import Matcher, Watcher, network_mount_type, scan
+
+HOUSEKEEPING_S = 5.0
+WORKER_JOIN_S = 7.0
+
+
+class Service:
+    def __init__(self, settings: Settings, *, api_key: str, log: Any, store: Store | None = None,
+                 client: OneCodexClient | None = None, notifier: Any = None) -> None:
+        self.settings, self.log = settings, log
+        self.stop = threading.Event()
+        self.store = store or Store(settings.queue.path)
+        self.client = client or OneCodexClient(settings.api.base_url, api_key,
+                                               connect_timeout_s=settings.api.connect_timeout_s,
+                                               read_timeout_s=settings.api.read_timeout_s)
+        self.notifier = notifier
+        self.metrics: Any = None
+        self.webhook: Any = None
+        self.throttle: Any = None
+        self.hints: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self._wake = threading.Condition()
+        self._generation = 0
+        self.paused_reason: str | None = None
+        self._next_probe = 0.0
+        self.workers: list[threading.Thread] = []
+        self.rules = {f.path: MarkerRule.parse(f.marker, f.path) for f in settings.watch.folders}
+        self.matcher = Matcher(include=settings.watch.include, exclude=settings.watch.exclude)
+        self.tracker = Tracker(store=self.store, settle_s=settings.watch.settle_seconds, log=log,
+                               marker_for=self._marker_for, on_queued=self.wake_workers)
+        self.watcher: Watcher | None = None
+        self.pipeline: Pipeline | None = None
+
+    # -- wiring helpers ------------------------------------------------------------------------
+    def _marker_for(self, path: str) -> str | None:
+        for root, rule in self.rules.items():
+            if path == root or path.startswith(root.rstrip("/") + "/"):
+                return rule.waiting_for(path)
+        return None
+
+    def wake_workers(self) -> None:
+        with self._wake:
+            self._generation += 1
+            self._wake.notify_all()
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Pipeline events → metrics and webhook (neither may ever block an upload)."""
+        try:
+            if self.metrics is not None:
+                if event == "file_done":
+                    self.metrics.file_uploaded(fields.get("size", 0), fields.get("seconds", 0.0))
+                elif event == "retry":
+                    self.metrics.retry(fields.get("reason", "other"))
+                elif event == "file_failed":
+                    self.metrics.file_failed()
+                elif event == "file_rejected":
+                    self.metrics.file_rejected()
+            if self.webhook is not None and event in ("file_failed", "file_rejected", "uploads_paused",
+                                                      "uploads_resumed", "daily_summary"):
+                self.webhook.event(event, **fields)
+        except Exception as e:  # observers must not break uploads
+            self.log.warning("service.emit_failed", event_name=event, error=str(e))
+
+    def _start_optional_parts(self) -> None:
+        s = self.settings
+        if s.upload.max_mbps:
+            from daemon.throttle import TokenBucket
+            self.throttle = TokenBucket.from_mbps(s.upload.max_mbps)
+        if s.metrics.enabled:
+            from daemon.metrics import Metrics, parse_listen
+            self.metrics = Metrics()
+            host, port = parse_listen(s.metrics.listen)
+            bound = self.metrics.start_server(host, port)
+            self.log.info("metrics.listening", address=f"{host}:{bound}")
+        if s.notify.webhook_url:
+            from daemon.webhook import WebhookNotifier
+            self.webhook = WebhookNotifier(s.notify.webhook_url, fmt=s.notify.format, log=self.log)
+            self.webhook.start()
+
+    def _throttle(self, n: int) -> None:
+        if self.throttle is not None:
+            self.throttle.consume(n, cancel=self.stop)
+
+    # -- run -----------------------------------------------------------------------------------
+    def run(self) -> int:
+        s = self.settings
+        self.store.lock_exclusive()
+        released = self.store.release_stale_claims()
+        if released:
+            self.log.info("queue.claims_released", count=released)
+        paused = self.store.get_meta("paused")
+        if paused:
+            self.paused_reason = paused.get("reason", "paused")
+            self.log.warning("uploads.still_paused", reason=self.paused_reason)
+        self._start_optional_parts()
+        self.pipeline = Pipeline(store=self.store, client=self.client, log=self.log,
+                                 validate=s.upload.validate, block_size=s.upload.block_size,
+                                 throttle=self._throttle if self.throttle else None, stop=self.stop,
+                                 emit=self.emit, max_backoff_s=s.upload.max_backoff_s)
+        for folder in s.watch.folders:
+            fstype = network_mount_type(folder.path)
+            if fstype and not folder.polling:
+                self.log.warning("watch.network_share_without_polling", path=folder.path, fstype=fstype,
+                                 fix="network shares deliver no inotify events: set polling = true for "
+                                     "this folder in [watch] paths")
+        self.watcher = Watcher(list(s.watch.paths), matcher=self.matcher, on_hint=self.hints.put,
+                               on_root_state=self._root_state,
+                               polling={f.path: f.polling for f in s.watch.folders},
+                               poll_interval_s=s.watch.poll_interval_s, log=self.log)
+        self.watcher.start()          # events first, then the scan: nothing falls between them
+        self.tracker.resume()
+        started = time.monotonic()
+        files = self._full_scan()
+        self.log.info("service.ready", files_seen=files, scan_s=round(time.monotonic() - started, 2),
+                      workers=s.upload.workers, folders=list(s.watch.paths))
+        for n in range(s.upload.workers):
+            self._start_worker(n)
+        if self.notifier is not None:
+            self.notifier.ready()
+            self.notifier.start_watchdog(self.healthy)
+        try:
+            self._main_loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _main_loop(self) -> None:
+        s = self.settings
+        next_rescan = time.monotonic() + s.watch.rescan_interval_s
+        next_housekeeping = 0.0
+        next_summary = _next_daily(s.notify.daily_summary_at)
+        while not self.stop.is_set():
+            due = self.tracker.next_due()
+            timeout = 1.0 if due is None else min(1.0, max(0.0, due - time.time()))
+            try:
+                batch = {self.hints.get(timeout=timeout)}
+                while True:
+                    batch.add(self.hints.get_nowait())
+            except queue.Empty:
+                pass
+            else:
+                for path in batch:
+                    self.tracker.observe(path)
+            self.tracker.run_due()
+            now = time.monotonic()
+            if now >= next_rescan:
+                self._full_scan()
+                next_rescan = now + s.watch.rescan_interval_s
+            if now >= next_housekeeping:
+                self._housekeeping()
+                next_housekeeping = now + HOUSEKEEPING_S
+            if self.paused_reason and time.time() >= self._next_probe:
+                self._probe()
+            if next_summary is not None and time.time() >= next_summary:
+                self.emit("daily_summary", counts=self.store.counts(),
+                          done_last_24h=self.store.done_since(time.time() - 86400))
+                next_summary = _next_daily(s.notify.daily_summary_at)
+
+    def _full_scan(self) -> int:
+        n = 0
+        for root in self.settings.watch.paths:
+            if not os.path.isdir(root):
+                continue
+            for path, st in scan(root, self.matcher):
+                if self.stop.is_set():
+                    return n
+                self.tracker.observe(path, st)
+                n += 1
+        # Deletions that no event told us about.
+        for row in self.store.rows_in("seen", "queued"):
+            if not os.path.exists(row.path):
+                self.tracker.observe(row.path)
+        return n
+
+    def _root_state(self, root: str, present: bool) -> None:
+        if present:
+            self.log.info("watch.root_back", path=root)
+            for path, st in scan(root, self.matcher):
+                self.hints.put(path)
+        else:
+            self.log.warning("watch.root_missing", path=root,
+                             fix="remount the share or recreate the folder; seqdrop waits and rescans it")
+
+    def _housekeeping(self) -> None:
+        if self.watcher is not None and self.watcher.ensure_alive():
+            self.log.warning("watch.observer_restarted")
+        for n, t in enumerate(self.workers):
+            if not t.is_alive() and not self.stop.is_set():
+                self.log.error("worker.died", worker=t.name)
+                self._start_worker(n)
+        counts = self.store.counts()
+        if self.metrics is not None:
+            self.metrics.set_files_by_state(counts)
+            self.metrics.set_paused(self.paused_reason is not None)
+            self.metrics.set_watcher_healthy(self.watcher is not None and self.watcher.is_alive())
+        if self.notifier is not None:
+            self.notifier.status(self.status_line(counts))
+
+    def status_line(self, counts: dict[str, int]) -> str:
+        midnight = dt.datetime.combine(dt.date.today(), dt.time()).timestamp()
+        text = (f"queued {counts['queued'] + counts['seen']}, uploading {counts['uploading']}, "
+                f"done today {self.store.done_since(midnight)}, failed {counts['failed']}, "
+                f"rejected {counts['rejected']}")
+        if self.paused_reason:
+            text = f"PAUSED ({self.paused_reason}); " + text
+        return text
+
+    def healthy(self) -> bool:
+        watcher_ok = self.watcher is not None and self.watcher.is_alive()
+        return watcher_ok and all(t.is_alive() for t in self.workers)
+
+    # -- pause / resume ------------------------------------------------------------------------
+    def _pause(self, reason: str) -> None:
+        if self.paused_reason is None:
+            self.paused_reason = reason
+            self.store.set_meta("paused", {"reason": reason, "since": time.time()})
+            self.log.error("uploads.paused", reason=reason,
+                           fix="check the API key (seqdrop check); uploads resume by themselves once it works")
+            self.emit("uploads_paused", reason=reason)
+        self._next_probe = time.time() + self.settings.api.probe_interval_s
+
+    def _probe(self) -> None:
+        try:
+            self.client.probe()
+        except AuthError as e:
+            self.paused_reason = str(e)
+            self._next_probe = time.time() + self.settings.api.probe_interval_s
+            self.log.warning("uploads.still_paused", reason=str(e))
+            return
+        except Transient as e:
+            self._next_probe = time.time() + min(30.0, self.settings.api.probe_interval_s)
+            self.log.warning("uploads.probe_failed", error=str(e))
+            return
+        self.log.info("uploads.resumed", paused_reason=self.paused_reason)
+        self.emit("uploads_resumed", reason=self.paused_reason)
+        self.paused_reason = None
+        self.store.set_meta("paused", None)
+        self.wake_workers()
+
+    # -- workers -------------------------------------------------------------------------------
+    def _start_worker(self, n: int) -> None:
+        t = threading.Thread(target=self._worker, args=(f"worker-{n}",), name=f"seqdrop-worker-{n}", daemon=True)
+        if n < len(self.workers):
+            self.workers[n] = t
+        else:
+            self.workers.append(t)
+        t.start()
+
+    def _worker(self, name: str) -> None:
+        assert self.pipeline is not None
+        claim_id = f"{os.getpid()}:{name}"
+        while not self.stop.is_set():
+            if self.paused_reason:
+                self.stop.wait(1.0)
+                continue
+            generation = self._generation
+            row = self.store.claim_next(claim_id)
+            if row is None:
+                with self._wake:
+                    if generation == self._generation:
+                        self._wake.wait(timeout=self._idle_wait())
+                continue
+            try:
+                self.pipeline.process(row)
+            except AuthError as e:
+                self._pause(str(e))
+            except Exception as e:  # a bug must not kill the worker or lose the row
+                self.log.exception("worker.internal_error", path=row.path)
+                self.store.reschedule(row.id, delay_s=60, error=f"internal error: {e!r}; will try again")
+
+    def _idle_wait(self) -> float:
+        due = self.store.next_due_at()
+        if due is None:
+            return 1.0
+        return min(1.0, max(0.05, due - time.time()))
+
+    # -- shutdown ------------------------------------------------------------------------------
+    def request_stop(self) -> None:
+        self.stop.set()
+        self.wake_workers()
+
+    def _shutdown(self) -> None:
+        self.log.info("service.stopping")
+        self.stop.set()
+        self.wake_workers()
+        if self.notifier is not None:
+            self.notifier.stopping()
+        if self.watcher is not None:
+            self.watcher.stop()
+        deadline = time.monotonic() + WORKER_JOIN_S
+        for t in self.workers:
+            t.join(timeout=max(0.0, deadline - time.monotonic()))
+        stuck = [t.name for t in self.workers if t.is_alive()]
+        if stuck:
+            self.log.warning("service.workers_still_busy", workers=stuck,
+                             note="their rows are released at the next start")
+        if self.notifier is not None:
+            self.notifier.close()
+        if self.metrics is not None:
+            self.metrics.stop_server()
+        if self.webhook is not None:
+            self.webhook.close(timeout_s=2)
+        if not stuck:
+            self.store.close()
+        self.log.info("service.stopped")
+
+
+def _next_daily(hhmm: str | None) -> float | None:
+    if not hhmm:
+        return None
+    h, m = (int(x) for x in hhmm.split(":"))
+    now = dt.datetime.now()
+    at = now.replace(hour=h, minute=m, second=0, microsecond=0)
+    if at <= now:
+        at += dt.timedelta(days=1)
+    return at.timestamp()
