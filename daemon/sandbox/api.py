@@ -52,18 +52,19 @@ class ApiHandler(BaseHandler):
     # -- dispatch ---------------------------------------------------------------------------------
 
     def _dispatch(self) -> None:
-        self.answered = None
         path, _, query = self.path.partition("?")
         if path == "/_sandbox" or path.startswith("/_sandbox/"):
+            self.begin("admin")
+            self._record = None  # admin calls are not recorded
             self._admin(path)
             return
         target, action = self._route(path)
         fault = self.sb._faults.take(target) if target != "other" else None
+        self.begin(target)["fault"] = fault.kind if fault else None
         try:
             body = self._read_body()
         except ApiError as exc:
             self._json(exc.status, {"message": exc.message, "status": exc.status}, close=True)
-            self.record(target)
             return
         if fault is not None and fault.kind == "status":
             self._fault_answer(fault)
@@ -77,7 +78,6 @@ class ApiHandler(BaseHandler):
                 self.drop()  # after_body: the action happened, its answer is lost
             else:
                 self._json(status, payload, headers)
-        self.record(target, fault=fault.kind if fault else None)
 
     def _route(self, path: str) -> tuple[str, Callable[..., Reply] | None]:
         routes: dict[str, tuple[str, str, Callable[..., Reply]]] = {

@@ -56,25 +56,40 @@ class BaseHandler(BaseHTTPRequestHandler):
         if close:
             self.send_header("Connection", "close")
             self.close_connection = True
+        self.answered = status
+        self.flush_record()  # before the client can see the answer, so requests() is never behind it
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(body)
-        self.answered = status
 
     def drop(self) -> None:
         """Close the connection without answering."""
+        self.answered = None
+        self.flush_record()
         self.close_connection = True
         try:
             self.connection.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
-        self.answered = None
 
     def wait(self, delay_s: float) -> None:
         """Sleep, but wake up when the sandbox stops."""
         self.sb._stopping.wait(delay_s)
 
-    def record(self, target: str, **extra: Any) -> None:
+    def begin(self, target: str) -> dict:
+        """Start a request: the returned dict collects extra facts for its requests() entry."""
+        self.answered = None
+        self._record: dict | None = {"target": target}
+        return self._record
+
+    def flush_record(self) -> None:
+        """Add this request to sb.requests() once (at its answer, its drop, or its end)."""
+        pending, self._record = getattr(self, "_record", None), None
+        if pending is not None:
+            target = pending.pop("target")
+            self._add_record(target, **pending)
+
+    def _add_record(self, target: str, **extra: Any) -> None:
         """Log this request in sb.requests(); the Authorization value is redacted."""
         headers = {}
         for name, value in self.headers.items():

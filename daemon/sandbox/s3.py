@@ -69,9 +69,9 @@ class S3Handler(BaseHandler):
     idle_timeout_s = 20.0  # S3 answers RequestTimeout after about 20 s without data
 
     def do_POST(self) -> None:
-        self.answered = None
         fault = self.sb._faults.take("s3")
-        extra: dict[str, Any] = {"fault": fault.kind if fault else None}
+        extra = self.begin("s3")
+        extra["fault"] = fault.kind if fault else None
         sink: ObjectSink | None = None
         try:
             if fault is not None and fault.kind == "status":
@@ -93,15 +93,15 @@ class S3Handler(BaseHandler):
         except S3Error as exc:
             self._error(exc.status, exc.code, exc.message, close=exc.close, **exc.extra)
         except BodyIncomplete:
-            self.drop()  # the client went away: nothing stored, nobody to answer
             extra["incomplete"] = True
+            self.drop()  # the client went away: nothing stored, nobody to answer
         except TimeoutError:
             self._error(400, "RequestTimeout", "Your socket connection to the server was not read from or "
                         "written to within the timeout period. Idle connections will be closed.", close=True)
         finally:
             if sink is not None:
                 sink.discard()
-            self.record("s3", **extra)
+            self.flush_record()
 
     def do_GET(self) -> None:
         self._other()
@@ -113,12 +113,11 @@ class S3Handler(BaseHandler):
         self._other()
 
     def _other(self) -> None:
-        self.answered = None
+        self.begin("other")
         self._drain_known_length()
         self._error(405, "MethodNotAllowed", "The specified method is not allowed against this resource.",
                     Method=self.command, ResourceType="BUCKET" if self.path.startswith("/?") or self.path == "/"
                     else "OBJECT")
-        self.record("other")
 
     # -- receiving --------------------------------------------------------------------------------
 

@@ -74,7 +74,7 @@ class Sandbox:
         self.api_url = f"http://{self.host}:{api.server_address[1]}"
         self.s3_url = f"http://{self.host}:{s3.server_address[1]}"
         for server, name in ((api, "api"), (s3, "s3")):
-            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2},
+            thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
                                       name=f"sandbox-{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
