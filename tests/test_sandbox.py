@@ -516,7 +516,6 @@ def test_large_upload_streams_in_constant_memory(sb):
     assert response.headers["ETag"] == f'"{body.md5.hexdigest()}"'
     s = sample(sb, t["sample_id"])
     assert Path(s["object_path"]).stat().st_size == size
-    print(f"RSS growth {(peak[0] - baseline) >> 20} MiB")
     assert peak[0] - baseline < 64 * 1024 * 1024, f"RSS grew by {(peak[0] - baseline) >> 20} MiB"
 
 
@@ -551,3 +550,29 @@ def test_cli_serves_until_sigterm(tmp_path):
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_stalled_upload_gets_request_timeout(sb):
+    """A client that stops sending mid-body gets 400 RequestTimeout after s3_idle_timeout_s; nothing is stored."""
+    sb.s3_idle_timeout_s = 0.3
+    t = ticket(sb)
+    body, headers = raw_multipart(fields_parts(t) + [("file", DATA, "reads.fq")])
+    port = int(sb.s3_url.rsplit(":", 1)[1])
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall((f"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: {headers['Content-Type']}\r\n"
+                      f"Content-Length: {len(body)}\r\n\r\n").encode() + body[:-20])
+        answer = b""
+        while chunk := conn.recv(65536):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400") and b"<Code>RequestTimeout</Code>" in answer
+    assert sample(sb, t["sample_id"])["state"] == "initialized"
+
+
+def test_s3_delay_fault_stores_after_the_wait(sb):
+    """An S3 delay holds the answer past the client's timeout; the object is stored when the wait ends."""
+    t = ticket(sb)
+    sb.add_fault(Fault(target="s3", kind="delay", delay_s=0.6))
+    with pytest.raises(requests.Timeout):
+        requests.post(t["upload_url"], data=t["additional_fields"], files={"file": ("reads.fq", DATA)},
+                      timeout=(5, 0.2))
+    wait_for(lambda: sample(sb, t["sample_id"])["state"] == "uploaded")

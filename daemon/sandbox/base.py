@@ -32,8 +32,11 @@ class BaseHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         # A client that stops sending for this long is cut off (S3 answers RequestTimeout).
-        self.timeout = self.idle_timeout_s
+        self.timeout = self.idle_timeout()
         super().setup()
+
+    def idle_timeout(self) -> float:
+        return self.idle_timeout_s
 
     @property
     def sb(self) -> Any:

@@ -66,7 +66,9 @@ class ObjectSink:
 
 class S3Handler(BaseHandler):
     server_version = "AmazonS3"
-    idle_timeout_s = 20.0  # S3 answers RequestTimeout after about 20 s without data
+
+    def idle_timeout(self) -> float:
+        return self.sb.s3_idle_timeout_s
 
     def do_POST(self) -> None:
         fault = self.sb._faults.take("s3")

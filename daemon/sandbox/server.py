@@ -32,6 +32,8 @@ class Sandbox:
         self._data_dir_arg = Path(data_dir) if data_dir is not None else None
         self.policy_lifetime_s = float(policy_lifetime_s)
         self.store_objects = store_objects
+        # S3 answers 400 RequestTimeout when a client sends nothing for about 20 s; settable.
+        self.s3_idle_timeout_s = 20.0
         self._api_keys: tuple[str, ...] = ()
         self.set_api_keys(api_keys)
         self._secret = secrets.token_bytes(32)  # the "AWS secret key": only the sandbox knows it
