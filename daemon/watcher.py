@@ -299,7 +299,13 @@ class Watcher:
     ``start()`` once, ``ensure_alive()`` every few seconds (it restarts what died and follows
     roots that vanish and come back), ``stop()`` at shutdown. ``on_root_state(root, False)``:
     the root is gone (unmounted, deleted); ``on_root_state(root, True)``: it is watched again
-    after a gap (returned, or a dead watch restarted) - rescan it, events may have been lost.
+    after a gap (returned, a dead watch restarted, switched to polling, or the kernel's event
+    queue overflowed) - rescan it, events may have been lost.
+
+    Threads: ``on_hint`` is called from watchdog's observer thread and from one poll thread per
+    polled root, possibly at the same time; ``on_root_state`` from the caller of ``start()`` and
+    ``ensure_alive()``. ``ensure_alive()`` stats each root: on a hung hard-mounted NFS share
+    that stat blocks, as any access would.
     """
 
     def __init__(self, roots: list[str], *, matcher: Matcher, on_hint: Callable[[str], None],
@@ -318,6 +324,7 @@ class Watcher:
         self._stopped = False
         self._limit_lock = threading.Lock()   # the spy runs in watchdog's inotify thread
         self._limit_hits: set[bytes] = set()  # real root paths whose sub-folder watches hit ENOSPC
+        self._overflowed = False               # the kernel's inotify queue overflowed
         self._roots: list[_Root] = []
         for raw in roots:
             path = os.path.abspath(raw)
@@ -389,6 +396,13 @@ class Watcher:
                         restarted = True
             with self._limit_lock:
                 hits, self._limit_hits = self._limit_hits, set()
+            if self._overflowed:
+                self._overflowed = False
+                for root in self._roots:
+                    if root.present and not root.polling:
+                        self._log.warning("watcher.events_lost", root=root.path,
+                                          reason="inotify queue overflow")
+                        changes.append((root.path, True))  # rescan: events were dropped
             for root in self._roots:
                 identity = _identity(root.path)
                 if root.present and identity != root.identity:
@@ -489,7 +503,7 @@ class Watcher:
         return self._observer
 
     def _spy_on_watch_limit(self, observer: InotifyObserver) -> None:
-        """Notice ENOSPC on sub-folder watches, which watchdog 7.1 swallows.
+        """Notice ENOSPC on sub-folder watches, which watchdog 7.1 swallows, and queue overflows.
 
         watchdog raises only when the root's own watch fails (observers/inotify.py,
         ``InotifyWatchGroup._add_callback``); a sub-folder that cannot be watched is silently left
@@ -512,6 +526,19 @@ class Watcher:
                 raise
 
         fd.add_callback = add_callback_spy
+
+        handle_event = getattr(fd, "handle_event", None)
+        if handle_event is None:
+            return
+
+        def handle_event_spy(event: Any) -> None:
+            # The kernel dropped events (IN_Q_OVERFLOW): watchdog re-adds its watches and logs
+            # a warning, but the lost events are gone; ensure_alive() asks for a rescan.
+            if getattr(event, "is_queue_overflow", False):
+                self._overflowed = True
+            handle_event(event)
+
+        fd.handle_event = handle_event_spy
 
     def _observer_alive(self) -> bool:
         observer = self._observer

@@ -189,6 +189,13 @@ def test_scan_survives_files_vanishing_mid_scan(fs) -> None:
     assert all(os.path.exists(p) for p, _ in rest)
 
 
+def test_scan_through_a_symlinked_root_keeps_the_given_prefix(fs) -> None:
+    """A root given as a symlink is entered, and paths keep the configured prefix."""
+    fs.create_file("/mnt/nas/out/run/a.fastq")
+    fs.create_symlink("/srv/out", "/mnt/nas/out")
+    assert [p for p, _ in scan("/srv/out", Matcher())] == ["/srv/out/run/a.fastq"]
+
+
 def test_scan_of_missing_root_yields_nothing(fs) -> None:
     """A missing root is logged, not raised."""
     with capture_logs() as logs:
@@ -365,6 +372,19 @@ def test_dead_observer_is_detected_and_restarted(tmp_path: Path, rec: Recorder, 
     path = write(tmp_path / "a.fastq")
     assert wait_for(lambda: rec.hinted(path))
     assert not w.ensure_alive()
+
+
+def test_queue_overflow_asks_for_a_rescan(tmp_path: Path, rec: Recorder, make_watcher) -> None:
+    """A kernel queue overflow (events lost) makes ensure_alive ask for a rescan of the root."""
+    w = make_watcher([tmp_path])
+    overflow = inotify_c.InotifyEvent(-1, inotify_c.InotifyConstants.IN_Q_OVERFLOW, 0, b"")
+    with capture_logs() as logs:
+        w._observer._inotify_fd.handle_event(overflow)
+        w.ensure_alive()
+    assert rec.states == [(str(tmp_path), True)]
+    assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["watcher.events_lost"]
+    path = write(tmp_path / "a.fastq")
+    assert wait_for(lambda: rec.hinted(path))
 
 
 def test_symlinked_root_hints_use_configured_path(tmp_path: Path, rec: Recorder, make_watcher) -> None:
