@@ -586,15 +586,21 @@ class Watcher:
                 self._hint(src)
 
     def _hint_tree(self, root: _Root, folder: str, *, moved_from: str = "") -> None:
-        """Hint every matching file under a folder that appeared (created or moved in)."""
-        if not _is_within(folder, root.path) or _hidden_below(folder, root.path):
+        """Hint every matching file under a folder that appeared (created or moved in).
+
+        For a folder moved within the root, the files' old paths are hinted too (they are gone);
+        a folder renamed to a hidden name (".trash") hints only the old paths.
+        """
+        new_ok = _is_within(folder, root.path) and not _hidden_below(folder, root.path)
+        old_ok = bool(moved_from) and _is_within(moved_from, root.path) and not _hidden_below(
+            moved_from, root.path)
+        if not (new_ok or old_ok):
             return
         for path, _st in scan(folder, self.matcher, log=self._log):
-            self._hint(path)
-            if moved_from:
-                old = moved_from + path[len(folder):]
-                if self._wanted(root, old):
-                    self._hint(old)
+            if new_ok:
+                self._hint(path)
+            if old_ok:
+                self._hint(moved_from + path[len(folder):])
 
     def _hint(self, path: str) -> None:
         try:

@@ -279,6 +279,16 @@ def test_folder_moved_within_root_hints_old_and_new_paths(tmp_path: Path, rec: R
     assert wait_for(lambda: rec.hinted(tmp_path / "run" / "a.fq") and rec.hinted(old))
 
 
+def test_folder_renamed_to_hidden_name_hints_old_paths_only(tmp_path: Path, rec: Recorder,
+                                                              make_watcher) -> None:
+    """A folder renamed to a hidden name hints its files' old paths, never the hidden ones."""
+    old = write(tmp_path / "run" / "a.fq")
+    make_watcher([tmp_path])
+    os.rename(tmp_path / "run", tmp_path / ".trash")
+    sentinel(tmp_path, rec)
+    assert rec.seen() == {str(old), str(tmp_path / "zz_sentinel.fastq")}
+
+
 def test_delete_gives_a_hint(tmp_path: Path, rec: Recorder, make_watcher) -> None:
     """Deleting a matching file hints its path so the tracker can find it gone."""
     path = write(tmp_path / "a.fa", ">s\nACGT\n")
@@ -410,9 +420,10 @@ def test_polling_mode_delivers_hints(tmp_path: Path, rec: Recorder, make_watcher
     assert w.is_alive() and w._observer is None
     a = write(root / "run" / "a.fastq")
     assert wait_for(lambda: rec.hinted(a))
+    write(root / "run" / "notes.txt")
     os.rename(old, root / "run" / "moved.fq")
     assert wait_for(lambda: rec.hinted(root / "run" / "moved.fq"))
-    assert not any(h.endswith(".tmp") for h in rec.seen())
+    assert not any(h.endswith("notes.txt") for h in rec.seen())
 
 
 def test_polling_root_vanishing_and_returning(tmp_path: Path, rec: Recorder, make_watcher) -> None:
