@@ -54,8 +54,7 @@ class ApiHandler(BaseHandler):
     def _dispatch(self) -> None:
         path, _, query = self.path.partition("?")
         if path == "/_sandbox" or path.startswith("/_sandbox/"):
-            self.begin("admin")
-            self._record = None  # admin calls are not recorded
+            self.answered, self._record = None, None  # admin calls are not recorded
             self._admin(path)
             return
         target, action = self._route(path)

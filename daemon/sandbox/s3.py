@@ -7,7 +7,6 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 from xml.sax.saxutils import escape
 
