@@ -342,11 +342,10 @@ class Watcher:
                 return
             self._started = True
             for root in self._roots:
-                if _identity(root.path) is None:
+                self._attach(root)
+                if not root.present:
                     self._log.warning("watcher.root_missing", root=root.path)
                     changes.append((root.path, False))
-                    continue
-                self._attach(root)
         self._report(changes)
 
     def stop(self, timeout_s: float = 5.0) -> None:

@@ -359,6 +359,22 @@ def test_root_deleted_and_recreated(tmp_path: Path, rec: Recorder, make_watcher)
     assert wait_for(lambda: rec.hinted(path))
 
 
+def test_root_replaced_by_another_folder_is_rewatched(tmp_path: Path, rec: Recorder,
+                                                     make_watcher) -> None:
+    """A root renamed away and replaced (like a share remounted) is detected by its identity."""
+    root = tmp_path / "share"
+    root.mkdir()
+    w = make_watcher([root])
+    os.rename(root, tmp_path / "old_share")  # inotify keeps following the renamed folder
+    root.mkdir()
+    assert w.ensure_alive()
+    assert rec.states == [(str(root), False), (str(root), True)]
+    write(tmp_path / "old_share" / "stale.fastq")
+    path = write(root / "a.fastq")
+    assert wait_for(lambda: rec.hinted(path))
+    assert not any("stale" in h for h in rec.seen())
+
+
 def test_missing_root_at_start_is_waited_for(tmp_path: Path, rec: Recorder, make_watcher) -> None:
     """A root absent at start is reported absent and watched once it appears."""
     root = tmp_path / "later"
