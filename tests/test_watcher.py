@@ -231,7 +231,7 @@ def test_network_mount_type(tmp_path: Path, path: str, expected: str | None) -> 
 
 
 def test_network_mount_type_of_local_tmp_is_none() -> None:
-    """The test machine's own temporary folder is not reported as a network mount."""
+    """A local pseudo file system (/proc on the test machine) is not a network mount."""
     assert network_mount_type("/proc") is None
 
 
