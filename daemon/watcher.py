@@ -252,7 +252,7 @@ class _Handler(FileSystemEventHandler):
 
 
 class _Poller(threading.Thread):
-    """Polls one root: hints files whose ctime/mtime is at or after the last pass's watermark."""
+    """Polls one root: hints files changed at or after the last pass's watermark (share's clock)."""
 
     # Slack on the watermark: coarse file system timestamps (FAT/exFAT, some SMB servers: 2 s).
     SLACK_NS = 5_000_000_000
@@ -282,9 +282,10 @@ class _Poller(threading.Thread):
         for path, st in scan(self._root.path, self._watcher.matcher, log=self._watcher._log):
             if self.stop_event.is_set():
                 return threshold_ns
-            changed_ns = max(st.st_ctime_ns, st.st_mtime_ns)
-            newest_ns = changed_ns if newest_ns is None else max(newest_ns, changed_ns)
-            if threshold_ns is None or changed_ns >= threshold_ns:
+            # The watermark follows ctime only: mtime can be set to anything (touch -d, cp -p
+            # from a machine with a wrong clock), ctime cannot. A file is hinted if either moved.
+            newest_ns = st.st_ctime_ns if newest_ns is None else max(newest_ns, st.st_ctime_ns)
+            if threshold_ns is None or max(st.st_ctime_ns, st.st_mtime_ns) >= threshold_ns:
                 self._watcher._hint(path)
         if newest_ns is None:
             return 0  # no files yet: whatever appears is new
