@@ -23,8 +23,10 @@ stats all of them each interval - an Illumina run folder alone holds tens of tho
 BCL/CBCL files. Ours walks the tree with ``scan()`` (constant memory, only matching names are
 stat'ed) and hints files whose ctime/mtime is at or after a watermark taken from the share's own
 clock (so clock skew between us and the file server does not matter). A rename updates ctime, so
-files moved into place are seen too. Deletions are not hinted in polling mode (no per-file state
-to compare with); the tracker notices them when it stats the files it knows.
+files moved into place are seen too. The first pass (and the first after a root returns) hints
+every matching file; later passes re-hint only the few files changed within a few seconds of the
+newest change. Deletions are not hinted in polling mode (no per-file state to compare with); the
+tracker notices them when it stats the files it knows.
 """
 
 from __future__ import annotations
