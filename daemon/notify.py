@@ -30,6 +30,7 @@ class SystemdNotifier:
         self._watchdog_usec = watchdog_usec if watchdog_usec and watchdog_usec > 0 else None
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()  # the watchdog thread and the main loop share one socket
+        self._watchdogs: list[WatchdogThread] = []
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, *,
@@ -106,10 +107,13 @@ class SystemdNotifier:
             return None
         thread = WatchdogThread(self, healthy, interval_s=interval, log=self._log)
         thread.start()
+        self._watchdogs.append(thread)
         return thread
 
     def close(self) -> None:
-        """Close the socket (later calls reopen it)."""
+        """Stop the watchdog threads started here and close the socket (later calls reopen it)."""
+        while self._watchdogs:
+            self._watchdogs.pop().stop()
         with self._lock:
             if self._sock is not None:
                 self._sock.close()

@@ -145,6 +145,9 @@ class WebhookNotifier:
             wait_s = min(delay_s, self._backoff_max_s) * random.uniform(0.5, 1.0)
             if wait_hint_s is not None:
                 wait_s = max(wait_s, min(wait_hint_s, self._backoff_max_s))
+            if self._deadline is not None and self._clock() + wait_s > self._deadline:
+                self._queue_front(payload)  # closing: leave it for close() to count
+                return
             if self._clock() + wait_s - first_try > self._retry_max_s:
                 self._log.error("webhook.gave_up", kind=payload["event"], host=self._url_host,
                                 attempts=attempt, detail=detail)

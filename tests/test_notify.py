@@ -150,3 +150,14 @@ def test_watchdog_thread_treats_a_crashing_health_check_as_unhealthy(receiver):
     sock.settimeout(0.05)
     with pytest.raises(TimeoutError):
         sock.recv(4096)
+
+
+def test_close_stops_the_watchdog_thread(receiver):
+    """close() ends every watchdog thread the notifier started, so no ping follows shutdown."""
+    sock, path = receiver
+    n = SystemdNotifier.from_env({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "1000000"})
+    thread = n.start_watchdog(lambda: True, interval_s=0.01)
+    assert _recv(sock) == {"WATCHDOG": "1"}
+    n.stopping()
+    n.close()
+    assert not thread.is_alive()

@@ -69,6 +69,19 @@ def test_rate_holds_within_2_percent_over_many_calls():
     assert sent / elapsed == pytest.approx(rate, rel=0.02)
 
 
+def test_200_mb_upload_in_blocks_holds_the_cap():
+    """200 MB sent in 4 MiB blocks at 100 Mbps takes 16 s of (fake) time, within 10%."""
+    fake = FakeTime()
+    bucket = TokenBucket.from_mbps(100, clock=fake.clock, sleep=fake.sleep)
+    total, block, sent = 200_000_000, 4 << 20, 0
+    start = fake.now
+    while sent < total:
+        n = min(block, total - sent)
+        bucket.consume(n)
+        sent += n
+    assert fake.now - start == pytest.approx(16.0, rel=0.10)
+
+
 def test_chunk_larger_than_burst_waits_proportionally():
     """One consume() far above the burst waits n / rate seconds."""
     fake = FakeTime()
