@@ -3,6 +3,8 @@
 Events are hints, the scan is the guarantee: whatever the source, `observe(path)`
 stats the file and compares it with the path's latest row in the store:
   no row / a finished row with another identity → a new version, `seen`
+  a `vanished` row and the file is there again    → a new version, `seen` (even with the same
+                                                    identity: moved out and back, a share remounted)
   `seen`, identity changed                     → still being written: settle clock restarts
   `seen`, unchanged for settle_s, marker there → `queued`
   `seen`/`queued` (nothing sent) and gone      → `vanished`
@@ -84,7 +86,7 @@ class Tracker:
             self._gone(row)
             return
         ident = Identity.of(st)
-        if row is None or (row.state in TERMINAL and row.identity != ident):
+        if row is None or (row.state in TERMINAL and (row.identity != ident or row.state == "vanished")):
             self.store.add_seen(path, ident)
             self.log.debug("file.seen", path=path, size=ident.size)
             self.schedule(path, self.clock() + self.settle_s)

@@ -1,0 +1,26 @@
+"""Fixtures shared by the daemon's tests: a sandbox One Codex over loopback and a watch folder."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from daemon.sandbox import Sandbox
+from harness import API_KEY
+
+
+@pytest.fixture
+def sandbox() -> Iterator[Sandbox]:
+    """A strict One Codex + S3 emulator on loopback that accepts harness.API_KEY."""
+    with Sandbox(api_keys=(API_KEY,)) as sb:
+        yield sb
+
+
+@pytest.fixture
+def watch_dir(tmp_path: Path) -> Path:
+    """An empty watch folder (the queue and config live beside it, never inside)."""
+    path = tmp_path / "watch"
+    path.mkdir()
+    return path

@@ -1,0 +1,309 @@
+"""The tracker's decisions: a real Store in tmp_path, real files, an injected clock (no sleeping)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from daemon.store import Identity, Store
+from daemon.tracker import MARKER_RECHECK_S, Tracker
+
+SETTLE_S = 30.0
+
+
+class Clock:
+    """A settable clock shared by the store and the tracker."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Log:
+    """Enough of a structlog logger for the tracker (events go to structlog's capture)."""
+
+    def __getattr__(self, level: str):
+        import structlog
+        return getattr(structlog.get_logger(), level)
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path: Path, clock: Clock):
+    s = Store(str(tmp_path / "queue.sqlite3"), clock=clock)
+    yield s
+    s.close()
+
+
+class Env:
+    def __init__(self, tmp_path: Path, store: Store, clock: Clock) -> None:
+        self.folder = tmp_path / "watch"
+        self.folder.mkdir()
+        self.store, self.clock = store, clock
+        self.queued_calls = 0
+        self.waiting: dict[str, str] = {}
+        self.tracker = Tracker(store=store, settle_s=SETTLE_S, log=Log(), clock=clock,
+                               marker_for=lambda p: self.waiting.get(p), on_queued=self._on_queued)
+
+    def _on_queued(self) -> None:
+        self.queued_calls += 1
+
+    def write(self, name: str, data: bytes = b"@r\nACGT\n+\nIIII\n") -> str:
+        path = self.folder / name
+        path.write_bytes(data)
+        return str(path)
+
+    def rows(self, path: str) -> list:
+        return [r for r in self.store.files() if r.path == path]
+
+    def state(self, path: str) -> str | None:
+        row = self.store.latest_for_path(path)
+        return row.state if row else None
+
+    def settle(self, path: str) -> None:
+        """Let the settle time pass and the tracker's due checks run."""
+        self.clock.advance(SETTLE_S + 0.1)
+        self.tracker.run_due()
+
+
+@pytest.fixture
+def env(tmp_path: Path, store: Store, clock: Clock) -> Env:
+    return Env(tmp_path, store, clock)
+
+
+def test_new_file_is_seen_and_scheduled(env: Env) -> None:
+    """A file the store has never heard of becomes one `seen` row, due for a check after settle_s."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    rows = env.rows(path)
+    assert [r.state for r in rows] == ["seen"]
+    assert rows[0].identity == Identity.of(os.stat(path))
+    assert env.tracker.next_due() == pytest.approx(env.clock.now + SETTLE_S)
+
+
+def test_observing_again_adds_no_row(env: Env) -> None:
+    """Repeated hints for an unchanged file keep a single row (hints may come twice)."""
+    path = env.write("a.fastq")
+    for _ in range(3):
+        env.tracker.observe(path)
+    assert len(env.rows(path)) == 1
+
+
+def test_unchanged_for_settle_is_queued(env: Env) -> None:
+    """A file unchanged for settle_s is queued and the workers are woken, not a moment before."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    env.clock.advance(SETTLE_S - 1)
+    env.tracker.observe(path)
+    assert env.state(path) == "seen"
+    assert env.queued_calls == 0
+    env.clock.advance(1.1)
+    assert env.tracker.run_due() == 1
+    assert env.state(path) == "queued"
+    assert env.queued_calls == 1
+
+
+def test_change_during_settle_restarts_the_clock(env: Env) -> None:
+    """A file that grows while settling is re-stamped and queued only settle_s after its last change."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    env.clock.advance(SETTLE_S - 5)
+    with open(path, "ab") as f:
+        f.write(b"@r2\nACGT\n+\nIIII\n")
+    changed_at = env.clock.now
+    env.tracker.observe(path)                    # the write's event
+    row = env.store.latest_for_path(path)
+    assert row.state == "seen" and row.size == os.path.getsize(path)
+    assert row.stable_since == changed_at
+    env.clock.advance(6)                         # past the first due time, not past the new one
+    env.tracker.run_due()
+    assert env.state(path) == "seen"
+    env.clock.advance(SETTLE_S)
+    env.tracker.run_due()
+    assert env.state(path) == "queued"
+    assert len(env.rows(path)) == 1
+
+
+def test_change_found_by_the_due_check_restarts_the_clock(env: Env) -> None:
+    """A change no event reported is caught by the stat at the due time, and settling starts over."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    env.clock.advance(SETTLE_S - 1)
+    with open(path, "ab") as f:
+        f.write(b"@r2\nACGT\n+\nIIII\n")
+    env.clock.advance(1.1)
+    env.tracker.run_due()
+    assert env.state(path) == "seen"
+    env.settle(path)
+    assert env.state(path) == "queued"
+
+
+def test_deleted_while_seen_is_vanished(env: Env) -> None:
+    """A file deleted while it settles becomes `vanished` with a reason."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    os.unlink(path)
+    env.tracker.observe(path)
+    row = env.store.latest_for_path(path)
+    assert row.state == "vanished" and "deleted" in row.error
+
+
+def test_deleted_while_queued_is_vanished(env: Env) -> None:
+    """A queued file deleted before anything was sent becomes `vanished`."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    env.settle(path)
+    assert env.state(path) == "queued"
+    os.unlink(path)
+    env.tracker.observe(path)
+    assert env.state(path) == "vanished"
+
+
+def test_deleted_after_init_is_left_to_the_worker(env: Env) -> None:
+    """A queued row whose upload has begun is not touched when the file goes: the worker cancels it."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    env.settle(path)
+    row = env.store.latest_for_path(path)
+    env.store.save_init(row.id, "s1", "{}")
+    os.unlink(path)
+    env.tracker.observe(path)
+    assert env.state(path) == "queued"
+
+
+def test_replaced_while_queued_old_vanished_new_seen(env: Env) -> None:
+    """A queued file replaced (new inode) before upload: the old version vanishes, the new one is seen."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    env.settle(path)
+    tmp = env.write("a.fastq.tmp", b"@new\nGGGG\n+\nIIII\n")
+    os.replace(tmp, path)
+    env.tracker.observe(path)
+    old, new = env.rows(path)
+    assert old.state == "vanished" and "replaced" in old.error
+    assert new.state == "seen" and new.identity == Identity.of(os.stat(path))
+    env.settle(path)
+    assert [r.state for r in env.rows(path)] == ["vanished", "queued"]
+
+
+def test_uploading_file_changed_gets_a_new_version(env: Env) -> None:
+    """A file changed while a worker holds it: the worker's row is left alone, the new version is seen."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    env.settle(path)
+    assert env.store.claim_next("w") is not None
+    with open(path, "ab") as f:
+        f.write(b"@r2\nACGT\n+\nIIII\n")
+    env.tracker.observe(path)
+    assert [r.state for r in env.rows(path)] == ["uploading", "seen"]
+
+
+def test_done_file_unchanged_is_left_alone(env: Env) -> None:
+    """Hints and scans of a done file with the same identity add nothing."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    env.settle(path)
+    row = env.store.latest_for_path(path)
+    env.store.mark_done(row.id, sample_id="s1", md5="x")
+    env.tracker.observe(path)
+    env.tracker.observe(path, os.stat(path))
+    assert [r.state for r in env.rows(path)] == ["done"]
+
+
+def test_done_file_touched_is_a_new_version(env: Env) -> None:
+    """A done file whose mtime changes (a touch) gets a second row, which settles and queues."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    env.settle(path)
+    row = env.store.latest_for_path(path)
+    env.store.mark_done(row.id, sample_id="s1", md5="x")
+    st = os.stat(path)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))
+    env.tracker.observe(path)
+    assert [r.state for r in env.rows(path)] == ["done", "seen"]
+    env.settle(path)
+    assert [r.state for r in env.rows(path)] == ["done", "queued"]
+
+
+def test_marker_waiting_then_queued(env: Env) -> None:
+    """A settled file waits in `seen` with the marker reason in `error`, and queues once the marker is there."""
+    path = env.write("a.fastq")
+    env.waiting[path] = "waiting for the run marker CopyComplete.txt"
+    env.tracker.observe(path)
+    env.settle(path)
+    row = env.store.latest_for_path(path)
+    assert row.state == "seen" and row.error == "waiting for the run marker CopyComplete.txt"
+    assert env.queued_calls == 0
+    env.clock.advance(MARKER_RECHECK_S + 0.1)
+    env.tracker.run_due()
+    assert env.state(path) == "seen"           # still waiting, rechecked again later
+    del env.waiting[path]
+    env.clock.advance(MARKER_RECHECK_S + 0.1)
+    env.tracker.run_due()
+    row = env.store.latest_for_path(path)
+    assert row.state == "queued" and row.error is None
+    assert env.queued_calls == 1
+
+
+def test_vanished_file_that_returns_is_seen_again(env: Env) -> None:
+    """A file that vanished and comes back unchanged (moved out and back, a share remounted) is uploaded."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    aside = str(env.folder.parent / "aside.fastq")
+    os.rename(path, aside)
+    env.tracker.observe(path)
+    assert env.state(path) == "vanished"
+    os.rename(aside, path)                     # same inode, size and mtime as the vanished row
+    env.tracker.observe(path)
+    assert [r.state for r in env.rows(path)] == ["vanished", "seen"]
+    env.settle(path)
+    assert env.state(path) == "queued"
+
+
+def test_failed_file_unchanged_stays_failed(env: Env) -> None:
+    """A failed file is not retried by rescans (only `seqdrop retry` does that), unless it changes."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    env.settle(path)
+    env.store.set_state(env.store.latest_for_path(path).id, "failed", error="HTTP 400")
+    env.tracker.observe(path)
+    assert [r.state for r in env.rows(path)] == ["failed"]
+
+
+def test_resume_picks_up_settle_clocks(env: Env, store: Store, clock: Clock) -> None:
+    """After a restart, rows left `seen` are due at their own stable_since + settle_s."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    clock.advance(10)
+    fresh = Tracker(store=store, settle_s=SETTLE_S, log=Log(), clock=clock)
+    fresh.resume()
+    assert fresh.next_due() == pytest.approx(clock.now - 10 + SETTLE_S)
+    clock.advance(SETTLE_S)
+    fresh.run_due()
+    assert env.state(path) == "queued"
+
+
+def test_unreadable_stat_is_logged_and_skipped(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A stat that fails with an unexpected OSError changes nothing and is logged."""
+    path = env.write("a.fastq")
+
+    def broken_stat(p: str, *a: object, **k: object) -> os.stat_result:
+        raise PermissionError(13, "Permission denied", p)
+
+    monkeypatch.setattr(os, "stat", broken_stat)
+    with capture_logs() as events:
+        env.tracker.observe(path)
+    assert env.rows(path) == []
+    assert [e["event"] for e in events] == ["tracker.stat_failed"]
