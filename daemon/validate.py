@@ -182,6 +182,9 @@ class _FastqChecker(_Checker):
         self.blank_line = 0      # first blank line seen where a record could start
         self.last_line = 0       # number of the file's unterminated last line, once known
         self._lines: list[bytes] = []   # complete lines carried to the next block (< 4)
+        # (quality length, line) before the first quality line that starts with '@': if the
+        # quality ends up too long, that line was most likely the next record's title.
+        self.short_at: tuple[int, int] | None = None
 
     def _long_tail(self) -> None:
         if self._tail_len > MAX_LINE:
@@ -300,6 +303,7 @@ class _FastqChecker(_Checker):
                         f"the '+' line repeats a different title ({_snip(line)} after "
                         f"{_snip(self.title)}) — the file is corrupt.", no, rec)
                 self.state, self.qual_len, self.qual_lines = _QUAL, 0, 0
+                self.short_at = None
             elif first == b"@":
                 raise self._reject(
                     f"a new title line starts before this record's '+' line (title on line "
@@ -313,11 +317,13 @@ class _FastqChecker(_Checker):
                 self.seq_len += len(line)
         else:  # quality
             total = self.qual_len + len(line)
-            if self.qual_lines and line[:1] == b"@" and total > self.seq_len:
-                # More likely the next record's title after a short quality.
-                raise self._reject(f"quality has {self.qual_len:,} characters but the sequence "
+            if self.qual_lines and line[:1] == b"@" and self.short_at is None:
+                self.short_at = (self.qual_len, no - 1)
+            if total > self.seq_len and self.short_at:
+                # The '@' line was more likely the next record's title after a short quality.
+                raise self._reject(f"quality has {self.short_at[0]:,} characters but the sequence "
                                    f"has {self.seq_len:,} — the file is truncated or corrupt.",
-                                   no - 1, rec)
+                                   self.short_at[1], rec)
             if line.translate(None, QUAL_CHARS):
                 col, c = _first_bad(line, QUAL_CHARS)
                 raise self._reject(f"the quality contains {_char(c)} at column {col:,} — quality "
@@ -686,7 +692,8 @@ class StreamValidator:
             raise ContentRejected(f"{self.name}: {subject} is binary data (starting "
                                   f"{text[:8].hex(' ')}), not FASTA/FASTQ text.")
         line = text.split(b"\n", 1)[0].rstrip(b"\r")
-        raise ContentRejected(f"{self.name}: line 1: {subject} starts with {_snip(line)} instead of "
+        raise ContentRejected(f"{self.name}: line 1: {subject} starts with "
+                              f"{_snip(line) if line else 'a blank line'} instead of "
                               f"'>' (FASTA) or '@' (FASTQ) — it is not a FASTA/FASTQ file.")
 
 
