@@ -237,6 +237,11 @@ class _FastqChecker(_Checker):
             self._lines = lines[i:]
             self._carry(tail)
 
+    def drain(self) -> None:
+        """Check the complete lines held back for the fast path now (used by sniff)."""
+        lines, self._lines = self._lines, []
+        self._slow(lines, 0, until_title=False)
+
     def _fast(self, lines: list[bytes], i: int, j: int) -> bool:
         """Check lines[i:j] as unwrapped 4-line records; False if it cannot prove them valid."""
         titles = lines[i:j:4]
@@ -449,6 +454,9 @@ class _FastaChecker(_Checker):
                     f"only letters, '*', '-' and '.'.")
         return self._reject(what, line_no, max(self.records, 1))
 
+    def drain(self) -> None:
+        """Nothing is held back but the unterminated last line."""
+
     def _end(self) -> None:
         """A FASTA file has no structure that shows a cut at a line end; nothing to check."""
 
@@ -601,6 +609,7 @@ class StreamValidator:
         self._decoder: _Plain | _Gzip | _Bzip2 | None = None
         self._checker: _FastqChecker | _FastaChecker | None = None
         self._error: ContentRejected | None = None
+        self._text_head = b""
 
     def feed(self, chunk: bytes) -> None:
         """Check the next raw bytes; raise ContentRejected as soon as the file is known bad."""
@@ -646,6 +655,7 @@ class StreamValidator:
                 self._text(text)
         for text in self._decoder.finish():
             self._text(text)
+        self._flush_head()
         if self._checker is None:
             raise ContentRejected(f"{self.name}: the file is empty (its {self._decoder.compression} "
                                   f"data decompresses to nothing).")
@@ -662,8 +672,13 @@ class StreamValidator:
 
     def _text(self, text: bytes) -> None:
         if self._checker is None:
-            if not text:
+            # Decide the format on the same bytes however the text was cut: 16 bytes for
+            # FASTA/FASTQ (SAM check), 512 to tell binary from text otherwise.
+            self._text_head += text
+            head = self._text_head
+            if len(head) < (16 if head[:1] in (b"@", b">") else 512):
                 return
+            text, self._text_head = self._text_head, b""
             self._checker = self._pick_format(text)
         checker = self._checker
         if len(text) <= TEXT_BLOCK:
@@ -671,6 +686,13 @@ class StreamValidator:
         else:
             for i in range(0, len(text), TEXT_BLOCK):
                 checker.feed(text[i:i + TEXT_BLOCK])
+
+    def _flush_head(self) -> None:
+        """At the end of the text (or of a sniffed head): decide on the few bytes there are."""
+        if self._checker is None and self._text_head:
+            text, self._text_head = self._text_head, b""
+            self._checker = self._pick_format(text)
+            self._checker.feed(text)
 
     def _pick_format(self, text: bytes) -> _FastqChecker | _FastaChecker:
         first = text[:1]
@@ -711,6 +733,9 @@ def sniff(head: bytes, name: str) -> None:
     if v._decoder is None:          # fewer than 16 bytes: decide on what there is
         v._guard(v._start, v._head)
         v._guard(lambda: [v._text(t) for t in v._decoder.feed(v._head)])
+    v._guard(v._flush_head)
+    if v._checker is not None:
+        v._guard(v._checker.drain)
 
 
 def validate_path(path: str | os.PathLike, *, block_size: int = 4 << 20) -> Summary:
