@@ -160,15 +160,17 @@ class Service:
         while not self.stop.is_set():
             due = self.tracker.next_due()
             timeout = 1.0 if due is None else min(1.0, max(0.0, due - time.time()))
+            # Drain every waiting hint (a path hinted many times is looked at once). The drain
+            # always ends in queue.Empty, so the batch is handled after the try, not in an else.
+            batch: set[str] = set()
             try:
-                batch = {self.hints.get(timeout=timeout)}
+                batch.add(self.hints.get(timeout=timeout))
                 while True:
                     batch.add(self.hints.get_nowait())
             except queue.Empty:
                 pass
-            else:
-                for path in batch:
-                    self.tracker.observe(path)
+            for path in batch:
+                self.tracker.observe(path)
             self.tracker.run_due()
             now = time.monotonic()
             if now >= next_rescan:

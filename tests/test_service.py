@@ -1,0 +1,267 @@
+"""`seqdrop run` end to end: the daemon as a subprocess, real inotify on tmp_path, the sandbox over loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.sandbox import Fault, Sandbox
+from harness import (VALIDATE, Daemon, all_in, by_name, cli, confirmed, fastq_bytes, md5_file, status,
+                     tree_digest, write_config)
+
+DEADLINE_S = 30.0
+
+
+def assert_uploaded_once(sb: Sandbox, path: Path) -> dict:
+    """Exactly one confirmed sample holds path's name, and its stored object is byte-identical to path."""
+    samples = [s for s in confirmed(sb) if s["filename"] == path.name]
+    assert len(samples) == 1, f"{path.name}: {len(samples)} confirmed samples: {samples}"
+    sample = samples[0]
+    assert sample["confirm_count"] >= 1
+    assert Path(sample["object_path"]).read_bytes() == path.read_bytes()
+    return sample
+
+
+def test_files_present_before_start_are_uploaded(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """Files already in the (nested) watch folder at start-up are found by the scan and uploaded once each."""
+    run = watch_dir / "run_01" / "fastq"
+    run.mkdir(parents=True)
+    a, b = run / "s1_R1.fastq", watch_dir / "s2.fq"
+    a.write_bytes(fastq_bytes(300_000, seed=1))
+    b.write_bytes(fastq_bytes(50_000, seed=2))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        files = d.wait_files(all_in("done", ["s1_R1.fastq", "s2.fq"]), DEADLINE_S, "both files done")
+        assert d.terminate() == 0
+    assert len(files) == 2
+    for f, path in zip(sorted(files, key=lambda f: f["path"]), sorted([a, b])):
+        assert f["path"] == str(path) and f["size"] == path.stat().st_size
+        assert f["sample_id"] == assert_uploaded_once(sandbox, path)["sample_id"]
+
+
+def test_files_dropped_while_running_are_uploaded(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """Files written into a running daemon's folder, including a new sub-folder, are uploaded once each."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        d.wait_ready()
+        paths = [watch_dir / "x.fastq", watch_dir / "new_run" / "y.fastq.gz"]
+        paths[0].write_bytes(fastq_bytes(120_000, seed=3))
+        paths[1].parent.mkdir()
+        import gzip
+        paths[1].write_bytes(gzip.compress(fastq_bytes(80_000, seed=4)))
+        d.wait_files(all_in("done", ["x.fastq", "y.fastq.gz"]), DEADLINE_S, "both files done")
+        assert d.terminate() == 0
+    for p in paths:
+        assert_uploaded_once(sandbox, p)
+    assert len(sandbox.samples()) == 2
+
+
+def test_slow_writer_is_uploaded_once_and_complete(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """A file written in chunks with pauses shorter than settle_seconds is uploaded once, all of it."""
+    settle_s = 1.0
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, settle_s=settle_s)
+    data = fastq_bytes(600_000, seed=5)
+    path = watch_dir / "slow.fastq"
+    with Daemon(cfg) as d:
+        d.wait_ready()
+        pieces = 8
+        with open(path, "wb") as f:
+            for i in range(pieces):
+                f.write(data[i * len(data) // pieces:(i + 1) * len(data) // pieces])
+                f.flush()
+                time.sleep(settle_s * 0.4)   # the writer's pace (the behaviour under test), not a sync
+        files = d.wait_files(all_in("done", ["slow.fastq"]), DEADLINE_S, "slow.fastq done")
+        assert d.terminate() == 0
+    assert len(files) == 1 and files[0]["size"] == len(data)
+    assert_uploaded_once(sandbox, path)
+    assert len(sandbox.samples()) == 1
+    assert len([r for r in sandbox.requests() if r["target"] == "init_upload"]) == 1
+
+
+def test_write_then_rename_is_uploaded_once_under_the_final_name(tmp_path: Path, sandbox: Sandbox,
+                                                                 watch_dir: Path) -> None:
+    """Files written under a hidden or temporary name and renamed into place are uploaded once, as the final name."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        d.wait_ready()
+        for temp, final, seed in ((".x.fastq.tmp", "x.fastq", 6), ("y.fastq.part", "y.fastq", 7),
+                                  (".z.fastq.Xa93kq", "z.fastq", 8)):   # rsync's own temp name
+            with open(watch_dir / temp, "wb") as f:
+                data = fastq_bytes(200_000, seed=seed)
+                f.write(data[:100_000])
+                f.flush()
+                time.sleep(0.3)              # the writer pauses mid-file (behaviour under test)
+                f.write(data[100_000:])
+            os.rename(watch_dir / temp, watch_dir / final)
+        files = d.wait_files(all_in("done", ["x.fastq", "y.fastq", "z.fastq"]), DEADLINE_S, "three files done")
+        assert d.terminate() == 0
+    assert sorted(os.path.basename(f["path"]) for f in files) == ["x.fastq", "y.fastq", "z.fastq"]
+    for name in ("x.fastq", "y.fastq", "z.fastq"):
+        assert_uploaded_once(sandbox, watch_dir / name)
+    assert sorted(s["filename"] for s in sandbox.samples()) == ["x.fastq", "y.fastq", "z.fastq"]
+
+
+def test_deleted_before_upload_is_vanished(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """A file deleted while it settles ends `vanished`, and nothing is sent for it."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, settle_s=3.0)
+    path = watch_dir / "gone.fastq"
+    with Daemon(cfg) as d:
+        d.wait_ready()
+        path.write_bytes(fastq_bytes(10_000, seed=9))
+        d.wait_files(all_in("seen", ["gone.fastq"]), DEADLINE_S, "gone.fastq seen")
+        path.unlink()
+        files = d.wait_files(all_in("vanished", ["gone.fastq"]), DEADLINE_S, "gone.fastq vanished")
+        assert d.terminate() == 0
+    assert len(files) == 1 and files[0]["error"]
+    assert sandbox.samples() == []
+
+
+def test_modified_after_upload_is_uploaded_again(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """A done file rewritten with other bytes is a new version: two rows, both done, two samples."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    path = watch_dir / "v.fastq"
+    path.write_bytes(fastq_bytes(100_000, seed=10))
+    first_md5 = md5_file(path)
+    with Daemon(cfg) as d:
+        d.wait_files(all_in("done", ["v.fastq"]), DEADLINE_S, "first version done")
+        with open(path, "ab") as f:
+            f.write(fastq_bytes(40_000, seed=11))
+        files = d.wait_files(lambda fs: len(fs) == 2 and all(f["state"] == "done" for f in fs),
+                             DEADLINE_S, "two versions done")
+        assert d.terminate() == 0
+    old, new = sorted(files, key=lambda f: f["id"])
+    assert old["sample_id"] != new["sample_id"] and new["size"] == path.stat().st_size
+    samples = {s["sample_id"]: s for s in confirmed(sandbox)}
+    assert len(samples) == 2
+    assert samples[old["sample_id"]]["md5"] == first_md5
+    assert Path(samples[new["sample_id"]]["object_path"]).read_bytes() == path.read_bytes()
+
+
+def test_touched_done_file_is_recorded_not_uploaded_again(tmp_path: Path, sandbox: Sandbox,
+                                                          watch_dir: Path) -> None:
+    """A `touch` of a done file (same bytes) adds a done row naming the same sample, and sends nothing."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    path = watch_dir / "t.fastq"
+    path.write_bytes(fastq_bytes(100_000, seed=12))
+    with Daemon(cfg) as d:
+        d.wait_files(all_in("done", ["t.fastq"]), DEADLINE_S, "t.fastq done")
+        st = path.stat()
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 2_000_000_000))
+        files = d.wait_files(lambda fs: len(fs) == 2 and all(f["state"] == "done" for f in fs),
+                             DEADLINE_S, "the touched version recorded as done")
+        assert d.terminate() == 0
+    old, new = sorted(files, key=lambda f: f["id"])
+    assert new["sample_id"] == old["sample_id"]
+    assert "not uploaded again" in (new["error"] or "")
+    assert len(sandbox.samples()) == 1
+    assert [r["target"] for r in sandbox.requests()].count("s3") == 1
+
+
+def test_ignored_files_never_appear_and_the_folder_is_unchanged(tmp_path: Path, sandbox: Sandbox,
+                                                                watch_dir: Path) -> None:
+    """Non-matching, hidden and temporary files are ignored and absent from status; no file in the folder changes."""
+    run = watch_dir / "run"
+    (run / ".staging").mkdir(parents=True)
+    ignored = {"notes.txt": b"run notes\n", "reads.bam": b"BAM\x01", ".hidden.fastq": fastq_bytes(5_000),
+               ".staging/a.fastq": fastq_bytes(5_000), "b.fastq.tmp": fastq_bytes(5_000),
+               "c.fastq.part": fastq_bytes(5_000), "SampleSheet.csv": b"[Header]\n"}
+    for name, data in ignored.items():
+        (run / name).write_bytes(data)
+    (run / "good.fastq").write_bytes(fastq_bytes(150_000, seed=13))
+    expected = {"good.fastq": "done"}
+    if VALIDATE:
+        broken = fastq_bytes(20_000, seed=14)
+        (run / "broken.fastq").write_bytes(broken[: len(broken) // 2 + 7])   # truncated mid-record
+        expected["broken.fastq"] = "rejected"
+    before = tree_digest(watch_dir)
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        d.wait_ready()
+        (run / "late.txt").write_bytes(b"written while running\n")
+        (run / ".late.fastq").write_bytes(fastq_bytes(5_000))
+        before.update({"run/late.txt": tree_digest(run)["late.txt"], "run/.late.fastq": tree_digest(run)[".late.fastq"]})
+        files = d.wait_files(lambda fs: all(all_in(s, [n])(fs) for n, s in expected.items()), DEADLINE_S,
+                             f"{expected}")
+        assert d.terminate() == 0
+    assert sorted(os.path.basename(f["path"]) for f in files) == sorted(expected)
+    assert tree_digest(watch_dir) == before
+    assert [s["filename"] for s in confirmed(sandbox)] == ["good.fastq"]
+    # The truncated file is refused by the streaming validator during its POST: S3 never gets
+    # a complete body, and the sample begun for it is cancelled, never confirmed.
+    assert all(s["state"] == "cancelled" for s in sandbox.samples() if s["filename"] == "broken.fastq")
+
+
+def test_retry_picks_up_a_failed_file_while_running(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """A file failed by a 400 is put back by `seqdrop retry --failed` and uploaded, without a restart."""
+    sandbox.add_fault(Fault(target="init_upload", kind="status", status=400,
+                            message="Invalid filename for this account.", times=None))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    path = watch_dir / "r.fastq"
+    path.write_bytes(fastq_bytes(50_000, seed=15))
+    with Daemon(cfg) as d:
+        files = d.wait_files(all_in("failed", ["r.fastq"]), DEADLINE_S, "r.fastq failed")
+        assert "Invalid filename for this account." in files[0]["error"]
+        sandbox.clear_faults()
+        done = cli(cfg, "retry", "--failed")
+        assert done.returncode == 0 and done.stdout.startswith("1 file put back"), done.stdout + done.stderr
+        files = d.wait_files(all_in("done", ["r.fastq"]), DEADLINE_S, "r.fastq done after retry")
+        assert d.terminate() == 0
+    assert len(files) == 1 and files[0]["error"] is None
+    assert_uploaded_once(sandbox, path)
+
+
+def test_status_json_shape_while_running(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """`status --json` read while the daemon runs has design.md's shape: counts of every state, one entry per version."""
+    (watch_dir / "s.fastq").write_bytes(fastq_bytes(20_000, seed=16))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        d.wait_files(all_in("done", ["s.fastq"]), DEADLINE_S, "s.fastq done")
+        doc = d.status()
+        assert d.alive()
+        assert d.terminate() == 0
+    assert set(doc) >= {"counts", "files"}
+    assert doc["counts"] == {"seen": 0, "queued": 0, "uploading": 0, "done": 1, "rejected": 0, "failed": 0,
+                             "vanished": 0}
+    [entry] = doc["files"]
+    assert set(entry) == {"id", "path", "state", "size", "sample_id", "attempts", "error", "updated_at"}
+    assert os.path.isabs(entry["path"]) and entry["path"] == str(watch_dir / "s.fastq")
+    assert isinstance(entry["id"], int) and isinstance(entry["attempts"], int)
+    assert entry["size"] == (watch_dir / "s.fastq").stat().st_size
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", entry["updated_at"])
+    assert entry["sample_id"] == confirmed(sandbox)[0]["sample_id"]
+
+
+def test_missing_watch_folder_is_a_config_error(tmp_path: Path, sandbox: Sandbox) -> None:
+    """A watch folder that does not exist at start-up exits 2 with a message naming the key, no traceback."""
+    cfg = write_config(tmp_path, watch=[tmp_path / "not-there"], api_url=sandbox.api_url)
+    d = Daemon(cfg)
+    with d:
+        code = d.proc.wait(15)
+    out = d.log_path.read_text()
+    assert code == 2, out
+    assert "watch.paths[0]" in out and str(tmp_path / "not-there") in out
+    assert "Traceback" not in out
+
+
+def test_sigterm_exits_0(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """SIGTERM to an idle daemon stops it in order and exits 0; a restart then finds the queue intact."""
+    (watch_dir / "k.fastq").write_bytes(fastq_bytes(20_000, seed=17))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        d.wait_files(all_in("done", ["k.fastq"]), DEADLINE_S, "k.fastq done")
+        started = time.monotonic()
+        assert d.terminate() == 0
+        assert time.monotonic() - started < 5
+        events = [e.get("event") for e in d.log_events()]
+        assert "service.stopping" in events and "service.stopped" in events
+        d.start()
+        d.wait_ready()
+        d.signal(signal.SIGINT)
+        assert d.proc.wait(10) == 0
+    assert [f["state"] for f in status(cfg)["files"]] == ["done"]
+    assert len(sandbox.samples()) == 1
