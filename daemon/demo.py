@@ -58,7 +58,7 @@ def run_demo(*, keep: bool = False, out: Any = None) -> int:
         service = Service(settings, api_key="demo-key", log=logs.get("seqdrop"))
         thread = threading.Thread(target=service.run, name="seqdrop-demo-daemon", daemon=True)
         thread.start()
-        reader = Store(settings.queue.path)
+        reader = _wait_for_store(settings.queue.path, thread)
         try:
             ok = _drive(say, run_dir, reader, sb)
         except KeyboardInterrupt:
@@ -73,6 +73,17 @@ def run_demo(*, keep: bool = False, out: Any = None) -> int:
     else:
         shutil.rmtree(tmp, ignore_errors=True)
     return 0 if ok else 1
+
+
+def _wait_for_store(path: str, thread: threading.Thread) -> Any:
+    """A read-only view of the daemon's queue, once the daemon has created it."""
+    from daemon.store import Store
+    deadline = time.monotonic() + 30
+    while not os.path.exists(path):
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError("the demo daemon did not start; see its log")
+        time.sleep(0.05)
+    return Store(path, readonly=True)
 
 
 def _drive(say: Any, run_dir: str, store: Any, sb: Any) -> bool:

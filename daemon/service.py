@@ -158,33 +158,45 @@ class Service:
         next_housekeeping = 0.0
         next_summary = _next_daily(s.notify.daily_summary_at)
         while not self.stop.is_set():
-            due = self.tracker.next_due()
-            timeout = 1.0 if due is None else min(1.0, max(0.0, due - time.time()))
-            # Drain every waiting hint (a path hinted many times is looked at once). The drain
-            # always ends in queue.Empty, so the batch is handled after the try, not in an else.
-            batch: set[str] = set()
             try:
-                batch.add(self.hints.get(timeout=timeout))
-                while True:
-                    batch.add(self.hints.get_nowait())
-            except queue.Empty:
-                pass
-            for path in batch:
-                self.tracker.observe(path)
-            self.tracker.run_due()
-            now = time.monotonic()
-            if now >= next_rescan:
-                self._full_scan()
-                next_rescan = now + s.watch.rescan_interval_s
-            if now >= next_housekeeping:
-                self._housekeeping()
-                next_housekeeping = now + HOUSEKEEPING_S
-            if self.paused_reason and time.time() >= self._next_probe:
-                self._probe()
-            if next_summary is not None and time.time() >= next_summary:
-                self.emit("daily_summary", counts=self.store.counts(),
-                          done_last_24h=self.store.done_since(time.time() - 86400))
-                next_summary = _next_daily(s.notify.daily_summary_at)
+                next_rescan, next_housekeeping, next_summary = self._loop_once(
+                    next_rescan, next_housekeeping, next_summary)
+            except Exception:
+                # A bug or a passing SQLite/filesystem error must not stop the watching: log, breathe, go on.
+                self.log.exception("service.loop_error")
+                self.stop.wait(1.0)
+
+    def _loop_once(self, next_rescan: float, next_housekeeping: float,
+                   next_summary: float | None) -> tuple[float, float, float | None]:
+        s = self.settings
+        due = self.tracker.next_due()
+        timeout = 1.0 if due is None else min(1.0, max(0.0, due - time.time()))
+        # Drain every waiting hint (a path hinted many times is looked at once). The drain
+        # always ends in queue.Empty, so the batch is handled after the try, not in an else.
+        batch: set[str] = set()
+        try:
+            batch.add(self.hints.get(timeout=timeout))
+            while True:
+                batch.add(self.hints.get_nowait())
+        except queue.Empty:
+            pass
+        for path in batch:
+            self.tracker.observe(path)
+        self.tracker.run_due()
+        now = time.monotonic()
+        if now >= next_rescan:
+            self._full_scan()
+            next_rescan = now + s.watch.rescan_interval_s
+        if now >= next_housekeeping:
+            self._housekeeping()
+            next_housekeeping = now + HOUSEKEEPING_S
+        if self.paused_reason and time.time() >= self._next_probe:
+            self._probe()
+        if next_summary is not None and time.time() >= next_summary:
+            self.emit("daily_summary", counts=self.store.counts(),
+                      done_last_24h=self.store.done_since(time.time() - 86400))
+            next_summary = _next_daily(s.notify.daily_summary_at)
+        return next_rescan, next_housekeeping, next_summary
 
     def _full_scan(self) -> int:
         n = 0

@@ -1,0 +1,132 @@
+"""The command line as users and scripts see it: exit codes, messages, no tracebacks."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.sandbox import Sandbox
+
+KEY = "cli-test-key"
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "daemon" / "samples"
+
+
+def seqdrop(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    full_env = {k: v for k, v in os.environ.items() if k not in ("ONE_CODEX_API_KEY", "SEQDROP_CONFIG")}
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True,
+                          env=full_env, timeout=timeout, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def sb():
+    with Sandbox(api_keys=(KEY,)) as sandbox:
+        yield sandbox
+
+
+@pytest.fixture
+def cfg(tmp_path, sb):
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    p = tmp_path / "config.toml"
+    p.write_text(f'[api]\nbase_url = "{sb.api_url}"\n[watch]\npaths = ["{watch}"]\n'
+                 f'[queue]\npath = "{tmp_path}/q.sqlite3"\n')
+    return str(p)
+
+
+@pytest.mark.parametrize("args,code,words", [
+    (["run", "--config", "/nonexistent/seqdrop.toml"], 2, "does not exist"),
+    (["status", "--config", "/nonexistent/seqdrop.toml"], 2, "does not exist"),
+    (["frobnicate"], 2, "invalid choice"),
+    ([], 2, "usage"),
+])
+def test_usage_and_config_errors_exit_2_without_traceback(args, code, words):
+    """Usage and config mistakes exit 2 with a message and never a traceback."""
+    r = seqdrop(*args)
+    assert r.returncode == code
+    assert words in (r.stderr + r.stdout)
+    assert "Traceback" not in r.stderr
+
+
+def test_bad_config_key_names_file_key_and_fix(tmp_path):
+    """A typo in the config exits 2 naming the file, the key and the fix."""
+    p = tmp_path / "c.toml"
+    p.write_text("[upload]\nworkres = 3\n")
+    r = seqdrop("--config", str(p), "run")
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert str(p) in r.stderr and "workres" in r.stderr and "fix:" in r.stderr
+
+
+def test_config_option_works_before_and_after_the_subcommand(cfg):
+    """--config is accepted on either side of the subcommand name."""
+    assert seqdrop("--config", cfg, "status", "--json").returncode == 0
+    assert seqdrop("status", "--config", cfg, "--json").returncode == 0
+    assert seqdrop("status", "--json", env={"SEQDROP_CONFIG": cfg}).returncode == 0
+
+
+def test_missing_api_key_is_a_config_error(cfg):
+    """run without any API key exits 2 and says where a key can come from."""
+    r = seqdrop("run", "--config", cfg)
+    assert r.returncode == 2 and "ONE_CODEX_API_KEY" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_status_json_before_the_daemon_ever_ran(cfg):
+    """status --json works with no queue yet: every state counted as zero, no files."""
+    r = seqdrop("status", "--json", "--config", cfg)
+    doc = json.loads(r.stdout)
+    assert doc["files"] == [] and set(doc["counts"]) == {"seen", "queued", "uploading", "done", "rejected",
+                                                         "failed", "vanished"}
+
+
+def test_upload_confirms_files_and_exits_0(cfg, sb, tmp_path):
+    """seqdrop upload FILE... confirms each file and exits 0; the key never shows in the output."""
+    r = seqdrop("upload", "--config", cfg, str(SAMPLES / "demo_R1.fastq"), str(SAMPLES / "demo_contigs.fasta"),
+                env={"ONE_CODEX_API_KEY": KEY})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("confirmed as sample") == 2
+    assert KEY not in r.stdout + r.stderr
+
+
+def test_upload_exits_1_when_a_file_is_rejected(cfg, tmp_path):
+    """One bad file among good ones: exit 1, the bad one named with its reason."""
+    bad = tmp_path / "bad.fastq"
+    bad.write_bytes(b"@r1\nACGT\n+\nII\n")
+    r = seqdrop("upload", "--config", cfg, str(SAMPLES / "demo_R1.fastq"), str(bad), env={"ONE_CODEX_API_KEY": KEY})
+    assert r.returncode == 1
+    assert "confirmed as sample" in r.stdout and "bad.fastq: rejected" in r.stdout
+
+
+def test_upload_with_a_wrong_key_says_so(cfg):
+    """A rejected key: exit 1 and 'API key rejected', no traceback."""
+    r = seqdrop("upload", "--config", cfg, str(SAMPLES / "demo_R1.fastq"), env={"ONE_CODEX_API_KEY": "nope"})
+    assert r.returncode == 1 and "API key rejected" in r.stdout and "Traceback" not in r.stderr
+
+
+def test_check_reports_a_good_setup_and_a_bad_key(cfg):
+    """check exits 0 when all is well, 1 with the problem and its fix when the key is refused."""
+    good = seqdrop("check", "--config", cfg, env={"ONE_CODEX_API_KEY": KEY})
+    assert good.returncode == 0 and "all good" in good.stdout
+    bad = seqdrop("check", "--config", cfg, env={"ONE_CODEX_API_KEY": "wrong"})
+    assert bad.returncode == 1 and "rejected" in bad.stdout and "fix:" in bad.stdout
+    assert "wrong" not in bad.stdout.replace("rejected", "")
+
+
+def test_check_with_a_broken_config_exits_2(tmp_path):
+    """check names the config problem and exits 2."""
+    p = tmp_path / "c.toml"
+    p.write_text("[watch]\npaths = ['/no/such/folder']\n")
+    r = seqdrop("check", "--config", str(p))
+    assert r.returncode == 2 and "does not exist" in r.stdout
+
+
+def test_demo_runs_to_completion():
+    """seqdrop demo, with no setup, shows files going through and exits 0."""
+    r = seqdrop("demo", timeout=150)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "samples confirmed" in r.stdout and "rejected" in r.stdout
