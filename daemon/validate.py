@@ -45,6 +45,7 @@ TEXT_BLOCK = 512 << 10    # text checked per step: measured fastest of 256 KiB..
 LONG_LINE = 4 << 20       # a FASTA sequence line longer than this is checked in pieces
 MAX_LINE = 32 << 20       # any other line longer than this is rejected (memory bound)
 SNIFF_BYTES = 64 << 10
+IN_SLICE = 128 << 10      # compressed bytes handed to the decompressor per call
 
 # Residues: every ASCII letter (IUPAC nucleotide and protein codes, upper or lower
 # case), '*' (stop), '-' and '.' (gaps). Spaces and tabs are errors (the FASTQ
@@ -206,6 +207,7 @@ class _FastqChecker(_Checker):
         if carried:
             lines[:0] = carried
         has_nul = b"\0" in text or b"\0" in tail or any(b"\0" in ln for ln in carried)
+        longest_new = len(tail) + len(text)   # bound on the length of any line not yet checked
         tail = lines.pop()
         if final:
             if tail.endswith(b"\r"):   # CRLF file whose last line lost only its '\n'
@@ -216,7 +218,7 @@ class _FastqChecker(_Checker):
             tail = b""
         elif len(tail) > MAX_LINE:
             lines.append(tail)
-        if len(text) + len(tail) > MAX_LINE:
+        if longest_new > MAX_LINE:
             long = next((k for k, ln in enumerate(lines) if len(ln) > MAX_LINE), None)
             if long is not None:
                 self._slow(lines[:long], 0, until_title=False)
@@ -524,6 +526,13 @@ class _Compressed:
         raise NotImplementedError
 
     def feed(self, raw: bytes) -> Iterator[bytes]:
+        # Small input slices: at a member's end the decompressor copies all input it was
+        # given past that end into unused_data, which for BGZF (a member per 64 KiB) fed
+        # 4 MiB at a time cost more than the inflating itself.
+        for pos in range(0, len(raw), IN_SLICE):
+            yield from self._inflate(raw[pos:pos + IN_SLICE])
+
+    def _inflate(self, raw: bytes) -> Iterator[bytes]:
         while raw:
             if self._d is None:
                 raw = self._between + raw

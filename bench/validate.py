@@ -1,0 +1,147 @@
+"""Benchmark daemon/validate.py against the system's own integrity checkers.
+
+    .venv/bin/python bench/validate.py [--size-gib 1] [--quick] [--out bench/out/validate]
+
+Generates (once; reused while the size matches) an Illumina-like FASTQ of --size-gib GiB
+(150 bp reads, NovaSeq-style binned qualities, fixed seed), its gzip -1 copy (the BCL Convert
+default level), and 64 MiB side files (wrapped FASTQ, FASTA, bzip2), then times, each best of
+--repeat runs, with the files in the page cache:
+  gzip -t  vs  validate_path() on the .fastq.gz      (target ratio >= 1.0)
+  validate_path() on the plain FASTQ                 (target >= 500 MB/s of plain input)
+  and, for the record, bzip2 -t vs the validator, the wrapped-FASTQ slow path and FASTA.
+MB/s is bytes of the file as on disk per second; text MB/s is decompressed bytes per second.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import os
+import random
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from daemon.validate import validate_path  # noqa: E402
+
+MiB = 1 << 20
+ACGT = bytes.maketrans(bytes(range(256)), b"ACGT" * 64)
+# NovaSeq bins its qualities to four values; mostly 'F' (Q37).
+QUAL = bytes.maketrans(bytes(range(256)), b"F" * 200 + b":" * 30 + b"," * 16 + b"#" * 10)
+
+
+def make_fastq(path: Path, size: int, *, wrap: int = 0, seed: int = 1) -> None:
+    rng = random.Random(seed)
+    written, n = 0, 0
+    with open(path, "wb") as f:
+        while written < size:
+            recs = []
+            for _ in range(10000):
+                n += 1
+                seq = rng.randbytes(150).translate(ACGT)
+                qual = rng.randbytes(150).translate(QUAL)
+                if wrap:
+                    seq = b"\n".join(seq[i:i + wrap] for i in range(0, 150, wrap))
+                    qual = b"\n".join(qual[i:i + wrap] for i in range(0, 150, wrap))
+                recs.append(b"@A00123:8:H5KJ2DSX2:1:%d:%d:%d 1:N:0:ACGTACGT+TTGACCAA\n%s\n+\n%s\n"
+                            % (1101 + n % 77, n % 32000, n % 29000, seq, qual))
+            block = b"".join(recs)
+            f.write(block)
+            written += len(block)
+
+
+def make_fasta(path: Path, size: int, seed: int = 2) -> None:
+    rng = random.Random(seed)
+    with open(path, "wb") as f:
+        for chrom in range(1, 5):
+            f.write(b">chr%d synthetic\n" % chrom)
+            seq = rng.randbytes(size // 4).translate(ACGT)
+            f.write(b"\n".join(seq[i:i + 60] for i in range(0, len(seq), 60)) + b"\n")
+
+
+def compress(src: Path, dst: Path, tool: str) -> None:
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        if shutil.which(tool):
+            subprocess.run([tool, "-1" if tool == "gzip" else "-9", "-c"], stdin=fin, stdout=fout, check=True)
+        elif tool == "gzip":
+            fout.write(gzip.compress(fin.read(), 1, mtime=0))
+        else:
+            raise SystemExit(f"{tool} is needed for this benchmark")
+
+
+def best_of(repeat: int, fn) -> float:
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return min(times)
+
+
+def run_tool(args: list[str]) -> None:
+    subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--size-gib", type=float, default=1.0)
+    ap.add_argument("--quick", action="store_true", help="64 MiB main file, 8 MiB side files: a smoke run")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "validate")
+    args = ap.parse_args()
+    size = 64 * MiB if args.quick else int(args.size_gib * 1024 * MiB)
+    side = 8 * MiB if args.quick else 64 * MiB
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    plain = args.out / f"reads_{size}.fastq"
+    packed = plain.with_name(plain.name + ".gz")
+    wrapped = args.out / f"wrapped_{side}.fastq"
+    fasta = args.out / f"genome_{side}.fasta"
+    small = args.out / f"reads_{side}.fastq"
+    small_bz2 = small.with_name(small.name + ".bz2")
+    t0 = time.perf_counter()
+    for path, make in [(plain, lambda p: make_fastq(p, size)), (packed, lambda p: compress(plain, p, "gzip")),
+                       (wrapped, lambda p: make_fastq(p, side, wrap=60)), (fasta, lambda p: make_fasta(p, side)),
+                       (small, lambda p: make_fastq(p, side, seed=3)), (small_bz2, lambda p: compress(small, p, "bzip2"))]:
+        if not path.exists():
+            print(f"generating {path.name} ...", file=sys.stderr, flush=True)
+            make(path)
+    print(f"files ready in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+
+    rows = []
+
+    def measure(path: Path, tool: str, fn, text_bytes: int, ref: float | None, ref_name: str) -> float:
+        for _ in range(1):      # warm the page cache
+            with open(path, "rb", buffering=0) as f:
+                while f.read(8 * MiB):
+                    pass
+        secs = best_of(args.repeat, fn)
+        mb_s = path.stat().st_size / secs / 1e6
+        rows.append((path.name, path.stat().st_size / 1e6, tool, secs, mb_s, text_bytes / secs / 1e6,
+                     f"{mb_s / ref:.2f} vs {ref_name}" if ref else ""))
+        return mb_s
+
+    n_plain = plain.stat().st_size
+    gzip_t = measure(packed, "gzip -t", lambda: run_tool(["gzip", "-t", str(packed)]), n_plain, None, "")
+    measure(packed, "seqdrop validate", lambda: validate_path(packed), n_plain, gzip_t, "gzip -t")
+    measure(plain, "seqdrop validate", lambda: validate_path(plain), n_plain, 500.0, "500 MB/s target")
+    if shutil.which("bzip2"):
+        bz_t = measure(small_bz2, "bzip2 -t", lambda: run_tool(["bzip2", "-t", str(small_bz2)]), side, None, "")
+        measure(small_bz2, "seqdrop validate", lambda: validate_path(small_bz2), side, bz_t, "bzip2 -t")
+    measure(wrapped, "seqdrop validate (wrapped: exact slow path)", lambda: validate_path(wrapped),
+            wrapped.stat().st_size, None, "")
+    measure(fasta, "seqdrop validate", lambda: validate_path(fasta), fasta.stat().st_size, None, "")
+
+    print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} CPUs, best of {args.repeat}\n")
+    print("| file | size MB | tool | seconds | MB/s | text MB/s | ratio |")
+    print("|---|---:|---|---:|---:|---:|---|")
+    for name, mb, tool, secs, mb_s, text_mb_s, ratio in rows:
+        print(f"| {name} | {mb:,.0f} | {tool} | {secs:.2f} | {mb_s:,.0f} | {text_mb_s:,.0f} | {ratio} |")
+
+
+if __name__ == "__main__":
+    main()
