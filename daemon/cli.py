@@ -121,12 +121,22 @@ def _install_signal_handlers(request_stop: Any, log: Any) -> None:
 
 
 # -- status / retry ----------------------------------------------------------------------------
-def _open_store_for_reading(args: argparse.Namespace) -> tuple[Any, Any] | None:
+def _open_store_for_reading(args: argparse.Namespace, *, write: bool = False) -> tuple[Any, Any]:
+    """The daemon's queue, opened beside the running daemon (WAL: readers never block it).
+
+    status opens it read-only, so running it as root never leaves root-owned files beside the
+    database that the seqdrop user could not open.
+    """
+    import sqlite3
     from daemon.store import Store
     settings = config_mod.load(args.config_path, must_exist=args.config_explicit, check_folders=False)
     if not os.path.exists(settings.queue.path):
         return settings, None
-    return settings, Store(settings.queue.path)
+    try:
+        return settings, Store(settings.queue.path, readonly=not write)
+    except sqlite3.Error as e:
+        raise ConfigError(f"cannot open the queue {settings.queue.path} ({e})", file=settings.source,
+                          key="queue.path", fix="run as the seqdrop user or root, and check the path") from None
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -162,7 +172,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
-    settings, store = _open_store_for_reading(args)
+    settings, store = _open_store_for_reading(args, write=True)
     if store is None:
         print(f"No queue yet at {settings.queue.path}; nothing to retry.")
         return EXIT_OK

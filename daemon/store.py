@@ -127,10 +127,33 @@ class Store:
             self.db.executescript(_SCHEMA)
             self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                             (str(SCHEMA_VERSION),))
+        self.db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()   # opens the WAL index now
+        self._match_owner()
+
+    def _match_owner(self) -> None:
+        """Run as root (`seqdrop status` by an admin), give SQLite's side files to the database's
+        owner: a root-owned -wal or -shm would lock the seqdrop user out of its own queue."""
+        if os.geteuid() != 0:
+            return
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return
+        if st.st_uid == 0:
+            return
+        for suffix in ("-wal", "-shm"):
+            try:
+                side = os.stat(self.path + suffix)
+                if side.st_uid != st.st_uid:
+                    os.chown(self.path + suffix, st.st_uid, st.st_gid)
+            except OSError:
+                pass
 
     def close(self) -> None:
         with self._lock:
+            self._match_owner()
             self.db.close()
+            self._match_owner()
             if self._lockfile is not None:
                 os.close(self._lockfile)
                 self._lockfile = None

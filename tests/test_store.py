@@ -1,0 +1,108 @@
+"""The SQLite queue: claims, steps, retries and durability across connections."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from daemon.store import Identity, Store, StoreLocked
+
+IDENT = Identity(1, 2, 300, 4)
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(str(tmp_path / "q.sqlite3"))
+    yield s
+    s.close()
+
+
+def test_claim_takes_each_due_row_once(store):
+    """Two claimers never get the same row; rows not yet due are not claimed."""
+    a = store.add_seen("/a", IDENT)
+    b = store.add_seen("/b", IDENT)
+    store.set_state(a, "queued")
+    store.set_state(b, "queued", next_attempt_at=store.clock() + 3600)
+    first = store.claim_next("w1")
+    assert first.id == a and first.state == "uploading"
+    assert store.claim_next("w2") is None
+
+
+def test_stale_claims_are_released_with_their_step_kept(store):
+    """A row left 'uploading' by a dead daemon goes back to 'queued' keeping its sample and step."""
+    a = store.add_seen("/a", IDENT)
+    store.set_state(a, "queued")
+    store.claim_next("dead")
+    store.save_init(a, "s1", '{"sample_id": "s1"}')
+    assert store.release_stale_claims() == 1
+    row = store.get(a)
+    assert (row.state, row.step, row.sample_id) == ("queued", "initialized", "s1")
+
+
+def test_transitions_are_visible_to_another_process_at_once(store, tmp_path):
+    """A state recorded by one connection is read by a separate process (status beside the daemon)."""
+    a = store.add_seen("/a", IDENT)
+    store.mark_done(a, sample_id="abc", md5="0" * 32)
+    code = ("import sys; from daemon.store import Store; s = Store(sys.argv[1], readonly=True);"
+            "r = s.get(1); print(r.state, r.sample_id)")
+    out = subprocess.run([sys.executable, "-c", code, store.path], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["done", "abc"]
+
+
+def test_reschedule_counts_attempts_and_keeps_the_error(store):
+    """A transient error puts the row back with a later attempt time, attempts+1 and the message."""
+    a = store.add_seen("/a", IDENT)
+    store.set_state(a, "queued")
+    store.claim_next("w")
+    store.reschedule(a, delay_s=30, error="HTTP 503")
+    row = store.get(a)
+    assert row.state == "queued" and row.attempts == 1 and row.error == "HTTP 503"
+    assert row.next_attempt_at >= store.clock() + 29
+
+
+def test_retry_resets_failed_and_rejected_rows(store):
+    """retry puts failed/rejected rows back from scratch; only the chosen states and ids move."""
+    ids = [store.add_seen(f"/{n}", IDENT) for n in "abc"]
+    store.set_state(ids[0], "failed", error="400", step="initialized", sample_id="x")
+    store.set_state(ids[1], "rejected", error="truncated")
+    store.set_state(ids[2], "done")
+    assert store.retry(states=("failed",)) == 1
+    row = store.get(ids[0])
+    assert (row.state, row.step, row.sample_id, row.error) == ("queued", "", None, None)
+    assert store.get(ids[1]).state == "rejected"
+    assert store.retry(states=("failed", "rejected"), ids=(ids[1],)) == 1
+    assert store.get(ids[2]).state == "done"
+
+
+def test_one_daemon_per_queue(store, tmp_path):
+    """A second daemon on the same queue is refused."""
+    store.lock_exclusive()
+    other = Store(store.path)
+    with pytest.raises(StoreLocked, match="another seqdrop daemon"):
+        other.lock_exclusive()
+    other.close()
+
+
+def test_counts_cover_every_state(store):
+    """counts() names all seven states, zeros included."""
+    store.add_seen("/a", IDENT)
+    assert store.counts() == {"seen": 1, "queued": 0, "uploading": 0, "done": 0, "rejected": 0,
+                              "failed": 0, "vanished": 0}
+
+
+def test_public_row_has_the_status_fields_and_no_upload_secrets(store):
+    """status rows carry the contract's fields and nothing of the S3 form (policy, signature)."""
+    a = store.add_seen("/a", IDENT)
+    store.save_init(a, "s1", '{"fields": [["signature", "SECRET"]]}')
+    doc = store.get(a).public()
+    assert set(doc) == {"id", "path", "state", "size", "sample_id", "attempts", "error", "updated_at"}
+    assert "SECRET" not in repr(doc)
+
+
+def test_synchronous_full_and_wal(store):
+    """The queue runs in WAL mode with synchronous=FULL (a recorded change survives a power cut)."""
+    assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2
