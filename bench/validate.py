@@ -8,7 +8,8 @@ default level), and 64 MiB side files (wrapped FASTQ, FASTA, bzip2), then times,
 --repeat runs, with the files in the page cache:
   gzip -t  vs  validate_path() on the .fastq.gz      (target ratio >= 1.0)
   validate_path() on the plain FASTQ                 (target >= 500 MB/s of plain input)
-  and, for the record, bzip2 -t vs the validator, the wrapped-FASTQ slow path and FASTA.
+  and, for the record, bzip2 -t and gzip -t (BGZF) vs the validator, the wrapped-FASTQ
+  slow path, FASTA, and the peak memory of a fresh process validating each file.
 MB/s is bytes of the file as on disk per second; text MB/s is decompressed bytes per second.
 """
 
@@ -19,9 +20,11 @@ import gzip
 import os
 import random
 import shutil
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -73,6 +76,29 @@ def compress(src: Path, dst: Path, tool: str) -> None:
             raise SystemExit(f"{tool} is needed for this benchmark")
 
 
+def make_bgzf(src: Path, dst: Path) -> None:
+    """BGZF as bgzip writes it: 65280-byte blocks, one gzip member each, then the EOF block."""
+    def block(data: bytes) -> bytes:
+        c = zlib.compressobj(1, zlib.DEFLATED, -15)
+        body = c.compress(data) + c.flush()
+        return (struct.pack("<4BI2BH2BHH", 31, 139, 8, 4, 0, 0, 255, 6, 66, 67, 2, len(body) + 25)
+                + body + struct.pack("<II", zlib.crc32(data), len(data)))
+    with open(src, "rb") as fin, open(dst, "wb") as fout:
+        while data := fin.read(65280):
+            fout.write(block(data))
+        fout.write(block(b""))
+
+
+def peak_rss_mb(path: Path) -> float:
+    """Peak resident memory of a fresh interpreter that validates path (import included)."""
+    code = ("import resource, sys; sys.path.insert(0, sys.argv[2]); "
+            "from daemon.validate import validate_path; validate_path(sys.argv[1]); "
+            "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
+    out = subprocess.run([sys.executable, "-c", code, str(path), str(Path(__file__).resolve().parent.parent)],
+                         check=True, capture_output=True, text=True).stdout
+    return int(out) / 1024
+
+
 def best_of(repeat: int, fn) -> float:
     times = []
     for _ in range(repeat):
@@ -103,10 +129,12 @@ def main() -> None:
     fasta = args.out / f"genome_{side}.fasta"
     small = args.out / f"reads_{side}.fastq"
     small_bz2 = small.with_name(small.name + ".bz2")
+    small_bgzf = small.with_name(small.name + ".bgzf.gz")
     t0 = time.perf_counter()
     for path, make in [(plain, lambda p: make_fastq(p, size)), (packed, lambda p: compress(plain, p, "gzip")),
                        (wrapped, lambda p: make_fastq(p, side, wrap=60)), (fasta, lambda p: make_fasta(p, side)),
-                       (small, lambda p: make_fastq(p, side, seed=3)), (small_bz2, lambda p: compress(small, p, "bzip2"))]:
+                       (small, lambda p: make_fastq(p, side, seed=3)), (small_bz2, lambda p: compress(small, p, "bzip2")),
+                       (small_bgzf, lambda p: make_bgzf(small, p))]:
         if not path.exists():
             print(f"generating {path.name} ...", file=sys.stderr, flush=True)
             make(path)
@@ -132,6 +160,8 @@ def main() -> None:
     if shutil.which("bzip2"):
         bz_t = measure(small_bz2, "bzip2 -t", lambda: run_tool(["bzip2", "-t", str(small_bz2)]), side, None, "")
         measure(small_bz2, "seqdrop validate", lambda: validate_path(small_bz2), side, bz_t, "bzip2 -t")
+    bgzf_t = measure(small_bgzf, "gzip -t", lambda: run_tool(["gzip", "-t", str(small_bgzf)]), side, None, "")
+    measure(small_bgzf, "seqdrop validate", lambda: validate_path(small_bgzf), side, bgzf_t, "gzip -t")
     measure(wrapped, "seqdrop validate (wrapped: exact slow path)", lambda: validate_path(wrapped),
             wrapped.stat().st_size, None, "")
     measure(fasta, "seqdrop validate", lambda: validate_path(fasta), fasta.stat().st_size, None, "")
@@ -141,6 +171,9 @@ def main() -> None:
     print("|---|---:|---|---:|---:|---:|---|")
     for name, mb, tool, secs, mb_s, text_mb_s, ratio in rows:
         print(f"| {name} | {mb:,.0f} | {tool} | {secs:.2f} | {mb_s:,.0f} | {text_mb_s:,.0f} | {ratio} |")
+    print("\nPeak RSS of a fresh interpreter validating (memory does not grow with file size):")
+    for path in (packed, plain, small, fasta):
+        print(f"- {path.name}: {peak_rss_mb(path):.0f} MB")
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ The upload pipeline feeds a StreamValidator the same raw bytes it streams to S3,
 so a file is read once; ``finish()`` either returns a Summary or raises
 ContentRejected with one sentence a lab person can act on.
 
-How it stays fast in pure Python: text is checked a block (~1 MiB) at a time with
+How it stays fast in pure Python: text is checked a block (512 KiB) at a time with
 bytes methods that run in C. For FASTQ, a block of complete 4-line records is
 split into lines and checked column-wise (``lines[1::4]`` joined, then
 ``translate`` to find bad characters, ``map(len, ...)`` to compare lengths). A
@@ -19,7 +19,34 @@ FASTQ rules (Cock et al. 2010, NAR 38:1767): '@' title; sequence lines until a
 line starting with '+'; the '+' line is bare or repeats the title exactly; then
 quality lines until the quality is as long as the sequence (the first quality
 line is always read, so a quality line may start with '@'); quality characters
-'!'..'~'. Decisions of our own are listed next to their constants below.
+'!'..'~' (Sanger, Solexa and Illumina encodings all fit; no variant is assumed).
+
+Decisions of our own (each has a test in tests/test_validate.py):
+- Compression is told by magic bytes, never by name: gzip (any number of members;
+  BGZF included), bzip2 (any number of streams), else plain text. zip, xz, zstd,
+  lz4, 7z, .Z, BAM, CRAM, HDF5 and a UTF-8 byte-order mark are named and refused.
+- Nothing may follow the last gzip member or bzip2 stream, not even zero bytes: a
+  crash can leave a zero-filled tail, and the data before it may be incomplete.
+- A BGZF file (first member carries the 'BC' extra field) must end with the BGZF
+  end-of-file block, which every BGZF writer adds on close: without it the file
+  was cut at a block boundary, which the gzip format alone cannot show.
+- The first character must be '@' (FASTQ) or '>' (FASTA); no leading blank line
+  or text (aster_pearson.pro). A first line '@HD<TAB>'... is SAM and refused.
+- Sequence characters are ASCII letters of either case, '*', '-' and '.'.
+- FASTQ titles may hold any byte but NUL (a zero-filled tail shows as NUL).
+- FASTQ: any number of blank lines at the very end are tolerated (Biopython
+  tolerates one; they cannot hide lost data); a blank line followed by another
+  record is an error. Blank lines inside a record's sequence add nothing.
+- A zero-length last record may lack its empty quality line ('@r\n\n+\n' at
+  EOF is complete, as in Biopython); mid-file the empty quality line is required.
+- FASTA: blank lines anywhere are fine; ';' (and '#', '!') comment lines are
+  refused as in Biopython's plain "fasta" parser (aster_blast.pro).
+- Line endings are LF or CRLF (mixed is fine); a lone CR is a character, so it
+  is refused in sequence and quality. The last line may lack its line ending.
+- Memory bound: lines longer than MAX_LINE are refused, except FASTA sequence
+  lines (an unwrapped chromosome), which are checked in pieces.
+- A cut exactly at a record boundary of a plain file cannot be seen by any
+  validator (it is a valid shorter file); finished-file detection must cover it.
 """
 
 from __future__ import annotations

@@ -167,6 +167,11 @@ def test_blank_lines_at_the_end_of_a_fastq_are_tolerated(text: bytes) -> None:
     assert isinstance(verdict(text), Summary)
 
 
+def test_blank_lines_inside_a_wrapped_fastq_sequence_add_nothing() -> None:
+    """Empty lines between a record's sequence lines are accepted and add no bases."""
+    assert verdict(b"@r\nAC\n\nGT\n+\nIIII\n") == Summary("fastq", "none", 1, 4, 20)
+
+
 def test_blank_line_between_fastq_records_is_rejected() -> None:
     """A blank line followed by another record is rejected, naming the blank line."""
     assert "line 5 is blank" in verdict(b"@r\nAC\n+\nII\n\n@s\nAC\n+\nII\n")
