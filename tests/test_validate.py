@@ -169,7 +169,7 @@ def test_blank_lines_at_the_end_of_a_fastq_are_tolerated(text: bytes) -> None:
 
 def test_blank_lines_inside_a_wrapped_fastq_sequence_add_nothing() -> None:
     """Empty lines between a record's sequence lines are accepted and add no bases."""
-    assert verdict(b"@r\nAC\n\nGT\n+\nIIII\n") == Summary("fastq", "none", 1, 4, 20)
+    assert verdict(b"@r\nAC\n\nGT\n+\nIIII\n") == Summary("fastq", "none", 1, 4, 17)
 
 
 def test_blank_line_between_fastq_records_is_rejected() -> None:
