@@ -143,7 +143,7 @@ class Pipeline:
                 self.store.save_init(row.id, init.sample_id, init.to_json())
                 log.info("upload.initialized", sample_id=init.sample_id)
             try:
-                md5 = self._post(row, init, log, progress)
+                md5, seconds = self._post(row, init, log, progress)
                 break
             except PolicyExpired as e:
                 log.warning("upload.policy_expired", sample_id=init.sample_id, error=str(e))
@@ -154,7 +154,7 @@ class Pipeline:
             raise Transient("the upload policy expired three times in a row; will start again later")
 
         self.store.save_posted(row.id, md5)
-        return self._confirm(row, init.sample_id, md5, log)
+        return self._confirm(row, init.sample_id, md5, log, seconds=seconds)
 
     def _check_identity(self, row: FileRow) -> None:
         try:
@@ -204,10 +204,11 @@ class Pipeline:
             return True
         return init.expires_at - time.time() > POLICY_MARGIN_S + size / self.rate.bps
 
-    def _post(self, row: FileRow, init: InitResult, log: Any, progress: Callable[[int], None] | None) -> str:
+    def _post(self, row: FileRow, init: InitResult, log: Any,
+              progress: Callable[[int], None] | None) -> tuple[str, float]:
         name = os.path.basename(row.path)
 
-        def attempt() -> str:
+        def attempt() -> tuple[str, float]:
             validator = None
             if self.validate:
                 from daemon.validate import StreamValidator
@@ -229,17 +230,18 @@ class Pipeline:
             self.rate.add(result.bytes_sent, result.seconds)
             log.info("upload.posted", sample_id=init.sample_id, seconds=round(result.seconds, 3),
                      mb_s=round(result.bytes_sent / 1e6 / max(result.seconds, 1e-6), 1))
-            return result.md5
+            return result.md5, result.seconds
 
-        md5 = self._call("s3_post", attempt, log)
+        md5, seconds = self._call("s3_post", attempt, log)
         self._check_identity(row)   # the bytes sent are the bytes of this version
-        return md5
+        return md5, seconds
 
-    def _confirm(self, row: FileRow, sample_id: str, md5: str | None, log: Any) -> str:
+    def _confirm(self, row: FileRow, sample_id: str, md5: str | None, log: Any, *, seconds: float = 0.0) -> str:
         self._call("confirm_upload", lambda: self.client.confirm_upload(sample_id), log)
         self.store.mark_done(row.id, sample_id=sample_id, md5=md5)
         log.info("upload.confirmed", sample_id=sample_id, size=row.size)
-        self.emit("file_done", path=row.path, sample_id=sample_id, size=row.size)
+        self.emit("file_done", path=row.path, sample_id=sample_id, size=row.size,
+                  seconds=seconds)
         return "done"
 
     def _call(self, what: str, fn: Callable[[], Any], log: Any) -> Any:
@@ -248,7 +250,8 @@ class Pipeline:
                 raise Aborted("shutdown requested")
             return fn()
         return retrying.call(guarded, what=what, log=log, max_attempts=self.call_attempts,
-                             max_time_s=self.call_max_time_s, sleep=self.stop.wait)
+                             max_time_s=self.call_max_time_s, sleep=self.stop.wait,
+                             on_retry=lambda exc: self.emit("retry", reason=_reason(exc)))
 
     def _cancel(self, file_id: int, log: Any, *, sample_id: str | None = None) -> None:
         """Best effort: tell One Codex an abandoned sample will never be confirmed."""

@@ -52,16 +52,20 @@ class _Wait(tenacity.wait.wait_base):
 
 def call(fn: Callable[[], T], *, what: str, log: Any, max_attempts: int = 5, max_time_s: float = 120.0,
          initial_s: float = 1.0, max_wait_s: float = 30.0,
-         sleep: Callable[[float], Any] | None = None, **log_fields: Any) -> T:
+         sleep: Callable[[float], Any] | None = None,
+         on_retry: Callable[[BaseException], None] | None = None, **log_fields: Any) -> T:
     """Call fn, retrying Transient errors; re-raise the last one when the caps are reached.
 
     sleep: how to wait (the daemon passes its stop event's wait, so shutdown cuts a wait short).
+    on_retry: told of each retried error (metrics count retries by reason).
     """
 
     def before_sleep(state: tenacity.RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
         log.warning("upload.retry_scheduled", step=what, attempt=state.attempt_number,
                     wait_s=round(state.upcoming_sleep, 2), error=str(exc), **log_fields)
+        if on_retry is not None and exc is not None:
+            on_retry(exc)
 
     retryer = tenacity.Retrying(
         retry=tenacity.retry_if_exception_type(Transient),

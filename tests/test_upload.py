@@ -423,3 +423,27 @@ def test_fixed_file_uploads_as_a_new_version(h):
     good = h.queue(path)
     assert h.drive(good) == "done"
     assert len(h.confirmed()) == 1 and h.store.get(bad).state == "rejected"
+
+
+def test_bandwidth_cap_holds_within_10_percent_on_a_200_mb_upload(tmp_path):
+    """upload.max_mbps = 400 moves a 200 MB file through the sandbox at 400 Mbps ± 10%."""
+    import time as _time
+    from daemon.throttle import TokenBucket
+    with Sandbox(api_keys=(KEY,), store_objects=False) as sandbox:
+        h = Harness(sandbox, tmp_path)
+        bucket = TokenBucket.from_mbps(400)
+        h.pipeline = Pipeline(store=h.store, client=h.client, log=structlog.get_logger(), validate=False,
+                              block_size=1 << 20, throttle=bucket.consume)
+        path = h.file("big.fastq", b"")
+        with open(path, "wb") as f:
+            block = fastq_bytes(5000, 100)
+            while f.tell() < 200_000_000:
+                f.write(block)
+        size = path.stat().st_size
+        file_id = h.queue(path)
+        h.store.set_state(file_id, "uploading")
+        started = _time.monotonic()
+        assert h.pipeline.process(h.store.get(file_id)) == "done"
+        mbps = size * 8 / 1e6 / (_time.monotonic() - started)
+        h.store.close()
+    assert 360 <= mbps <= 440, f"measured {mbps:.0f} Mbps against a 400 Mbps cap"
