@@ -506,7 +506,8 @@ class _ZlibMember:
 
     def decompress(self, data: bytes, max_length: int) -> bytes:
         out = self._d.decompress(self._d.unconsumed_tail + data, max_length)
-        self.needs_input = not self._d.unconsumed_tail
+        # A full output buffer may leave output inside zlib even with no input left.
+        self.needs_input = not self._d.unconsumed_tail and len(out) < max_length
         return out
 
     @property
@@ -521,7 +522,7 @@ class _ZlibMember:
 def _gzip_member():
     if igzip_lib is not None:
         return igzip_lib.IgzipDecompressor(flag=igzip_lib.DECOMP_GZIP)
-    return _ZlibMember()  # pragma: no cover - isal is a core dependency
+    return _ZlibMember()
 
 
 class _Plain:
@@ -671,6 +672,8 @@ class StreamValidator:
     def _feed(self, chunk: bytes) -> None:
         if not chunk:
             return
+        if not isinstance(chunk, bytes):   # bytearray / memoryview from a reader
+            chunk = bytes(chunk)
         self._raw_bytes += len(chunk)
         if self._decoder is None:
             self._head += chunk

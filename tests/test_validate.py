@@ -242,6 +242,26 @@ def test_summary_counts_records_bases_and_raw_bytes() -> None:
     assert verdict(b">a\nAC\n>b\n", "x.fa") == Summary("fasta", "none", 2, 2, 9)
 
 
+def test_stdlib_zlib_fallback_gives_the_same_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without isal, every gzip file of both corpora gets the same verdict from stdlib zlib."""
+    gz = [p for p in corpus_files() if p.read_bytes()[:2] == b"\x1f\x8b"]
+    with_isal = [verdict(p.read_bytes(), p.name, 100) for p in gz]
+    monkeypatch.setattr(validate, "igzip_lib", None)
+    without = [verdict(p.read_bytes(), p.name, 100) for p in gz]
+    assert len(gz) > 10
+    assert [isinstance(r, Summary) for r in without] == [isinstance(r, Summary) for r in with_isal]
+    assert [r for r in without if isinstance(r, Summary)] == [r for r in with_isal if isinstance(r, Summary)]
+
+
+def test_feed_accepts_bytearray_and_memoryview() -> None:
+    """Chunks may be any bytes-like object, as a reader using readinto() produces."""
+    data = gzip.compress(b"@r\nACGT\n+\nIIII\n" * 100)
+    v = StreamValidator(name="x.fastq.gz")
+    v.feed(bytearray(data[:50]))
+    v.feed(memoryview(data)[50:])
+    assert v.finish().records == 100
+
+
 def test_errors_are_sticky() -> None:
     """After a rejection, further feed() and finish() calls raise the same error."""
     v = StreamValidator(name="x.fastq")
