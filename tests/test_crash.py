@@ -1,0 +1,164 @@
+"""Crashes, stops and outages (issue 3, Must show 2-4): the daemon as a subprocess against the sandbox."""
+
+from __future__ import annotations
+
+import collections
+import os
+import random
+import time
+from pathlib import Path
+
+from daemon.sandbox import Fault, Sandbox
+from harness import Daemon, all_in, by_name, confirmed, fastq_bytes, md5_file, wait_for, write_config
+
+SEED = 20261125
+
+
+def assert_each_file_confirmed_once(sb: Sandbox, files: dict[str, Path], status_files: list[dict]) -> None:
+    """Every file is done, one confirmed sample per file version, each object byte-identical to its source."""
+    groups = by_name(status_files)
+    assert sorted(groups) == sorted(files), f"status lists {sorted(groups)}"
+    samples = confirmed(sb)
+    per_name = collections.Counter(s["filename"] for s in samples)
+    assert all(n == 1 for n in per_name.values()), f"duplicate confirmed samples: {per_name}"
+    by_id = {s["sample_id"]: s for s in samples}
+    for name, path in files.items():
+        rows = groups[name]
+        assert [r["state"] for r in rows] == ["done"], f"{name}: {rows}"
+        sample = by_id.get(rows[0]["sample_id"])
+        assert sample is not None, f"{name}: status names sample {rows[0]['sample_id']}, not confirmed"
+        assert sample["filename"] == name
+        source_md5 = md5_file(path)
+        assert sample["md5"] == source_md5, f"{name}: S3 holds other bytes"
+        assert md5_file(sample["object_path"]) == source_md5, f"{name}: stored object differs"
+    assert len(samples) == len(files)
+
+
+def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, sandbox: Sandbox,
+                                                               watch_dir: Path) -> None:
+    """kill -9 six times at random moments while 24 files upload: all done, byte-identical, one confirmed sample each."""
+    rng = random.Random(SEED)
+    files: dict[str, Path] = {}
+
+    def make(name: str) -> None:
+        path = watch_dir / ("run_b" if len(files) % 3 == 0 else "run_a") / name
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(fastq_bytes(rng.randint(200_000, 4_000_000), seed=len(files)))
+        files[name] = path
+
+    for i in range(12):
+        make(f"early_{i:02d}.fastq")
+    # Slow every step down a little, so that kills land between init, POST, confirm and their records.
+    sandbox.add_fault(Fault(target="init_upload", kind="delay", delay_s=0.15, times=None))
+    sandbox.add_fault(Fault(target="confirm_upload", kind="delay", delay_s=0.3, times=None))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, max_mbps=160, workers=2)
+    kills = 0
+    with Daemon(cfg) as daemon:
+        for round_ in range(6):
+            if round_:
+                daemon.start()
+            daemon.wait_ready()
+            if round_ == 1:
+                for i in range(12):
+                    make(f"late_{i:02d}.fastq")
+            time.sleep(rng.uniform(0.3, 2.0))     # the random moment of the crash (seeded)
+            assert daemon.alive(), daemon.log_tail()
+            daemon.kill()
+            kills += 1
+        daemon.start()
+        daemon.wait_ready()
+        final = daemon.wait_files(all_in("done", files), 90, "every file done after the crashes")
+        assert daemon.terminate() == 0
+    assert kills == 6
+    assert_each_file_confirmed_once(sandbox, files, final)
+    # What the crashes hit, for the reader of a failure: abandoned samples are allowed, duplicates are not.
+    orphans = [s for s in sandbox.samples() if s["state"] != "confirmed"]
+    reconfirmed = [s for s in confirmed(sandbox) if s["confirm_count"] > 1]
+    print(f"crash test: {len(orphans)} abandoned samples, {len(reconfirmed)} confirmed twice (same sample)")
+
+
+def test_sigterm_during_a_large_upload_exits_0_and_resumes(tmp_path: Path, sandbox: Sandbox,
+                                                           watch_dir: Path) -> None:
+    """SIGTERM in the middle of a 300 MB upload exits 0 within 10 s; after a restart the same sample completes."""
+    path = watch_dir / "big.fastq"
+    path.write_bytes(fastq_bytes(300_000_000, seed=99))
+    # 400 Mbit/s: the POST takes about 6 s, so a SIGTERM 1.5 s in lands mid-transfer.
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, max_mbps=400)
+    with Daemon(cfg) as d:
+        d.wait_files(all_in("uploading", ["big.fastq"]), 30, "big.fastq uploading")
+        time.sleep(1.5)                            # into the transfer (the moment under test)
+        started = time.monotonic()
+        assert d.terminate(timeout_s=10) == 0
+        stop_s = time.monotonic() - started
+        [sample] = sandbox.samples()
+        assert sample["state"] == "initialized", "the SIGTERM came too late to interrupt the POST"
+        row = d.files()[0]
+        assert row["state"] == "queued"
+        write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)   # no cap after the restart
+        d.start()
+        d.wait_files(all_in("done", ["big.fastq"]), 60, "big.fastq done after the restart")
+        assert d.terminate() == 0
+    assert stop_s < 10
+    [sample] = sandbox.samples()                   # the same sample, POSTed again, not a new one
+    assert sample["state"] == "confirmed" and sample["upload_count"] == 1
+    assert sample["md5"] == md5_file(path) == md5_file(sample["object_path"])
+
+
+def test_api_outage_and_revoked_key_lose_nothing(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """503s on init, S3 and confirm, then a revoked key: nothing failed, paused shown, all done without a restart."""
+    files: dict[str, Path] = {}
+
+    def drop(names: list[str], seed: int) -> None:
+        for i, name in enumerate(names):
+            path = watch_dir / name
+            path.write_bytes(fastq_bytes(100_000 + 10_000 * i, seed=seed + i))
+            files[name] = path
+
+    def never_failed(fs: list[dict]) -> None:
+        bad = [f for f in fs if f["state"] in ("failed", "rejected", "vanished")]
+        assert not bad, f"a transient or auth problem ended a file: {bad}"
+
+    outage_started = time.monotonic()
+    sandbox.add_fault(Fault(target="confirm_upload", kind="status", status=503, times=None))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, probe_interval_s=1)
+    # 1. confirm is down: the first files reach S3 and wait, step 'posted', to be confirmed.
+    drop(["c1.fastq", "c2.fastq", "c3.fastq"], 100)
+    with Daemon(cfg) as d:
+        wait_for(lambda: sum(s["state"] == "uploaded" for s in sandbox.samples()) == 3, 30,
+                 lambda: f"three objects in S3\n{sandbox.samples()}\n{d.log_tail()}")
+        # 2. S3 is down too: the next files are initialised but their POSTs are refused.
+        sandbox.add_fault(Fault(target="s3", kind="status", status=503, times=None))
+        drop(["s1.fastq", "s2.fastq"], 200)
+        d.wait_files(lambda fs: all("S3 answered HTTP 503" in (g[-1]["error"] or "")
+                                    for n, g in by_name(fs).items() if n in ("s1.fastq", "s2.fastq"))
+                     and all_in("queued", ["s1.fastq", "s2.fastq"])(fs), 30, "S3 refusing s1 and s2")
+        # 3. init is down too: new files cannot even start.
+        sandbox.add_fault(Fault(target="init_upload", kind="status", status=503, times=None))
+        drop(["i1.fastq", "i2.fastq"], 300)
+        fs = d.wait_files(lambda fs: all_in("queued", ["i1.fastq", "i2.fastq"])(fs)
+                          and all((f["error"] or "").count("503") for f in fs if f["state"] == "queued"),
+                          30, "every file queued with the 503 as its last error")
+        never_failed(fs)
+        # The outage goes on (20 s in all); files wait, none fails.
+        while time.monotonic() - outage_started < 20:
+            never_failed(d.files())
+            time.sleep(1)                          # the outage's length (the condition under test)
+        # 4. The key is revoked, then the service comes back: every upload pauses.
+        sandbox.set_api_keys([])
+        sandbox.clear_faults()
+        doc = wait_for(lambda: (lambda doc: doc if doc.get("paused") else None)(d.status()), 30,
+                       lambda: f"status to show the pause\n{d.log_tail()}")
+        assert "API key" in doc["paused"] or "401" in doc["paused"], doc["paused"]
+        drop(["p1.fastq"], 400)                    # arrives while paused: queued, not lost
+        fs = d.wait_files(all_in("queued", ["p1.fastq"]), 30, "p1 queued while paused")
+        never_failed(fs)
+        assert d.status()["paused"], "the pause ended while the key was still revoked"
+        assert confirmed(sandbox) == []
+        # 5. The key works again: the daemon notices by itself and finishes everything.
+        sandbox.set_api_keys(["test-key"])
+        final = d.wait_files(all_in("done", files), 60, "every file done after the recovery")
+        assert d.status()["paused"] is None
+        assert d.alive()
+        assert d.terminate() == 0
+    assert [e.get("event") for e in d.log_events()].count("service.ready") == 1   # no restart
+    assert_each_file_confirmed_once(sandbox, files, final)
