@@ -114,12 +114,10 @@ def corpus_files() -> list[Path]:
 
 @pytest.mark.parametrize("path", corpus_files(), ids=lambda p: f"{p.parent.parent.name}/{p.parent.name}/{p.name}")
 def test_block_size_does_not_change_the_verdict(path: Path) -> None:
-    """Feeding 1 byte, 7 bytes, 64 KiB or the whole file at a time gives the same verdict.
-
-    Summaries are identical, and so are messages for plain files. In a corrupt compressed file
-    the garbled text before the CRC check may be reported instead of the CRC error, depending on
-    how much is decompressed at once: both are rejections.
-    """
+    """Feeding 1 byte, 7 bytes, 64 KiB or the whole file gives the same Summary or rejection."""
+    # Messages are identical too, except in a corrupt compressed file: there the garbled text
+    # before the CRC check may be reported instead of the CRC error, depending on how much is
+    # decompressed at once. Both are rejections.
     data = path.read_bytes()
     whole = verdict(data, path.name)
     compressed = data[:2] == b"\x1f\x8b" or data[:3] == b"BZh"
@@ -468,12 +466,12 @@ def test_prefix_of_multimember_gzip_is_rejected_unless_at_a_member_boundary(recs
 @settings(max_examples=25, deadline=None)
 @given(recs=fastq_records(min_len=1), **LAYOUT)
 def test_plain_fastq_cut_inside_a_record_is_rejected(recs, nl, wrap, repeat):
-    """For records of length >= 1, a cut is accepted iff it falls at a record's end.
-
-    "A record's end" is the offset just after its last quality character, or after its line
-    ending (and, for CRLF, between the CR and the LF); the start of the next record is the end
-    of the previous one. Every other cut, including k = 0 (empty file), is rejected.
-    """
+    """A plain FASTQ (records of length >= 1) cut at k is accepted iff k is at a record's end."""
+    # "A record's end" is the offset just after its last quality character, or after its line
+    # ending (for CRLF, also between the CR and the LF); the start of a record is the end of the
+    # previous one. Every other cut, including k = 0 (the empty file), must be rejected. A cut
+    # at a record's end leaves a valid shorter file, which no validator can tell from a whole
+    # one; zero-length records are left out because '@r\n+' is itself a complete last record.
     text, ends = render_fastq(recs, nl=nl, wrap=wrap, repeat=repeat)
     valid_cuts = {e + d for e in ends for d in range(len(nl) + 1)}
     for k in range(len(text) + 1):
