@@ -448,17 +448,26 @@ class _FastaChecker(_Checker):
 
     def _block(self, body: bytes) -> None:
         """Complete lines joined by '\\n': fast path if provably valid, else the exact loop."""
-        n_lines = body.count(b"\n") + 1
-        if b"\0" not in body and len(body) <= MAX_LINE:
-            if b">" not in body:
-                seqs, n_headers = body, 0
-            else:
-                seqs, n_headers = _HEADER_RE.subn(b"", b"\n" + body)
-            if not seqs.translate(None, _SEQ_NL):
-                self.records += n_headers
-                self.bases += len(seqs) - seqs.count(b"\n")
-                self.line += n_lines
-                return
+        if not self._fast(body):
+            self._slow(body)
+
+    def _fast(self, body: bytes) -> bool:
+        """Drop header lines with one regex pass, check the rest with one translate."""
+        if b"\0" in body or len(body) > MAX_LINE:
+            return False
+        if b">" not in body:
+            seqs, n_headers = body, 0
+        else:
+            seqs, n_headers = _HEADER_RE.subn(b"", b"\n" + body)
+        if seqs.translate(None, _SEQ_NL):
+            return False
+        self.records += n_headers
+        self.bases += len(seqs) - seqs.count(b"\n")
+        self.line += body.count(b"\n") + 1
+        return True
+
+    def _slow(self, body: bytes) -> None:
+        """The exact rules, line by line: raises at the first bad line."""
         for line in body.split(b"\n"):
             self.line += 1
             if line[:1] == b">":

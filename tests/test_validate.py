@@ -130,10 +130,11 @@ def test_block_size_does_not_change_the_verdict(path: Path) -> None:
 
 
 def test_slow_path_alone_gives_the_same_verdicts(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the FASTQ fast path disabled, every corpus file gets the same result as with it."""
+    """With the fast paths disabled, every corpus file gets the same result as with them."""
     paths = corpus_files()
     with_fast = [verdict(p.read_bytes(), p.name) for p in paths]
     monkeypatch.setattr(validate._FastqChecker, "_fast", lambda self, lines, i, j: False)
+    monkeypatch.setattr(validate._FastaChecker, "_fast", lambda self, body: False)
     assert [verdict(p.read_bytes(), p.name) for p in paths] == with_fast
 
 
@@ -496,4 +497,24 @@ def test_mutated_fastq_gets_the_same_verdict_from_fast_and_slow_paths(recs, pos,
         slow = verdict(edit, block=block)
     finally:
         validate._FastqChecker._fast = original
+    assert fast == slow
+
+
+@settings(max_examples=60, deadline=None)
+@given(gen=fasta_text(), pos=st.integers(0, 10_000), byte=st.integers(0, 255),
+       op=st.sampled_from(["replace", "insert", "delete"]), block=st.integers(1, 50))
+def test_mutated_fasta_gets_the_same_verdict_from_fast_and_slow_paths(gen, pos, byte, op, block):
+    """After one random byte edit of a FASTA file, the fast path and the exact loop agree."""
+    text = gen[0]
+    pos %= len(text)
+    edit = {"replace": text[:pos] + bytes([byte]) + text[pos + 1:],
+            "insert": text[:pos] + bytes([byte]) + text[pos:],
+            "delete": text[:pos] + text[pos + 1:]}[op]
+    fast = verdict(edit, "x.fa")
+    original = validate._FastaChecker._fast
+    try:
+        validate._FastaChecker._fast = lambda self, body: False
+        slow = verdict(edit, "x.fa", block=block)
+    finally:
+        validate._FastaChecker._fast = original
     assert fast == slow
