@@ -237,7 +237,14 @@ class Pipeline:
         return md5, seconds
 
     def _confirm(self, row: FileRow, sample_id: str, md5: str | None, log: Any, *, seconds: float = 0.0) -> str:
-        self._call("confirm_upload", lambda: self.client.confirm_upload(sample_id), log)
+        try:
+            self._call("confirm_upload", lambda: self.client.confirm_upload(sample_id), log)
+        except Permanent as e:
+            # Confirming again after a lost answer is the design's rule; a server that refuses a
+            # repeat with "already confirmed/uploaded" is telling us the sample is done.
+            if "already" not in str(e).lower():
+                raise
+            log.info("upload.already_confirmed", sample_id=sample_id, answer=str(e))
         self.store.mark_done(row.id, sample_id=sample_id, md5=md5)
         log.info("upload.confirmed", sample_id=sample_id, size=row.size)
         self.emit("file_done", path=row.path, sample_id=sample_id, size=row.size,

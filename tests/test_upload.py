@@ -447,3 +447,12 @@ def test_bandwidth_cap_holds_within_10_percent_on_a_200_mb_upload(tmp_path):
         mbps = size * 8 / 1e6 / (_time.monotonic() - started)
         h.store.close()
     assert 360 <= mbps <= 440, f"measured {mbps:.0f} Mbps against a 400 Mbps cap"
+
+
+def test_repeat_confirm_refused_as_already_confirmed_counts_as_done(h):
+    """A server answering a repeated confirm with 400 'already confirmed' leaves the file done, not failed."""
+    h.sb.add_fault(Fault("confirm_upload", "drop", after_body=True, times=1))
+    h.sb.add_fault(Fault("confirm_upload", "status", status=400, message="Sample already confirmed", times=1))
+    state, file_id = h.upload("reads.fastq", fastq_bytes())
+    assert state == "done"
+    assert h.store.get(file_id).sample_id == h.confirmed()[0]["sample_id"]
