@@ -9,13 +9,12 @@ import json
 import os
 import platform
 import re
-import resource
 import signal
 import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -96,8 +95,10 @@ def proc_cpu_s(pid: int) -> float:
 class Sandbox:
     """`seqdrop sandbox` as its own process (so its CPU and memory are not the client's)."""
 
-    def __init__(self, *, store: bool = False, log_path: Path | None = None) -> None:
-        argv = [SEQDROP, "sandbox", "--api-port", "0", "--s3-port", "0"]
+    def __init__(self, *, store: bool = False, nodelay: bool = False) -> None:
+        # nodelay: bench/sandbox_nodelay.py, the same sandbox with TCP_NODELAY on its sockets
+        argv = ([PYTHON, str(REPO / "bench" / "sandbox_nodelay.py")] if nodelay else [SEQDROP, "sandbox"]) + \
+            ["--api-port", "0", "--s3-port", "0"]
         if not store:
             argv.append("--no-store")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -215,4 +216,4 @@ def eprint(*args: object) -> None:
 
 __all__ = ["ChildResult", "run_measured", "proc_status", "proc_cpu_s", "Sandbox", "write_config", "child_env",
            "machine", "load", "table", "now_utc", "eprint", "REPO", "SEQDROP", "PYTHON", "OUT", "API_KEY",
-           "MiB", "GiB", "field", "resource"]
+           "MiB", "GiB"]

@@ -8,7 +8,7 @@ The daemon is the real CLI, `.venv/bin/seqdrop run --config CFG` (ONE_CODEX_API_
 on stdout, read line by line by this script), pointed at `seqdrop sandbox --no-store` running as
 its own process, so neither the sandbox's nor this script's CPU is counted as the daemon's.
 
-latency     settle_seconds = 1; files (4 KiB valid FASTQ) are written one at a time, 1.5 s apart,
+latency     settle_seconds = 1; files (4 KiB valid FASTQ: 8 records of 512 bytes) are written one at a time, 1.5 s apart,
             into the running daemon's watch folder; latency = the sandbox's record of the file's
             init_upload (the sample's created_at, ms) minus the moment this script closed the file.
 startup     a tree of N small files (100 per folder, two levels) of which all but `--new` are
@@ -47,11 +47,11 @@ PARTS = ("latency", "startup", "idle", "throughput")
 
 
 def fastq_bytes(tag: str, records: int = 8) -> bytes:
-    """A small valid FASTQ (512-byte records)."""
-    seq = b"ACGT" * 61 + b"A"         # 245 bases
-    qual = b"I" * 245
-    return b"".join(b"@%s_%06d\n%s\n+\n%s\n" % (tag.encode()[:10].ljust(10, b"x"), i, seq, qual)
-                    for i in range(records))[: records * 512]
+    """A small valid FASTQ: `records` records of 512 bytes (a 10-character tag and the record number)."""
+    seq = b"ACGT" * 61                # 244 bases: 19 + 245 + 2 + 245 = 511 bytes, + 1 padding in the name
+    qual = b"I" * 244
+    return b"".join(b"@%s_%07d\n%s\n+\n%s\n" % (tag.encode()[:10].ljust(10, b"x"), i, seq, qual)
+                    for i in range(records))
 
 
 def ts(text: str) -> float:
@@ -239,8 +239,8 @@ def bench_startup_idle(sb: Sandbox, base: Path, total: int, new: int, idle_s: fl
     return out
 
 
-def bench_throughput(sb: Sandbox, base: Path, count: int) -> dict:
-    work = base / "throughput"
+def bench_throughput(sb: Sandbox, base: Path, count: int, label: str) -> dict:
+    work = base / f"throughput-{label}"
     watch = work / "watch"
     watch.mkdir(parents=True)
     make_tree(watch, count, prefix="t")
@@ -261,7 +261,7 @@ def bench_throughput(sb: Sandbox, base: Path, count: int) -> dict:
     t_last = max(ts(e["timestamp"]) for e in confirmed)
     ready = d.first("service.ready")
     samples = [s for s in sb.get("samples")][before:]
-    return {"files": count, "seconds": t_last - t_first, "files_per_s": count / (t_last - t_first),
+    return {"sandbox": label, "files": count, "seconds": t_last - t_first, "files_per_s": count / (t_last - t_first),
             "ready_s": ready["_recv"] - d.spawned if ready else None,
             "first_queued_after_spawn_s": t_first - d.spawned,
             "confirmed": len(confirmed), "sandbox_samples": len(samples),
@@ -275,6 +275,9 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description="seqdrop daemon benchmarks (latency, startup, idle, throughput)")
     p.add_argument("--only", default=",".join(PARTS), help=f"comma-separated parts of: {', '.join(PARTS)}")
     p.add_argument("--quick", action="store_true", help="smaller counts for a smoke run")
+    p.add_argument("--throughput-files", default=None, metavar="SHIPPED,NODELAY",
+                   help="files for the throughput part against the sandbox as shipped and against "
+                        "bench/sandbox_nodelay.py (0 skips one; default 10000,10000; --quick 1000,1000)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (trees, queues, daemon logs)")
     p.add_argument("--json", help="also write the raw results here")
     args = p.parse_args(argv)
@@ -302,9 +305,24 @@ def main(argv: list[str]) -> int:
             eprint(f"  ready {r['ready_s']:.2f} s, re-uploads {r['reuploads']}, RSS {r['rss_after_uploads_mib']:.1f}"
                    f" MiB, idle CPU {r.get('idle_cpu_s', float('nan')):.3f} s  {load()}")
         if "throughput" in parts:
-            eprint(f"throughput: {n_tp} files ...")
-            results["throughput"] = r = bench_throughput(sb, base, n_tp)
-            eprint(f"  {r['files_per_s']:.1f} files/s over {r['seconds']:.1f} s  {load()}")
+            counts = [int(x) for x in args.throughput_files.split(",")] if args.throughput_files else [n_tp, n_tp]
+            results["throughput"] = []
+            for label, count in zip(("shipped", "nodelay"), counts):
+                if not count:
+                    continue
+                eprint(f"throughput: {count} files, sandbox {label} ...")
+                if label == "nodelay":
+                    sb_nd = Sandbox(store=False, nodelay=True)
+                    try:
+                        r = bench_throughput(sb_nd, base, count, label)
+                    finally:
+                        sb_nd.stop()
+                else:
+                    r = bench_throughput(sb, base, count, label)
+                r["load_after"] = load()
+                results["throughput"].append(r)
+                eprint(f"  {r['files_per_s']:.1f} files/s over {r['seconds']:.1f} s; daemon CPU {r['daemon_cpu_s']:.1f} s,"
+                       f" sandbox CPU {r['sandbox_cpu_s']:.1f} s  {load()}")
     finally:
         sb.stop()
         if not args.keep:
@@ -332,9 +350,9 @@ def main(argv: list[str]) -> int:
             rows.append([f"idle CPU over {r['files']:,} files, {r['idle_window_s']:.0f} s",
                          f"{r['idle_cpu_s']:.2f} CPU s ({r['idle_cpu_pct']:.2f} % of one core)", "≈ 0",
                          "met" if r["idle_cpu_pct"] < 1.0 else "MISSED"])
-    if "throughput" in results:
-        r = results["throughput"]
-        rows.append([f"throughput: {r['files']:,} small files, workers = 2",
+    for r in results.get("throughput", []):
+        what = "sandbox as shipped" if r["sandbox"] == "shipped" else "sandbox + TCP_NODELAY"
+        rows.append([f"throughput: {r['files']:,} small files, workers = 2, {what}",
                      f"{r['files_per_s']:.1f} files/s ({r['seconds']:.1f} s)", "≥ 100 files/s",
                      "met" if r["files_per_s"] >= 100 else "MISSED"])
     print()
