@@ -30,7 +30,9 @@ from daemon.tracker import Tracker
 from daemon.watcher import Matcher, Watcher, network_mount_type, scan
 
 HOUSEKEEPING_S = 5.0
-WORKER_JOIN_S = 7.0
+WORKER_JOIN_S = 7.0      # how long shutdown waits for in-flight work (a hung confirm, a slow answer)
+STOP_BUDGET_S = 9.0      # SIGTERM to exit: systemd and issue 3 allow 10 s
+WAKE = ""                # a hint that is no path: wakes the main loop (see request_stop)
 
 
 class Service:
@@ -38,6 +40,7 @@ class Service:
                  client: OneCodexClient | None = None, notifier: Any = None) -> None:
         self.settings, self.log = settings, log
         self.stop = threading.Event()
+        self._stop_requested_at: float | None = None
         self.store = store or Store(settings.queue.path)
         self.client = client or OneCodexClient(settings.api.base_url, api_key,
                                                connect_timeout_s=settings.api.connect_timeout_s,
@@ -180,7 +183,10 @@ class Service:
                 batch.add(self.hints.get_nowait())
         except queue.Empty:
             pass
+        batch.discard(WAKE)
         for path in batch:
+            if self.stop.is_set():
+                break
             self.tracker.observe(path)
         self.tracker.run_due()
         now = time.monotonic()
@@ -318,7 +324,11 @@ class Service:
 
     # -- shutdown ------------------------------------------------------------------------------
     def request_stop(self) -> None:
+        """Called from the signal handler: set the flag, and wake the main loop now rather than at its
+        next tick (SimpleQueue.put is safe in a signal handler; the Condition's lock is re-entrant)."""
+        self._stop_requested_at = time.monotonic()
         self.stop.set()
+        self.hints.put(WAKE)
         self.wake_workers()
 
     def _shutdown(self) -> None:
@@ -329,7 +339,11 @@ class Service:
             self.notifier.stopping()
         if self.watcher is not None:
             self.watcher.stop()
-        deadline = time.monotonic() + WORKER_JOIN_S
+        # Every wait below comes out of one budget, counted from the signal: the process must be
+        # gone within 10 s of SIGTERM even with a worker stuck in a read and a webhook that hangs.
+        started = self._stop_requested_at or time.monotonic()
+        budget_end = started + STOP_BUDGET_S
+        deadline = min(started + WORKER_JOIN_S, budget_end)
         for t in self.workers:
             t.join(timeout=max(0.0, deadline - time.monotonic()))
         stuck = [t.name for t in self.workers if t.is_alive()]
@@ -341,7 +355,7 @@ class Service:
         if self.metrics is not None:
             self.metrics.stop_server()
         if self.webhook is not None:
-            self.webhook.close(timeout_s=2)
+            self.webhook.close(timeout_s=max(0.1, min(2.0, budget_end - time.monotonic())))
         if not stuck:
             self.store.close()
         self.log.info("service.stopped")

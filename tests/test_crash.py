@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import signal
 import os
 import random
 import time
@@ -11,7 +12,7 @@ from pathlib import Path
 from daemon.sandbox import Fault, Sandbox
 from harness import Daemon, all_in, by_name, confirmed, fastq_bytes, md5_file, wait_for, write_config
 
-SEED = 20261125
+SEED = int(os.environ.get("SEQDROP_CRASH_SEED", "20261125"))   # set it to replay another run
 
 
 def assert_each_file_confirmed_once(sb: Sandbox, files: dict[str, Path], status_files: list[dict]) -> None:
@@ -162,3 +163,71 @@ def test_api_outage_and_revoked_key_lose_nothing(tmp_path: Path, sandbox: Sandbo
         assert d.terminate() == 0
     assert [e.get("event") for e in d.log_events()].count("service.ready") == 1   # no restart
     assert_each_file_confirmed_once(sandbox, files, final)
+
+
+def _confirm_held(sb: Sandbox) -> bool:
+    """The one-shot delay fault on confirm_upload has been taken: a confirm is being held, unanswered."""
+    return any(s["state"] == "uploaded" for s in sb.samples()) and not sb.faults()
+
+
+def test_sigterm_while_confirm_hangs_exits_0_within_10_s(tmp_path: Path, sandbox: Sandbox,
+                                                         watch_dir: Path) -> None:
+    """SIGTERM while a worker waits on an unanswered confirm still exits 0 within 10 s; a restart confirms the same sample."""
+    sandbox.add_fault(Fault(target="confirm_upload", kind="delay", delay_s=60, times=1))
+    path = watch_dir / "h.fastq"
+    path.write_bytes(fastq_bytes(50_000, seed=500))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)   # read timeout 20 s
+    with Daemon(cfg) as d:
+        wait_for(lambda: _confirm_held(sandbox), 30, lambda: f"the POST done, the confirm held\n{d.log_tail()}")
+        started = time.monotonic()
+        assert d.terminate(timeout_s=10) == 0
+        assert time.monotonic() - started < 10
+        d.start()
+        d.wait_files(all_in("done", ["h.fastq"]), 30, "h.fastq done after the restart")
+        assert d.terminate() == 0
+    [sample] = sandbox.samples()
+    assert sample["state"] == "confirmed"
+    assert md5_file(sample["object_path"]) == md5_file(path)
+
+
+def test_second_signal_exits_at_once(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """A second SIGTERM during a slow graceful stop ends the process at once; the next start finishes the file."""
+    sandbox.add_fault(Fault(target="confirm_upload", kind="delay", delay_s=60, times=1))
+    path = watch_dir / "q.fastq"
+    path.write_bytes(fastq_bytes(50_000, seed=501))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        wait_for(lambda: _confirm_held(sandbox), 30, lambda: f"the POST done, the confirm held\n{d.log_tail()}")
+        d.signal(signal.SIGTERM)
+        wait_for(lambda: any(e.get("event") == "service.stopping" for e in d.log_events()), 5,
+                 "the graceful stop to begin")
+        started = time.monotonic()
+        d.signal(signal.SIGTERM)
+        code = d.proc.wait(10)
+        assert time.monotonic() - started < 2, "the second signal did not stop the process at once"
+        assert code is not None
+        d.start()
+        d.wait_files(all_in("done", ["q.fastq"]), 30, "q.fastq done after the restart")
+        assert d.terminate() == 0
+    [sample] = sandbox.samples()
+    assert sample["state"] == "confirmed"
+
+
+def test_pause_survives_a_restart(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """A daemon paused on a revoked key and restarted stays paused (status says so) and resumes once the key works."""
+    sandbox.set_api_keys([])
+    path = watch_dir / "p.fastq"
+    path.write_bytes(fastq_bytes(20_000, seed=502))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, probe_interval_s=1)
+    with Daemon(cfg) as d:
+        wait_for(lambda: d.status().get("paused"), 30, lambda: f"the pause\n{d.log_tail()}")
+        assert d.terminate() == 0
+        d.start()
+        d.wait_ready()
+        doc = d.status()
+        assert doc["paused"] and [f["state"] for f in doc["files"]] == ["queued"]
+        sandbox.set_api_keys(["test-key"])
+        d.wait_files(all_in("done", ["p.fastq"]), 30, "p.fastq done once the key works")
+        assert d.status()["paused"] is None
+        assert d.terminate() == 0
+    assert len(confirmed(sandbox)) == 1

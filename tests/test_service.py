@@ -256,7 +256,7 @@ def test_sigterm_exits_0(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> N
         d.wait_files(all_in("done", ["k.fastq"]), DEADLINE_S, "k.fastq done")
         started = time.monotonic()
         assert d.terminate() == 0
-        assert time.monotonic() - started < 5
+        assert time.monotonic() - started < 2   # the signal wakes the main loop; no tick to wait for
         events = [e.get("event") for e in d.log_events()]
         assert "service.stopping" in events and "service.stopped" in events
         d.start()
@@ -265,3 +265,119 @@ def test_sigterm_exits_0(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> N
         assert d.proc.wait(10) == 0
     assert [f["state"] for f in status(cfg)["files"]] == ["done"]
     assert len(sandbox.samples()) == 1
+
+
+def test_file_changed_during_upload_is_not_confirmed(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """A file that grows while its POST is under way is not confirmed; the new version is uploaded whole."""
+    # 8 Mbit/s in 64 KiB blocks: the 2 MB POST takes about 2 s, time enough to append in the middle.
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, max_mbps=8, block_size=65536)
+    path = watch_dir / "g.fastq"
+    path.write_bytes(fastq_bytes(2_000_000, seed=18))
+    with Daemon(cfg) as d:
+        d.wait_files(all_in("uploading", ["g.fastq"]), DEADLINE_S, "g.fastq uploading")
+        with open(path, "ab") as f:
+            f.write(fastq_bytes(100_000, seed=19))
+        files = d.wait_files(lambda fs: [f["state"] for f in fs] == ["vanished", "done"], DEADLINE_S,
+                             "the first version vanished, the second done")
+        assert d.terminate() == 0
+    assert files[1]["size"] == path.stat().st_size
+    assert "changed" in files[0]["error"]
+    assert_uploaded_once(sandbox, path)
+    abandoned = [s for s in sandbox.samples() if s["sample_id"] != files[1]["sample_id"]]
+    assert [s["state"] for s in abandoned] == ["cancelled"]
+
+
+def test_file_deleted_during_upload_is_vanished_and_cancelled(tmp_path: Path, sandbox: Sandbox,
+                                                              watch_dir: Path) -> None:
+    """A file deleted while its POST is under way ends `vanished`, and its sample is cancelled, not confirmed."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, max_mbps=8, block_size=65536)
+    path = watch_dir / "d.fastq"
+    path.write_bytes(fastq_bytes(2_000_000, seed=20))
+    with Daemon(cfg) as d:
+        d.wait_files(all_in("uploading", ["d.fastq"]), DEADLINE_S, "d.fastq uploading")
+        path.unlink()
+        files = d.wait_files(all_in("vanished", ["d.fastq"]), DEADLINE_S, "d.fastq vanished")
+        assert d.terminate() == 0
+    assert len(files) == 1 and "deleted" in files[0]["error"]
+    assert [s["state"] for s in sandbox.samples()] == ["cancelled"]
+
+
+def test_watch_folder_that_disappears_is_waited_for_and_rescanned(tmp_path: Path, sandbox: Sandbox,
+                                                                  watch_dir: Path) -> None:
+    """A watch folder removed while running (a share unmounted) is waited for, and rescanned when it returns."""
+    (watch_dir / "a.fastq").write_bytes(fastq_bytes(20_000, seed=21))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        d.wait_files(all_in("done", ["a.fastq"]), DEADLINE_S, "a.fastq done")
+        aside = tmp_path / "unmounted"
+        watch_dir.rename(aside)
+        wait_for_event(d, "watch.root_missing")
+        # The share comes back with a file written on the server meanwhile.
+        (aside / "b.fastq").write_bytes(fastq_bytes(30_000, seed=22))
+        aside.rename(watch_dir)
+        d.wait_files(all_in("done", ["a.fastq", "b.fastq"]), DEADLINE_S, "b.fastq done after the return")
+        assert d.alive()
+        assert d.terminate() == 0
+    assert_uploaded_once(sandbox, watch_dir / "a.fastq")
+    assert_uploaded_once(sandbox, watch_dir / "b.fastq")
+
+
+def wait_for_event(d: Daemon, event: str, timeout_s: float = DEADLINE_S) -> None:
+    from harness import wait_for
+    wait_for(lambda: any(e.get("event") == event for e in d.log_events()), timeout_s,
+             lambda: f"the log event {event}\n{d.log_tail()}", interval_s=0.1)
+
+
+def test_second_daemon_on_the_same_queue_is_refused(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """A second `seqdrop run` on a queue in use exits 1 with a message, and the first keeps running."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as first:
+        first.wait_ready()
+        second = Daemon(cfg, log_path=tmp_path / "second.log")
+        with second:
+            code = second.proc.wait(15)
+        text = second.log_path.read_text()
+        assert code == 1, text
+        assert "another seqdrop daemon" in text and "Traceback" not in text
+        (watch_dir / "one.fastq").write_bytes(fastq_bytes(10_000, seed=23))
+        first.wait_files(all_in("done", ["one.fastq"]), DEADLINE_S, "one.fastq done by the first daemon")
+        assert first.terminate() == 0
+
+
+def test_run_marker_holds_files_until_the_run_is_complete(tmp_path: Path, sandbox: Sandbox,
+                                                          watch_dir: Path) -> None:
+    """With marker = "illumina", settled files wait (with the reason shown) until CopyComplete.txt appears."""
+    run = watch_dir / "240101_M00001_0001_000000000-ABCDE"
+    run.mkdir()
+    (run / "RunInfo.xml").write_text("<RunInfo/>\n")
+    (run / "s_R1.fastq").write_bytes(fastq_bytes(20_000, seed=24))
+    cfg = write_config(tmp_path, watch=[{"path": watch_dir, "marker": "illumina"}], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        files = d.wait_files(lambda fs: all_in("seen", ["s_R1.fastq"])(fs) and fs[0]["error"], DEADLINE_S,
+                             "s_R1.fastq waiting for its marker")
+        assert "CopyComplete.txt" in files[0]["error"]
+        assert sandbox.samples() == []
+        (run / "CopyComplete.txt").write_text("")
+        files = d.wait_files(all_in("done", ["s_R1.fastq"]), DEADLINE_S, "s_R1.fastq done after the marker")
+        assert d.terminate() == 0
+    assert files[0]["error"] is None
+    assert_uploaded_once(sandbox, run / "s_R1.fastq")
+
+
+def test_a_flood_of_files_is_uploaded_once_each(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """300 small files dropped at once into a running daemon's folder: every one done, one sample each."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    names = [f"lane{i % 4}/f{i:03d}.fastq" for i in range(300)]
+    with Daemon(cfg) as d:
+        d.wait_ready()
+        for i, name in enumerate(names):
+            path = watch_dir / name
+            path.parent.mkdir(exist_ok=True)
+            path.write_bytes(fastq_bytes(2_000, seed=1000 + i))
+        files = d.wait_files(lambda fs: len(fs) == 300 and all(f["state"] == "done" for f in fs), 60,
+                             "300 files done")
+        assert d.terminate() == 0
+    assert len({f["sample_id"] for f in files}) == 300
+    samples = confirmed(sandbox)
+    assert len(samples) == len(sandbox.samples()) == 300
+    assert sorted(s["filename"] for s in samples) == sorted(os.path.basename(n) for n in names)
