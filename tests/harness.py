@@ -107,7 +107,8 @@ def _watch_entry(entry: str | os.PathLike[str] | dict[str, Any]) -> str:
 def write_config(tmp_path: Path, *, watch: Iterable[str | os.PathLike[str] | dict[str, Any]], api_url: str,
                  settle_s: float = 0.5, workers: int = 2, validate: bool = VALIDATE,
                  max_backoff_s: float = 1.0, probe_interval_s: float = 1.0, max_mbps: float = 0.0,
-                 rescan_interval_s: float = 300.0, block_size: int = 4 << 20, name: str = "config.toml",
+                 rescan_interval_s: float = 300.0, poll_interval_s: float = 0.5, block_size: int = 4 << 20,
+                 name: str = "config.toml",
                  extra: str = "") -> Path:
     """A config file in tmp_path; the queue lives in tmp_path/state (never inside a watch folder).
 
@@ -116,7 +117,8 @@ def write_config(tmp_path: Path, *, watch: Iterable[str | os.PathLike[str] | dic
     paths = ", ".join(_watch_entry(p) for p in watch)
     text = (f'[api]\nbase_url = "{api_url}"\nprobe_interval_s = {probe_interval_s}\n'
             f"connect_timeout_s = 5\nread_timeout_s = 20\n\n"
-            f"[watch]\npaths = [{paths}]\nsettle_seconds = {settle_s}\nrescan_interval_s = {rescan_interval_s}\n\n"
+            f"[watch]\npaths = [{paths}]\nsettle_seconds = {settle_s}\nrescan_interval_s = {rescan_interval_s}\n"
+            f"poll_interval_s = {poll_interval_s}\n\n"
             f'[queue]\npath = "{tmp_path}/state/queue.sqlite3"\n\n'
             f"[upload]\nworkers = {workers}\nvalidate = {'true' if validate else 'false'}\n"
             f"max_backoff_s = {max_backoff_s}\nmax_mbps = {max_mbps}\nblock_size = {block_size}\n\n"

@@ -37,7 +37,7 @@ def assert_each_file_confirmed_once(sb: Sandbox, files: dict[str, Path], status_
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, sandbox: Sandbox,
                                                                watch_dir: Path) -> None:
-    """kill -9 six times at random moments while 24 files upload: all done, byte-identical, one confirmed sample each."""
+    """kill -9 six times at random moments while 24 files upload (and connections drop): all done, byte-identical, one confirmed sample each."""
     rng = random.Random(SEED)
     files: dict[str, Path] = {}
 
@@ -49,6 +49,11 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, s
 
     for i in range(12):
         make(f"early_{i:02d}.fastq")
+    # Lost connections on top of the crashes: POSTs cut mid-body, and confirms performed by the
+    # server whose answers are lost (the daemon must confirm the same sample again, never a new one).
+    # (Added first: when several faults match a request, the earliest added applies.)
+    sandbox.add_fault(Fault(target="s3", kind="drop", after=3, times=2))
+    sandbox.add_fault(Fault(target="confirm_upload", kind="drop", after_body=True, after=2, times=3))
     # Slow every step down a little, so that kills land between init, POST, confirm and their records.
     sandbox.add_fault(Fault(target="init_upload", kind="delay", delay_s=0.15, times=None))
     sandbox.add_fault(Fault(target="confirm_upload", kind="delay", delay_s=0.3, times=None))
@@ -231,3 +236,23 @@ def test_pause_survives_a_restart(tmp_path: Path, sandbox: Sandbox, watch_dir: P
         assert d.status()["paused"] is None
         assert d.terminate() == 0
     assert len(confirmed(sandbox)) == 1
+
+
+def test_expired_policy_at_resume_starts_a_new_sample_and_cancels_the_old(tmp_path: Path, sandbox: Sandbox,
+                                                                          watch_dir: Path) -> None:
+    """An upload interrupted with a policy too close to expiry is re-initialised; the old sample is cancelled."""
+    sandbox.policy_lifetime_s = 30      # under the pipeline's margin: a stored policy is never reused
+    path = watch_dir / "e.fastq"
+    path.write_bytes(fastq_bytes(30_000_000, seed=503))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, max_mbps=80)
+    with Daemon(cfg) as d:
+        d.wait_files(all_in("uploading", ["e.fastq"]), 30, "e.fastq uploading")
+        wait_for(lambda: sandbox.samples(), 10, "the sample to be initialised")
+        assert d.terminate() == 0
+        write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+        d.start()
+        d.wait_files(all_in("done", ["e.fastq"]), 30, "e.fastq done after the restart")
+        assert d.terminate() == 0
+    old, new = sandbox.samples()
+    assert old["state"] == "cancelled" and new["state"] == "confirmed"
+    assert md5_file(new["object_path"]) == md5_file(path)

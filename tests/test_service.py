@@ -89,8 +89,10 @@ def test_write_then_rename_is_uploaded_once_under_the_final_name(tmp_path: Path,
     cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
     with Daemon(cfg) as d:
         d.wait_ready()
+        (watch_dir / ".staging").mkdir()
         for temp, final, seed in ((".x.fastq.tmp", "x.fastq", 6), ("y.fastq.part", "y.fastq", 7),
-                                  (".z.fastq.Xa93kq", "z.fastq", 8)):   # rsync's own temp name
+                                  (".z.fastq.Xa93kq", "z.fastq", 8),   # rsync's own temp name
+                                  (".staging/w.fastq", "w.fastq", 9)):  # written in a hidden folder
             with open(watch_dir / temp, "wb") as f:
                 data = fastq_bytes(200_000, seed=seed)
                 f.write(data[:100_000])
@@ -98,12 +100,13 @@ def test_write_then_rename_is_uploaded_once_under_the_final_name(tmp_path: Path,
                 time.sleep(0.3)              # the writer pauses mid-file (behaviour under test)
                 f.write(data[100_000:])
             os.rename(watch_dir / temp, watch_dir / final)
-        files = d.wait_files(all_in("done", ["x.fastq", "y.fastq", "z.fastq"]), DEADLINE_S, "three files done")
+        finals = ["w.fastq", "x.fastq", "y.fastq", "z.fastq"]
+        files = d.wait_files(all_in("done", finals), DEADLINE_S, "four files done")
         assert d.terminate() == 0
-    assert sorted(os.path.basename(f["path"]) for f in files) == ["x.fastq", "y.fastq", "z.fastq"]
-    for name in ("x.fastq", "y.fastq", "z.fastq"):
+    assert sorted(f["path"] for f in files) == [str(watch_dir / n) for n in finals]
+    for name in finals:
         assert_uploaded_once(sandbox, watch_dir / name)
-    assert sorted(s["filename"] for s in sandbox.samples()) == ["x.fastq", "y.fastq", "z.fastq"]
+    assert sorted(s["filename"] for s in sandbox.samples()) == finals
 
 
 def test_deleted_before_upload_is_vanished(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
@@ -381,3 +384,101 @@ def test_a_flood_of_files_is_uploaded_once_each(tmp_path: Path, sandbox: Sandbox
     samples = confirmed(sandbox)
     assert len(samples) == len(sandbox.samples()) == 300
     assert sorted(s["filename"] for s in samples) == sorted(os.path.basename(n) for n in names)
+
+
+def test_polling_mode_uploads_without_inotify(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """A folder watched with polling = true (a network share) has its new files found and uploaded."""
+    cfg = write_config(tmp_path, watch=[{"path": watch_dir, "polling": True}], api_url=sandbox.api_url,
+                       poll_interval_s=0.3)
+    with Daemon(cfg) as d:
+        d.wait_ready()
+        (watch_dir / "sub").mkdir()
+        (watch_dir / "sub" / "n.fastq").write_bytes(fastq_bytes(30_000, seed=30))
+        d.wait_files(all_in("done", ["n.fastq"]), DEADLINE_S, "n.fastq done by polling")
+        assert d.terminate() == 0
+    assert_uploaded_once(sandbox, watch_dir / "sub" / "n.fastq")
+
+
+def test_restart_reuploads_nothing_and_finds_changes_made_while_down(tmp_path: Path, sandbox: Sandbox,
+                                                                     watch_dir: Path) -> None:
+    """After a restart, done files are not sent again; a file changed while the daemon was down is a new version."""
+    names = [f"r{i:02d}.fastq" for i in range(15)]
+    for i, name in enumerate(names):
+        (watch_dir / name).write_bytes(fastq_bytes(10_000, seed=40 + i))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        d.wait_files(all_in("done", names), DEADLINE_S, "15 files done")
+        assert d.terminate() == 0
+        with open(watch_dir / "r03.fastq", "ab") as f:        # changed while the daemon is down
+            f.write(fastq_bytes(5_000, seed=60))
+        (watch_dir / "late.fastq").write_bytes(fastq_bytes(5_000, seed=61))   # arrived while down
+        d.start()
+        files = d.wait_files(lambda fs: len(fs) == 17 and all(f["state"] == "done" for f in fs), DEADLINE_S,
+                             "the changed and the new file done")
+        assert d.terminate() == 0
+    assert len(by_name(files)["r03.fastq"]) == 2
+    assert len(sandbox.samples()) == len(confirmed(sandbox)) == 17
+    assert [r["target"] for r in sandbox.requests()].count("s3") == 17
+
+
+def test_symlinked_watch_folder_reports_the_configured_path(tmp_path: Path, sandbox: Sandbox,
+                                                            watch_dir: Path) -> None:
+    """A watch folder given through a symbolic link is watched; status shows paths under the configured name."""
+    link = tmp_path / "link-to-watch"
+    link.symlink_to(watch_dir, target_is_directory=True)
+    cfg = write_config(tmp_path, watch=[link], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        d.wait_ready()
+        (watch_dir / "l.fastq").write_bytes(fastq_bytes(10_000, seed=62))
+        files = d.wait_files(all_in("done", ["l.fastq"]), DEADLINE_S, "l.fastq done")
+        assert d.terminate() == 0
+    assert [f["path"] for f in files] == [str(link / "l.fastq")]
+
+
+def test_run_folder_moved_in_is_uploaded(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """A finished run folder moved into the watch folder in one rename (no file events) has all its files uploaded."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    outside = tmp_path / "elsewhere" / "run_7"
+    (outside / "lane1").mkdir(parents=True)
+    names = ["a_R1.fastq", "a_R2.fastq", "lane1/b.fq"]
+    for i, name in enumerate(names):
+        (outside / name).write_bytes(fastq_bytes(15_000, seed=63 + i))
+    with Daemon(cfg) as d:
+        d.wait_ready()
+        os.rename(outside, watch_dir / "run_7")
+        d.wait_files(all_in("done", [os.path.basename(n) for n in names]), DEADLINE_S, "the run's files done")
+        assert d.terminate() == 0
+    for name in names:
+        assert_uploaded_once(sandbox, watch_dir / "run_7" / name)
+
+
+def test_identical_bytes_at_two_paths_are_two_samples(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """Two files with the same bytes at different paths are uploaded as two samples."""
+    data = fastq_bytes(20_000, seed=66)
+    (watch_dir / "one").mkdir()
+    (watch_dir / "one" / "same.fastq").write_bytes(data)
+    (watch_dir / "copy.fastq").write_bytes(data)
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        files = d.wait_files(all_in("done", ["same.fastq", "copy.fastq"]), DEADLINE_S, "both done")
+        assert d.terminate() == 0
+    assert len({f["sample_id"] for f in files}) == 2
+    assert len(confirmed(sandbox)) == 2
+
+
+def test_empty_file_is_rejected_then_uploaded_once_written(tmp_path: Path, sandbox: Sandbox,
+                                                           watch_dir: Path) -> None:
+    """A file left empty is rejected with a reason; once content is written into it, the new version is uploaded."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    path = watch_dir / "e.fastq"
+    with Daemon(cfg) as d:
+        d.wait_ready()
+        path.write_bytes(b"")
+        files = d.wait_files(all_in("rejected", ["e.fastq"]), DEADLINE_S, "e.fastq rejected")
+        assert "empty" in files[0]["error"]
+        path.write_bytes(fastq_bytes(10_000, seed=67))
+        files = d.wait_files(all_in("done", ["e.fastq"]), DEADLINE_S, "the written version done")
+        assert d.terminate() == 0
+    assert [f["state"] for f in files] == ["rejected", "done"]
+    assert_uploaded_once(sandbox, path)
+    assert len(sandbox.samples()) == 1
