@@ -1,8 +1,9 @@
 """`seqdrop run`: the watch → settle → queue → upload service.
 
 Threads: the watcher's observer (hints into a queue), the main loop (hints, settle
-checks, rescans, pause probes, health, sd_notify), and `upload.workers` workers
-that claim rows from the store. Signal handlers only set `stop`; the main loop
+checks, rescans, health, sd_notify), `upload.workers` workers that claim rows from
+the store, and while uploads are paused a short-lived prober (a probe may wait for
+the network as long as the read timeout; the main loop must not). Signal handlers only set `stop`; the main loop
 does the work. Shutdown order (written down, because it matters):
   1. stop claiming; in-flight POSTs abort at their next block; rows go back to `queued`
   2. stop the watcher
@@ -22,7 +23,7 @@ from typing import Any
 
 from daemon.client import OneCodexClient
 from daemon.config import Settings
-from daemon.errors import AuthError, Transient
+from daemon.errors import AuthError
 from daemon.markers import MarkerRule
 from daemon.pipeline import Pipeline
 from daemon.store import Store
@@ -54,6 +55,7 @@ class Service:
         self._generation = 0
         self.paused_reason: str | None = None
         self._next_probe = 0.0
+        self._prober: threading.Thread | None = None
         self.workers: list[threading.Thread] = []
         self.rules = {f.path: MarkerRule.parse(f.marker, f.path) for f in settings.watch.folders}
         self.matcher = Matcher(include=settings.watch.include, exclude=settings.watch.exclude)
@@ -196,8 +198,9 @@ class Service:
         if now >= next_housekeeping:
             self._housekeeping()
             next_housekeeping = now + HOUSEKEEPING_S
-        if self.paused_reason and time.time() >= self._next_probe:
-            self._probe()
+        if self.paused_reason and time.time() >= self._next_probe and not self._probing():
+            self._prober = threading.Thread(target=self._probe, name="seqdrop-prober", daemon=True)
+            self._prober.start()
         if next_summary is not None and time.time() >= next_summary:
             self.emit("daily_summary", counts=self.store.counts(),
                       done_last_24h=self.store.done_since(time.time() - 86400))
@@ -267,7 +270,11 @@ class Service:
             self.emit("uploads_paused", reason=reason)
         self._next_probe = time.time() + self.settings.api.probe_interval_s
 
+    def _probing(self) -> bool:
+        return self._prober is not None and self._prober.is_alive()
+
     def _probe(self) -> None:
+        """One authenticated request (in the prober thread): resume uploads if the key works again."""
         try:
             self.client.probe()
         except AuthError as e:
@@ -275,10 +282,12 @@ class Service:
             self._next_probe = time.time() + self.settings.api.probe_interval_s
             self.log.warning("uploads.still_paused", reason=str(e))
             return
-        except Transient as e:
+        except Exception as e:  # Transient, or an answer that proves nothing (404...): ask again later
             self._next_probe = time.time() + min(30.0, self.settings.api.probe_interval_s)
             self.log.warning("uploads.probe_failed", error=str(e))
             return
+        if self.stop.is_set():
+            return   # shutting down: the store may be closed; the next start probes again
         self.log.info("uploads.resumed", paused_reason=self.paused_reason)
         self.emit("uploads_resumed", reason=self.paused_reason)
         self.paused_reason = None

@@ -256,3 +256,18 @@ def test_expired_policy_at_resume_starts_a_new_sample_and_cancels_the_old(tmp_pa
     old, new = sandbox.samples()
     assert old["state"] == "cancelled" and new["state"] == "confirmed"
     assert md5_file(new["object_path"]) == md5_file(path)
+
+
+def test_sigterm_while_a_probe_hangs_exits_0_within_10_s(tmp_path: Path, sandbox: Sandbox,
+                                                         watch_dir: Path) -> None:
+    """SIGTERM while paused uploads are probing an API that does not answer still exits 0 within 10 s."""
+    sandbox.set_api_keys([])
+    (watch_dir / "w.fastq").write_bytes(fastq_bytes(20_000, seed=504))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, probe_interval_s=1)
+    with Daemon(cfg) as d:
+        wait_for(lambda: d.status().get("paused"), 30, lambda: f"the pause\n{d.log_tail()}")
+        sandbox.add_fault(Fault(target="samples", kind="delay", delay_s=60, times=1))
+        wait_for(lambda: not sandbox.faults(), 10, lambda: f"a probe held by the sandbox\n{d.log_tail()}")
+        started = time.monotonic()
+        assert d.terminate(timeout_s=12) == 0
+        assert time.monotonic() - started < 10, f"took {time.monotonic() - started:.1f} s"

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import re
 import signal
 import time
 from pathlib import Path
 
-import pytest
-
 from daemon.sandbox import Fault, Sandbox
 from harness import (VALIDATE, Daemon, all_in, by_name, cli, confirmed, fastq_bytes, md5_file, status,
-                     tree_digest, write_config)
+                     tree_digest, wait_for, write_config)
 
 DEADLINE_S = 30.0
 
@@ -52,7 +51,6 @@ def test_files_dropped_while_running_are_uploaded(tmp_path: Path, sandbox: Sandb
         paths = [watch_dir / "x.fastq", watch_dir / "new_run" / "y.fastq.gz"]
         paths[0].write_bytes(fastq_bytes(120_000, seed=3))
         paths[1].parent.mkdir()
-        import gzip
         paths[1].write_bytes(gzip.compress(fastq_bytes(80_000, seed=4)))
         d.wait_files(all_in("done", ["x.fastq", "y.fastq.gz"]), DEADLINE_S, "both files done")
         assert d.terminate() == 0
@@ -326,7 +324,6 @@ def test_watch_folder_that_disappears_is_waited_for_and_rescanned(tmp_path: Path
 
 
 def wait_for_event(d: Daemon, event: str, timeout_s: float = DEADLINE_S) -> None:
-    from harness import wait_for
     wait_for(lambda: any(e.get("event") == event for e in d.log_events()), timeout_s,
              lambda: f"the log event {event}\n{d.log_tail()}", interval_s=0.1)
 
