@@ -125,6 +125,15 @@ class Daemon:
         return self.proc.returncode
 
 
+def py_spy(pid: int, out: Path, seconds: float | None = None) -> subprocess.Popen:
+    """py-spy (in the venv) sampling `pid` from outside, raw collapsed stacks into `out`."""
+    argv = [str(Path(SEQDROP).with_name("py-spy")), "record", "--nonblocking", "--idle", "-r", "100", "-f", "raw",
+            "-o", str(out), "--pid", str(pid)]
+    if seconds:
+        argv += ["-d", str(int(seconds))]
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def make_tree(root: Path, count: int, *, prefix: str = "s", per_folder: int = 100, per_run: int = 10) -> list[str]:
     """`count` small FASTQ files: root/run_XXX/lane_Y/PREFIX_ZZZZ.fastq, 100 per folder."""
     paths = []
@@ -190,7 +199,7 @@ def bench_latency(sb: Sandbox, base: Path, files: int) -> dict:
 
 
 def bench_startup_idle(sb: Sandbox, base: Path, total: int, new: int, idle_s: float, *,
-                       do_startup: bool, do_idle: bool) -> dict:
+                       do_startup: bool, do_idle: bool, profile: Path | None = None) -> dict:
     work = base / "startup"
     watch = work / "watch"
     watch.mkdir(parents=True)
@@ -214,15 +223,21 @@ def bench_startup_idle(sb: Sandbox, base: Path, total: int, new: int, idle_s: fl
         out["rss_at_ready_mib"] = hwm.get("VmHWM", 0) / 1024
         out["cpu_to_ready_s"] = proc_cpu_s(d.proc.pid)
         d.wait(lambda: d.counts.get("upload.confirmed", 0) >= new, 600, f"{new} confirmations")
-        out["new_uploaded_s"] = d.named("upload.confirmed")[-1]["_recv"] - d.spawned
+        confirmed = d.named("upload.confirmed")
+        out["new_uploaded_s"] = confirmed[-1]["_recv"] - d.spawned if confirmed else None
         time.sleep(3.0)      # let the last transactions and log lines settle
         st = proc_status(d.proc.pid)
         out["rss_after_uploads_mib"] = st.get("VmHWM", 0) / 1024
         out["rss_now_mib"] = st.get("VmRSS", 0) / 1024
         if do_idle:
+            spy = None
+            if profile is not None:     # sampled from outside; its own CPU is not the daemon's
+                spy = py_spy(d.proc.pid, profile / "idle.txt", idle_s)
             c0, w0 = proc_cpu_s(d.proc.pid), time.monotonic()
             time.sleep(idle_s)
             c1, w1 = proc_cpu_s(d.proc.pid), time.monotonic()
+            if spy is not None:
+                spy.wait(timeout=60)
             out["idle_window_s"] = w1 - w0
             out["idle_cpu_s"] = c1 - c0
             out["idle_cpu_pct"] = 100 * (c1 - c0) / (w1 - w0)
@@ -239,7 +254,7 @@ def bench_startup_idle(sb: Sandbox, base: Path, total: int, new: int, idle_s: fl
     return out
 
 
-def bench_throughput(sb: Sandbox, base: Path, count: int, label: str) -> dict:
+def bench_throughput(sb: Sandbox, base: Path, count: int, label: str, profile: Path | None = None) -> dict:
     work = base / f"throughput-{label}"
     watch = work / "watch"
     watch.mkdir(parents=True)
@@ -248,8 +263,12 @@ def bench_throughput(sb: Sandbox, base: Path, count: int, label: str) -> dict:
     before = len(sb.get("samples"))
     sb_cpu0 = proc_cpu_s(sb.proc.pid)
     d = Daemon(cfg, work)
+    spy = py_spy(d.proc.pid, profile / f"throughput-{label}.txt") if profile is not None else None
     try:
         d.wait(lambda: d.counts.get("upload.confirmed", 0) >= count, 1800, f"{count} confirmations")
+        if spy is not None:
+            spy.send_signal(signal.SIGINT)      # py-spy writes its file on SIGINT
+            spy.wait(timeout=60)
         cpu = proc_cpu_s(d.proc.pid)
         hwm = proc_status(d.proc.pid).get("VmHWM", 0) / 1024
     finally:
@@ -278,6 +297,11 @@ def main(argv: list[str]) -> int:
     p.add_argument("--throughput-files", default=None, metavar="SHIPPED,NODELAY",
                    help="files for the throughput part against the sandbox as shipped and against "
                         "bench/sandbox_nodelay.py (0 skips one; default 10000,10000; --quick 1000,1000)")
+    p.add_argument("--startup-new", type=int, default=None, metavar="N",
+                   help="files of the start-up tree that are not yet done (default 1000; --quick 100)")
+    p.add_argument("--idle-seconds", type=float, default=None, help="idle window (default 60; --quick 15)")
+    p.add_argument("--py-spy", metavar="DIR", help="record py-spy profiles (raw collapsed stacks) of the daemon's "
+                                                 "idle window and throughput runs into DIR (pip install py-spy)")
     p.add_argument("--keep", action="store_true", help="keep the work folder (trees, queues, daemon logs)")
     p.add_argument("--json", help="also write the raw results here")
     args = p.parse_args(argv)
@@ -287,11 +311,16 @@ def main(argv: list[str]) -> int:
         p.error(f"unknown part(s): {', '.join(sorted(bad))}")
     n_lat, n_tree, n_new, n_tp, idle_s = (5, 10_000, 100, 1_000, 15.0) if args.quick else \
         (20, 100_000, 1_000, 10_000, 60.0)
+    n_new = n_new if args.startup_new is None else args.startup_new
+    idle_s = idle_s if args.idle_seconds is None else args.idle_seconds
     OUT.mkdir(parents=True, exist_ok=True)
     base = Path(os.path.realpath(OUT)) / f"daemon-{os.getpid()}"
     base.mkdir(parents=True)
     eprint(f"seqdrop daemon benchmark, {now_utc()}\n{machine()}\n{load()} at start; work folder {base}")
     results: dict = {"machine": machine(), "load_start": load()}
+    profile = Path(args.py_spy).resolve() if args.py_spy else None
+    if profile is not None:
+        profile.mkdir(parents=True, exist_ok=True)
     sb = Sandbox(store=False)
     try:
         if "latency" in parts:
@@ -301,7 +330,8 @@ def main(argv: list[str]) -> int:
         if "startup" in parts or "idle" in parts:
             eprint(f"startup/idle: {n_tree} files, {n_tree - n_new} already done ...")
             results["startup"] = r = bench_startup_idle(sb, base, n_tree, n_new, idle_s,
-                                                        do_startup="startup" in parts, do_idle="idle" in parts)
+                                                        do_startup="startup" in parts, do_idle="idle" in parts,
+                                                        profile=profile)
             eprint(f"  ready {r['ready_s']:.2f} s, re-uploads {r['reuploads']}, RSS {r['rss_after_uploads_mib']:.1f}"
                    f" MiB, idle CPU {r.get('idle_cpu_s', float('nan')):.3f} s  {load()}")
         if "throughput" in parts:
@@ -314,11 +344,11 @@ def main(argv: list[str]) -> int:
                 if label == "nodelay":
                     sb_nd = Sandbox(store=False, nodelay=True)
                     try:
-                        r = bench_throughput(sb_nd, base, count, label)
+                        r = bench_throughput(sb_nd, base, count, label, profile)
                     finally:
                         sb_nd.stop()
                 else:
-                    r = bench_throughput(sb, base, count, label)
+                    r = bench_throughput(sb, base, count, label, profile)
                 r["load_after"] = load()
                 results["throughput"].append(r)
                 eprint(f"  {r['files_per_s']:.1f} files/s over {r['seconds']:.1f} s; daemon CPU {r['daemon_cpu_s']:.1f} s,"
