@@ -189,7 +189,7 @@ class Service:
         for path in batch:
             if self.stop.is_set():
                 break
-            self.tracker.observe(path)
+            self._observe(path)
         self.tracker.run_due()
         now = time.monotonic()
         if now >= next_rescan:
@@ -215,13 +215,21 @@ class Service:
             for path, st in scan(root, self.matcher):
                 if self.stop.is_set():
                     return n
-                self.tracker.observe(path, st)
+                self._observe(path, st)
                 n += 1
         # Deletions that no event told us about.
         for row in self.store.rows_in("seen", "queued"):
             if not os.path.exists(row.path):
-                self.tracker.observe(row.path)
+                self._observe(row.path)
         return n
+
+    def _observe(self, path: str, st: os.stat_result | None = None) -> None:
+        """One path's trouble (a bug, a passing SQLite error) must cost neither the rest of a scan
+        nor the other hints of a batch: the next hint or rescan looks at the path again."""
+        try:
+            self.tracker.observe(path, st)
+        except Exception as e:
+            self.log.error("tracker.observe_failed", path=path, error=repr(e), exc_info=True)
 
     def _root_state(self, root: str, present: bool) -> None:
         if present:

@@ -9,6 +9,8 @@ stats the file and compares it with the path's latest row in the store:
   `seen`, unchanged for settle_s, marker there → `queued`
   `seen`/`queued` (nothing sent) and gone      → `vanished`
   `queued` (nothing sent) and replaced         → `vanished`, and the new version is `seen`
+A name that is not valid UTF-8 (a Latin-1 name written over SMB) can be neither stored nor
+sent: it is recorded under a printable stand-in as `rejected`, with the fix (rename it).
 Rows a worker holds are left to the worker, which re-checks identity before and
 after sending. Settle checks are kept in a heap of due times; the rows are in the store.
 """
@@ -37,6 +39,7 @@ class Tracker:
         self.clock = clock
         self._due: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
+        self._settling: dict[str, tuple[Identity, float]] = {}   # only names that are not UTF-8
         self._lock = threading.Lock()
 
     # -- scheduling ----------------------------------------------------------------------------
@@ -81,6 +84,10 @@ class Tracker:
             except OSError as e:
                 self.log.warning("tracker.stat_failed", path=path, error=str(e))
                 return
+        stand_in = _stand_in(path)
+        if stand_in is not None:
+            self._unstorable(path, stand_in, st)
+            return
         row = self.store.latest_for_path(path)
         if st is None:
             self._gone(row)
@@ -122,6 +129,33 @@ class Tracker:
             self.log.info("file.queued", path=row.path, size=row.size)
             self.on_queued()
 
+    def _unstorable(self, path: str, stand_in: str, st: os.stat_result | None) -> None:
+        """A file whose name is not UTF-8: once it has settled, one `rejected` row per version under
+        the stand-in name. It cannot have a `seen` row (the stand-in is not a path one can stat), so
+        its settle clock is kept here, for the few such files being written."""
+        if st is None:
+            self._settling.pop(path, None)
+            return
+        ident, now = Identity.of(st), self.clock()
+        known = self._settling.get(path)
+        if known is None or known[0] != ident:
+            row = self.store.latest_for_path(stand_in)
+            if row is not None and row.identity == ident:
+                return                                   # this version is already rejected
+            self._settling[path] = (ident, now)
+            self.schedule(path, now + self.settle_s)
+            return
+        if now - known[1] < self.settle_s:
+            self.schedule(path, known[1] + self.settle_s)
+            return
+        del self._settling[path]
+        reason = (f"the file name {os.path.basename(stand_in)!r} is not valid UTF-8, so seqdrop can neither "
+                  f"record nor send it; rename the file (e.g. without accented letters) and it is uploaded "
+                  f"under the new name")
+        file_id = self.store.add_seen(stand_in, ident)
+        self.store.set_state(file_id, "rejected", error=reason)
+        self.log.warning("file.rejected", path=stand_in, error=reason)
+
     def _gone(self, row: FileRow | None) -> None:
         if row is None:
             return
@@ -129,3 +163,12 @@ class Tracker:
             if self.store.set_state(row.id, "vanished", only_from=(row.state,),
                                     error="deleted before it was uploaded"):
                 self.log.info("file.vanished", path=row.path)
+
+
+def _stand_in(path: str) -> str | None:
+    """None for a path that is valid UTF-8; else the same path with its undecodable bytes as \\xNN."""
+    try:
+        path.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

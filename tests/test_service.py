@@ -479,3 +479,113 @@ def test_empty_file_is_rejected_then_uploaded_once_written(tmp_path: Path, sandb
     assert [f["state"] for f in files] == ["rejected", "done"]
     assert_uploaded_once(sandbox, path)
     assert len(sandbox.samples()) == 1
+
+
+# -- in-process: faults inside the daemon itself (a subprocess cannot be made to fail this way) ----
+class InProcess:
+    """The real Service in a thread of the test process, stopped as SIGTERM would stop it."""
+
+    def __init__(self, cfg: Path, **kwargs: object) -> None:
+        import threading
+
+        import structlog
+
+        from daemon import config as config_mod
+        from daemon.service import Service
+        self.settings = config_mod.load(str(cfg))
+        self.service = Service(self.settings, api_key="test-key", log=structlog.get_logger("seqdrop"), **kwargs)
+        self.thread = threading.Thread(target=self._run, name="test-service", daemon=True)
+        self.exit_code: int | None = None
+
+    def _run(self) -> None:
+        self.exit_code = self.service.run()
+
+    def __enter__(self) -> "InProcess":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.service.request_stop()
+        self.thread.join(15)
+        assert not self.thread.is_alive(), "the service did not stop"
+
+
+def test_an_internal_error_in_a_worker_keeps_the_row_and_the_worker(tmp_path: Path, sandbox: Sandbox,
+                                                                   watch_dir: Path) -> None:
+    """A bug surfacing in a worker puts the row back in the queue with the error; the worker lives on."""
+    from structlog.testing import capture_logs
+
+    from daemon.client import OneCodexClient
+
+    class Flaky(OneCodexClient):
+        calls = 0
+
+        def init_upload(self, filename: str, size: int):  # type: ignore[no-untyped-def]
+            Flaky.calls += 1
+            if Flaky.calls == 1:
+                raise RuntimeError("a bug")
+            return super().init_upload(filename, size)
+
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, workers=1)
+    (watch_dir / "bug.fastq").write_bytes(fastq_bytes(10_000, seed=70))
+    with capture_logs() as events, InProcess(cfg, client=Flaky(sandbox.api_url, "test-key")) as run:
+        store = run.service.store
+        row = wait_for(lambda: next((r for r in store.files() if r.error and "internal error" in r.error), None),
+                       DEADLINE_S, "the row back in the queue with the internal error")
+        assert row.state == "queued" and row.next_attempt_at > time.time() + 30
+        (watch_dir / "next.fastq").write_bytes(fastq_bytes(10_000, seed=71))
+        wait_for(lambda: [r.state for r in store.files() if r.path.endswith("next.fastq")] == ["done"],
+                 DEADLINE_S, "the same worker uploading the next file")
+        assert all(t.is_alive() for t in run.service.workers)
+    assert run.exit_code == 0
+    assert "worker.internal_error" in [e["event"] for e in events]
+
+
+def test_an_error_on_one_path_costs_no_other_file(tmp_path: Path, sandbox: Sandbox, watch_dir: Path,
+                                                  monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """A path whose handling always fails is logged; the scan and the hints go on for every other file."""
+    from structlog.testing import capture_logs
+
+    from daemon.tracker import Tracker
+    real_observe = Tracker.observe
+
+    def observe(self, path, st=None):  # type: ignore[no-untyped-def]
+        if path.endswith("boom.fastq"):
+            raise OSError("a filesystem error on this one path")
+        return real_observe(self, path, st)
+
+    monkeypatch.setattr(Tracker, "observe", observe)
+    (watch_dir / "boom.fastq").write_bytes(fastq_bytes(10_000, seed=72))      # first in the start-up scan
+    (watch_dir / "before.fastq").write_bytes(fastq_bytes(10_000, seed=73))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with capture_logs() as events, InProcess(cfg) as run:
+        wait_for(lambda: any(e["event"] == "service.ready" for e in events), DEADLINE_S, "service.ready")
+        with open(watch_dir / "boom.fastq", "ab") as f:                       # hinted with the next file
+            f.write(fastq_bytes(1_000, seed=74))
+        (watch_dir / "after.fastq").write_bytes(fastq_bytes(10_000, seed=75))
+        store = run.service.store
+        wait_for(lambda: sorted((os.path.basename(r.path), r.state) for r in store.files())
+                 == [("after.fastq", "done"), ("before.fastq", "done")], DEADLINE_S, "the other files done")
+    assert "tracker.observe_failed" in [e["event"] for e in events]
+    assert run.exit_code == 0
+
+
+def test_a_file_name_that_is_not_utf8_is_rejected_and_costs_nothing_else(tmp_path: Path, sandbox: Sandbox,
+                                                                         watch_dir: Path) -> None:
+    """A Latin-1 file name shows as `rejected` with the fix, under a printable name; other files go through."""
+    bad = os.path.join(os.fsencode(watch_dir), b"Probe_M\xfcller.fastq")
+    with open(bad, "wb") as f:
+        f.write(fastq_bytes(10_000, seed=76))
+    (watch_dir / "fine.fastq").write_bytes(fastq_bytes(10_000, seed=77))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        d.wait_ready()
+        with open(os.path.join(os.fsencode(watch_dir), b"late_\xe9.fastq"), "wb") as f:
+            f.write(fastq_bytes(10_000, seed=78))
+        files = d.wait_files(lambda fs: all_in("done", ["fine.fastq"])(fs)
+                             and all_in("rejected", ["Probe_M\\xfcller.fastq", "late_\\xe9.fastq"])(fs),
+                             DEADLINE_S, "fine done, the two Latin-1 names rejected")
+        assert d.terminate() == 0
+    rejected = [f for f in files if f["state"] == "rejected"]
+    assert len(rejected) == 2 and all("rename the file" in f["error"] for f in rejected)
+    assert [s["filename"] for s in sandbox.samples()] == ["fine.fastq"]

@@ -307,3 +307,26 @@ def test_unreadable_stat_is_logged_and_skipped(env: Env, monkeypatch: pytest.Mon
         env.tracker.observe(path)
     assert env.rows(path) == []
     assert [e["event"] for e in events] == ["tracker.stat_failed"]
+
+
+def test_name_that_is_not_utf8_is_rejected_once_settled(env: Env) -> None:
+    """A non-UTF-8 name settles like any file, then is one `rejected` row per version under a printable name."""
+    raw = os.path.join(os.fsencode(env.folder), b"M\xfcller.fastq")
+    with open(raw, "wb") as f:
+        f.write(b"@r\nACGT\n+\nIIII\n")
+    path = os.fsdecode(raw)
+    stand_in = str(env.folder / "M\\xfcller.fastq")
+    env.tracker.observe(path)
+    assert env.store.files() == []                # nothing recorded while it may still be written
+    env.settle(path)
+    [row] = env.store.files()
+    assert row.path == stand_in and row.state == "rejected" and "not valid UTF-8" in row.error
+    env.tracker.observe(path)
+    env.settle(path)
+    assert len(env.store.files()) == 1            # the same version is not rejected twice
+    with open(raw, "ab") as f:
+        f.write(b"@r2\nACGT\n+\nIIII\n")
+    env.tracker.observe(path)
+    env.settle(path)
+    assert [r.state for r in env.store.files()] == ["rejected", "rejected"]
+    assert env.queued_calls == 0
