@@ -34,6 +34,7 @@ HOUSEKEEPING_S = 5.0
 WORKER_JOIN_S = 7.0      # how long shutdown waits for in-flight work (a hung confirm, a slow answer)
 STOP_BUDGET_S = 9.0      # SIGTERM to exit: systemd and issue 3 allow 10 s
 WAKE = ""                # a hint that is no path: wakes the main loop (see request_stop)
+STORE_ERROR_WAIT_S = 2.0 # a worker whose queue write failed (disk full) tries again after this
 
 
 class Service:
@@ -247,6 +248,8 @@ class Service:
             if not t.is_alive() and not self.stop.is_set():
                 self.log.error("worker.died", worker=t.name)
                 self._start_worker(n)
+        if self.metrics is None and (self.notifier is None or not getattr(self.notifier, "enabled", True)):
+            return   # nobody to tell: idle costs nothing (counting 100k rows every 5 s is not free)
         counts = self.store.counts()
         if self.metrics is not None:
             self.metrics.set_files_by_state(counts)
@@ -272,7 +275,10 @@ class Service:
     def _pause(self, reason: str) -> None:
         if self.paused_reason is None:
             self.paused_reason = reason
-            self.store.set_meta("paused", {"reason": reason, "since": time.time()})
+            try:
+                self.store.set_meta("paused", {"reason": reason, "since": time.time()})
+            except Exception as e:   # the pause holds in memory; status just cannot show it
+                self.log.error("uploads.pause_not_recorded", error=repr(e))
             self.log.error("uploads.paused", reason=reason,
                            fix="check the API key (seqdrop check); uploads resume by themselves once it works")
             self.emit("uploads_paused", reason=reason)
@@ -314,24 +320,37 @@ class Service:
     def _worker(self, name: str) -> None:
         assert self.pipeline is not None
         claim_id = f"{os.getpid()}:{name}"
+        # A claimed row that could not be handed back yet (the store failed too, e.g. a full disk):
+        # it is handed back before anything else is claimed, so it cannot stay 'uploading' for good.
+        held: tuple[int, str] | None = None
         while not self.stop.is_set():
-            if self.paused_reason:
-                self.stop.wait(1.0)
-                continue
-            generation = self._generation
-            row = self.store.claim_next(claim_id)
-            if row is None:
-                with self._wake:
-                    if generation == self._generation:
-                        self._wake.wait(timeout=self._idle_wait())
+            try:
+                if held is not None:
+                    self.store.reschedule(held[0], delay_s=min(60.0, self.settings.upload.max_backoff_s),
+                                          error=held[1])
+                    held = None
+                if self.paused_reason:
+                    self.stop.wait(1.0)
+                    continue
+                generation = self._generation
+                row = self.store.claim_next(claim_id)
+                if row is None:
+                    with self._wake:
+                        if generation == self._generation:
+                            self._wake.wait(timeout=self._idle_wait())
+                    continue
+            except Exception as e:  # the queue itself failed: wait and try again, never die
+                self.log.error("worker.store_error", worker=name, error=repr(e),
+                               fix=f"check the disk and permissions of {self.settings.queue.path}")
+                self.stop.wait(STORE_ERROR_WAIT_S)
                 continue
             try:
                 self.pipeline.process(row)
             except AuthError as e:
                 self._pause(str(e))
-            except Exception as e:  # a bug must not kill the worker or lose the row
+            except Exception as e:  # a bug, or the store failing mid-upload: keep the row and the worker
                 self.log.exception("worker.internal_error", path=row.path)
-                self.store.reschedule(row.id, delay_s=60, error=f"internal error: {e!r}; will try again")
+                held = (row.id, f"internal error: {e!r}; will try again")
 
     def _idle_wait(self) -> float:
         due = self.store.next_due_at()
