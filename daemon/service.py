@@ -176,7 +176,7 @@ class Service:
                    next_summary: float | None) -> tuple[float, float, float | None]:
         s = self.settings
         due = self.tracker.next_due()
-        timeout = 1.0 if due is None else min(1.0, max(0.0, due - time.time()))
+        timeout = 1.0 if due is None else min(1.0, max(0.0, due - time.monotonic()))  # tracker: monotonic
         # Drain every waiting hint (a path hinted many times is looked at once). The drain
         # always ends in queue.Empty, so the batch is handled after the try, not in an else.
         batch: set[str] = set()

@@ -13,6 +13,12 @@ A name that is not valid UTF-8 (a Latin-1 name written over SMB) can be neither 
 sent: it is recorded under a printable stand-in as `rejected`, with the fix (rename it).
 Rows a worker holds are left to the worker, which re-checks identity before and
 after sending. Settle checks are kept in a heap of due times; the rows are in the store.
+
+Settling is timed on a monotonic clock, never the wall clock: an instrument PC's clock can jump
+(a dead RTC battery, then NTP, at boot), and a jump forward must not queue a file that changed a
+moment ago, nor a jump back hold one for years. So when a `seen` version last changed is kept in
+memory (one float per file being written); a row left `seen` by an earlier run settles again
+from the restart. (`stable_since` in the store is the wall-clock time, for people.)
 """
 
 from __future__ import annotations
@@ -32,11 +38,13 @@ MARKER_RECHECK_S = 5.0
 class Tracker:
     def __init__(self, *, store: Store, settle_s: float, log: Any,
                  marker_for: Callable[[str], str | None] = lambda path: None,
-                 on_queued: Callable[[], None] = lambda: None, clock: Callable[[], float] = time.time) -> None:
+                 on_queued: Callable[[], None] = lambda: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.settle_s, self.log = store, settle_s, log
         self.marker_for = marker_for          # path -> reason it must wait, or None
         self.on_queued = on_queued
-        self.clock = clock
+        self.clock = clock                    # monotonic; due times and next_due() are on this clock
+        self._since: dict[str, float] = {}    # path of a `seen` row -> when its identity last changed
         self._due: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
         self._settling: dict[str, tuple[Identity, float]] = {}   # only names that are not UTF-8
@@ -70,9 +78,14 @@ class Tracker:
         return len(paths)
 
     def resume(self) -> None:
-        """At start-up: pick up the settle clocks of rows that were `seen` when the daemon stopped."""
+        """At start-up: rows that were `seen` when the daemon stopped settle again from now."""
         for row in self.store.rows_in("seen"):
-            self.schedule(row.path, row.stable_since + self.settle_s)
+            self._restart_clock(row.path)
+
+    def _restart_clock(self, path: str) -> None:
+        now = self.clock()
+        self._since[path] = now
+        self.schedule(path, now + self.settle_s)
 
     # -- the decision --------------------------------------------------------------------------
     def observe(self, path: str, st: os.stat_result | None = None) -> None:
@@ -90,13 +103,14 @@ class Tracker:
             return
         row = self.store.latest_for_path(path)
         if st is None:
+            self._since.pop(path, None)
             self._gone(row)
             return
         ident = Identity.of(st)
         if row is None or (row.state in TERMINAL and (row.identity != ident or row.state == "vanished")):
             self.store.add_seen(path, ident)
             self.log.debug("file.seen", path=path, size=ident.size)
-            self.schedule(path, self.clock() + self.settle_s)
+            self._restart_clock(path)
         elif row.state == "seen":
             self._settle(row, ident)
         elif row.state == "queued" and row.identity != ident:
@@ -104,20 +118,24 @@ class Tracker:
                 self.store.set_state(row.id, "vanished", only_from=("queued",),
                                      error="replaced by a newer version before it was uploaded")
             self.store.add_seen(path, ident)
-            self.schedule(path, self.clock() + self.settle_s)
+            self._restart_clock(path)
         elif row.state == "uploading" and row.identity != ident:
             # The worker notices (it stats again after sending) and will not confirm.
             self.store.add_seen(path, ident)
-            self.schedule(path, self.clock() + self.settle_s)
+            self._restart_clock(path)
 
     def _settle(self, row: FileRow, ident: Identity) -> None:
         now = self.clock()
+        since = self._since.get(row.path)
         if row.identity != ident:
             self.store.touch_seen(row.id, ident)
-            self.schedule(row.path, now + self.settle_s)
+            self._restart_clock(row.path)
             return
-        if now - row.stable_since < self.settle_s:
-            self.schedule(row.path, row.stable_since + self.settle_s)
+        if since is None:                 # seen by an earlier run: how long it has been still is unknown
+            self._restart_clock(row.path)
+            return
+        if now - since < self.settle_s:
+            self.schedule(row.path, since + self.settle_s)
             return
         waiting = self.marker_for(row.path)
         if waiting:
@@ -125,6 +143,7 @@ class Tracker:
                 self.store.note(row.id, waiting)
             self.schedule(row.path, now + MARKER_RECHECK_S)
             return
+        del self._since[row.path]
         if self.store.set_state(row.id, "queued", only_from=("seen",), next_attempt_at=0):
             self.log.info("file.queued", path=row.path, size=row.size)
             self.on_queued()

@@ -282,16 +282,35 @@ def test_failed_file_unchanged_stays_failed(env: Env) -> None:
     assert [r.state for r in env.rows(path)] == ["failed"]
 
 
-def test_resume_picks_up_settle_clocks(env: Env, store: Store, clock: Clock) -> None:
-    """After a restart, rows left `seen` are due at their own stable_since + settle_s."""
+def test_resume_settles_again_from_the_restart(env: Env, store: Store, clock: Clock) -> None:
+    """After a restart, rows left `seen` settle again from the restart (how long they were still is unknown)."""
     path = env.write("a.fastq")
     env.tracker.observe(path)
-    clock.advance(10)
+    clock.advance(SETTLE_S + 10)                 # the daemon was down longer than settle_s
     fresh = Tracker(store=store, settle_s=SETTLE_S, log=Log(), clock=clock)
     fresh.resume()
-    assert fresh.next_due() == pytest.approx(clock.now - 10 + SETTLE_S)
-    clock.advance(SETTLE_S)
+    assert fresh.next_due() == pytest.approx(clock.now + SETTLE_S)
+    fresh.observe(path)                          # the start-up scan
+    assert env.state(path) == "seen"
+    clock.advance(SETTLE_S + 0.1)
     fresh.run_due()
+    assert env.state(path) == "queued"
+
+
+def test_wall_clock_jumps_do_not_change_settling(env: Env, store: Store, clock: Clock) -> None:
+    """Settling is timed on the monotonic clock: a wall-clock jump forward queues nothing early, one back holds nothing."""
+    mono = Clock()
+    env.tracker = Tracker(store=store, settle_s=SETTLE_S, log=Log(), clock=mono)
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    clock.advance(86_400)                        # NTP sets the wall clock a day forward
+    mono.advance(1)
+    env.tracker.observe(path)
+    env.tracker.run_due()
+    assert env.state(path) == "seen"
+    clock.advance(-365 * 86_400)                 # and then a year back
+    mono.advance(SETTLE_S)
+    env.tracker.run_due()
     assert env.state(path) == "queued"
 
 
