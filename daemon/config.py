@@ -70,7 +70,7 @@ class UploadSettings:
     max_mbps: float = 0.0          # 0 = no cap; megabits per second
     validate: bool = True
     max_backoff_s: float = 600.0   # longest wait between two attempts at one file
-    block_size: int = 4 << 20      # bytes read from disk and sent per block
+    block_size: int = 2 << 20      # bytes read from disk and sent per block
 
 
 @dataclass(frozen=True)

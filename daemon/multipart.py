@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import queue
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 
@@ -66,10 +68,12 @@ class MultipartBody:
         return len(self._head) + self.size + len(self._tail)
 
     def __iter__(self) -> Iterator[bytes]:
+        """Head, file blocks, tail. Three stages overlap on separate cores: a reader thread reads
+        and hashes (hashlib and read() release the GIL), a validator thread checks the content, and
+        the caller's thread sends. A bounded queue between them keeps memory constant."""
         self.md5 = hashlib.md5()
         self.file_bytes_sent = 0
         yield self._head
-        remaining = self.size
         # O_NOATIME where allowed: reading must not even touch the instrument's atime.
         flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
         try:
@@ -78,24 +82,122 @@ class MultipartBody:
             fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             raise FileChanged(f"{self.path} was deleted before it could be sent") from None
-        with os.fdopen(fd, "rb", buffering=0) as f:
-            while remaining > 0:
+        stages = _Stages(fd, self)
+        try:
+            while True:
                 if self.should_abort is not None and self.should_abort():
                     raise Aborted("shutdown requested during the upload")
-                block = f.read(min(self.block_size, remaining))
-                if not block:
-                    raise FileChanged(f"{self.path} became shorter while it was being sent "
-                                      f"({self.size - remaining} of {self.size} bytes)")
-                remaining -= len(block)
-                self.md5.update(block)
-                if self.tap is not None:
-                    self.tap(block)
+                block = stages.next_block()
+                if block is None:
+                    break
                 if self.throttle is not None:
                     self.throttle(len(block))
                 self.file_bytes_sent += len(block)
                 yield block
                 if self.progress is not None:
                     self.progress(len(block))
-        if self.finish is not None:
-            self.finish()   # the validator's last word, before S3 can see a complete body
+            stages.finish()   # the validator's last word, before S3 can see a complete body
+        finally:
+            stages.close()
         yield self._tail
+
+
+_END = object()
+QUEUE_BLOCKS = 2
+
+
+class _Stages:
+    """The reader and validator threads behind one MultipartBody iteration."""
+
+    def __init__(self, fd: int, body: MultipartBody) -> None:
+        self.body = body
+        self.file = os.fdopen(fd, "rb", buffering=0)
+        self.cancelled = threading.Event()
+        self.error: BaseException | None = None
+        self.blocks: queue.Queue[object] = queue.Queue(maxsize=QUEUE_BLOCKS)
+        self.to_check: queue.Queue[object] | None = (
+            queue.Queue(maxsize=QUEUE_BLOCKS) if body.tap is not None else None)
+        self.reader = threading.Thread(target=self._read, name="seqdrop-read", daemon=True)
+        self.checker = (threading.Thread(target=self._check, name="seqdrop-validate", daemon=True)
+                        if self.to_check is not None else None)
+        self.reader.start()
+        if self.checker is not None:
+            self.checker.start()
+
+    def _put(self, q: queue.Queue[object], item: object) -> bool:
+        while not self.cancelled.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _fail(self, exc: BaseException) -> None:
+        if self.error is None:
+            self.error = exc
+        self.cancelled.set()
+
+    def _read(self) -> None:
+        body, remaining = self.body, self.body.size
+        try:
+            while remaining > 0 and not self.cancelled.is_set():
+                block = self.file.read(min(body.block_size, remaining))
+                if not block:
+                    raise FileChanged(f"{body.path} became shorter while it was being sent "
+                                      f"({body.size - remaining} of {body.size} bytes)")
+                remaining -= len(block)
+                body.md5.update(block)
+                if self.to_check is not None and not self._put(self.to_check, block):
+                    return
+                if not self._put(self.blocks, block):
+                    return
+            if self.to_check is not None:
+                self._put(self.to_check, _END)
+            self._put(self.blocks, _END)
+        except BaseException as e:  # handed to the sending thread, which raises it
+            self._fail(e)
+
+    def _check(self) -> None:
+        assert self.to_check is not None and self.body.tap is not None
+        try:
+            while True:
+                try:
+                    item = self.to_check.get(timeout=0.1)
+                except queue.Empty:
+                    if self.cancelled.is_set():
+                        return
+                    continue
+                if item is _END:
+                    return
+                self.body.tap(item)   # type: ignore[arg-type]
+        except BaseException as e:
+            self._fail(e)
+
+    def next_block(self) -> bytes | None:
+        while True:
+            if self.error is not None:
+                raise self.error
+            try:
+                item = self.blocks.get(timeout=0.1)
+            except queue.Empty:
+                continue
+            if self.error is not None:
+                raise self.error
+            return None if item is _END else item  # type: ignore[return-value]
+
+    def finish(self) -> None:
+        if self.checker is not None:
+            while self.checker.is_alive():
+                self.checker.join(timeout=0.1)
+        if self.error is not None:
+            raise self.error
+        if self.body.finish is not None:
+            self.body.finish()
+
+    def close(self) -> None:
+        self.cancelled.set()
+        self.reader.join(timeout=5)
+        if self.checker is not None:
+            self.checker.join(timeout=5)
+        self.file.close()

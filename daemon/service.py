@@ -389,9 +389,10 @@ class Service:
         if self.notifier is not None:
             self.notifier.close()
         if self.metrics is not None:
-            self.metrics.stop_server()
+            self.metrics.stop_server(timeout_s=max(0.1, min(1.0, budget_end - time.monotonic())))
         if self.webhook is not None:
-            self.webhook.close(timeout_s=max(0.1, min(2.0, budget_end - time.monotonic())))
+            # close() may join its thread for a second past the timeout given: keep that in the budget.
+            self.webhook.close(timeout_s=max(0.1, min(2.0, budget_end - time.monotonic() - 1.0)))
         if not stuck:
             self.store.close()
         self.log.info("service.stopped")

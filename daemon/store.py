@@ -49,6 +49,7 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_path ON files(path, id);
 CREATE INDEX IF NOT EXISTS files_due ON files(state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS files_state_updated ON files(state, updated_at);
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
