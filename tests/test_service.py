@@ -632,3 +632,54 @@ def test_a_full_disk_under_the_queue_stalls_nothing_for_good(tmp_path: Path, san
     names = [e["event"] for e in events]
     assert "worker.died" not in names and "worker.store_error" in names
     assert len(confirmed(sandbox)) == 1
+
+
+def test_metrics_and_webhook_report_what_happens(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """With metrics and a webhook configured, uploads show in /metrics and a failed file is announced."""
+    import json
+    import threading
+    import urllib.request
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    received: list[dict] = []
+
+    class Hook(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    hook = ThreadingHTTPServer(("127.0.0.1", 0), Hook)
+    threading.Thread(target=hook.serve_forever, daemon=True).start()
+    sandbox.add_fault(Fault(target="init_upload", kind="status", status=400, message="No such project.",
+                            after=1, times=None))
+    (watch_dir / "ok.fastq").write_bytes(fastq_bytes(20_000, seed=90))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, workers=1,
+                       extra=f'\n[metrics]\nenabled = true\nlisten = "127.0.0.1:0"\n\n'
+                             f'[notify]\nwebhook_url = "http://127.0.0.1:{hook.server_port}/hook"\nformat = "json"\n')
+    try:
+        with Daemon(cfg) as d:
+            d.wait_files(all_in("done", ["ok.fastq"]), DEADLINE_S, "ok.fastq done")
+            (watch_dir / "refused.fastq").write_bytes(fastq_bytes(20_000, seed=91))
+            d.wait_files(all_in("failed", ["refused.fastq"]), DEADLINE_S, "refused.fastq failed")
+            address = next(e["address"] for e in d.log_events() if e.get("event") == "metrics.listening")
+
+            def scrape() -> str:
+                with urllib.request.urlopen(f"http://{address}/metrics", timeout=5) as resp:
+                    return resp.read().decode()
+
+            text = wait_for(lambda: (lambda t: t if 'seqdrop_files{state="failed"} 1.0' in t else None)(scrape()),
+                            15, "the housekeeping to publish the counts")
+            assert "seqdrop_uploaded_files_total 1.0" in text
+            assert 'seqdrop_files{state="done"} 1.0' in text and "seqdrop_paused 0.0" in text
+            wait_for(lambda: any(r.get("event") == "file_failed" for r in received), 15, "the webhook call")
+            assert d.terminate() == 0
+    finally:
+        hook.shutdown()
+    [failed] = [r for r in received if r["event"] == "file_failed"]
+    assert failed["path"].endswith("refused.fastq") and "No such project." in failed["error"]
+    assert "test-key" not in json.dumps(received)
