@@ -154,10 +154,12 @@ def status(config: Path) -> dict[str, Any]:
 class Daemon:
     """`seqdrop run` as a subprocess; a context manager that never leaves it running."""
 
-    def __init__(self, config: Path, *, log_path: Path | None = None, api_key: str | None = API_KEY) -> None:
+    def __init__(self, config: Path, *, log_path: Path | None = None, api_key: str | None = API_KEY,
+                 env: dict[str, str] | None = None) -> None:
         self.config = config
         self.log_path = log_path or config.with_suffix(".log")
         self.api_key = api_key
+        self.extra_env = env or {}
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> "Daemon":
@@ -165,7 +167,7 @@ class Daemon:
         self._ready_before = self._ready_count()
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen([PYTHON, "-m", "daemon", "run", "--config", str(self.config)],
-                                         cwd=ROOT, env=daemon_env(self.api_key), stdout=log,
+                                         cwd=ROOT, env={**daemon_env(self.api_key), **self.extra_env}, stdout=log,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         return self
 

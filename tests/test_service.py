@@ -683,3 +683,37 @@ def test_metrics_and_webhook_report_what_happens(tmp_path: Path, sandbox: Sandbo
     [failed] = [r for r in received if r["event"] == "file_failed"]
     assert failed["path"].endswith("refused.fastq") and "No such project." in failed["error"]
     assert "test-key" not in json.dumps(received)
+
+
+def test_systemd_hears_ready_status_watchdog_and_stopping(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """Under systemd (NOTIFY_SOCKET, WATCHDOG_USEC) the daemon sends READY=1, STATUS lines, WATCHDOG=1 and STOPPING=1."""
+    import socket
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(0.2)
+    messages: list[str] = []
+
+    def drain() -> list[str]:
+        try:
+            while True:
+                messages.append(sock.recv(4096).decode())
+        except (TimeoutError, BlockingIOError):
+            pass
+        return messages
+
+    (watch_dir / "sd.fastq").write_bytes(fastq_bytes(10_000, seed=92))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    try:
+        with Daemon(cfg, env={"NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"}) as d:
+            d.wait_files(all_in("done", ["sd.fastq"]), DEADLINE_S, "sd.fastq done")
+            wait_for(lambda: any("WATCHDOG=1" in m for m in drain()), 10, lambda: f"WATCHDOG=1 in {messages}")
+            assert d.terminate() == 0
+            drain()
+    finally:
+        sock.close()
+    text = "\n".join(messages)
+    assert "READY=1" in text and "STOPPING=1" in text
+    assert any(m.startswith("STATUS=") and "failed 0" in m for m in messages), messages
+    assert text.index("READY=1") < text.index("STOPPING=1")
