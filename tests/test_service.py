@@ -270,8 +270,8 @@ def test_sigterm_exits_0(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> N
 
 def test_file_changed_during_upload_is_not_confirmed(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
     """A file that grows while its POST is under way is not confirmed; the new version is uploaded whole."""
-    # 8 Mbit/s in 64 KiB blocks: the 2 MB POST takes about 2 s, time enough to append in the middle.
-    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, max_mbps=8, block_size=65536)
+    # 4 Mbit/s in 64 KiB blocks: the 2 MB POST takes about 4 s, time enough to append in the middle.
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, max_mbps=4, block_size=65536)
     path = watch_dir / "g.fastq"
     path.write_bytes(fastq_bytes(2_000_000, seed=18))
     with Daemon(cfg) as d:
@@ -291,7 +291,7 @@ def test_file_changed_during_upload_is_not_confirmed(tmp_path: Path, sandbox: Sa
 def test_file_deleted_during_upload_is_vanished_and_cancelled(tmp_path: Path, sandbox: Sandbox,
                                                               watch_dir: Path) -> None:
     """A file deleted while its POST is under way ends `vanished`, and its sample is cancelled, not confirmed."""
-    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, max_mbps=8, block_size=65536)
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, max_mbps=4, block_size=65536)
     path = watch_dir / "d.fastq"
     path.write_bytes(fastq_bytes(2_000_000, seed=20))
     with Daemon(cfg) as d:
