@@ -40,11 +40,12 @@ class MultipartBody:
                  finish: Callable[[], object] | None = None,
                  throttle: Callable[[int], None] | None = None,
                  progress: Callable[[int], None] | None = None,
-                 should_abort: Callable[[], bool] | None = None) -> None:
+                 should_abort: Callable[[], bool] | None = None,
+                 check: Callable[[], None] | None = None) -> None:
         self.boundary = "seqdrop-" + uuid.uuid4().hex
         self.path, self.size, self.block_size = path, size, block_size
         self.tap, self.finish, self.throttle = tap, finish, throttle
-        self.progress, self.should_abort = progress, should_abort
+        self.progress, self.should_abort, self.check = progress, should_abort, check
         b = self.boundary.encode()
         head = bytearray()
         for name, value in fields:
@@ -87,6 +88,8 @@ class MultipartBody:
             while True:
                 if self.should_abort is not None and self.should_abort():
                     raise Aborted("shutdown requested during the upload")
+                if self.check is not None:
+                    self.check()      # e.g. a validator running elsewhere has refused the file
                 block = stages.next_block()
                 if block is None:
                     break

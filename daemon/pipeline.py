@@ -15,7 +15,10 @@ never looks at an HTTP status.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -31,6 +34,7 @@ from daemon.store import FileRow, Identity, Store
 MAX_SAMPLE_BYTES = 20 * 1000**3      # One Codex's limit for one sample (design.md: 20 GB)
 MAX_POST_BYTES = 5 * 1024**3         # S3's limit for one POST upload (5 GiB)
 SNIFF_BYTES = 64 * 1024
+CHILD_VALIDATION_BYTES = 64 << 20   # from this size on, validate in a child process (see _ChildValidator)
 POLICY_MARGIN_S = 60.0               # re-init when a stored policy has less than this left...
 ASSUMED_RATE_BPS = 10e6              # ...plus the time the upload is expected to take at this rate
 
@@ -209,16 +213,23 @@ class Pipeline:
         name = os.path.basename(row.path)
 
         def attempt() -> tuple[str, float]:
-            validator = None
-            if self.validate:
+            tap = finish = check = None
+            child = None
+            if self.validate and row.size >= CHILD_VALIDATION_BYTES:
+                child = _ChildValidator(row.path, row.size)
+                finish, check = child.finish, child.check
+            elif self.validate:
                 from daemon.validate import StreamValidator
                 validator = StreamValidator(name=name)
+                tap, finish = validator.feed, validator.finish
             body = MultipartBody(init.fields, path=row.path, filename=sanitize_filename(name), size=row.size,
-                                 block_size=self.block_size,
-                                 tap=validator.feed if validator else None,
-                                 finish=validator.finish if validator else None,
+                                 block_size=self.block_size, tap=tap, finish=finish, check=check,
                                  throttle=self.throttle, progress=progress, should_abort=self.stop.is_set)
-            result = self.client.post_to_s3(init, body)
+            try:
+                result = self.client.post_to_s3(init, body)
+            finally:
+                if child is not None:
+                    child.close()
             if not result.etag:
                 # Real S3 always sends the ETag (the MD5 for SSE-S3 objects); some S3-compatible
                 # servers (moto) send none. Nothing to compare is not a mismatch: say so and go on.
@@ -272,6 +283,61 @@ class Pipeline:
             log.info("upload.cancelled", sample_id=sample_id)
         except (Transient, Permanent, AuthError) as e:
             log.warning("upload.cancel_failed", sample_id=sample_id, error=str(e))
+
+
+class _ChildValidator:
+    """Validation of a large file in a child process (`python -m daemon.validate --json`).
+
+    In one process the validator and the sending thread take turns on the GIL, and validation
+    made a large upload 1.4-1.9x slower (docs/benchmarks.md). The child reads the same file from
+    the page cache on its own core. The upload cannot complete without it: the body's closing
+    boundary is only sent after finish() has the child's verdict, a refusal seen mid-stream
+    aborts the POST, and the verdict must cover exactly the size being sent (the file is stat'ed
+    again after the POST, as for every upload).
+    """
+
+    def __init__(self, path: str, size: int) -> None:
+        self.path, self.size = path, size
+        self.proc = subprocess.Popen([sys.executable, "-m", "daemon.validate", "--json", path],
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, close_fds=True)
+        self._verdict: dict[str, Any] | None = None
+
+    def _read_verdict(self) -> dict[str, Any]:
+        if self._verdict is None:
+            out, err = self.proc.communicate()
+            try:
+                self._verdict = json.loads(out.decode().strip().splitlines()[-1])
+            except (ValueError, IndexError):
+                raise Transient(f"the validator process failed (exit {self.proc.returncode}): "
+                                f"{err.decode(errors='replace').strip()[-300:]}") from None
+        return self._verdict
+
+    def _judge(self) -> None:
+        verdict = self._read_verdict()
+        if verdict.get("io_error"):
+            raise FileChanged(verdict.get("error", "could not be read while it was being sent"))
+        if not verdict.get("ok"):
+            raise ContentRejected(verdict.get("error") or f"{os.path.basename(self.path)} is not valid")
+        if verdict.get("raw_bytes") != self.size:
+            raise FileChanged(f"changed while it was being validated ({verdict.get('raw_bytes')} bytes "
+                              f"validated, {self.size} expected)")
+
+    def check(self) -> None:
+        """Per block: if the child has already refused the file, stop sending now."""
+        if self.proc.poll() is not None and self.proc.returncode != 0:
+            self._judge()
+
+    def finish(self) -> None:
+        self._judge()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
 
 
 def _reason(e: Exception) -> str:

@@ -793,3 +793,40 @@ def validate_path(path: str | os.PathLike, *, block_size: int = 4 << 20) -> Summ
         while chunk := f.read(block_size):
             v.feed(chunk)
     return v.finish()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m daemon.validate [--json] FILE...`: validate files; exit 0 if all are valid, 1 if not.
+
+    The upload pipeline runs this as a child process for large files, so that validation gets a
+    core of its own instead of sharing the GIL with the thread that sends (see daemon/pipeline.py).
+    """
+    import json
+    import sys
+    args = list(sys.argv[1:] if argv is None else argv)
+    as_json = "--json" in args
+    paths = [a for a in args if a != "--json"]
+    if not paths:
+        print("usage: python -m daemon.validate [--json] FILE...", file=sys.stderr)
+        return 2
+    ok = True
+    for path in paths:
+        try:
+            s = validate_path(path)
+            result = {"path": path, "ok": True, "format": s.format, "compression": s.compression,
+                      "records": s.records, "bases": s.bases, "raw_bytes": s.raw_bytes}
+        except ContentRejected as e:
+            ok, result = False, {"path": path, "ok": False, "error": str(e)}
+        except OSError as e:
+            ok, result = False, {"path": path, "ok": False, "error": f"cannot read {path}: {e.strerror}",
+                                 "io_error": True}
+        if as_json:
+            print(json.dumps(result), flush=True)
+        else:
+            print(f"{path}: " + (f"ok ({result['format']}, {result['records']:,} records)" if result["ok"]
+                                 else result["error"]))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

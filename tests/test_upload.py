@@ -456,3 +456,27 @@ def test_repeat_confirm_refused_as_already_confirmed_counts_as_done(h):
     state, file_id = h.upload("reads.fastq", fastq_bytes())
     assert state == "done"
     assert h.store.get(file_id).sample_id == h.confirmed()[0]["sample_id"]
+
+
+@pytest.fixture
+def child_validation(monkeypatch):
+    """Send every file through the large-file path: validation in a child process."""
+    import daemon.pipeline
+    monkeypatch.setattr(daemon.pipeline, "CHILD_VALIDATION_BYTES", 1)
+
+
+def test_child_process_validation_confirms_a_valid_file(h, child_validation):
+    """A large file's validation runs in a child process and a valid file is confirmed."""
+    data = gzip.compress(fastq_bytes(2000))
+    state, file_id = h.upload("big.fastq.gz", data)
+    assert state == "done"
+    assert Path(h.confirmed()[0]["object_path"]).read_bytes() == data
+
+
+def test_child_process_validation_refuses_a_truncated_file(h, child_validation):
+    """A truncated large file is rejected with the child's reason; S3 keeps nothing, nothing is confirmed."""
+    data = gzip.compress(fastq_bytes(2000))
+    state, file_id = h.upload("cut.fastq.gz", data[:-20])
+    assert state == "rejected" and "cut.fastq.gz" in h.store.get(file_id).error
+    assert not h.requests_to("confirm_upload")
+    assert all(s["object_path"] is None for s in h.sb.samples())
