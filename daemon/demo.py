@@ -86,6 +86,18 @@ def _wait_for_store(path: str, thread: threading.Thread) -> Any:
     return Store(path, readonly=True)
 
 
+def _snapshot(folder: str) -> dict[str, str]:
+    """Every file under folder with the SHA-256 of its bytes."""
+    import hashlib
+    out = {}
+    for base, _dirs, files in os.walk(folder):
+        for name in files:
+            path = os.path.join(base, name)
+            with open(path, "rb") as f:
+                out[os.path.relpath(path, folder)] = hashlib.sha256(f.read()).hexdigest()
+    return out
+
+
 def _drive(say: Any, run_dir: str, store: Any, sb: Any) -> bool:
     say("Sequencer writes:")
     shown: dict[str, str] = {}
@@ -126,6 +138,7 @@ def _drive(say: Any, run_dir: str, store: Any, sb: Any) -> bool:
             f.flush()
             show_changes()
             time.sleep(SETTLE_S / 3)   # a slow writer, pausing less than the settle time (demo pacing)
+    written = _snapshot(run_dir)
     deadline = time.monotonic() + DEADLINE_S
     while time.monotonic() < deadline:
         show_changes()
@@ -134,13 +147,17 @@ def _drive(say: Any, run_dir: str, store: Any, sb: Any) -> bool:
             break
         time.sleep(0.2)   # demo pacing: how often the screen is refreshed
     show_changes()
+    unchanged = _snapshot(run_dir) == written
     states = {os.path.basename(r.path): r.state for r in store.files()}
     confirmed = [s for s in sb.samples() if s["state"] == "confirmed"]
     say("")
     ok = all(states.get(name) == want for name, want in expected.items()) and "notes.txt" not in states
+    if not unchanged:
+        say("The watch folder's contents changed during the demo: that must never happen.")
+        ok = False
     if ok:
         say(f"Done: {len(confirmed)} samples confirmed by the sandbox, 1 file rejected with its reason, "
-            f"1 ignored. Nothing in the watch folder was changed.")
+            f"1 ignored. The watch folder is byte-for-byte as the 'sequencer' wrote it.")
         say("Next: `seqdrop check --config /etc/seqdrop/config.toml`, then `systemctl enable --now seqdrop` "
             "(see README).")
     else:
