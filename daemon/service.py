@@ -61,7 +61,8 @@ class Service:
         self.rules = {f.path: MarkerRule.parse(f.marker, f.path) for f in settings.watch.folders}
         self.matcher = Matcher(include=settings.watch.include, exclude=settings.watch.exclude)
         self.tracker = Tracker(store=self.store, settle_s=settings.watch.settle_seconds, log=log,
-                               marker_for=self._marker_for, on_queued=self.wake_workers)
+                               marker_for=self._marker_for, on_queued=self.wake_workers,
+                               root_gone=self._root_gone)
         self.watcher: Watcher | None = None
         self.pipeline: Pipeline | None = None
 
@@ -71,6 +72,13 @@ class Service:
             if path == root or path.startswith(root.rstrip("/") + "/"):
                 return rule.waiting_for(path)
         return None
+
+    def _root_gone(self, path: str) -> bool:
+        """Is the watch folder holding path missing as a whole (a share unmounted)?"""
+        for root in self.settings.watch.paths:
+            if path.startswith(root.rstrip("/") + "/"):
+                return not os.path.isdir(root)
+        return False
 
     def wake_workers(self) -> None:
         with self._wake:
@@ -210,17 +218,20 @@ class Service:
 
     def _full_scan(self) -> int:
         n = 0
+        missing = []
         for root in self.settings.watch.paths:
             if not os.path.isdir(root):
+                missing.append(root.rstrip("/") + "/")
                 continue
             for path, st in scan(root, self.matcher):
                 if self.stop.is_set():
                     return n
                 self._observe(path, st)
                 n += 1
-        # Deletions that no event told us about.
+        # Deletions that no event told us about. Not under a root that is gone as a whole: that is
+        # a share unmounted (or not yet mounted), not files deleted; they are looked at on its return.
         for row in self.store.rows_in("seen", "queued"):
-            if not os.path.exists(row.path):
+            if not row.path.startswith(tuple(missing)) and not os.path.exists(row.path):
                 self._observe(row.path)
         return n
 

@@ -7,7 +7,8 @@ stats the file and compares it with the path's latest row in the store:
                                                     identity: moved out and back, a share remounted)
   `seen`, identity changed                     → still being written: settle clock restarts
   `seen`, unchanged for settle_s, marker there → `queued`
-  `seen`/`queued` (nothing sent) and gone      → `vanished`
+  `seen`/`queued` (nothing sent) and gone      → `vanished` (unless its whole watch folder is
+                                                 gone: a share unmounted; it is looked at on return)
   `queued` (nothing sent) and replaced         → `vanished`, and the new version is `seen`
 A name that is not valid UTF-8 (a Latin-1 name written over SMB) can be neither stored nor
 sent: it is recorded under a printable stand-in as `rejected`, with the fix (rename it).
@@ -39,10 +40,12 @@ class Tracker:
     def __init__(self, *, store: Store, settle_s: float, log: Any,
                  marker_for: Callable[[str], str | None] = lambda path: None,
                  on_queued: Callable[[], None] = lambda: None,
+                 root_gone: Callable[[str], bool] = lambda path: False,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.settle_s, self.log = store, settle_s, log
         self.marker_for = marker_for          # path -> reason it must wait, or None
         self.on_queued = on_queued
+        self.root_gone = root_gone            # path -> its watch folder is missing as a whole
         self.clock = clock                    # monotonic; due times and next_due() are on this clock
         self._since: dict[str, float] = {}    # path of a `seen` row -> when its identity last changed
         self._due: list[tuple[float, str]] = []
@@ -100,6 +103,8 @@ class Tracker:
         stand_in = _stand_in(path)
         if stand_in is not None:
             self._unstorable(path, stand_in, st)
+            return
+        if st is None and self.root_gone(path):
             return
         row = self.store.latest_for_path(path)
         if st is None:

@@ -731,3 +731,23 @@ def test_status_while_the_queue_is_being_created(tmp_path: Path, watch_dir: Path
     done = cli(cfg, "status", "--json")
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_files_settling_when_the_share_goes_are_not_called_vanished(tmp_path: Path, sandbox: Sandbox,
+                                                                    watch_dir: Path) -> None:
+    """A rescan while the whole watch folder is gone (unmounted) vanishes nothing; the file is uploaded on return."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, settle_s=4.0, rescan_interval_s=1)
+    path = watch_dir / "w.fastq"
+    with Daemon(cfg) as d:
+        d.wait_ready()
+        path.write_bytes(fastq_bytes(10_000, seed=93))
+        d.wait_files(all_in("seen", ["w.fastq"]), DEADLINE_S, "w.fastq seen")
+        aside = tmp_path / "unmounted"
+        watch_dir.rename(aside)
+        wait_for_event(d, "watch.root_missing")
+        assert [f["state"] for f in d.files()] == ["seen"]
+        aside.rename(watch_dir)
+        files = d.wait_files(all_in("done", ["w.fastq"]), DEADLINE_S, "w.fastq done after the return")
+        assert d.terminate() == 0
+    assert [f["state"] for f in files] == ["done"]
+    assert_uploaded_once(sandbox, path)

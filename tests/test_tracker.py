@@ -349,3 +349,20 @@ def test_name_that_is_not_utf8_is_rejected_once_settled(env: Env) -> None:
     env.settle(path)
     assert [r.state for r in env.store.files()] == ["rejected", "rejected"]
     assert env.queued_calls == 0
+
+
+def test_file_missing_with_its_whole_watch_folder_is_not_vanished(env: Env, store: Store, clock: Clock) -> None:
+    """A file that is missing because its watch folder is (an unmounted share) keeps its row; it is no deletion."""
+    gone = {"root": False}
+    env.tracker = Tracker(store=store, settle_s=SETTLE_S, log=Log(), clock=clock,
+                          root_gone=lambda p: gone["root"])
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    os.unlink(path)
+    gone["root"] = True
+    env.tracker.observe(path)
+    env.settle(path)
+    assert env.state(path) == "seen"
+    gone["root"] = False
+    env.tracker.observe(path)
+    assert env.state(path) == "vanished"
