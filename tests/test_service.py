@@ -751,3 +751,32 @@ def test_files_settling_when_the_share_goes_are_not_called_vanished(tmp_path: Pa
         assert d.terminate() == 0
     assert [f["state"] for f in files] == ["done"]
     assert_uploaded_once(sandbox, path)
+
+
+def test_files_over_the_limits_end_with_their_reason_unread(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """A file over S3's 5 GiB POST limit fails, one over One Codex's 20 GB is rejected, each with the reason; nothing is sent."""
+    for name, size in (("big.fastq", 5 * 1024**3 + 1), ("huge.fastq", 20 * 1000**3 + 1)):
+        with open(watch_dir / name, "wb") as f:     # sparse: no disk used, nothing worth reading
+            f.truncate(size)
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        files = d.wait_files(lambda fs: all_in("failed", ["big.fastq"])(fs) and all_in("rejected", ["huge.fastq"])(fs),
+                             DEADLINE_S, "big failed, huge rejected")
+        assert d.terminate() == 0
+    errors = {os.path.basename(f["path"]): f["error"] for f in files}
+    assert "5 GiB" in errors["big.fastq"] and "20 GB" in errors["huge.fastq"]
+    assert sandbox.requests() == []
+
+
+def test_a_name_one_codex_would_refuse_is_sent_sanitised(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """A file name outside One Codex's filename pattern is uploaded under a sanitised name the API accepts."""
+    path = watch_dir / "run#1 sample&2.fastq"
+    path.write_bytes(fastq_bytes(10_000, seed=94))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as d:
+        files = d.wait_files(all_in("done", [path.name]), DEADLINE_S, "the file done")
+        assert d.terminate() == 0
+    [sample] = confirmed(sandbox)
+    assert re.fullmatch(r"^[\w\.]+[\w\-\.\[\]\(\)\{\} ]*\.[\w\.]+$", sample["filename"]), sample["filename"]
+    assert sample["filename"].endswith(".fastq") and files[0]["path"] == str(path)
+    assert Path(sample["object_path"]).read_bytes() == path.read_bytes()
