@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import signal
+import threading
 import os
 import random
 import time
@@ -37,7 +38,8 @@ def assert_each_file_confirmed_once(sb: Sandbox, files: dict[str, Path], status_
 
 def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, sandbox: Sandbox,
                                                                watch_dir: Path) -> None:
-    """kill -9 six times at random moments while 24 files upload (and connections drop): all done, byte-identical, one confirmed sample each."""
+    """kill -9 six times at random moments while 25 files upload, one of them still being written, and connections
+    drop: every file done, byte-identical, one confirmed sample each."""
     rng = random.Random(SEED)
     files: dict[str, Path] = {}
 
@@ -58,6 +60,18 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, s
     sandbox.add_fault(Fault(target="init_upload", kind="delay", delay_s=0.15, times=None))
     sandbox.add_fault(Fault(target="confirm_upload", kind="delay", delay_s=0.3, times=None))
     cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, max_mbps=160, workers=2)
+    # A sequencer still writing through the crashes (pauses shorter than settle_seconds).
+    slow_path = watch_dir / "run_a" / "slow_writer.fastq"
+    slow_data = fastq_bytes(1_500_000, seed=999)
+
+    def slow_writer() -> None:
+        with open(slow_path, "wb") as f:
+            for i in range(15):
+                f.write(slow_data[i * len(slow_data) // 15:(i + 1) * len(slow_data) // 15])
+                f.flush()
+                time.sleep(0.15)                  # the writer's pace, well under the 0.5 s settle time
+
+    writer = threading.Thread(target=slow_writer, name="sequencer")
     kills = 0
     with Daemon(cfg) as daemon:
         for round_ in range(6):
@@ -67,10 +81,13 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, s
             if round_ == 1:
                 for i in range(12):
                     make(f"late_{i:02d}.fastq")
+                files[slow_path.name] = slow_path
+                writer.start()
             time.sleep(rng.uniform(0.3, 2.0))     # the random moment of the crash (seeded)
             assert daemon.alive(), daemon.log_tail()
             daemon.kill()
             kills += 1
+        writer.join()
         daemon.start()
         daemon.wait_ready()
         final = daemon.wait_files(all_in("done", files), 90, "every file done after the crashes")
