@@ -133,7 +133,11 @@ def _open_store_for_reading(args: argparse.Namespace, *, write: bool = False) ->
     if not os.path.exists(settings.queue.path):
         return settings, None
     try:
-        return settings, Store(settings.queue.path, readonly=not write)
+        store = Store(settings.queue.path, readonly=not write)
+        if not store.has_schema():      # the daemon's very first instant: nothing recorded yet
+            store.close()
+            return settings, None
+        return settings, store
     except sqlite3.Error as e:
         raise ConfigError(f"cannot open the queue {settings.queue.path} ({e})", file=settings.source,
                           key="queue.path", fix="run as the seqdrop user or root, and check the path") from None

@@ -187,6 +187,12 @@ class Store:
         return _row(r) if r else None
 
     # -- reading -------------------------------------------------------------------------------
+    def has_schema(self) -> bool:
+        """False for a queue file a first-time daemon has created but not yet filled in."""
+        with self._lock:
+            return self.db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'files'"
+                                   ).fetchone() is not None
+
     def get(self, file_id: int) -> FileRow | None:
         return self._one("SELECT * FROM files WHERE id = ?", (file_id,))
 

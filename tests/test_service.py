@@ -721,8 +721,6 @@ def test_systemd_hears_ready_status_watchdog_and_stopping(tmp_path: Path, sandbo
     assert text.index("READY=1") < text.index("STOPPING=1")
 
 
-@pytest.mark.xfail(reason="cli.cmd_status reads a queue whose tables do not exist yet (the daemon's first "
-                          "instant, between creating the file and its schema) and dies with a traceback", strict=True)
 def test_status_while_the_queue_is_being_created(tmp_path: Path, watch_dir: Path) -> None:
     """`status --json` in the instant a first-time daemon has created the queue file but not its tables: empty, exit 0."""
     cfg = write_config(tmp_path, watch=[watch_dir], api_url="http://127.0.0.1:9")
