@@ -138,18 +138,21 @@ class OneCodexClient:
         self.session.headers["User-Agent"] = f"seqdrop/{__version__}"
         self.last_server_date: float | None = None
 
+    def _send(self, what: str, method: str, url: str, **kwargs: Any) -> requests.Response:
+        """One HTTP request; every way the network can fail becomes Transient. Redirects are never
+        followed (a 3xx is the caller's to judge) and TLS verification is never off."""
+        try:
+            return self.session.request(method, url, allow_redirects=False, verify=True, **kwargs)
+        except requests.Timeout as e:
+            raise Transient(f"{what}: no answer within the timeout ({e.__class__.__name__})") from None
+        except requests.ConnectionError as e:
+            raise Transient(f"{what}: connection to {_host(url)} failed ({_short(e)})") from None
+        except requests.RequestException as e:
+            raise Transient(f"{what}: request failed ({_short(e)})") from None
+
     # -- API calls (authenticated, base_url only) ---------------------------------------------
     def _api(self, method: str, path: str, **kwargs: Any) -> Any:
-        url = self.base_url + path
-        try:
-            resp = self.session.request(method, url, auth=self._auth, timeout=self.timeout,
-                                        allow_redirects=False, verify=True, **kwargs)
-        except requests.Timeout as e:
-            raise Transient(f"{path}: no answer within the timeout ({e.__class__.__name__})") from None
-        except requests.ConnectionError as e:
-            raise Transient(f"{path}: cannot reach {self.base_url} ({_short(e)})") from None
-        except requests.RequestException as e:
-            raise Transient(f"{path}: request failed ({_short(e)})") from None
+        resp = self._send(path, method, self.base_url + path, auth=self._auth, timeout=self.timeout, **kwargs)
         self._note_date(resp)
         status = resp.status_code
         if 200 <= status < 300:
@@ -207,15 +210,8 @@ class OneCodexClient:
                    ) -> PostResult:
         started = time.monotonic()
         headers = {"Content-Type": body.content_type, "Content-Length": str(len(body))}
-        try:
-            resp = self.session.post(init.upload_url, data=body, headers=headers, auth=_NoAuth(),
-                                     timeout=timeout_s or self.timeout, allow_redirects=False, verify=True)
-        except requests.Timeout as e:
-            raise Transient(f"S3 upload: no answer within the timeout ({e.__class__.__name__})") from None
-        except requests.ConnectionError as e:
-            raise Transient(f"S3 upload: connection lost ({_short(e)})") from None
-        except requests.RequestException as e:
-            raise Transient(f"S3 upload failed ({_short(e)})") from None
+        resp = self._send("S3 upload", "POST", init.upload_url, data=body, headers=headers, auth=_NoAuth(),
+                          timeout=timeout_s or self.timeout)
         status = resp.status_code
         if 200 <= status < 300:
             etag = resp.headers.get("ETag", "")
@@ -233,6 +229,11 @@ class OneCodexClient:
         if code in TRANSIENT_S3_CODES or status in TRANSIENT_STATUS or status >= 500:
             raise Transient(text, retry_after_s=_retry_after(resp))
         raise Permanent(text)
+
+
+def _host(url: str) -> str:
+    from urllib.parse import urlsplit
+    return urlsplit(url).netloc or url
 
 
 def _short(exc: BaseException) -> str:
