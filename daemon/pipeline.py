@@ -79,22 +79,11 @@ class Pipeline:
         try:
             return self._process(row, log, progress)
         except ContentRejected as e:
-            self._cancel(row.id, log)
-            self.store.set_state(row.id, "rejected", error=str(e), step="")
-            log.error("file.rejected", error=str(e))
-            self.emit("file_rejected", path=row.path, error=str(e))
-            return "rejected"
+            return self._end(row, "rejected", e, log)
         except FileChanged as e:
-            self._cancel(row.id, log)
-            self.store.set_state(row.id, "vanished", error=str(e), step="")
-            log.warning("file.vanished", error=str(e))
-            return "vanished"
+            return self._end(row, "vanished", e, log)
         except Permanent as e:
-            self._cancel(row.id, log)
-            self.store.set_state(row.id, "failed", error=str(e), step="")
-            log.error("file.failed", error=str(e))
-            self.emit("file_failed", path=row.path, error=str(e))
-            return "failed"
+            return self._end(row, "failed", e, log)
         except AuthError as e:
             # Not the file's fault: back in the queue, not counted as an attempt; the caller pauses.
             self.store.reschedule(row.id, delay_s=0, error=str(e), count_attempt=False)
@@ -112,6 +101,17 @@ class Pipeline:
             log.warning("upload.delayed", error=str(e), attempt=attempts, retry_in_s=round(delay, 1))
             self.emit("retry", reason=_reason(e))
             return "queued"
+
+    def _end(self, row: FileRow, state: str, e: Exception, log: Any) -> str:
+        """A terminal side exit: cancel any sample begun for it, record why, tell the observers."""
+        self._cancel(row.id, log)
+        self.store.set_state(row.id, state, error=str(e), step="")
+        if state == "vanished":
+            log.warning("file.vanished", error=str(e))
+        else:
+            log.error(f"file.{state}", error=str(e))
+            self.emit(f"file_{state}", path=row.path, error=str(e))
+        return state
 
     # -- steps ---------------------------------------------------------------------------------
     def _process(self, row: FileRow, log: Any, progress: Callable[[int], None] | None) -> str:
