@@ -221,9 +221,8 @@ class Daemon:
         self.proc.wait(10)
 
     def status(self) -> dict[str, Any]:
-        """`status --json`; while this run is starting, first wait until it is ready: `status` in the
-        instant a daemon creates a new queue fails (test_status_while_the_queue_is_being_created),
-        which is not what the other tests are about."""
+        """`status --json`; while this run is starting, first wait until it is ready (the instant a
+        daemon creates a new queue has its own test: test_status_while_the_queue_is_being_created)."""
         if self.alive() and not getattr(self, "_ready", False):
             self.wait_ready()
         return status(self.config)
