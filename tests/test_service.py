@@ -9,7 +9,6 @@ import signal
 import time
 from pathlib import Path
 
-
 from daemon.sandbox import Fault, Sandbox
 from harness import (VALIDATE, Daemon, all_in, by_name, cli, confirmed, fastq_bytes, md5_file, status,
                      tree_digest, wait_for, write_config)
