@@ -77,7 +77,11 @@ class Tracker:
                     del self._scheduled[path]
                     paths.append(path)
         for path in paths:
-            self.observe(path)
+            try:
+                self.observe(path)
+            except Exception as e:   # a passing store error: look again later, do not drop the check
+                self.log.error("tracker.observe_failed", path=path, error=repr(e))
+                self.schedule(path, self.clock() + max(1.0, self.settle_s))
         return len(paths)
 
     def resume(self) -> None:
@@ -148,8 +152,9 @@ class Tracker:
                 self.store.note(row.id, waiting)
             self.schedule(row.path, now + MARKER_RECHECK_S)
             return
-        del self._since[row.path]
-        if self.store.set_state(row.id, "queued", only_from=("seen",), next_attempt_at=0):
+        moved = self.store.set_state(row.id, "queued", only_from=("seen",), next_attempt_at=0)
+        self._since.pop(row.path, None)
+        if moved:
             self.log.info("file.queued", path=row.path, size=row.size)
             self.on_queued()
 

@@ -366,3 +366,26 @@ def test_file_missing_with_its_whole_watch_folder_is_not_vanished(env: Env, stor
     gone["root"] = False
     env.tracker.observe(path)
     assert env.state(path) == "vanished"
+
+
+def test_a_failing_due_check_is_tried_again(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A due check that fails (a passing store error) is logged and scheduled again, not dropped."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    real = env.store.set_state
+    calls = []
+
+    def failing_once(*a: object, **k: object) -> bool:
+        calls.append(a)
+        if len(calls) == 1:
+            raise OSError("disk I/O error")
+        return real(*a, **k)
+
+    monkeypatch.setattr(env.store, "set_state", failing_once)
+    with capture_logs() as events:
+        env.settle(path)
+    assert env.state(path) == "seen"
+    assert [e["event"] for e in events] == ["tracker.observe_failed"]
+    assert env.tracker.next_due() is not None
+    env.settle(path)
+    assert env.state(path) == "queued"
