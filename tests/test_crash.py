@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import hashlib
 import signal
 import threading
 import os
@@ -42,12 +43,15 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, s
     drop: every file done, byte-identical, one confirmed sample each."""
     rng = random.Random(SEED)
     files: dict[str, Path] = {}
+    written: dict[str, str] = {}                  # relative path -> MD5 of the bytes the "sequencer" wrote
 
     def make(name: str) -> None:
         path = watch_dir / ("run_b" if len(files) % 3 == 0 else "run_a") / name
         path.parent.mkdir(exist_ok=True)
-        path.write_bytes(fastq_bytes(rng.randint(200_000, 4_000_000), seed=len(files)))
+        data = fastq_bytes(rng.randint(200_000, 4_000_000), seed=len(files))
+        path.write_bytes(data)
         files[name] = path
+        written[str(path.relative_to(watch_dir))] = hashlib.md5(data).hexdigest()
 
     for i in range(12):
         make(f"early_{i:02d}.fastq")
@@ -72,6 +76,7 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, s
                 time.sleep(0.15)                  # the writer's pace, well under the 0.5 s settle time
 
     writer = threading.Thread(target=slow_writer, name="sequencer")
+    written[str(slow_path.relative_to(watch_dir))] = hashlib.md5(slow_data).hexdigest()
     kills = 0
     with Daemon(cfg) as daemon:
         for round_ in range(6):
@@ -94,6 +99,10 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, s
         assert daemon.terminate() == 0
     assert kills == 6
     assert_each_file_confirmed_once(sandbox, files, final)
+    # The watch folder holds exactly what was written there, byte for byte.
+    digest = {rel: md5_file(watch_dir / rel) for rel in written}
+    assert digest == written
+    assert {str(p.relative_to(watch_dir)) for p in watch_dir.rglob("*") if p.is_file()} == set(written)
     # What the crashes hit, for the reader of a failure: abandoned samples are allowed, duplicates are not.
     orphans = [s for s in sandbox.samples() if s["state"] != "confirmed"]
     reconfirmed = [s for s in confirmed(sandbox) if s["confirm_count"] > 1]
