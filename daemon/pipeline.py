@@ -164,6 +164,11 @@ class Pipeline:
         try:
             st = os.stat(row.path)
         except FileNotFoundError:
+            if not os.path.isdir(os.path.dirname(row.path)):
+                # Its whole folder is gone: far more often a share unmounted than a deletion.
+                # Wait for it (the tracker does the same) instead of abandoning the sample.
+                raise Transient(f"the folder {os.path.dirname(row.path)} is not there (share unmounted?); "
+                                f"will try again when it returns") from None
             raise FileChanged("deleted before it was uploaded") from None
         except PermissionError:
             raise Permanent(f"cannot read {row.path} (permission denied); give the seqdrop user read "

@@ -481,3 +481,24 @@ def test_child_process_validation_refuses_a_truncated_file(h, child_validation):
     assert state == "rejected" and "cut.fastq.gz" in h.store.get(file_id).error
     assert not h.requests_to("confirm_upload")
     assert all(s["object_path"] is None for s in h.sb.samples())
+
+
+def test_file_whose_folder_is_gone_waits_instead_of_vanishing(h):
+    """A started upload whose whole folder disappeared (a share unmounted) stays queued with its sample."""
+    import shutil
+    folder = h.tmp / "watch" / "run"
+    folder.mkdir(parents=True)
+    path = folder / "reads.fastq"
+    path.write_bytes(fastq_bytes())
+    file_id = h.queue(path)
+    init = h.client.init_upload("reads.fastq", path.stat().st_size)
+    h.store.save_init(file_id, init.sample_id, init.to_json())
+    backup = h.tmp / "backup"
+    shutil.move(str(folder), str(backup))
+    assert h.drive(file_id, rounds=1) == "queued"
+    row = h.store.get(file_id)
+    assert row.step == "initialized" and "not there" in row.error
+    assert [s["state"] for s in h.sb.samples()] == ["initialized"]
+    shutil.move(str(backup), str(folder))
+    assert h.drive(file_id) == "done"
+    assert h.confirmed()[0]["sample_id"] == init.sample_id
