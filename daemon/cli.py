@@ -168,10 +168,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     if files:
         print()
         print(f"{'ID':>5}  {'STATE':<9} {'TRIES':>5}  {'SAMPLE':<16}  PATH")
-        for f in files:
-            print(f"{f['id']:>5}  {f['state']:<9} {f['attempts']:>5}  {f['sample_id'] or '-':<16}  {f['path']}")
-            if f["error"]:
-                print(f"{'':>5}  └ {f['error']}")
+        for f in files:   # one line per file (the contract); the last error, if any, ends the line
+            error = f"  — {f['error']}" if f["error"] else ""
+            print(f"{f['id']:>5}  {f['state']:<9} {f['attempts']:>5}  {f['sample_id'] or '-':<16}  {f['path']}{error}")
     return EXIT_OK
 
 

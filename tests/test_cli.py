@@ -130,3 +130,17 @@ def test_demo_runs_to_completion():
     r = seqdrop("demo", timeout=150)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "samples confirmed" in r.stdout and "rejected" in r.stdout
+
+
+def test_status_prints_one_line_per_file_with_its_error(cfg, tmp_path):
+    """Human status: a counts line, a header, then exactly one line per file holding path, state and error."""
+    from daemon.store import Identity, Store
+    store = Store(str(tmp_path / "q.sqlite3"))
+    a = store.add_seen(str(tmp_path / "a.fastq"), Identity(1, 2, 3, 4))
+    store.add_seen(str(tmp_path / "b.fastq"), Identity(1, 3, 3, 4))
+    store.set_state(a, "rejected", error="a.fastq: record 2 (line 5): truncated")
+    store.close()
+    lines = seqdrop("status", "--config", cfg).stdout.strip().splitlines()
+    file_lines = [ln for ln in lines if ".fastq" in ln]
+    assert len(file_lines) == 2
+    assert "rejected" in file_lines[0] and "truncated" in file_lines[0] and "seen" in file_lines[1]
