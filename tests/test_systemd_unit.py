@@ -141,6 +141,10 @@ _WORKLOAD = textwrap.dedent("""
     from daemon.notify import SystemdNotifier
     assert SystemdNotifier.from_env({"NOTIFY_SOCKET": os.path.join(tmp, "n.sock")}).notify(READY=1)
     assert rx.recv(64) == b"READY=1"
+    import subprocess   # large files are validated in a child process (daemon/pipeline.py)
+    child = subprocess.run([sys.executable, "-m", "daemon.validate", "--json", os.path.join(tmp, "a.fastq")],
+                           capture_output=True, close_fds=True)
+    assert child.returncode == 0, child.stderr
     print("workload ok")
 """)
 
