@@ -502,3 +502,42 @@ def test_file_whose_folder_is_gone_waits_instead_of_vanishing(h):
     shutil.move(str(backup), str(folder))
     assert h.drive(file_id) == "done"
     assert h.confirmed()[0]["sample_id"] == init.sample_id
+
+
+def test_tls_verification_is_on_and_the_key_never_reaches_an_unverified_host(tmp_path):
+    """An https API with a certificate we cannot verify: no request goes through, the error says why."""
+    import http.server
+    import shutil
+    import ssl
+    import subprocess
+    import threading
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a throwaway certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = OneCodexClient(f"https://127.0.0.1:{server.server_address[1]}", KEY, read_timeout_s=5)
+        from daemon.errors import Transient
+        with pytest.raises(Transient, match="certificate verify failed"):
+            client.probe()
+    finally:
+        server.shutdown()
+    assert seen == []
