@@ -111,12 +111,20 @@ def default_config_path() -> str:
 def is_loopback_host(host: str | None) -> bool:
     if not host:
         return False
-    if host == "localhost":
+    if host.lower() == "localhost":
         return True
     try:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    """Split a HOST:PORT value: "127.0.0.1:9808", "[::1]:9808", "localhost:9808"."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9808, got {text!r}")
+    return host.strip("[]"), int(port)
 
 
 def check_url(url: str, *, what: str) -> str | None:
@@ -321,8 +329,11 @@ def parse(raw: dict[str, Any], *, file: str, check_folders: bool = True) -> Sett
         enabled=s.get("enabled", False, bool, fix="enabled = true"),
         listen=s.get("listen", MetricsSettings.listen, str, fix='listen = "127.0.0.1:9808"'),
     )
-    host, _, port = metrics.listen.rpartition(":")
-    if not port.isdigit() or not is_loopback_host(host.strip("[]")):
+    try:
+        host, _port = parse_listen(metrics.listen)
+    except ValueError:
+        host = ""
+    if not is_loopback_host(host):
         raise ConfigError(f"listen {metrics.listen!r} must be a loopback HOST:PORT", file=file,
                           key="metrics.listen", fix='e.g. "127.0.0.1:9808" (put a reverse proxy in front '
                                                   'to expose it)')

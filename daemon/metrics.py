@@ -7,7 +7,6 @@ nothing else happens.
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import socket
 import threading
@@ -17,6 +16,9 @@ from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+
+from daemon.config import is_loopback_host as is_loopback
+from daemon.config import parse_listen  # noqa: F401  (re-exported for the service)
 
 #: The external states of design.md; each is always exported (0 when empty) so dashboards and
 #: alerts never see a series vanish.
@@ -161,20 +163,3 @@ class _QuietHandler(WSGIRequestHandler):
     def log_message(self, format: str, *args) -> None:  # scrapes every 15 s are not news
         pass
 
-
-def is_loopback(host: str) -> bool:
-    """True for "localhost" and loopback IP literals (127.0.0.0/8, ::1)."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    """Split a ``[metrics] listen`` value: "127.0.0.1:9808", "[::1]:9808", "localhost:9808"."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected HOST:PORT such as 127.0.0.1:9808, got {text!r}")
-    return host.strip("[]"), int(port)

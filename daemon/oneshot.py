@@ -51,13 +51,6 @@ class _Progress:
                           mb_s=round(rate / 1e6, 1),
                           eta_s=round((self.size - self.done) / rate, 0) if rate else None)
 
-    def reset(self) -> None:
-        """A retry starts the bytes again."""
-        if self.bar is not None:
-            self.bar.reset()
-        self.done = 0
-        self.started = time.monotonic()
-
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()

@@ -59,9 +59,8 @@ from watchdog.events import (
 from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
 
-_SUFFIXES = ("", ".gz", ".bz2")
-DEFAULT_INCLUDE: tuple[str, ...] = tuple(
-    base + suffix for base in ("*.fastq", "*.fq", "*.fasta", "*.fa", "*.fna") for suffix in _SUFFIXES)
+from daemon.config import DEFAULT_INCLUDE  # noqa: F401  (re-exported: the default patterns)
+
 
 # Names that writers use while a file is incomplete, or for scratch copies. Hidden names
 # (leading ".") are refused separately: that covers rsync's ".name.XXXXXX", emacs' ".#name",
