@@ -29,8 +29,8 @@ T = TypeVar("T")
 
 
 # -- waiting -----------------------------------------------------------------------------------
-def wait_for(predicate: Callable[[], T], timeout_s: float, message: str | Callable[[], str],
-             *, interval_s: float = 0.05) -> T:
+def wait_for(predicate: Callable[[], T], timeout_s: float = 5.0,
+             message: str | Callable[[], str] = "the condition", *, interval_s: float = 0.05) -> T:
     """Poll predicate until it returns something truthy (and return that); fail with message at the deadline."""
     deadline = time.monotonic() + timeout_s
     while True:

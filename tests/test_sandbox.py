@@ -20,6 +20,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from harness import wait_for
+
 from daemon.sandbox import Fault, Sandbox, main, parse_fault
 from daemon.sandbox.multipart import BodyIncomplete, BodyReader, read_form
 
@@ -77,16 +79,6 @@ def s3_error(response) -> tuple[str, str]:
 
 def sample(sb, sample_id) -> dict:
     return next(s for s in sb.samples() if s["sample_id"] == sample_id)
-
-
-def wait_for(predicate, timeout_s=5.0):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.01)
-    raise AssertionError("condition not reached before the deadline")
 
 
 # -- the happy path -------------------------------------------------------------------------------

@@ -14,19 +14,11 @@ import pytest
 from structlog.testing import capture_logs
 from watchdog.observers import inotify_c
 
+from harness import wait_for
+
 from daemon.watcher import DEFAULT_INCLUDE, Matcher, Watcher, network_mount_type, scan
 
 TIMEOUT_S = 5.0
-
-
-def wait_for(predicate: Callable[[], bool], timeout_s: float = TIMEOUT_S) -> bool:
-    """Poll ``predicate`` until it holds or the deadline passes; returns its last value."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 def write(path: Path, text: str = "@r1\nACGT\n+\nIIII\n") -> Path:
