@@ -65,7 +65,8 @@ class InitResult:
 
 def policy_expiry(fields: tuple[tuple[str, str], ...]) -> float | None:
     """Decode the S3 POST policy's expiration (epoch seconds), None if absent or unreadable."""
-    policy = dict(fields).get("policy") or dict(fields).get("Policy")
+    named = dict(fields)
+    policy = named.get("policy") or named.get("Policy")
     if not policy:
         return None
     try:
