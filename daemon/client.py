@@ -138,6 +138,8 @@ class OneCodexClient:
         self.session.mount("http://", adapter)
         self.session.headers["User-Agent"] = f"seqdrop/{__version__}"
         self.last_server_date: float | None = None
+        # monotonic time of the last 2xx from the API: proof that the key works (see Service._probe).
+        self.last_api_ok: float = 0.0
 
     def _send(self, what: str, method: str, url: str, **kwargs: Any) -> requests.Response:
         """One HTTP request; every way the network can fail becomes Transient. Redirects are never
@@ -157,6 +159,7 @@ class OneCodexClient:
         self._note_date(resp)
         status = resp.status_code
         if 200 <= status < 300:
+            self.last_api_ok = time.monotonic()
             try:
                 return resp.json()
             except ValueError:

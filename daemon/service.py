@@ -23,7 +23,7 @@ from typing import Any
 
 from daemon.client import OneCodexClient
 from daemon.config import Settings
-from daemon.errors import AuthError
+from daemon.errors import AuthError, Permanent
 from daemon.markers import MarkerRule
 from daemon.pipeline import Pipeline
 from daemon.store import Store
@@ -35,6 +35,8 @@ WORKER_JOIN_S = 7.0      # how long shutdown waits for in-flight work (a hung co
 STOP_BUDGET_S = 9.0      # SIGTERM to exit: systemd and issue 3 allow 10 s
 WAKE = ""                # a hint that is no path: wakes the main loop (see request_stop)
 STORE_ERROR_WAIT_S = 2.0 # a worker whose queue write failed (disk full) tries again after this
+FIRST_PROBE_S = 15.0     # a paused daemon asks again after 15 s, then 30, 60 ... up to api.probe_interval_s,
+                         # so a short outage of the key (a 402 while billing is fixed) costs seconds, not minutes
 
 
 class Service:
@@ -56,6 +58,9 @@ class Service:
         self._generation = 0
         self.paused_reason: str | None = None
         self._next_probe = 0.0
+        self._probe_delay_s = 0.0
+        self._trial = False     # set by the prober: one worker may try one file (design: "the next real request")
+        self._trial_lock = threading.Lock()
         self._prober: threading.Thread | None = None
         self.workers: list[threading.Thread] = []
         self.rules = {f.path: MarkerRule.parse(f.marker, f.path) for f in settings.watch.folders}
@@ -293,25 +298,54 @@ class Service:
             self.log.error("uploads.paused", reason=reason,
                            fix="check the API key (seqdrop check); uploads resume by themselves once it works")
             self.emit("uploads_paused", reason=reason)
-        self._next_probe = time.time() + self.settings.api.probe_interval_s
+            self._probe_delay_s = 0.0
+        self._schedule_probe()
+
+    def _schedule_probe(self) -> None:
+        """The next probe: FIRST_PROBE_S after the pause, then twice as long each time, capped at
+        api.probe_interval_s (design.md: at least every 5 minutes)."""
+        cap = self.settings.api.probe_interval_s
+        self._probe_delay_s = min(cap, max(FIRST_PROBE_S, self._probe_delay_s * 2))
+        self._next_probe = time.time() + self._probe_delay_s
 
     def _probing(self) -> bool:
         return self._prober is not None and self._prober.is_alive()
 
     def _probe(self) -> None:
         """One authenticated request (in the prober thread): resume uploads if the key works again."""
+        started = time.monotonic()
         try:
             self.client.probe()
         except AuthError as e:
             self.paused_reason = str(e)
-            self._next_probe = time.time() + self.settings.api.probe_interval_s
+            self._schedule_probe()
             self.log.warning("uploads.still_paused", reason=str(e))
             return
-        except Exception as e:  # Transient, or an answer that proves nothing (404...): ask again later
-            self._next_probe = time.time() + min(30.0, self.settings.api.probe_interval_s)
-            self.log.warning("uploads.probe_failed", error=str(e))
+        except Permanent as e:
+            # This API has no such endpoint (an older server, a proxy, an emulator): design.md's other
+            # probe, "the next real request", decides. One worker tries one file; an AuthError there
+            # keeps the pause (quietly), a 2xx from the API ends it (_worker).
+            self.log.info("uploads.probe_by_request", error=str(e))
+            self._schedule_probe()
+            with self._trial_lock:
+                self._trial = True
+            self.wake_workers()
             return
-        if self.stop.is_set():
+        except Exception as e:
+            if getattr(self.client, "last_api_ok", 0.0) < started:  # Transient: ask again soon
+                self._next_probe = time.time() + min(30.0, self.settings.api.probe_interval_s)
+                self.log.warning("uploads.probe_failed", error=str(e))
+                return
+            # a 2xx that was not JSON: the key was accepted, which is all the probe asks
+        self._resume()
+
+    def _take_trial(self) -> bool:
+        with self._trial_lock:
+            trial, self._trial = self._trial, False
+            return trial
+
+    def _resume(self) -> None:
+        if self.stop.is_set() or self.paused_reason is None:
             return   # shutting down: the store may be closed; the next start probes again
         self.log.info("uploads.resumed", paused_reason=self.paused_reason)
         self.emit("uploads_resumed", reason=self.paused_reason)
@@ -340,12 +374,15 @@ class Service:
                     self.store.reschedule(held[0], delay_s=min(60.0, self.settings.upload.max_backoff_s),
                                           error=held[1])
                     held = None
-                if self.paused_reason:
+                trial = bool(self.paused_reason) and self._take_trial()
+                if self.paused_reason and not trial:
                     self.stop.wait(1.0)
                     continue
                 generation = self._generation
                 row = self.store.claim_next(claim_id)
                 if row is None:
+                    if trial:   # nothing to try the key with: the prober asks again later
+                        continue
                     with self._wake:
                         if generation == self._generation:
                             self._wake.wait(timeout=self._idle_wait())
@@ -355,8 +392,11 @@ class Service:
                                fix=f"check the disk and permissions of {self.settings.queue.path}")
                 self.stop.wait(STORE_ERROR_WAIT_S)
                 continue
+            started = time.monotonic()
             try:
                 self.pipeline.process(row)
+                if trial and getattr(self.client, "last_api_ok", 0.0) >= started:
+                    self._resume()   # the trial request was accepted: the key works again
             except AuthError as e:
                 self._pause(str(e))
             except Exception as e:  # a bug, or the store failing mid-upload: keep the row and the worker

@@ -264,6 +264,33 @@ def test_pause_survives_a_restart(tmp_path: Path, sandbox: Sandbox, watch_dir: P
     assert len(confirmed(sandbox)) == 1
 
 
+def test_pause_ends_by_a_real_request_when_the_api_has_no_probe_endpoint(tmp_path: Path, sandbox: Sandbox,
+                                                                          watch_dir: Path) -> None:
+    """With GET /api/v1/samples answering 404, a paused daemon tries one real upload per probe: the pause
+    holds (one alert, nothing failed) while the key is refused and ends by itself once it works."""
+    sandbox.add_fault(Fault(target="samples", kind="status", status=404, times=None))
+    sandbox.set_api_keys([])
+    names = [f"t{i}.fastq" for i in range(3)]
+    for i, name in enumerate(names):
+        (watch_dir / name).write_bytes(fastq_bytes(20_000, seed=610 + i))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, probe_interval_s=1)
+    with Daemon(cfg) as d:
+        wait_for(lambda: d.status().get("paused"), 30, lambda: f"the pause\n{d.log_tail()}")
+        # Several probes, each answered 404, each followed by one refused trial upload.
+        wait_for(lambda: [e.get("event") for e in d.log_events()].count("uploads.probe_by_request") >= 3, 30,
+                 lambda: f"three probes by request\n{d.log_tail()}")
+        doc = d.status()
+        assert doc["paused"], "a refused trial request ended the pause"
+        assert sorted(f["state"] for f in doc["files"]) == ["queued"] * 3, doc["files"]
+        sandbox.set_api_keys(["test-key"])
+        d.wait_files(all_in("done", names), 60, "every file done once the key works")
+        assert d.status()["paused"] is None
+        assert d.terminate() == 0
+    events = [e.get("event") for e in d.log_events()]
+    assert events.count("uploads.paused") == 1 and events.count("uploads.resumed") == 1, events
+    assert len(confirmed(sandbox)) == 3
+
+
 def test_expired_policy_at_resume_starts_a_new_sample_and_cancels_the_old(tmp_path: Path, sandbox: Sandbox,
                                                                           watch_dir: Path) -> None:
     """An upload interrupted with a policy too close to expiry is re-initialised; the old sample is cancelled."""

@@ -776,3 +776,25 @@ def test_a_name_one_codex_would_refuse_is_sent_sanitised(tmp_path: Path, sandbox
     assert re.fullmatch(r"^[\w\.]+[\w\-\.\[\]\(\)\{\} ]*\.[\w\.]+$", sample["filename"]), sample["filename"]
     assert sample["filename"].endswith(".fastq") and files[0]["path"] == str(path)
     assert Path(sample["object_path"]).read_bytes() == path.read_bytes()
+
+
+def test_probe_schedule_starts_short_and_doubles_up_to_the_interval(tmp_path: Path, watch_dir: Path) -> None:
+    """A paused daemon probes after 15 s, then 30, 60, ... capped at api.probe_interval_s; a new pause starts over."""
+    import structlog
+
+    from daemon import config as config_mod
+    from daemon.service import Service
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url="http://127.0.0.1:9", probe_interval_s=100)
+    service = Service(config_mod.load(str(cfg)), api_key="k", log=structlog.get_logger("seqdrop"))
+    try:
+        delays = []
+        for _ in range(5):
+            before = time.time()
+            service._pause("API key rejected")
+            delays.append(round(service._next_probe - before))
+        assert delays == [15, 30, 60, 100, 100]
+        service.paused_reason = None        # resumed
+        service._pause("API key rejected")
+        assert service._probe_delay_s == 15
+    finally:
+        service.store.close()
