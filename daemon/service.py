@@ -26,7 +26,7 @@ from daemon.config import Settings
 from daemon.errors import AuthError, Permanent
 from daemon.markers import MarkerRule
 from daemon.pipeline import Pipeline
-from daemon.store import Store
+from daemon.store import Identity, Store
 from daemon.tracker import Tracker
 from daemon.watcher import Matcher, Watcher, network_mount_type, scan
 
@@ -228,17 +228,29 @@ class Service:
             if not os.path.isdir(root):
                 missing.append(root.rstrip("/") + "/")
                 continue
+            folder, settled = None, {}
             for path, st in scan(root, self.matcher):
                 if self.stop.is_set():
                     return n
-                self._observe(path, st)
                 n += 1
+                if os.path.dirname(path) != folder:      # scan yields one folder's files together
+                    folder = os.path.dirname(path)
+                    settled = self._settled_in(folder)
+                if settled.get(path) == Identity.of(st):
+                    continue       # uploaded (or refused) and unchanged since: the tracker would do nothing
+                self._observe(path, st)
         # Deletions that no event told us about. Not under a root that is gone as a whole: that is
         # a share unmounted (or not yet mounted), not files deleted; they are looked at on its return.
         for row in self.store.rows_in("seen", "queued"):
             if not row.path.startswith(tuple(missing)) and not os.path.exists(row.path):
                 self._observe(row.path)
         return n
+
+    def _settled_in(self, folder: str) -> dict:
+        try:
+            return self.store.settled_in(folder)
+        except (UnicodeEncodeError, ValueError):   # a folder name that is not UTF-8: look at each file
+            return {}
 
     def _observe(self, path: str, st: os.stat_result | None = None) -> None:
         """One path's trouble (a bug, a passing SQLite error) must cost neither the rest of a scan

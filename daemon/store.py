@@ -199,6 +199,21 @@ class Store:
     def latest_for_path(self, path: str) -> FileRow | None:
         return self._one("SELECT * FROM files WHERE path = ? ORDER BY id DESC LIMIT 1", (path,))
 
+    def settled_in(self, folder: str) -> dict[str, Identity]:
+        """Files directly in `folder` whose latest version is done, rejected or failed, with that
+        version's identity: what a rescan may pass over when it finds them unchanged. One query per
+        folder instead of one per file (a rescan of 100,000 done files: ~1.1 instead of 2.8 CPU s)."""
+        lo = folder.rstrip("/") + "/"
+        hi = lo[:-1] + "0"                      # "0" sorts right after "/": the range is folder/...
+        with self._lock:
+            rows = self.db.execute(
+                "SELECT path, state, dev, inode, size, mtime_ns FROM files"
+                " WHERE path > ? AND path < ? AND instr(substr(path, ?), '/') = 0 ORDER BY path, id",
+                (lo, hi, len(lo) + 1)).fetchall()
+        latest = {r[0]: r for r in rows}        # ordered by id within a path: the last one wins
+        return {path: Identity(r[2], r[3], r[4], r[5]) for path, r in latest.items()
+                if r[1] in ("done", "rejected", "failed")}
+
     def last_done_for_path(self, path: str, *, before_id: int) -> FileRow | None:
         return self._one("SELECT * FROM files WHERE path = ? AND state = 'done' AND id < ? "
                          "ORDER BY id DESC LIMIT 1", (path, before_id))

@@ -106,3 +106,23 @@ def test_synchronous_full_and_wal(store):
     """The queue runs in WAL mode with synchronous=FULL (a recorded change survives a power cut)."""
     assert store.db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert store.db.execute("PRAGMA synchronous").fetchone()[0] == 2
+
+
+def test_settled_in_lists_the_latest_finished_version_of_each_file_directly_in_the_folder(store):
+    """settled_in: done/rejected/failed latest versions in that folder only (not subfolders, not
+    look-alike sibling folders, not files whose newest version is still open or vanished)."""
+    other = Identity(9, 9, 9, 9)
+    done = store.add_seen("/w/run/a.fastq", IDENT)
+    store.mark_done(done, sample_id="s", md5=None)
+    old = store.add_seen("/w/run/b.fastq", IDENT)              # done, then a newer version seen
+    store.mark_done(old, sample_id="s", md5=None)
+    store.add_seen("/w/run/b.fastq", other)
+    rejected = store.add_seen("/w/run/c.fastq", other)
+    store.set_state(rejected, "rejected")
+    gone = store.add_seen("/w/run/d.fastq", IDENT)
+    store.set_state(gone, "vanished")
+    for path in ("/w/run/sub/e.fastq", "/w/run0/f.fastq", "/w/run-2/g.fastq", "/w/h.fastq"):
+        store.mark_done(store.add_seen(path, IDENT), sample_id="s", md5=None)
+    assert store.settled_in("/w/run") == {"/w/run/a.fastq": IDENT, "/w/run/c.fastq": other}
+    assert store.settled_in("/w/run/") == store.settled_in("/w/run")
+    assert set(store.settled_in("/w/run/sub")) == {"/w/run/sub/e.fastq"}
