@@ -27,7 +27,7 @@ from daemon.errors import AuthError, Permanent
 from daemon.markers import MarkerRule
 from daemon.pipeline import Pipeline
 from daemon.store import Identity, Store
-from daemon.tracker import Tracker
+from daemon.tracker import BATCH, Tracker
 from daemon.watcher import Matcher, Watcher, network_mount_type, scan
 
 HOUSEKEEPING_S = 5.0
@@ -200,10 +200,11 @@ class Service:
         except queue.Empty:
             pass
         batch.discard(WAKE)
-        for path in batch:
+        paths = sorted(batch)
+        for start in range(0, len(paths), BATCH):
             if self.stop.is_set():
                 break
-            self._observe(path)
+            self.tracker.observe_batch([(path, None) for path in paths[start:start + BATCH]])
         self.tracker.run_due()
         now = time.monotonic()
         if now >= next_rescan:
@@ -229,6 +230,7 @@ class Service:
                 missing.append(root.rstrip("/") + "/")
                 continue
             folder, settled = None, {}
+            pending: list[tuple[str, os.stat_result | None]] = []
             for path, st in scan(root, self.matcher):
                 if self.stop.is_set():
                     return n
@@ -238,12 +240,17 @@ class Service:
                     settled = self._settled_in(folder)
                 if settled.get(path) == Identity.of(st):
                     continue       # uploaded (or refused) and unchanged since: the tracker would do nothing
-                self._observe(path, st)
+                pending.append((path, st))
+                if len(pending) >= BATCH:
+                    self.tracker.observe_batch(pending)
+                    pending = []
+            self.tracker.observe_batch(pending)
         # Deletions that no event told us about. Not under a root that is gone as a whole: that is
         # a share unmounted (or not yet mounted), not files deleted; they are looked at on its return.
-        for row in self.store.rows_in("seen", "queued"):
-            if not row.path.startswith(tuple(missing)) and not os.path.exists(row.path):
-                self._observe(row.path)
+        gone = [(row.path, None) for row in self.store.rows_in("seen", "queued")
+                if not row.path.startswith(tuple(missing)) and not os.path.exists(row.path)]
+        for start in range(0, len(gone), BATCH):
+            self.tracker.observe_batch(gone[start:start + BATCH])
         return n
 
     def _settled_in(self, folder: str) -> dict:
@@ -251,14 +258,6 @@ class Service:
             return self.store.settled_in(folder)
         except (UnicodeEncodeError, ValueError):   # a folder name that is not UTF-8: look at each file
             return {}
-
-    def _observe(self, path: str, st: os.stat_result | None = None) -> None:
-        """One path's trouble (a bug, a passing SQLite error) must cost neither the rest of a scan
-        nor the other hints of a batch: the next hint or rescan looks at the path again."""
-        try:
-            self.tracker.observe(path, st)
-        except Exception as e:
-            self.log.error("tracker.observe_failed", path=path, error=repr(e), exc_info=True)
 
     def _root_state(self, root: str, present: bool) -> None:
         if present:

@@ -33,6 +33,7 @@ from typing import Any
 
 from daemon.store import TERMINAL, FileRow, Identity, Store
 
+BATCH = 256               # files per commit when many are found or settle at once (see Store.batch)
 MARKER_RECHECK_S = 5.0
 
 
@@ -76,13 +77,26 @@ class Tracker:
                 if self._scheduled.get(path) == at:
                     del self._scheduled[path]
                     paths.append(path)
-        for path in paths:
-            try:
-                self.observe(path)
-            except Exception as e:   # a passing store error: look again later, do not drop the check
-                self.log.error("tracker.observe_failed", path=path, error=repr(e))
-                self.schedule(path, self.clock() + max(1.0, self.settle_s))
+        for start in range(0, len(paths), BATCH):
+            self.observe_batch([(path, None) for path in paths[start:start + BATCH]])
         return len(paths)
+
+    def observe_batch(self, items: list[tuple[str, os.stat_result | None]]) -> None:
+        """observe() each (path, stat or None), recorded by one commit (Store.batch). A path whose
+        step fails, or a batch whose commit fails (a full disk), is looked at again later."""
+        retry_at = lambda: self.clock() + max(1.0, self.settle_s)   # noqa: E731
+        try:
+            with self.store.batch():
+                for path, st in items:
+                    try:
+                        self.observe(path, st)
+                    except Exception as e:   # a bug, a passing store error: look again later, not never
+                        self.log.error("tracker.observe_failed", path=path, error=repr(e), exc_info=True)
+                        self.schedule(path, retry_at())
+        except Exception as e:
+            self.log.error("tracker.batch_not_recorded", files=len(items), error=repr(e))
+            for path, _ in items:
+                self.schedule(path, retry_at())
 
     def resume(self) -> None:
         """At start-up: rows that were `seen` when the daemon stopped settle again from now."""

@@ -126,3 +126,33 @@ def test_settled_in_lists_the_latest_finished_version_of_each_file_directly_in_t
     assert store.settled_in("/w/run") == {"/w/run/a.fastq": IDENT, "/w/run/c.fastq": other}
     assert store.settled_in("/w/run/") == store.settled_in("/w/run")
     assert set(store.settled_in("/w/run/sub")) == {"/w/run/sub/e.fastq"}
+
+
+def test_batch_records_everything_at_its_end_and_a_failed_step_undoes_only_itself(tmp_path):
+    """Inside batch(): nothing is visible to another connection; a step that raises is undone alone;
+    at the end every other step is recorded at once."""
+    path = str(tmp_path / "q.sqlite3")
+    store, reader = Store(path), None
+    try:
+        reader = Store(path, readonly=True)
+        with store.batch():
+            a = store.add_seen("/w/a.fastq", IDENT)
+            with pytest.raises(RuntimeError):
+                with store.tx() as db:                       # a step that fails halfway
+                    db.execute("UPDATE files SET state='queued' WHERE id=?", (a,))
+                    raise RuntimeError("boom")
+            store.set_state(a, "queued", only_from=("seen",))
+            b = store.add_seen("/w/b.fastq", IDENT)
+            assert reader.counts()["queued"] == 0 and reader.get(a) is None, "visible before the batch ended"
+        assert reader.get(a).state == "queued" and reader.get(b).state == "seen"
+        with pytest.raises(ValueError):
+            with store.batch():
+                store.add_seen("/w/c.fastq", IDENT)
+                raise ValueError("the batch itself fails")
+        assert reader.latest_for_path("/w/c.fastq") is None
+        store.add_seen("/w/d.fastq", IDENT)                   # and the store works on
+        assert reader.latest_for_path("/w/d.fastq") is not None
+    finally:
+        store.close()
+        if reader is not None:
+            reader.close()
