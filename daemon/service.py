@@ -23,7 +23,7 @@ from typing import Any
 
 from daemon.client import OneCodexClient
 from daemon.config import Settings
-from daemon.errors import AuthError
+from daemon.errors import AuthError, Permanent
 from daemon.markers import MarkerRule
 from daemon.pipeline import Pipeline
 from daemon.store import Store
@@ -55,6 +55,7 @@ class Service:
         self._wake = threading.Condition()
         self._generation = 0
         self.paused_reason: str | None = None
+        self._trial_reason: str | None = None   # paused, but the next real request is the probe
         self._next_probe = 0.0
         self._prober: threading.Thread | None = None
         self.workers: list[threading.Thread] = []
@@ -284,7 +285,12 @@ class Service:
 
     # -- pause / resume ------------------------------------------------------------------------
     def _pause(self, reason: str) -> None:
-        if self.paused_reason is None:
+        if self._trial_reason is not None:
+            # The request the workers made as the probe was refused too: still the same pause.
+            self._trial_reason = None
+            self.paused_reason = reason
+            self.log.warning("uploads.still_paused", reason=reason)
+        elif self.paused_reason is None:
             self.paused_reason = reason
             try:
                 self.store.set_meta("paused", {"reason": reason, "since": time.time()})
@@ -307,15 +313,28 @@ class Service:
             self._next_probe = time.time() + self.settings.api.probe_interval_s
             self.log.warning("uploads.still_paused", reason=str(e))
             return
-        except Exception as e:  # Transient, or an answer that proves nothing (404...): ask again later
+        except Permanent as e:
+            # An answer that proves nothing either way (a 404: not every server serves GET
+            # /api/v1/samples). design.md lets the next real request be the probe: the workers
+            # make it; a refusal pauses again (_pause), an upload confirmed resumes (_worker).
+            if not self.stop.is_set():
+                self.log.warning("uploads.probe_inconclusive", error=str(e),
+                                 note="the next upload request tests the key")
+                self._trial_reason, self.paused_reason = self.paused_reason, None
+                self.wake_workers()
+            return
+        except Exception as e:  # Transient: ask again later
             self._next_probe = time.time() + min(30.0, self.settings.api.probe_interval_s)
             self.log.warning("uploads.probe_failed", error=str(e))
             return
         if self.stop.is_set():
             return   # shutting down: the store may be closed; the next start probes again
-        self.log.info("uploads.resumed", paused_reason=self.paused_reason)
-        self.emit("uploads_resumed", reason=self.paused_reason)
-        self.paused_reason = None
+        self._resume(self.paused_reason)
+
+    def _resume(self, reason: str | None) -> None:
+        self.log.info("uploads.resumed", paused_reason=reason)
+        self.emit("uploads_resumed", reason=reason)
+        self.paused_reason = self._trial_reason = None
         self.store.set_meta("paused", None)
         self.wake_workers()
 
@@ -356,7 +375,9 @@ class Service:
                 self.stop.wait(STORE_ERROR_WAIT_S)
                 continue
             try:
-                self.pipeline.process(row)
+                state = self.pipeline.process(row)
+                if state == "done" and self._trial_reason is not None:
+                    self._resume(self._trial_reason)   # the key worked for a whole upload
             except AuthError as e:
                 self._pause(str(e))
             except Exception as e:  # a bug, or the store failing mid-upload: keep the row and the worker

@@ -342,6 +342,28 @@ def test_policy_expired_means_a_new_init_and_a_cancel(tmp_path: Path, emu: Emula
     assert emu.cancelled_ids()[0] != emu.confirmed()[0].sample_id == latest(files)["p.fastq"]["sample_id"]
 
 
+def test_rejected_key_pauses_then_resumes_by_itself(tmp_path: Path, emu: Emulator, watch: Path) -> None:
+    """401 for ~10 s: uploads pause (said in status), then resume without a restart, although the
+    emulator has no GET /api/v1/samples (design.md: the probe may be the next real request)."""
+    outage_s = 10.0
+    emu.fail_auth_for(outage_s)
+    outage_ends = emu.auth_fail_until
+    (watch / "k.fastq").write_bytes(fastq_bytes(8_000, seed=50))
+    with Daemon(config(tmp_path, emu.base_url, watch, probe_interval_s=2.0), api_key=KEY) as d:
+        d.wait_ready()
+        wait_for(lambda: status(d.config).get("paused"), 10, "status to say uploads are paused")
+        assert time.time() < outage_ends, "the pause came too late to be measured"
+        files = wait_files(d, all_settled({"k.fastq": "done"}), outage_s + 30, "k.fastq done after the outage",
+                           watch_states={"failed", "rejected"})
+        resumed_after_s = time.time() - outage_ends
+        assert status(d.config).get("paused") is None
+        assert d.terminate() == 0
+    print(f"\nresumed {resumed_after_s:.1f} s after the key worked again (probe_interval_s = 2)")
+    during = [r for r in emu.requests if r.at < outage_ends and r.answered == 401]
+    assert len(during) <= outage_s / 2 * 2 + 4, f"{len(during)} requests in a {outage_s:g} s outage"
+    assert len(samples_named(emu, "k.fastq")) == 1 and latest(files)["k.fastq"]["attempts"] >= 0
+
+
 # -- the command line ----------------------------------------------------------------------------
 @pytest.mark.parametrize("case", ["unknown key", "wrong type", "http base_url", "missing watch folder",
                                   "missing config file"])
