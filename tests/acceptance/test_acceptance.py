@@ -242,6 +242,28 @@ def test_files_end_byte_identical_in_one_sample_each(tmp_path: Path, emu: Emulat
     assert_no_key_leak(tmp_path, *outputs)
 
 
+def test_a_run_folder_waits_for_its_marker(tmp_path: Path, emu: Emulator, watch: Path) -> None:
+    """A watch entry with a marker, nested in another watch folder: its files wait (seen, the error
+    names the marker); one deleted meanwhile has vanished; the marker lets the rest go."""
+    run = watch / "run2"
+    run.mkdir()
+    (run / "m1.fastq").write_bytes(fastq_bytes(3_000, seed=15))
+    (run / "m2.fastq").write_bytes(fastq_bytes(3_000, seed=16))
+    cfg = config(tmp_path, emu.base_url, watch)
+    cfg.write_text(cfg.read_text().replace(
+        f'paths = ["{watch}"]', f'paths = ["{watch}", {{path = "{run}", marker = "glob:RunDone.txt"}}]'))
+    with Daemon(cfg, api_key=KEY) as d:
+        wait_files(d, lambda fs: all(f["state"] == "seen" and "RunDone.txt" in (f["error"] or "") for f in fs)
+                   and len(fs) == 2, 20, "the run's files waiting for the marker",
+                   watch_states={"queued", "uploading", "done"})
+        (run / "m2.fastq").unlink()
+        wait_files(d, all_settled({"m2.fastq": "vanished"}), 20, "m2.fastq vanished")
+        (run / "RunDone.txt").write_text("done\n")
+        wait_files(d, all_settled({"m1.fastq": "done", "m2.fastq": "vanished"}), 20, "m1.fastq done")
+        assert d.terminate() == 0
+    assert len(samples_named(emu, "m1.fastq")) == 1 and not samples_named(emu, "m2.fastq")
+
+
 # -- crashes ---------------------------------------------------------------------------------------
 def test_kill_9_mid_upload_and_mid_confirm_makes_one_sample(tmp_path: Path, emu: Emulator, watch: Path) -> None:
     """kill -9 while S3 is answering, then while confirm is answering: after each restart, exactly one
