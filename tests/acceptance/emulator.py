@@ -423,6 +423,9 @@ class Emulator:
                 if not cond[1] <= len(data) <= cond[2]:
                     code = "EntityTooSmall" if len(data) < cond[1] else "EntityTooLarge"
                     return 400, code, "Your proposed upload is outside the policy's content-length-range", ""
+        if len(data) != sample.size or filename != sample.filename:
+            self._violation(f"s3: sent {filename!r} ({len(data)} bytes), init_upload said "
+                            f"{sample.filename!r} ({sample.size} bytes)")
         with self.lock:
             self.objects[key] = data
             sample.key = key

@@ -366,7 +366,8 @@ def test_policy_expired_means_a_new_init_and_a_cancel(tmp_path: Path, emu: Emula
 
 def test_rejected_key_pauses_then_resumes_by_itself(tmp_path: Path, emu: Emulator, watch: Path) -> None:
     """401 for ~10 s: uploads pause (said in status), then resume without a restart, although the
-    emulator has no GET /api/v1/samples (design.md: the probe may be the next real request)."""
+    emulator has no GET /api/v1/samples (design.md: the probe may be the next real request); a 401
+    at confirm pauses too, and the same sample is confirmed afterwards."""
     outage_s = 10.0
     emu.fail_auth_for(outage_s)
     outage_ends = emu.auth_fail_until
@@ -379,7 +380,15 @@ def test_rejected_key_pauses_then_resumes_by_itself(tmp_path: Path, emu: Emulato
                            watch_states={"failed", "rejected"})
         resumed_after_s = time.time() - outage_ends
         assert status(d.config).get("paused") is None
+        # A key refused at confirm, after S3 took the file: paused, then the same sample is confirmed.
+        emu.inject("confirm", Fault(status=401, message="Authentication failed: invalid API key."))
+        (watch / "k2.fastq").write_bytes(fastq_bytes(8_000, seed=51))
+        files = wait_files(d, all_settled({"k2.fastq": "done"}), 30, "k2.fastq done after a 401 at confirm",
+                           watch_states={"failed", "rejected"})
+        assert status(d.config).get("paused") is None
         assert d.terminate() == 0
+    k2 = [r for r in emu.calls("init") if r.body.get("filename") == "k2.fastq"]
+    assert len(k2) == 1 and len(samples_named(emu, "k2.fastq")) == 1
     print(f"\nresumed {resumed_after_s:.1f} s after the key worked again (probe_interval_s = 2)")
     during = [r for r in emu.requests if r.at < outage_ends and r.answered == 401]
     assert len(during) <= outage_s / 2 * 2 + 4, f"{len(during)} requests in a {outage_s:g} s outage"
