@@ -261,7 +261,8 @@ class Emulator:
                 if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
                     emu._violation("s3: chunked body")
                     req = emu._record("s3", self, None)
-                    self._xml_error(req, 411, "MissingContentLength", "You must provide the Content-Length HTTP header.")
+                    self._xml_error(req, 411, "MissingContentLength",
+                                    "You must provide the Content-Length HTTP header.")
                     self.close_connection = True
                     return
                 raw = self._body()

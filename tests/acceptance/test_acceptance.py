@@ -137,9 +137,7 @@ def test_files_end_byte_identical_in_one_sample_each(tmp_path: Path, emu: Emulat
     (watch / "empty.fastq").write_bytes(b"")
     with open(watch / "huge.fastq", "wb") as f:       # sparse: over One Codex's 20 GB per sample
         f.truncate(20 * 1000**3 + 1)
-    odd = {"sample [1] (a).fastq": "sample [1] (a).fastq"}   # matches the API's pattern: sent unchanged
-    for name in odd:
-        (watch / name).write_bytes(fastq_bytes(3_000, seed=9))
+    (watch / "sample [1] (a).fastq").write_bytes(fastq_bytes(3_000, seed=9))   # matches the API's pattern
     (watch / "we#ird!.fastq").write_bytes(fastq_bytes(3_000, seed=10))   # does not: sanitised
     (watch / "garbage.fastq").write_bytes(random.Random(8).randbytes(30_000))
     invisible = [".hidden.fastq", ".rsync.fastq.Xy12Ab", "x.fastq.part", "y.fastq.gz.tmp", "~$z.fastq",
@@ -169,9 +167,16 @@ def test_files_end_byte_identical_in_one_sample_each(tmp_path: Path, emu: Emulat
                     time.sleep(0.25)   # the sequencer's pace, not a synchronisation
         w = threading.Thread(target=writer)
         w.start()
+        # Copies that write a temporary name, then rename (rsync, curl): only the final name counts.
+        late = {"late.fastq": fastq_bytes(9_000, seed=17), "fetched.fq": fastq_bytes(9_000, seed=18)}
+        for temp, final in ((".late.fastq.Q1w2E3", "late.fastq"), ("fetched.fq.part", "fetched.fq")):
+            (watch / temp).write_bytes(late[final])
+            os.rename(watch / temp, watch / final)
+            invisible.append(temp)
         w.join()
-        want = {**{n: "done" for n in good}, "same.fastq": "done", "growing.fastq": "done",
-                "sample [1] (a).fastq": "done", "we#ird!.fastq": "done", "truncated.fastq.gz": "rejected", "garbage.fastq": "rejected",
+        want = {**{n: "done" for n in good}, **{n: "done" for n in late}, "same.fastq": "done",
+                "growing.fastq": "done", "sample [1] (a).fastq": "done", "we#ird!.fastq": "done",
+                "truncated.fastq.gz": "rejected", "garbage.fastq": "rejected",
                 "empty.fastq": "rejected", "huge.fastq": "rejected"}
         files = wait_files(d, all_settled(want), 40, "every file done or rejected",
                            watch_states={"failed", "vanished"})
@@ -189,7 +194,7 @@ def test_files_end_byte_identical_in_one_sample_each(tmp_path: Path, emu: Emulat
         names = {os.path.relpath(f["path"], watch) for f in files}
         assert not names & set(invisible), names
 
-        for name, data in good.items():
+        for name, data in {**good, **late}.items():
             got = samples_named(emu, name)
             assert len(got) == 1 and emu.objects[got[0].key] == data, name
             assert latest(files)[name]["sample_id"] == got[0].sample_id
@@ -202,8 +207,8 @@ def test_files_end_byte_identical_in_one_sample_each(tmp_path: Path, emu: Emulat
         assert len(grown) == 1 and emu.objects[grown[0].key] == growing.read_bytes()
         first_init = min(r.at for r in emu.calls("init") if r.body.get("filename") == "growing.fastq")
         assert first_init > last_write["t"], "a file still being written was uploaded"
-        assert len(samples_named(emu, "sample [1] (a).fastq")) == 1
-        assert [s.filename for s in emu.confirmed() if "ird" in s.filename] != ["we#ird!.fastq"]
+        assert len(samples_named(emu, "sample [1] (a).fastq")) == 1, "a name that matches is sent unchanged"
+        assert len([s for s in emu.confirmed() if "ird" in s.filename]) == 1   # sanitised (emulator checks)
         for bad in ("truncated.fastq.gz", "garbage.fastq", "empty.fastq", "huge.fastq"):
             entry = latest(files)[bad]
             assert entry["error"] and len(entry["error"]) > 15 and "Traceback" not in entry["error"], entry
@@ -236,7 +241,8 @@ def test_files_end_byte_identical_in_one_sample_each(tmp_path: Path, emu: Emulat
         assert d.terminate(10) == 0
         stop_s = time.monotonic() - started
     assert stop_s < 10
-    assert not [s for s in emu.samples.values() if s.state == "initialized"], "a sample left neither confirmed nor cancelled"
+    dangling = [s for s in emu.samples.values() if s.state == "initialized"]
+    assert not dangling, "a sample left neither confirmed nor cancelled"
     text = seqdrop(cfg, "status")
     outputs += [text.stdout, text.stderr, d.log_path.read_text()]
     assert_no_key_leak(tmp_path, *outputs)
@@ -279,8 +285,9 @@ def test_kill_9_mid_upload_and_mid_confirm_makes_one_sample(tmp_path: Path, emu:
         wait_files(d, all_settled({"one.fastq": "done"}), 20, "one.fastq done after the restart")
         emu.inject("confirm", Fault(delay_s=2.0))
         (watch / "two.fastq").write_bytes(fastq_bytes(20_000, seed=12))
-        wait_for(lambda: [r for r in emu.calls("confirm") if r.body["sample_id"] != samples_named(emu, "one.fastq")[0].sample_id],
-                 20, "the confirm of two.fastq")
+        first = samples_named(emu, "one.fastq")[0].sample_id
+        wait_for(lambda: [r for r in emu.calls("confirm") if r.body["sample_id"] != first], 20,
+                 "the confirm of two.fastq")
         d.kill()
     with d:
         wait_files(d, all_settled({"one.fastq": "done", "two.fastq": "done"}), 20, "both done")
@@ -308,9 +315,10 @@ def test_transient_faults_delay_but_never_fail(tmp_path: Path, emu: Emulator, wa
     is not the MD5 (never confirmed as is): all files end done, none ever failed, one sample each, no
     sample left dangling."""
     emu.etag_mode = "header"
-    emu.inject("init", Fault(status=503, retry_after="1", message="Service Unavailable"),
+    emu.inject("init", Fault(status=503, retry_after="2", message="Service Unavailable"),
                Fault(status=429, retry_after="1", message="Too Many Requests"), Fault(drop="before"))
-    emu.inject("s3", Fault(drop="before"), Fault(status=503, code="SlowDown", message="Please reduce your request rate."),
+    emu.inject("s3", Fault(drop="before"),
+               Fault(status=503, code="SlowDown", message="Please reduce your request rate."),
                Fault(drop="after"), Fault(delay_s=1.0), Fault(etag='"0123456789abcdef0123456789abcdef"'))
     emu.inject("confirm", Fault(drop="after"), Fault(status=502, message="Bad Gateway"), Fault(drop="before"))
     data = {f"t{i}.fastq": fastq_bytes(15_000, seed=20 + i) for i in range(3)}
@@ -321,6 +329,10 @@ def test_transient_faults_delay_but_never_fail(tmp_path: Path, emu: Emulator, wa
                            watch_states={"failed", "rejected", "vanished"})
         assert d.terminate() == 0
     assert not any(emu.faults.values()), f"faults not consumed: {emu.faults}"
+    inits = emu.calls("init")
+    first = next(r for r in inits if r.answered == 503)
+    again = next(r for r in inits if r.at > first.at and r.body["filename"] == first.body["filename"])
+    assert again.at - first.at >= 1.9, "Retry-After: 2 was not honoured"
     for name, content in data.items():
         got = samples_named(emu, name)
         assert len(got) == 1 and emu.objects[got[0].key] == content
