@@ -408,18 +408,21 @@ def test_rejected_key_pauses_then_resumes_by_itself(tmp_path: Path, emu: Emulato
 
 
 # -- the command line ----------------------------------------------------------------------------
-@pytest.mark.parametrize("case", ["unknown key", "wrong type", "http base_url", "missing watch folder",
-                                  "missing config file"])
+@pytest.mark.parametrize("case", ["unknown key", "wrong type", "not finite", "http base_url",
+                                  "missing watch folder", "missing config file"])
 def test_config_errors_exit_2_with_file_key_and_fix(tmp_path: Path, watch: Path, case: str) -> None:
     """A config mistake: exit 2, a message naming the file, the key and the fix, no traceback."""
     cfg = config(tmp_path, "http://127.0.0.1:9", watch)
     text = cfg.read_text()
-    key = {"unknown key": "settle_second", "wrong type": "workers", "http base_url": "base_url",
+    key = {"unknown key": "settle_second", "wrong type": "workers", "not finite": "settle_seconds",
+           "http base_url": "base_url",
            "missing watch folder": "paths", "missing config file": None}[case]
     if case == "unknown key":
         cfg.write_text(text.replace("settle_seconds", "settle_second"))
     elif case == "wrong type":
         cfg.write_text(text.replace("workers = 2", 'workers = "two"'))
+    elif case == "not finite":   # TOML has nan: a settle time that would let every file go at once
+        cfg.write_text(text.replace("settle_seconds = 0.5", "settle_seconds = nan"))
     elif case == "http base_url":
         cfg.write_text(text.replace("http://127.0.0.1:9", "http://onecodex.example.org"))
     elif case == "missing watch folder":
