@@ -9,6 +9,7 @@ a typo must not be silently ignored.
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -160,6 +161,8 @@ class _Section:
 
     def number(self, key: str, default: float, *, minimum: float, fix: str) -> float:
         value = float(self.get(key, default, (int, float), fix=fix))
+        if not math.isfinite(value):   # TOML allows nan and inf; both compare False with any bound
+            raise self._err(key, f"must be a finite number (got {value:g})", fix)
         if value < minimum:
             raise self._err(key, f"must be at least {minimum:g} (got {value:g})", fix)
         return value

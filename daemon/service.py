@@ -63,7 +63,9 @@ class Service:
         self._trial_lock = threading.Lock()
         self._prober: threading.Thread | None = None
         self.workers: list[threading.Thread] = []
-        self.rules = {f.path: MarkerRule.parse(f.marker, f.path) for f in settings.watch.folders}
+        # Innermost folder first: a watch entry nested in another (its own marker) decides for its files.
+        self.rules = {f.path: MarkerRule.parse(f.marker, f.path)
+                      for f in sorted(settings.watch.folders, key=lambda f: len(f.path), reverse=True)}
         self.matcher = Matcher(include=settings.watch.include, exclude=settings.watch.exclude)
         self.tracker = Tracker(store=self.store, settle_s=settings.watch.settle_seconds, log=log,
                                marker_for=self._marker_for, on_queued=self.wake_workers,
