@@ -141,6 +141,13 @@ class OneCodexClient:
         # monotonic time of the last 2xx from the API: proof that the key works (see Service._probe).
         self.last_api_ok: float = 0.0
 
+    def uses_key(self, api_key: str) -> bool:
+        return self._auth[0] == api_key
+
+    def set_api_key(self, api_key: str) -> None:
+        """A new key (re-read by a paused daemon) for the next request."""
+        self._auth = (api_key, "")
+
     def _send(self, what: str, method: str, url: str, **kwargs: Any) -> requests.Response:
         """One HTTP request; every way the network can fail becomes Transient. Redirects are never
         followed (a 3xx is the caller's to judge) and TLS verification is never off."""
@@ -193,7 +200,11 @@ class OneCodexClient:
                 raise TypeError
         except (KeyError, TypeError):
             raise Transient("init_upload: the answer lacks additional_fields, sample_id or upload_url") from None
-        if reason := check_url(upload_url, what="upload_url"):
+        if reason := check_url(upload_url, what="upload_url", carries="the file"):
+            try:   # nothing will ever be uploaded to this sample: do not leave it pending
+                self.cancel_upload(sample_id)
+            except (Transient, Permanent, AuthError):
+                pass
             raise Permanent(f"init_upload returned an unsafe {reason}; refusing to send the file there")
         pairs = tuple((str(k), "" if v is None else str(v)) for k, v in fields.items())
         return InitResult(sample_id, upload_url, pairs, policy_expiry(pairs))

@@ -128,13 +128,13 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def check_url(url: str, *, what: str) -> str | None:
+def check_url(url: str, *, what: str, carries: str = "the API key") -> str | None:
     """Return None if url is acceptable (https, or http to loopback), else the reason."""
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return f"{what} {url!r} is not an http(s) URL"
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        return f"{what} {url!r} uses plain http to a host that is not loopback; the API key would travel unencrypted"
+        return f"{what} {url!r} uses plain http to a host that is not loopback; {carries} would travel unencrypted"
     return None
 
 

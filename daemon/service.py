@@ -22,8 +22,9 @@ import time
 from typing import Any
 
 from daemon.client import OneCodexClient
-from daemon.config import Settings
-from daemon.errors import AuthError, Permanent
+from daemon.config import Settings, load_api_key
+from daemon.errors import AuthError, ConfigError, Permanent
+from daemon.logs import register_secret
 from daemon.markers import MarkerRule
 from daemon.pipeline import Pipeline
 from daemon.store import Identity, Store
@@ -82,7 +83,7 @@ class Service:
 
     def _root_gone(self, path: str) -> bool:
         """Is the watch folder holding path missing as a whole (a share unmounted)?"""
-        for root in self.settings.watch.paths:
+        for root in sorted(self.settings.watch.paths, key=len, reverse=True):   # innermost first
             if path.startswith(root.rstrip("/") + "/"):
                 return not os.path.isdir(root)
         return False
@@ -327,6 +328,7 @@ class Service:
     def _probe(self) -> None:
         """One authenticated request (in the prober thread): resume uploads if the key works again."""
         started = time.monotonic()
+        self._reload_key()
         try:
             self.client.probe()
         except AuthError as e:
@@ -351,6 +353,21 @@ class Service:
                 return
             # a 2xx that was not JSON: the key was accepted, which is all the probe asks
         self._resume()
+
+    def _reload_key(self) -> None:
+        """Read the key's source again (api_key_file, the systemd credential): a key replaced there
+        while uploads are paused is used without a restart. The environment variable cannot change."""
+        if not isinstance(self.client, OneCodexClient):
+            return
+        try:
+            key = load_api_key(self.settings)
+        except ConfigError as e:
+            self.log.warning("uploads.key_unreadable", error=str(e), fix=e.fix)
+            return
+        if not self.client.uses_key(key):
+            register_secret(key)
+            self.client.set_api_key(key)
+            self.log.info("uploads.key_reloaded")
 
     def _take_trial(self) -> bool:
         with self._trial_lock:

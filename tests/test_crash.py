@@ -291,6 +291,29 @@ def test_pause_ends_by_a_real_request_when_the_api_has_no_probe_endpoint(tmp_pat
     assert len(confirmed(sandbox)) == 3
 
 
+def test_a_key_replaced_in_the_credential_file_is_used_without_a_restart(tmp_path: Path, sandbox: Sandbox,
+                                                                          watch_dir: Path) -> None:
+    """Paused on a rejected key read from the systemd credential; the admin writes the new key
+    there: uploads resume by themselves, no restart, and neither key reaches the log."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "onecodex-api-key").write_text("old-key-revoked\n")
+    sandbox.set_api_keys(["new-key-0123"])
+    (watch_dir / "k.fastq").write_bytes(fastq_bytes(20_000, seed=630))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, probe_interval_s=1)
+    with Daemon(cfg, api_key=None, env={"CREDENTIALS_DIRECTORY": str(creds)}) as d:
+        wait_for(lambda: d.status().get("paused"), 30, lambda: f"the pause\n{d.log_tail()}")
+        (creds / "onecodex-api-key").write_text("new-key-0123\n")
+        d.wait_files(all_in("done", ["k.fastq"]), 30, "k.fastq done with the new key")
+        assert d.status()["paused"] is None
+        assert d.terminate() == 0
+    events = [e.get("event") for e in d.log_events()]
+    assert events.count("service.ready") == 1 and "uploads.key_reloaded" in events, events
+    text = d.log_tail(10_000)
+    assert "new-key-0123" not in text and "old-key-revoked" not in text
+    assert len(confirmed(sandbox)) == 1
+
+
 def test_expired_policy_at_resume_starts_a_new_sample_and_cancels_the_old(tmp_path: Path, sandbox: Sandbox,
                                                                           watch_dir: Path) -> None:
     """An upload interrupted with a policy too close to expiry is re-initialised; the old sample is cancelled."""

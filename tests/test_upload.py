@@ -293,7 +293,8 @@ def test_api_key_never_appears_in_log_output(sb, tmp_path):
 
 
 def test_unsafe_upload_url_is_refused(h, monkeypatch):
-    """An init_upload answer pointing the file at plain http on a non-loopback host fails the file."""
+    """An init_upload answer pointing the file at plain http on a non-loopback host fails the file,
+    says why, and cancels the sample nothing will be uploaded to."""
     real = OneCodexClient._api
 
     def tampered(self, method, path, **kw):
@@ -304,8 +305,10 @@ def test_unsafe_upload_url_is_refused(h, monkeypatch):
 
     monkeypatch.setattr(OneCodexClient, "_api", tampered)
     state, file_id = h.upload("reads.fastq", fastq_bytes())
-    assert state == "failed" and "unsafe" in h.store.get(file_id).error
+    error = h.store.get(file_id).error
+    assert state == "failed" and "unsafe" in error and "the file would travel unencrypted" in error, error
     assert not h.requests_to("s3")
+    assert [s["state"] for s in h.sb.samples()] == ["cancelled"]
 
 
 def test_file_changed_during_upload_is_not_confirmed(h, monkeypatch):
