@@ -95,8 +95,11 @@ class S3Connector:
             retries={"total_max_attempts": 1},          # daemon.retrying is the one retry policy
             connect_timeout=connect_timeout_s, read_timeout=read_timeout_s,
             # No CRC32 body checksums (botocore >= 1.36 adds them by default, which wraps the body
-            # in aws-chunked encoding): the part's MD5 against its ETag is our proof.
+            # in aws-chunked encoding) and no SHA-256 of the payload in the signature (without a
+            # checksum header botocore would read every part twice to compute it, even over https):
+            # TLS, and the part's MD5 against the ETag S3 returns for it, are our proof.
             request_checksum_calculation="when_required", response_checksum_validation="when_required",
+            s3={"payload_signing_enabled": False},
             user_agent_extra="seqdrop",
         )
 
@@ -148,8 +151,8 @@ class RangeReader:
 
     Reads with pread (no shared file position) in blocks of at most MAX_READ_BYTES. The first time a
     byte of the range is read it goes through the part's MD5 and `on_new` (the file's MD5, throttle,
-    progress); when botocore reads the range twice (over plain http it hashes the payload for the
-    signature, then sends it), the second pass is only read. Errors of our own (shutdown, a file
+    progress); should botocore read the range twice (it does to sign the payload's SHA-256, which
+    S3Connector turns off), the second pass is only read. Errors of our own (shutdown, a file
     that got shorter) are kept in `error`, since botocore wraps whatever a body raises.
     """
 

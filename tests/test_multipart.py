@@ -12,6 +12,7 @@ import hashlib
 import os
 import secrets
 import socket
+import threading
 from pathlib import Path
 
 import boto3
@@ -42,7 +43,7 @@ def no_waits():
 
 
 class Moto:
-    """moto's S3 server on a loopback port that survives stop/start (moto keeps its state in-process)."""
+    """moto's S3 server on a loopback port, and a boto3 client to look into it."""
 
     def __init__(self) -> None:
         with socket.socket() as s:
@@ -75,13 +76,71 @@ class Moto:
             return []
 
 
+class Link:
+    """A TCP relay on loopback in front of moto that can be cut, like a network outage: cut() drops every
+    open connection (a request being sent fails half-way) and refuses new ones until restore()."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target = ("127.0.0.1", target_port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.up = True
+        self.conns: set[socket.socket] = set()
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            if not self.up:
+                client.close()
+                continue
+            server = socket.create_connection(self.target)
+            with self.lock:
+                self.conns |= {client, server}
+            for a, b in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(1 << 16):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        self.up = False
+        with self.lock:
+            conns, self.conns = self.conns, set()
+        for s in conns:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def restore(self) -> None:
+        self.up = True
+
+    def close(self) -> None:
+        self.cut()
+        self.listener.close()
+
+
 @pytest.fixture
 def moto():
     m = Moto()
     m.start()
     yield m
-    if m.server is None:
-        m.start()
     requests.post(f"{m.endpoint}/moto-api/reset", timeout=10)   # moto's memory is per process
     m.stop()
 
@@ -260,24 +319,30 @@ def test_invalid_file_over_the_threshold_is_rejected_aborted_and_cancelled(h, da
 # -- faults ----------------------------------------------------------------------------------------
 
 def test_s3_unreachable_for_a_while_delays_the_file_and_resumes_at_the_next_part(h):
-    """moto goes away after the first part: retried, the file waits in the queue (never failed), then the
-    same upload goes on at the next part with the same sample and ends in one callback."""
+    """The link to S3 is cut while part 2 is being sent: retried, the file waits in the queue (never failed),
+    then the same upload goes on at part 2 with the same sample and ends in one callback."""
+    link = Link(h.moto.port)
+    h.pipeline.s3_endpoint_url = link.endpoint
     data = fastq_bytes(25 * MiB, seed=8)
     file_id = h.queue(h.file("reads.fastq", data))
     sent = [0]
 
-    def stop_s3_after_first_part(n: int) -> None:      # once part 2 is being read, part 1 is in S3
+    def cut_during_part_2(n: int) -> None:      # part 1 is in S3 once part 2 is being read
         sent[0] += n
-        if sent[0] > 10 * MiB and h.moto.server is not None:
-            h.moto.stop()
+        if sent[0] > 11 * MiB and link.up:
+            link.cut()
 
-    assert h.drive(file_id, rounds=2, progress=stop_s3_after_first_part) == "queued"
-    row = h.store.get(file_id)
-    assert row.state == "queued" and row.step == "mp_initialized" and "S3" in row.error and row.attempts == 2
-    h.moto.start()
-    [upload] = h.moto.open_uploads(h.bucket)
-    assert len(h.moto.s3.list_parts(Bucket=h.bucket, Key=upload["Key"], UploadId=upload["UploadId"])["Parts"]) == 1
-    assert h.drive(file_id) == "done"
+    try:
+        assert h.drive(file_id, rounds=2, progress=cut_during_part_2) == "queued"
+        row = h.store.get(file_id)
+        assert row.state == "queued" and row.step == "mp_initialized" and "S3" in row.error and row.attempts == 2
+        [upload] = h.moto.open_uploads(h.bucket)
+        parts = h.moto.s3.list_parts(Bucket=h.bucket, Key=upload["Key"], UploadId=upload["UploadId"])["Parts"]
+        assert [p["PartNumber"] for p in parts] == [1]
+        link.restore()
+        assert h.drive(file_id) == "done"
+    finally:
+        link.close()
     [sample] = h.sb.samples()
     assert sample["state"] == "confirmed" and len(h.requests_to("init_multipart_upload")) == 1
     assert h.moto.object(h.bucket, sample["key"]) == data and len(h.callbacks()) == 1
@@ -286,21 +351,25 @@ def test_s3_unreachable_for_a_while_delays_the_file_and_resumes_at_the_next_part
 def test_file_deleted_while_its_upload_waits_is_vanished_and_the_upload_aborted(h):
     """A file deleted while its multipart upload waits for S3 to return: vanished, the parts already sent
     dropped (AbortMultipartUpload), the sample cancelled, nothing called back."""
+    link = Link(h.moto.port)
+    h.pipeline.s3_endpoint_url = link.endpoint
     path = h.file("reads.fastq", fastq_bytes(22 * MiB, seed=17))
     file_id = h.queue(path)
-
     sent = [0]
 
-    def stop_s3_once_part_2_is_read(n: int) -> None:     # part 1 is in S3 by then
+    def cut_during_part_2(n: int) -> None:
         sent[0] += n
-        if sent[0] > 10 * MiB and h.moto.server is not None:
-            h.moto.stop()
+        if sent[0] > 11 * MiB and link.up:
+            link.cut()
 
-    assert h.drive(file_id, rounds=1, progress=stop_s3_once_part_2_is_read) == "queued"
-    h.moto.start()
-    assert len(h.moto.open_uploads(h.bucket)) == 1
-    path.unlink()
-    assert h.drive(file_id) == "vanished"
+    try:
+        assert h.drive(file_id, rounds=1, progress=cut_during_part_2) == "queued"
+        assert len(h.moto.open_uploads(h.bucket)) == 1
+        link.restore()
+        path.unlink()
+        assert h.drive(file_id) == "vanished"
+    finally:
+        link.close()
     assert not h.moto.open_uploads(h.bucket) and not h.moto.keys(h.bucket)
     assert list(h.samples().values()) == ["cancelled"] and not h.requests_to("multipart_callback")
 
