@@ -95,10 +95,10 @@ def proc_cpu_s(pid: int) -> float:
 class Sandbox:
     """`seqdrop sandbox` as its own process (so its CPU and memory are not the client's)."""
 
-    def __init__(self, *, store: bool = False, nodelay: bool = False) -> None:
+    def __init__(self, *, store: bool = False, nodelay: bool = False, extra: tuple[str, ...] = ()) -> None:
         # nodelay: bench/sandbox_nodelay.py, the same sandbox with TCP_NODELAY on its sockets
         argv = ([PYTHON, str(REPO / "bench" / "sandbox_nodelay.py")] if nodelay else [SEQDROP, "sandbox"]) + \
-            ["--api-port", "0", "--s3-port", "0"]
+            ["--api-port", "0", "--s3-port", "0", *extra]
         if not store:
             argv.append("--no-store")
         self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -1,4 +1,6 @@
-"""The One Codex standard upload: init_upload → S3 POST → confirm_upload.
+"""The One Codex API and the standard upload's S3 POST: init_upload → S3 POST → confirm_upload,
+and the API half of the multipart route (init_multipart_upload, its callback; the S3 half is
+daemon/s3multipart.py).
 
 The only module that imports requests. It translates HTTP into the exceptions of
 daemon.errors, so its callers never look at status codes. The API key is sent
@@ -74,6 +76,37 @@ def policy_expiry(fields: tuple[tuple[str, str], ...]) -> float | None:
         return datetime.fromisoformat(doc["expiration"].replace("Z", "+00:00")).timestamp()
     except (ValueError, KeyError, TypeError):
         return None
+
+
+@dataclass(frozen=True)
+class MultipartInit:
+    """init_multipart_upload's answer. The temporary S3 credentials are kept apart from what the
+    queue may store (to_json) and out of repr, so neither the queue nor a log line can hold them."""
+    sample_id: str
+    bucket: str
+    key: str                  # One Codex's "file_id": the object's S3 key
+    callback_url: str         # a path on base_url
+    filename: str             # the (sanitised) name given to init and to the callback
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    @property
+    def s3_path(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.access_key_id and self.secret_access_key)
+
+    def to_json(self) -> str:
+        return json.dumps({"route": "multipart", "sample_id": self.sample_id, "bucket": self.bucket,
+                           "key": self.key, "callback_url": self.callback_url, "filename": self.filename})
+
+    @classmethod
+    def from_json(cls, text: str) -> "MultipartInit":
+        d = json.loads(text)
+        return cls(d["sample_id"], d["bucket"], d["key"], d["callback_url"], d["filename"])
 
 
 @dataclass
@@ -161,7 +194,7 @@ class OneCodexClient:
             raise Transient(f"{what}: request failed ({_short(e)})") from None
 
     # -- API calls (authenticated, base_url only) ---------------------------------------------
-    def _api(self, method: str, path: str, **kwargs: Any) -> Any:
+    def _api(self, method: str, path: str, *, json_answer: bool = True, **kwargs: Any) -> Any:
         resp = self._send(path, method, self.base_url + path, auth=self._auth, timeout=self.timeout, **kwargs)
         self._note_date(resp)
         status = resp.status_code
@@ -170,6 +203,8 @@ class OneCodexClient:
             try:
                 return resp.json()
             except ValueError:
+                if not json_answer:
+                    return {}
                 raise Transient(f"{path}: the server answered {status} with something that is not JSON") from None
         message = _api_message(resp)
         if status in (401, 402, 403):
@@ -215,6 +250,62 @@ class OneCodexClient:
 
     def cancel_upload(self, sample_id: str) -> None:
         self._api("POST", "/api/v1/samples/cancel_upload", json={"sample_id": sample_id})
+
+    # -- the multipart route (NOT verified against the real One Codex: modelled on the official
+    #    client, onecodex/lib/upload.py, and run only against the sandbox and moto) ---------------
+    def init_multipart_upload(self, filename: str) -> MultipartInit:
+        """A new sample, an S3 bucket and key for it, and temporary credentials to upload there."""
+        path = "/api/v1/samples/init_multipart_upload"
+        # sample_id/external_sample_id null: a new sample (the official client sends them so).
+        body = self._api("POST", path, json={"filename": filename, "sample_id": None, "external_sample_id": None})
+        answer = body if isinstance(body, dict) else {}
+        wanted = ("sample_id", "s3_bucket", "file_id", "upload_aws_access_key_id",
+                  "upload_aws_secret_access_key", "callback_url")
+        missing = [k for k in wanted if not isinstance(answer.get(k), str) or not answer.get(k)]
+        if missing:
+            # This route is unverified: an answer of another shape is a fact to report, not to retry
+            # (each retry would create another sample). Cancel the sample it may have created.
+            if isinstance(answer.get("sample_id"), str) and answer["sample_id"]:
+                self._cancel_quietly(answer["sample_id"])
+            raise Permanent(f"init_multipart_upload's answer lacks {', '.join(missing)}: One Codex's multipart "
+                            f"route may have changed (seqdrop's is not verified against it); please report this")
+        callback = self._same_host_path(answer["callback_url"])
+        if callback is None:
+            self._cancel_quietly(answer["sample_id"])
+            raise Permanent(f"init_multipart_upload returned a callback_url off {self.base_url} "
+                            f"({answer['callback_url']!r}); refusing to send the API key there")
+        token = answer.get("upload_aws_session_token")
+        return MultipartInit(sample_id=answer["sample_id"], bucket=answer["s3_bucket"], key=answer["file_id"],
+                             callback_url=callback, filename=filename,
+                             access_key_id=answer["upload_aws_access_key_id"],
+                             secret_access_key=answer["upload_aws_secret_access_key"],
+                             session_token=token if isinstance(token, str) and token else None)
+
+    def multipart_callback(self, init: MultipartInit) -> dict[str, Any]:
+        """Tell One Codex the object is in S3; a 2xx means the sample is created. The answer (JSON, or {}
+        when it is not JSON, as the official client reads it) may name the sample_id."""
+        answer = self._api("POST", init.callback_url, json_answer=False,
+                           json={"s3_path": init.s3_path, "filename": init.filename, "import_as_document": False})
+        return answer if isinstance(answer, dict) else {}
+
+    def _same_host_path(self, url: str) -> str | None:
+        """callback_url as a path on base_url; None if it names another host (the key must not go there)."""
+        from urllib.parse import urlsplit
+        parts, base = urlsplit(url), urlsplit(self.base_url)
+        if not parts.scheme and not parts.netloc and url.startswith("/") and not url.startswith("//"):
+            return url
+        if (parts.scheme, parts.netloc) == (base.scheme, base.netloc) and parts.path.startswith("/"):
+            path = parts.path[len(base.path.rstrip("/")):] if parts.path.startswith(base.path.rstrip("/") + "/") \
+                else None
+            if path is not None:
+                return path + (f"?{parts.query}" if parts.query else "")
+        return None
+
+    def _cancel_quietly(self, sample_id: str) -> None:
+        try:
+            self.cancel_upload(sample_id)
+        except (Transient, Permanent, AuthError):
+            pass
 
     def probe(self) -> None:
         """One cheap authenticated request: raises AuthError/Transient, returns if the key works."""

@@ -23,6 +23,11 @@ DEFAULT_CONFIG_PATH = "/etc/seqdrop/config.toml"
 CREDENTIAL_NAME = "onecodex-api-key"
 API_KEY_ENV = "ONE_CODEX_API_KEY"
 
+# Files larger than this take One Codex's multipart route (init_multipart_upload, S3 multipart upload,
+# callback): S3 refuses a single POST over 5 GiB. Lower it only to rehearse the route (tests, sandbox).
+MULTIPART_THRESHOLD_BYTES = 5 * 1024**3
+MIN_MULTIPART_THRESHOLD_BYTES = 1 << 20
+
 DEFAULT_INCLUDE = tuple(
     f"*{ext}{comp}"
     for ext in (".fastq", ".fq", ".fasta", ".fa", ".fna")
@@ -72,6 +77,9 @@ class UploadSettings:
     validate: bool = True
     max_backoff_s: float = 600.0   # longest wait between two attempts at one file
     block_size: int = 2 << 20      # bytes read from disk and sent per block
+    multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES   # larger files: the multipart route
+    multipart_s3_endpoint: str = ""    # S3 endpoint of the multipart route; "" = AWS (tests: moto)
+    multipart_s3_region: str = ""      # its region; "" = botocore's default (us-east-1, S3 redirects)
 
 
 @dataclass(frozen=True)
@@ -312,6 +320,7 @@ def parse(raw: dict[str, Any], *, file: str, check_folders: bool = True) -> Sett
         max_backoff_s=s.number("max_backoff_s", UploadSettings.max_backoff_s, minimum=1, fix="seconds, e.g. 600"),
         block_size=int(s.number("block_size", UploadSettings.block_size, minimum=65536,
                                 fix="bytes, e.g. 4194304")),
+        **_multipart_keys(s, file),
     )
     s.finish()
 
@@ -360,6 +369,24 @@ def parse(raw: dict[str, Any], *, file: str, check_folders: bool = True) -> Sett
 
     return Settings(source=file, api=api, watch=watch, queue=queue, upload=upload, log=log,
                     metrics=metrics, notify=notify)
+
+
+def _multipart_keys(s: _Section, file: str) -> dict[str, Any]:
+    threshold = s.get("multipart_threshold_bytes", MULTIPART_THRESHOLD_BYTES, int,
+                      fix=f"leave it out (default {MULTIPART_THRESHOLD_BYTES}, 5 GiB); lower only to rehearse")
+    if not MIN_MULTIPART_THRESHOLD_BYTES <= threshold <= MULTIPART_THRESHOLD_BYTES:
+        raise ConfigError(f"must be between {MIN_MULTIPART_THRESHOLD_BYTES} and {MULTIPART_THRESHOLD_BYTES} "
+                          f"(got {threshold})", file=file, key="upload.multipart_threshold_bytes",
+                          fix="leave it out: files over 5 GiB must take the multipart route, smaller ones "
+                              "only do so to rehearse it")
+    endpoint = s.get("multipart_s3_endpoint", "", str,
+                     fix='leave it out (AWS), or e.g. "http://127.0.0.1:8702" for a local moto_server').rstrip("/")
+    if endpoint and (reason := check_url(endpoint, what="multipart_s3_endpoint")):
+        raise ConfigError(reason, file=file, key="upload.multipart_s3_endpoint",
+                          fix="use https://, or http:// only with 127.0.0.1/localhost (a local test S3)")
+    region = s.get("multipart_s3_region", "", str, fix='e.g. "us-east-1"; leave it out for the default')
+    return {"multipart_threshold_bytes": threshold, "multipart_s3_endpoint": endpoint,
+            "multipart_s3_region": region}
 
 
 def _check_marker(marker: str, *, file: str, key: str) -> None:

@@ -42,7 +42,8 @@ class Transient(UploadError):
 
 
 class PolicyExpired(UploadError):
-    """The S3 POST policy expired (or will before the upload ends): init_upload again."""
+    """The upload's S3 authorisation is void: the POST policy expired (or will before the upload ends),
+    or S3 refused a multipart upload's temporary credentials. Init again; cancel the old sample."""
 
 
 class AuthError(UploadError):

@@ -73,7 +73,10 @@ def upload_files(settings: Settings, api_key: str, files: list[str], *, max_wait
         store = Store(os.path.join(tmp, "queue.sqlite3"))
         stop = threading.Event()
         pipeline = Pipeline(store=store, client=client, log=log, validate=settings.upload.validate,
-                            block_size=settings.upload.block_size, throttle=throttle, stop=stop)
+                            block_size=settings.upload.block_size, throttle=throttle, stop=stop,
+                            multipart_threshold_bytes=settings.upload.multipart_threshold_bytes,
+                            s3_endpoint_url=settings.upload.multipart_s3_endpoint,
+                            s3_region=settings.upload.multipart_s3_region)
         ids: dict[int, str] = {}
         for path in files:
             full = os.path.abspath(path)
@@ -118,6 +121,7 @@ def upload_files(settings: Settings, api_key: str, files: list[str], *, max_wait
         except AuthError as e:
             print(f"seqdrop: {e}\n  fix: check the key (ONE_CODEX_API_KEY, api.api_key_file) with "
                   f"`seqdrop check`", file=out)
+            pipeline.close()
             store.close()
             return 1
         for file_id, path in ids.items():
@@ -129,5 +133,6 @@ def upload_files(settings: Settings, api_key: str, files: list[str], *, max_wait
             else:
                 ok = False
                 print(f"{path}: {row.state}: {row.error}", file=out)
+        pipeline.close()
         store.close()
     return 0 if ok else 1

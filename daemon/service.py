@@ -146,7 +146,10 @@ class Service:
         self.pipeline = Pipeline(store=self.store, client=self.client, log=self.log,
                                  validate=s.upload.validate, block_size=s.upload.block_size,
                                  throttle=self._throttle if self.throttle else None, stop=self.stop,
-                                 emit=self.emit, max_backoff_s=s.upload.max_backoff_s)
+                                 emit=self.emit, max_backoff_s=s.upload.max_backoff_s,
+                                 multipart_threshold_bytes=s.upload.multipart_threshold_bytes,
+                                 s3_endpoint_url=s.upload.multipart_s3_endpoint,
+                                 s3_region=s.upload.multipart_s3_region)
         for folder in s.watch.folders:
             fstype = network_mount_type(folder.path)
             if fstype and not folder.polling:
@@ -467,6 +470,8 @@ class Service:
         if stuck:
             self.log.warning("service.workers_still_busy", workers=stuck,
                              note="their rows are released at the next start")
+        if self.pipeline is not None and not stuck:
+            self.pipeline.close()     # multipart uploads waiting for their next attempt: no network
         if self.notifier is not None:
             self.notifier.close()
         if self.metrics is not None:

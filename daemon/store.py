@@ -2,7 +2,7 @@
 
 The only module that speaks SQL. Contract (small verbs, each one short transaction):
   latest_for_path, add_seen, touch_seen, set_state, claim_next, save_init, save_posted,
-  mark_done, reschedule, requeue, release_stale_claims, retry, counts, files, get, meta.
+  clear_init, mark_done, reschedule, requeue, release_stale_claims, retry, counts, files, get, meta.
 A row is *claimed* (state 'uploading', claimed_by set), never popped: a crash leaves
 it claimed and the next start-up releases it. No transaction is held across a
 network call. WAL mode lets `seqdrop status` read while the daemon writes;
@@ -35,9 +35,11 @@ CREATE TABLE IF NOT EXISTS files (
     size            INTEGER NOT NULL,
     mtime_ns        INTEGER NOT NULL,
     state           TEXT    NOT NULL,
-    step            TEXT    NOT NULL DEFAULT '',   -- '', 'initialized', 'posted'
+    step            TEXT    NOT NULL DEFAULT '',   -- '', 'initialized', 'posted' (standard route);
+                                                   -- 'mp_initialized', 'mp_complete' (multipart route)
     sample_id       TEXT,
-    init            TEXT,                          -- JSON: upload_url, fields, expiry (no API key)
+    init            TEXT,                          -- JSON: upload_url, fields, expiry / bucket, key,
+                                                   -- callback_url (never the API key or S3 credentials)
     md5             TEXT,
     attempts        INTEGER NOT NULL DEFAULT 0,
     next_attempt_at REAL    NOT NULL DEFAULT 0,
@@ -354,15 +356,24 @@ class Store:
                 " ORDER BY next_attempt_at, id LIMIT 1) RETURNING *", (worker, now, now)).fetchone()
         return _row(r) if r else None
 
-    def save_init(self, file_id: int, sample_id: str, init_json: str) -> None:
+    def save_init(self, file_id: int, sample_id: str, init_json: str, *, step: str = "initialized") -> None:
+        assert step in ("initialized", "mp_initialized"), step
         with self.tx() as db:
-            db.execute("UPDATE files SET step='initialized', sample_id=?, init=?, md5=NULL, updated_at=?"
-                       " WHERE id=?", (sample_id, init_json, self.clock(), file_id))
+            db.execute("UPDATE files SET step=?, sample_id=?, init=?, md5=NULL, updated_at=?"
+                       " WHERE id=?", (step, sample_id, init_json, self.clock(), file_id))
 
-    def save_posted(self, file_id: int, md5: str) -> None:
+    def save_posted(self, file_id: int, md5: str, *, step: str = "posted") -> None:
+        """S3 holds the bytes (standard: 'posted'; multipart: 'mp_complete'): confirm, never re-init."""
+        assert step in ("posted", "mp_complete"), step
         with self.tx() as db:
-            db.execute("UPDATE files SET step='posted', md5=?, updated_at=? WHERE id=?",
-                       (md5, self.clock(), file_id))
+            db.execute("UPDATE files SET step=?, md5=?, updated_at=? WHERE id=?",
+                       (step, md5, self.clock(), file_id))
+
+    def clear_init(self, file_id: int) -> None:
+        """Its sample was cancelled: the row starts again from nothing sent."""
+        with self.tx() as db:
+            db.execute("UPDATE files SET step='', sample_id=NULL, init=NULL, md5=NULL, updated_at=? WHERE id=?",
+                       (self.clock(), file_id))
 
     def mark_done(self, file_id: int, *, sample_id: str, md5: str | None, error: str | None = None) -> None:
         with self.tx() as db:

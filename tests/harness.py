@@ -109,10 +109,11 @@ def write_config(tmp_path: Path, *, watch: Iterable[str | os.PathLike[str] | dic
                  max_backoff_s: float = 1.0, probe_interval_s: float = 1.0, max_mbps: float = 0.0,
                  rescan_interval_s: float = 300.0, poll_interval_s: float = 0.5, block_size: int = 4 << 20,
                  name: str = "config.toml",
-                 extra: str = "") -> Path:
+                 extra: str = "", upload_extra: str = "") -> Path:
     """A config file in tmp_path; the queue lives in tmp_path/state (never inside a watch folder).
 
     A watch entry is a folder, or a dict such as {"path": folder, "marker": "illumina"}.
+    upload_extra: more lines for the [upload] table; extra: more tables after [log].
     """
     paths = ", ".join(_watch_entry(p) for p in watch)
     text = (f'[api]\nbase_url = "{api_url}"\nprobe_interval_s = {probe_interval_s}\n'
@@ -121,7 +122,7 @@ def write_config(tmp_path: Path, *, watch: Iterable[str | os.PathLike[str] | dic
             f"poll_interval_s = {poll_interval_s}\n\n"
             f'[queue]\npath = "{tmp_path}/state/queue.sqlite3"\n\n'
             f"[upload]\nworkers = {workers}\nvalidate = {'true' if validate else 'false'}\n"
-            f"max_backoff_s = {max_backoff_s}\nmax_mbps = {max_mbps}\nblock_size = {block_size}\n\n"
+            f"max_backoff_s = {max_backoff_s}\nmax_mbps = {max_mbps}\nblock_size = {block_size}\n{upload_extra}\n"
             f'[log]\nlevel = "info"\nformat = "json"\n{extra}')
     path = tmp_path / name
     path.write_text(text)

@@ -69,6 +69,9 @@ def test_watch_entry_tables_with_marker_and_polling(tmp_path):
     ("[api]\nprobe_interval_s = 900\n", "api.probe_interval_s", "at most 300"),
     ("[log]\nlevel = 'loud'\n", "log.level", "unknown level"),
     ("[api\nbase_url = 1\n", None, "not valid TOML"),
+    ("[upload]\nmultipart_threshold_bytes = 6000000000\n", "upload.multipart_threshold_bytes", "between"),
+    ("[upload]\nmultipart_threshold_bytes = 1000\n", "upload.multipart_threshold_bytes", "between"),
+    ("[upload]\nmultipart_s3_endpoint = 'http://s3.example.com'\n", "upload.multipart_s3_endpoint", "plain http"),
 ])
 def test_mistakes_name_the_file_the_key_and_a_fix(tmp_path, text, key, words):
     """Each mistake raises ConfigError whose text names the file, the key and a fix."""
@@ -79,6 +82,18 @@ def test_mistakes_name_the_file_the_key_and_a_fix(tmp_path, text, key, words):
     assert path in msg and words in msg and "fix:" in msg
     if key:
         assert f"[{key}]" in msg
+
+
+def test_multipart_keys_default_to_5_gib_and_aws(tmp_path):
+    """Files over 5 GiB take the multipart route to AWS by default; a rehearsal lowers the threshold and
+    names a loopback S3."""
+    s = config.load(write(tmp_path, ""))
+    assert s.upload.multipart_threshold_bytes == 5 * 1024**3
+    assert s.upload.multipart_s3_endpoint == "" and s.upload.multipart_s3_region == ""
+    s = config.load(write(tmp_path, "[upload]\nmultipart_threshold_bytes = 20971520\n"
+                                    "multipart_s3_endpoint = 'http://127.0.0.1:8702/'\nmultipart_s3_region = 'eu-west-1'\n"))
+    assert s.upload.multipart_threshold_bytes == 20 << 20
+    assert s.upload.multipart_s3_endpoint == "http://127.0.0.1:8702" and s.upload.multipart_s3_region == "eu-west-1"
 
 
 def test_missing_file_is_an_error_unless_optional(tmp_path):

@@ -568,3 +568,76 @@ def test_s3_delay_fault_stores_after_the_wait(sb):
         requests.post(t["upload_url"], data=t["additional_fields"], files={"file": ("reads.fq", DATA)},
                       timeout=(5, 0.2))
     wait_for(lambda: sample(sb, t["sample_id"])["state"] == "uploaded")
+
+
+# -- the multipart route (its S3 is an external server; here moto's) ---------------------------------
+
+@pytest.fixture
+def moto_url():
+    from moto.server import ThreadedMotoServer
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    requests.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=10)
+    server.stop()
+
+
+def init_mp(sb, filename="reads.fq", key=KEY, **extra):
+    return requests.post(f"{sb.api_url}/api/v1/samples/init_multipart_upload", auth=(key, ""), timeout=10,
+                         json={"filename": filename, "sample_id": None, "external_sample_id": None, **extra})
+
+
+def test_multipart_init_without_an_s3_says_how_to_get_one(sb):
+    """With no --multipart-s3-endpoint, init_multipart_upload is a 400 that names the option; no sample."""
+    r = init_mp(sb)
+    assert r.status_code == 400 and "--multipart-s3-endpoint" in r.json()["message"]
+    assert sb.samples() == []
+
+
+def test_multipart_init_upload_callback_and_cancel(tmp_path, moto_url):
+    """init hands out bucket, key, credentials and a callback path; the callback checks the object is in S3
+    and confirms; a repeat is answered the same; cancelling it then says "Upload already successful"."""
+    with Sandbox(data_dir=tmp_path / "sb", api_keys=(KEY,), multipart_s3_endpoint=moto_url,
+                 multipart_bucket="seqdrop-test-mp") as sb:
+        assert init_mp(sb, filename="bad name?.fq").status_code == 400
+        assert init_mp(sb, sample_id="abc").status_code == 400
+        t = init_mp(sb).json()
+        assert {"sample_id", "s3_bucket", "file_id", "upload_aws_access_key_id", "upload_aws_secret_access_key",
+                "callback_url"} <= set(t) and t["s3_bucket"] == "seqdrop-test-mp"
+        callback = f"{sb.api_url}{t['callback_url']}"
+        body = {"s3_path": f"s3://{t['s3_bucket']}/{t['file_id']}", "filename": "reads.fq",
+                "import_as_document": False}
+        r = requests.post(callback, json=body, auth=(KEY, ""), timeout=10)
+        assert r.status_code == 400 and "upload it" in r.json()["message"]
+        assert requests.post(callback, json={**body, "s3_path": "s3://x/y"}, auth=(KEY, ""),
+                             timeout=10).status_code == 400
+        assert requests.post(callback, json=body, auth=("wrong", ""), timeout=10).status_code == 401
+        import boto3
+        boto3.client("s3", endpoint_url=moto_url, region_name="us-east-1", aws_access_key_id=t["upload_aws_access_key_id"],
+                     aws_secret_access_key=t["upload_aws_secret_access_key"]).put_object(
+            Bucket=t["s3_bucket"], Key=t["file_id"], Body=DATA)
+        for _ in range(2):
+            r = requests.post(callback, json=body, auth=(KEY, ""), timeout=10)
+            assert r.status_code == 200 and r.json()["sample_id"] == t["sample_id"]
+        [sample] = sb.samples()
+        assert sample["state"] == "confirmed" and sample["route"] == "multipart" and sample["size"] == len(DATA)
+        assert sample["confirm_count"] == 2 and sample["etag"] == hashlib.md5(DATA).hexdigest()
+        r = requests.post(f"{sb.api_url}/api/v1/samples/cancel_upload", json={"sample_id": t["sample_id"]},
+                          auth=(KEY, ""), timeout=10)
+        assert r.status_code == 400 and r.json()["message"] == "Upload already successful"
+
+
+def test_multipart_targets_take_faults(tmp_path, moto_url):
+    """init_multipart_upload and multipart_callback are fault targets like the others."""
+    with Sandbox(data_dir=tmp_path / "sb", api_keys=(KEY,), multipart_s3_endpoint=moto_url) as sb:
+        sb.add_fault(parse_fault("init_multipart_upload:status:503:times=1"))
+        assert init_mp(sb).status_code == 503
+        t = init_mp(sb).json()
+        sb.add_fault(Fault("multipart_callback", "status", status=502, times=1))
+        r = requests.post(f"{sb.api_url}{t['callback_url']}", json={}, auth=(KEY, ""), timeout=10)
+        assert r.status_code == 502
+        assert [x["target"] for x in sb.requests()] == ["init_multipart_upload"] * 2 + ["multipart_callback"]
+

@@ -1,4 +1,6 @@
-"""The One Codex API emulator: init_upload, confirm_upload, cancel_upload, samples; plus /_sandbox admin."""
+"""The One Codex API emulator: init_upload, confirm_upload, cancel_upload, samples, and the multipart
+route (init_multipart_upload and its callback, with the S3 side on an external server such as moto);
+plus /_sandbox admin."""
 
 from __future__ import annotations
 
@@ -8,10 +10,12 @@ import hashlib
 import hmac
 import json
 import re
+import secrets
 from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from .base import BaseHandler
+from .external_s3 import ExternalS3Error
 from .faults import Fault, fault_from_dict
 from .policy import ACCESS_KEY_ID, make_policy
 
@@ -83,12 +87,19 @@ class ApiHandler(BaseHandler):
             "/api/v1/samples/init_upload": ("init_upload", "POST", self._init_upload),
             "/api/v1/samples/confirm_upload": ("confirm_upload", "POST", self._confirm_upload),
             "/api/v1/samples/cancel_upload": ("cancel_upload", "POST", self._cancel_upload),
+            "/api/v1/samples/init_multipart_upload": ("init_multipart_upload", "POST", self._init_multipart_upload),
             "/api/v1/samples": ("samples", "GET", self._list_samples),
         }
         path = path.rstrip("/") or "/"
         if path in routes:
             target, method, action = routes[path]
             return target, action if method == self.command else self._method_not_allowed
+        match = re.fullmatch(r"/api/v1/samples/([0-9a-f]{16})/multipart_callback", path)
+        if match:
+            sample_id = match.group(1)
+            return "multipart_callback", (
+                (lambda owner, body, query: self._multipart_callback(owner, sample_id, body))
+                if self.command == "POST" else self._method_not_allowed)
         match = re.fullmatch(r"/api/v1/samples/([0-9a-f]{16})", path)
         if match and self.command == "GET":
             return "samples", lambda owner, body, query: self._get_sample(owner, match.group(1))
@@ -173,6 +184,57 @@ class ApiHandler(BaseHandler):
         if status != 200:
             raise ApiError(status, message)
         return 200, {"success": True}
+
+    def _init_multipart_upload(self, owner: str, body: bytes, query: str) -> Reply:
+        """Like the official client's route (onecodex/lib/upload.py): a sample, a bucket and key on the
+        external S3, temporary credentials (moto does not check them), a callback path on this API."""
+        data = _json_object(body)
+        filename = data.get("filename")
+        if not isinstance(filename, str) or not FILENAME_RE.fullmatch(filename):
+            raise ApiError(400, f"Invalid filename {filename!r}: it must match {FILENAME_RE.pattern}")
+        for name in ("sample_id", "external_sample_id"):
+            if data.get(name) is not None:
+                raise ApiError(400, f"{name} must be null: the sandbox has no pre-uploaded samples.")
+        s3 = self.sb.multipart_s3
+        if s3 is None:
+            raise ApiError(400, "The sandbox has no S3 for multipart uploads: start it with "
+                                "--multipart-s3-endpoint URL (e.g. a moto_server on loopback).")
+        try:
+            s3.ensure_bucket()
+        except ExternalS3Error as exc:
+            raise ApiError(503, f"The multipart S3 is unavailable: {exc}") from None
+        sample = self.sb._samples.create(owner=owner, filename=filename, size=None, route="multipart")
+        sample_id = sample["sample_id"]
+        key = f"{owner}/multipart_{sample_id}/{filename}"
+        access_key_id = "ASIASANDBOX" + secrets.token_hex(5).upper()
+        secret = secrets.token_urlsafe(30)
+        self.sb._samples.set_fields(sample_id, key=key, s3_path=f"s3://{s3.bucket}/{key}",
+                                    upload_aws_access_key_id=access_key_id, upload_aws_secret_access_key=secret)
+        return 200, {"sample_id": sample_id, "s3_bucket": s3.bucket, "file_id": key,
+                     "upload_aws_access_key_id": access_key_id, "upload_aws_secret_access_key": secret,
+                     "callback_url": f"/api/v1/samples/{sample_id}/multipart_callback"}
+
+    def _multipart_callback(self, owner: str, sample_id: str, body: bytes) -> Reply:
+        data = _json_object(body)
+        sample = self.sb._samples.get(sample_id)
+        if sample is None or sample["owner"] != owner or sample.get("route") != "multipart":
+            raise ApiError(404, f"Sample {sample_id} not found.")
+        if data.get("s3_path") != sample.get("s3_path"):
+            raise ApiError(400, f"s3_path {data.get('s3_path')!r} is not this sample's ({sample.get('s3_path')}).")
+        if not isinstance(data.get("filename"), str) or not data["filename"]:
+            raise ApiError(400, "filename is required.")
+        try:
+            found = self.sb.multipart_s3.head(sample["key"])
+        except ExternalS3Error as exc:
+            raise ApiError(503, f"The multipart S3 is unavailable: {exc}") from None
+        if found is None:
+            raise ApiError(400, f"No file at {sample['s3_path']}: upload it before calling back.")
+        size, etag = found
+        status, message = self.sb._samples.called_back(sample_id, owner, s3_path=sample["s3_path"], size=size,
+                                                       etag=etag)
+        if status != 200:
+            raise ApiError(status, message)
+        return 200, {"message": message, "sample_id": sample_id}
 
     def _list_samples(self, owner: str, body: bytes, query: str) -> Reply:
         params = parse_qs(query)

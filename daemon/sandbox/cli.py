@@ -28,6 +28,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="lifetime of the S3 POST policies init_upload hands out (default 3600)")
     parser.add_argument("--data-dir", help="where uploaded objects are stored (default: a temporary "
                                            "folder removed at exit)")
+    parser.add_argument("--multipart-s3-endpoint", metavar="URL",
+                        help="an S3-compatible server on loopback for the multipart route (files over seqdrop's "
+                             "upload.multipart_threshold_bytes), e.g. a moto_server: http://127.0.0.1:8702")
     parser.add_argument("--no-store", action="store_true", help="only hash uploads, store nothing")
     parser.add_argument("--fault", action="append", default=[], metavar="SPEC",
                         help="inject a fault from the start: TARGET:KIND[:STATUS][:name=value]... or JSON "
@@ -67,9 +70,17 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(message)s")
     logging.getLogger("seqdrop.sandbox").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    if args.multipart_s3_endpoint:
+        from urllib.parse import urlsplit
+        mp = urlsplit(args.multipart_s3_endpoint)
+        if mp.scheme not in ("http", "https") or not _is_loopback_v4(mp.hostname or ""):
+            print("seqdrop sandbox: --multipart-s3-endpoint must be an http(s) URL on 127.0.0.1, e.g. "
+                  "http://127.0.0.1:8702 (a moto_server)", file=sys.stderr)
+            return EXIT_USAGE
     keys = args.api_keys or ["sandbox-key"]
     sandbox = Sandbox(host=args.host, api_port=args.api_port, s3_port=args.s3_port, data_dir=args.data_dir,
-                      api_keys=keys, policy_lifetime_s=args.policy_lifetime, store_objects=not args.no_store)
+                      api_keys=keys, policy_lifetime_s=args.policy_lifetime, store_objects=not args.no_store,
+                      multipart_s3_endpoint=args.multipart_s3_endpoint)
     try:
         sandbox.start()
     except OSError as exc:
@@ -96,12 +107,17 @@ def _banner(sandbox: Sandbox, key: str, fault_count: int) -> str:
         f"seqdrop sandbox: One Codex API on {sandbox.api_url}, S3 on {sandbox.s3_url}",
         f"objects stored in {sandbox.data_dir}" if sandbox.store_objects else "objects are hashed, not stored",
         f"{fault_count} fault(s) active; add more with POST {sandbox.api_url}/_sandbox/faults",
+        (f"multipart route: S3 at {sandbox.multipart_s3.endpoint}, bucket {sandbox.multipart_s3.bucket}"
+         if sandbox.multipart_s3 else "multipart route: off (--multipart-s3-endpoint URL turns it on)"),
         "",
         "Point seqdrop at it with:",
         f"  export ONE_CODEX_API_KEY={key}",
         "  # in the config file:",
         "  [api]",
         f'  base_url = "{sandbox.api_url}"',
+        *([ "  [upload]", f'  multipart_s3_endpoint = "{sandbox.multipart_s3.endpoint}"',
+            "  multipart_threshold_bytes = 20971520   # rehearsal only: files over 20 MiB go multipart"]
+          if sandbox.multipart_s3 else []),
         "",
         "Ctrl-C (SIGINT) or SIGTERM stops it.",
     ])

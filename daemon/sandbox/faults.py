@@ -11,7 +11,8 @@ import json
 import threading
 from dataclasses import asdict, dataclass, fields
 
-TARGETS = ("init_upload", "s3", "confirm_upload", "cancel_upload", "samples", "any")
+TARGETS = ("init_upload", "s3", "confirm_upload", "cancel_upload", "samples", "init_multipart_upload",
+           "multipart_callback", "any")
 KINDS = ("status", "drop", "delay")
 
 # S3 error codes by status when a status fault names none (the codes S3 really uses for them).

@@ -12,6 +12,7 @@ from typing import Iterable
 
 from .api import ApiHandler
 from .base import SandboxServer
+from .external_s3 import ExternalS3
 from .faults import Fault, FaultBook
 from .state import RequestLog, Samples
 
@@ -22,16 +23,20 @@ class Sandbox:
     """A strict local One Codex API + S3 browser-POST endpoint with injectable faults.
 
     The API and S3 listen on separate ports (separate "hosts"); `api_url` is the config's base_url,
-    `s3_url` is what init_upload hands out as upload_url.
+    `s3_url` is what init_upload hands out as upload_url. The multipart route's S3 is an external
+    server (`multipart_s3_endpoint`, e.g. moto's), where init_multipart_upload hands out a bucket.
     """
 
     def __init__(self, host: str = "127.0.0.1", api_port: int = 0, s3_port: int = 0,
                  data_dir: str | Path | None = None, api_keys: Iterable[str] = ("sandbox-key",),
-                 policy_lifetime_s: float = 3600.0, store_objects: bool = True) -> None:
+                 policy_lifetime_s: float = 3600.0, store_objects: bool = True,
+                 multipart_s3_endpoint: str | None = None,
+                 multipart_bucket: str = "seqdrop-sandbox-multipart") -> None:
         self.host, self._api_port, self._s3_port = host, api_port, s3_port
         self._data_dir_arg = Path(data_dir) if data_dir is not None else None
         self.policy_lifetime_s = float(policy_lifetime_s)
         self.store_objects = store_objects
+        self.multipart_s3 = ExternalS3(multipart_s3_endpoint, multipart_bucket) if multipart_s3_endpoint else None
         # S3 answers 400 RequestTimeout when a client sends nothing for about 20 s; settable.
         self.s3_idle_timeout_s = 20.0
         self._api_keys: tuple[str, ...] = ()
@@ -139,4 +144,5 @@ class Sandbox:
 
     def _config_view(self) -> dict:
         return {"policy_lifetime_s": self.policy_lifetime_s, "api_keys_count": len(self._api_keys),
-                "api_url": self.api_url, "s3_url": self.s3_url}
+                "api_url": self.api_url, "s3_url": self.s3_url,
+                "multipart_s3_endpoint": self.multipart_s3.endpoint if self.multipart_s3 else None}

@@ -21,13 +21,14 @@ class Samples:
         self._lock = threading.Lock()
         self._by_id: dict[str, dict] = {}
 
-    def create(self, *, owner: str, filename: str, size: int) -> dict:
-        """A new sample in state "initialized"; returns a copy."""
+    def create(self, *, owner: str, filename: str, size: int | None, route: str = "standard") -> dict:
+        """A new sample in state "initialized"; returns a copy. A multipart sample's size is known
+        only at its callback (from the S3 object)."""
         sample_id = secrets.token_hex(8)
         sample = {
             "sample_id": sample_id, "filename": filename, "size": size, "state": "initialized",
             "md5": None, "object_path": None, "confirm_count": 0, "created_at": iso_utc(time.time()),
-            "owner": owner, "key": None, "upload_count": 0,
+            "owner": owner, "key": None, "upload_count": 0, "route": route,
         }
         with self._lock:
             self._by_id[sample_id] = sample
@@ -69,6 +70,22 @@ class Samples:
             sample["confirm_count"] += 1
             return 200, "Upload confirmed."
 
+    def set_fields(self, sample_id: str, **fields: object) -> None:
+        with self._lock:
+            if sample_id in self._by_id:
+                self._by_id[sample_id].update(fields)
+
+    def called_back(self, sample_id: str, owner: str, *, s3_path: str, size: int, etag: str) -> tuple[int, str]:
+        """A multipart sample's callback: the object is in S3 → confirmed. Repeats are answered the same."""
+        with self._lock:
+            sample = self._by_id.get(sample_id)
+            if sample is None or sample["owner"] != owner or sample["route"] != "multipart":
+                return 404, f"Sample {sample_id} not found."
+            if sample["state"] == "cancelled":
+                return 400, f"Sample {sample_id} was cancelled and cannot be imported."
+            sample.update(state="confirmed", size=size, etag=etag, confirm_count=sample["confirm_count"] + 1)
+            return 200, "Import started."
+
     def cancel(self, sample_id: str, owner: str) -> tuple[int, str]:
         """Cancel; returns (HTTP status, message). Cancelling twice is fine; a confirmed sample stays."""
         with self._lock:
@@ -76,6 +93,8 @@ class Samples:
             if sample is None or sample["owner"] != owner:
                 return 404, f"Sample {sample_id} not found."
             if sample["state"] == "confirmed":
+                if sample["route"] == "multipart":   # the message the official client looks for
+                    return 400, "Upload already successful"
                 return 400, f"Sample {sample_id} is already confirmed and cannot be cancelled."
             sample["state"] = "cancelled"
             return 200, "Upload cancelled."

@@ -1,0 +1,369 @@
+"""S3 multipart upload of one file with temporary credentials: One Codex's route for files over 5 GiB.
+
+The only module that imports boto3/botocore. It translates botocore's errors into the
+exceptions of daemon.errors, as daemon.client does for HTTP, so its callers never look at
+an S3 error code.
+
+NOT verified against the real One Codex: the route (init_multipart_upload → S3 multipart
+upload with the temporary credentials it hands out → callback) follows the official client
+(onecodex/onecodex, onecodex/lib/upload.py) and was only run against moto's S3 server.
+
+Why low-level calls and not boto3's upload_file: memory and proof. A part is never held in
+memory: botocore reads the part from a RangeReader over the file (pread, small blocks), and
+each block passes through the part's MD5, the file's MD5 and the caller's throttle and
+progress on its way out. S3's ETag of every part is compared with that MD5 at once (a part
+that differs is sent again), and CompleteMultipartUpload's ETag with the expected
+md5(concat(part digests))-N before anyone calls back. botocore's own retries are off: the
+caller's retry policy (daemon.retrying) is the only one, as for the standard route.
+
+The temporary credentials live in memory only (S3Credentials, S3Upload): never logged, never
+written to the queue. Nothing here knows the One Codex API key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import botocore.exceptions
+import botocore.session
+from botocore.config import Config
+
+from daemon.errors import Aborted, FileChanged, Permanent, PolicyExpired, Transient
+
+MiB = 1 << 20
+# The official client's rule: the smallest of 10, 20, ... 100 MiB that gives fewer than 10,000 parts
+# (S3 allows at most 10,000 parts; every part but the last must be at least 5 MiB).
+PART_SIZES = tuple(n * MiB for n in range(10, 110, 10))
+MAX_PARTS = 10_000
+MIN_PART_BYTES = 5 * MiB
+MAX_READ_BYTES = 1 * MiB         # the most a RangeReader hands out per read (botocore asks for 1 MiB or 128 KiB)
+
+# What the caller does next, by S3 error code (decide on the code, not the status alone).
+TRANSIENT_CODES = {"SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable", "RequestTimeTooSkewed",
+                   "OperationAborted", "BadDigest", "IncompleteBody", "Throttling", "ThrottlingException"}
+# The temporary credentials are no good (expired, revoked, never valid here) or the multipart upload
+# they belong to is gone: a new init_multipart_upload, and the old sample cancelled.
+RESTART_CODES = {"ExpiredToken", "TokenRefreshRequired", "InvalidToken", "InvalidAccessKeyId", "AccessDenied",
+                 "SignatureDoesNotMatch", "RequestExpired", "NoSuchUpload"}
+TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
+
+
+def choose_part_size(size: int) -> int:
+    """The part size for a file of `size` bytes (the official client's rule)."""
+    for part in PART_SIZES:
+        if math.ceil(size / part) < MAX_PARTS:
+            return part
+    raise Permanent(f"the file is {size / 1e9:.1f} GB, more than S3's {MAX_PARTS:,} parts of "
+                    f"{PART_SIZES[-1] // MiB} MiB can hold")
+
+
+def multipart_etag(digests: Sequence[bytes]) -> str:
+    """The ETag S3 gives a multipart object: the MD5 of the parts' binary MD5s, '-', the part count."""
+    return f"{hashlib.md5(b''.join(digests)).hexdigest()}-{len(digests)}"
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """Temporary credentials from init_multipart_upload (repr hides the secrets)."""
+    access_key_id: str = field(repr=False)
+    secret_access_key: str = field(repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+
+class S3Connector:
+    """Makes S3 clients for temporary credentials.
+
+    One botocore session for all of them: S3's service model (~15 MB of Python objects) is loaded
+    once, and each further client costs well under 1 MB. The session ignores endpoint URLs from
+    the environment and ~/.aws (AWS_ENDPOINT_URL...): where the file goes is the config's choice.
+    """
+
+    def __init__(self, *, endpoint_url: str | None = None, region: str | None = None,
+                 connect_timeout_s: float = 10.0, read_timeout_s: float = 60.0) -> None:
+        self.endpoint_url = endpoint_url or None
+        self.region = region or None
+        self._session = botocore.session.Session()
+        self._lock = threading.Lock()       # a botocore session is not thread-safe; its clients are
+        self._session.set_config_variable("ignore_configured_endpoint_urls", True)
+        self._config = Config(
+            retries={"total_max_attempts": 1},          # daemon.retrying is the one retry policy
+            connect_timeout=connect_timeout_s, read_timeout=read_timeout_s,
+            # No CRC32 body checksums (botocore >= 1.36 adds them by default, which wraps the body
+            # in aws-chunked encoding) and no SHA-256 of the payload in the signature (without a
+            # checksum header botocore would read every part twice to compute it, even over https):
+            # TLS, and the part's MD5 against the ETag S3 returns for it, are our proof.
+            request_checksum_calculation="when_required", response_checksum_validation="when_required",
+            s3={"payload_signing_enabled": False},
+            user_agent_extra="seqdrop",
+        )
+
+    def client(self, credentials: S3Credentials) -> Any:
+        with self._lock:
+            return self._session.create_client(
+                "s3", region_name=self.region, endpoint_url=self.endpoint_url, verify=True, config=self._config,
+                aws_access_key_id=credentials.access_key_id, aws_secret_access_key=credentials.secret_access_key,
+                aws_session_token=credentials.session_token)
+
+
+def translate(exc: BaseException, what: str) -> BaseException:
+    """A botocore error as the exception of daemon.errors that says what to do next.
+
+    Anything that is not botocore's is returned unchanged (the caller re-raises it)."""
+    if isinstance(exc, botocore.exceptions.ClientError):
+        error = exc.response.get("Error", {}) or {}
+        meta = exc.response.get("ResponseMetadata", {}) or {}
+        code, message = str(error.get("Code", "")), str(error.get("Message", "")).strip()
+        status = int(meta.get("HTTPStatusCode") or 0)
+        text = f"S3 {what}: HTTP {status} {code}: {message}".replace(" :", ":").strip()
+        if code in RESTART_CODES:
+            return PolicyExpired(text)
+        if code in TRANSIENT_CODES or status in TRANSIENT_STATUS or status >= 500:
+            return Transient(text, retry_after_s=_retry_after(meta.get("HTTPHeaders") or {}))
+        return Permanent(text)
+    if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
+                        botocore.exceptions.IncompleteReadError)):
+        return Transient(f"S3 {what}: {_short(exc)}")
+    if isinstance(exc, botocore.exceptions.BotoCoreError):
+        return Permanent(f"S3 {what}: {exc}")
+    return exc
+
+
+def _retry_after(headers: dict[str, str]) -> float | None:
+    try:
+        return max(0.0, float(headers.get("retry-after", "")))
+    except ValueError:
+        return None
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:200] + "..."
+
+
+class RangeReader:
+    """A seekable, read-only view of bytes [start, start + length) of a file, for botocore's Body.
+
+    Reads with pread (no shared file position) in blocks of at most MAX_READ_BYTES. The first time a
+    byte of the range is read it goes through the part's MD5 and `on_new` (the file's MD5, throttle,
+    progress); should botocore read the range twice (it does to sign the payload's SHA-256, which
+    S3Connector turns off), the second pass is only read. Errors of our own (shutdown, a file
+    that got shorter) are kept in `error`, since botocore wraps whatever a body raises.
+    """
+
+    def __init__(self, fd: int, start: int, length: int, *, on_new: Callable[[int, bytes], None],
+                 should_abort: Callable[[], bool] | None = None) -> None:
+        self.fd, self.start, self.length = fd, start, length
+        self.on_new, self.should_abort = on_new, should_abort
+        self.pos = 0
+        self.hashed = 0                 # bytes of the range already through the MD5
+        self.md5 = hashlib.md5()
+        self.error: BaseException | None = None
+        self.largest_read = 0
+
+    def __len__(self) -> int:
+        return self.length
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self.pos
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        base = {os.SEEK_SET: 0, os.SEEK_CUR: self.pos, os.SEEK_END: self.length}[whence]
+        self.pos = max(0, min(self.length, base + offset))
+        return self.pos
+
+    def read(self, n: int | None = -1) -> bytes:
+        try:
+            return self._read(n)
+        except BaseException as e:
+            self.error = e
+            raise
+
+    def _read(self, n: int | None) -> bytes:
+        if self.should_abort is not None and self.should_abort():
+            raise Aborted("shutdown requested during the upload")
+        want = self.length - self.pos
+        if n is not None and n >= 0:
+            want = min(want, n)
+        want = min(want, MAX_READ_BYTES)
+        if want <= 0:
+            return b""
+        try:
+            data = os.pread(self.fd, want, self.start + self.pos)
+        except OSError as e:   # EIO and friends on a flaky share: try again later
+            raise Transient(f"reading the file failed ({e.strerror or e})") from None
+        if len(data) < want:
+            raise FileChanged(f"became shorter while it was being sent (a read at byte "
+                              f"{self.start + self.pos + len(data):,} found its end)")
+        self.largest_read = max(self.largest_read, len(data))
+        end = self.pos + len(data)
+        if end > self.hashed and self.pos <= self.hashed:
+            new = data[self.hashed - self.pos:]
+            self.md5.update(new)
+            self.on_new(self.start + self.hashed, new)
+            self.hashed = end
+        self.pos = end
+        return data
+
+
+class S3Upload:
+    """One multipart upload of one file to (bucket, key), parts sent in order.
+
+    Lives in memory only (it holds the temporary credentials and the parts' digests), so a
+    transient error between parts resumes at the next part within one process; a new process
+    starts again with new credentials. Not thread-safe: one worker owns it at a time.
+    """
+
+    def __init__(self, client: Any, *, bucket: str, key: str, path: str, size: int, part_size: int) -> None:
+        if part_size < MIN_PART_BYTES:
+            raise ValueError(f"part_size must be at least {MIN_PART_BYTES} bytes")
+        self.client, self.bucket, self.key = client, bucket, key
+        self.path, self.size, self.part_size = path, size, part_size
+        self.part_count = max(1, math.ceil(size / part_size))
+        self.upload_id: str | None = None
+        self.etags: list[str] = []
+        self.digests: list[bytes] = []
+        self.file_md5 = hashlib.md5()      # the whole file, in order, each byte once
+        self.hashed = 0
+        self.completed_etag: str | None = None
+        self._complete_tried = False
+        flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
+        try:
+            self.fd = os.open(path, flags)
+        except PermissionError:            # O_NOATIME needs ownership; fall back
+            self.fd = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            raise FileChanged("deleted before it was uploaded") from None
+
+    @property
+    def all_sent(self) -> bool:
+        return len(self.etags) == self.part_count
+
+    @property
+    def expected_etag(self) -> str:
+        return multipart_etag(self.digests)
+
+    @property
+    def md5(self) -> str:
+        """The MD5 of the whole file as sent (valid once every part is sent)."""
+        if self.hashed != self.size:
+            raise Transient(f"internal: {self.hashed} of {self.size} bytes hashed; starting the file again")
+        return self.file_md5.hexdigest()
+
+    def _s3(self, what: str, fn: Callable[[], Any]) -> Any:
+        try:
+            return fn()
+        except Exception as e:
+            translated = translate(e, what)
+            if translated is e:
+                raise
+            raise translated from None
+
+    def create(self) -> None:
+        if self.upload_id is not None:
+            return
+        answer = self._s3("CreateMultipartUpload", lambda: self.client.create_multipart_upload(
+            Bucket=self.bucket, Key=self.key, ServerSideEncryption="AES256"))
+        upload_id = answer.get("UploadId")
+        if not upload_id:
+            raise Transient("S3 CreateMultipartUpload answered without an UploadId")
+        self.upload_id = str(upload_id)
+
+    def send_part(self, *, should_abort: Callable[[], bool] | None = None,
+                  on_new: Callable[[int], None] | None = None) -> int:
+        """Send the next part; returns its size. A part whose ETag is not its MD5 is not kept (Transient)."""
+        assert self.upload_id is not None and not self.all_sent
+        number = len(self.etags) + 1
+        start = (number - 1) * self.part_size
+        length = min(self.part_size, self.size - start)
+
+        def new_bytes(offset: int, data: bytes) -> None:
+            if offset == self.hashed:      # the file's MD5 sees every byte once, in order
+                self.file_md5.update(data)
+                self.hashed += len(data)
+                if on_new is not None:
+                    on_new(len(data))
+
+        reader = RangeReader(self.fd, start, length, on_new=new_bytes, should_abort=should_abort)
+        try:
+            answer = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
+                                             PartNumber=number, Body=reader, ContentLength=length)
+        except Exception as e:
+            if reader.error is not None:       # ours (shutdown, file shorter, unreadable), wrapped by botocore
+                raise reader.error from None
+            translated = translate(e, f"UploadPart {number}/{self.part_count}")
+            if translated is e:
+                raise
+            raise translated from None
+        if reader.hashed != length:
+            raise Transient(f"S3 UploadPart {number}: answered before the whole part was read; sending it again")
+        etag = str(answer.get("ETag", "")).strip().strip('"').lower()
+        md5 = reader.md5.hexdigest()
+        if not etag:
+            raise Permanent(f"S3 UploadPart {number} answered without an ETag; cannot complete the upload")
+        if etag != md5:
+            raise Transient(f"S3's ETag {etag!r} for part {number} differs from the MD5 of the bytes sent "
+                            f"({md5}); sending the part again")
+        self.etags.append(etag)
+        self.digests.append(reader.md5.digest())
+        return length
+
+    def complete(self) -> str:
+        """CompleteMultipartUpload; returns the ETag S3 gives the object (the caller compares it).
+
+        A repeat after a lost answer may find the upload gone (NoSuchUpload): then the object's own
+        ETag tells whether the first attempt completed it."""
+        assert self.all_sent and self.upload_id is not None
+        parts = [{"PartNumber": i + 1, "ETag": f'"{etag}"'} for i, etag in enumerate(self.etags)]
+        tried_before, self._complete_tried = self._complete_tried, True
+        try:
+            answer = self.client.complete_multipart_upload(
+                Bucket=self.bucket, Key=self.key, UploadId=self.upload_id, MultipartUpload={"Parts": parts})
+        except Exception as e:
+            code = (e.response.get("Error") or {}).get("Code") if isinstance(e, botocore.exceptions.ClientError) \
+                else None
+            if code == "NoSuchUpload" and tried_before and self.head_etag() == self.expected_etag:
+                answer = {"ETag": self.expected_etag}
+            else:
+                translated = translate(e, "CompleteMultipartUpload")
+                if translated is e:
+                    raise
+                raise translated from None
+        self.completed_etag = str(answer.get("ETag", "")).strip().strip('"').lower()
+        return self.completed_etag
+
+    def head_etag(self) -> str | None:
+        try:
+            return str(self.client.head_object(Bucket=self.bucket, Key=self.key).get("ETag", "")
+                       ).strip().strip('"').lower()
+        except Exception:   # best effort: only used to interpret a NoSuchUpload
+            return None
+
+    def abort(self) -> str | None:
+        """Best effort AbortMultipartUpload (S3 frees the parts); returns None, or why it failed."""
+        if self.upload_id is None or self.completed_etag is not None:
+            return None
+        try:
+            self.client.abort_multipart_upload(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id)
+            return None
+        except Exception as e:
+            return str(translate(e, "AbortMultipartUpload"))
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+        close = getattr(self.client, "close", None)
+        if close is not None:
+            close()
