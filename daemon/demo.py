@@ -31,7 +31,6 @@ def _sample(name: str) -> bytes:
 def run_demo(*, keep: bool = False, out: Any = None) -> int:
     from daemon.sandbox import Sandbox
     from daemon.service import Service
-    from daemon.store import Store
 
     out = out or sys.stdout
     say = lambda text="": print(text, file=out, flush=True)  # noqa: E731

@@ -18,7 +18,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
 
 from daemon.config import is_loopback_host as is_loopback
-from daemon.config import parse_listen  # noqa: F401  (re-exported for the service)
+
 
 #: The external states of design.md; each is always exported (0 when empty) so dashboards and
 #: alerts never see a series vanish.

@@ -117,7 +117,8 @@ class Service:
             from daemon.throttle import TokenBucket
             self.throttle = TokenBucket.from_mbps(s.upload.max_mbps)
         if s.metrics.enabled:
-            from daemon.metrics import Metrics, parse_listen
+            from daemon.config import parse_listen
+            from daemon.metrics import Metrics
             self.metrics = Metrics()
             host, port = parse_listen(s.metrics.listen)
             bound = self.metrics.start_server(host, port)

@@ -285,3 +285,39 @@ def all_in(state: str, names: Iterable[str]) -> Callable[[list[dict[str, Any]]],
 
 def confirmed(sb: Any) -> list[dict[str, Any]]:
     return [s for s in sb.samples() if s["state"] == "confirmed"]
+
+
+class PipelineDriver:
+    """The pipeline in the test process, its queue in a tmp folder: put a file in the queue and run
+    it until it leaves the queue (the time between attempts skipped). Subclasses build
+    self.store, self.pipeline and self.sb."""
+
+    tmp: Path
+    store: Any
+    pipeline: Any
+    sb: Any
+
+    def file(self, name: str, data: bytes) -> Path:
+        p = self.tmp / "watch" / name
+        p.parent.mkdir(exist_ok=True)
+        p.write_bytes(data)
+        return p
+
+    def queue(self, path: Path) -> int:
+        from daemon.store import Identity
+        file_id = self.store.add_seen(str(path), Identity.of(os.stat(path)))
+        self.store.set_state(file_id, "queued")
+        return file_id
+
+    def drive(self, file_id: int, rounds: int = 6, progress: Any = None) -> str:
+        state = "queued"
+        for _ in range(rounds):
+            self.store.set_state(file_id, "uploading", only_from=("queued",))
+            state = self.pipeline.process(self.store.get(file_id), progress=progress)
+            if state != "queued":
+                break
+        return state
+
+    def requests_to(self, target: str) -> list[dict]:
+        return [r for r in self.sb.requests() if r["target"] == target]
+

@@ -6,7 +6,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from daemon.metrics import STATES, Metrics, is_loopback, parse_listen
+from daemon.config import parse_listen
+from daemon.metrics import STATES, Metrics, is_loopback
 
 
 def _scrape(port: int, host: str = "127.0.0.1") -> dict[tuple[str, tuple], float]:

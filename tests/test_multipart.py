@@ -28,8 +28,8 @@ from daemon.errors import Aborted, FileChanged, Permanent, PolicyExpired, Transi
 from daemon.pipeline import Pipeline
 from daemon.s3multipart import (MiB, RangeReader, S3Upload, choose_part_size, multipart_etag, translate)
 from daemon.sandbox import Fault, Sandbox
-from daemon.store import Identity, Store
-from harness import API_KEY, Daemon, all_in, fastq_bytes, wait_for, write_config
+from daemon.store import Store
+from harness import API_KEY, Daemon, PipelineDriver, all_in, fastq_bytes, wait_for, write_config
 
 THRESHOLD = 1 * MiB
 DEADLINE_S = 60.0
@@ -152,7 +152,7 @@ def sb(moto):
         yield sandbox
 
 
-class Harness:
+class Harness(PipelineDriver):
     """The pipeline in this process, its queue in tmp_path, against the sandbox and moto."""
 
     def __init__(self, sb: Sandbox, moto: Moto, tmp: Path) -> None:
@@ -164,28 +164,6 @@ class Harness:
                                  block_size=64 * 1024, multipart_threshold_bytes=THRESHOLD,
                                  s3_endpoint_url=moto.endpoint)
 
-    def file(self, name: str, data: bytes) -> Path:
-        p = self.tmp / "watch" / name
-        p.parent.mkdir(exist_ok=True)
-        p.write_bytes(data)
-        return p
-
-    def queue(self, path: Path) -> int:
-        file_id = self.store.add_seen(str(path), Identity.of(os.stat(path)))
-        self.store.set_state(file_id, "queued")
-        return file_id
-
-    def drive(self, file_id: int, rounds: int = 6, progress=None) -> str:
-        state = "queued"
-        for _ in range(rounds):
-            self.store.set_state(file_id, "uploading", only_from=("queued",))
-            state = self.pipeline.process(self.store.get(file_id), progress=progress)
-            if state != "queued":
-                break
-        return state
-
-    def requests_to(self, target: str) -> list[dict]:
-        return [r for r in self.sb.requests() if r["target"] == target]
 
     def callbacks(self) -> list[dict]:
         return [r for r in self.requests_to("multipart_callback") if r["status"] == 200]

@@ -17,7 +17,8 @@ from daemon.client import OneCodexClient, PostResult
 from daemon.errors import AuthError
 from daemon.pipeline import Pipeline
 from daemon.sandbox import Fault, Sandbox
-from daemon.store import Identity, Store
+from daemon.store import Store
+from harness import PipelineDriver
 
 KEY = "sk_test_0123456789abcdef"
 
@@ -43,34 +44,13 @@ def sb():
         yield sandbox
 
 
-class Harness:
+class Harness(PipelineDriver):
     def __init__(self, sb: Sandbox, tmp: Path, read_timeout_s: float = 5.0) -> None:
         self.sb, self.tmp = sb, tmp
         self.store = Store(str(tmp / "queue.sqlite3"))
         self.client = OneCodexClient(sb.api_url, KEY, connect_timeout_s=2, read_timeout_s=read_timeout_s)
         self.pipeline = Pipeline(store=self.store, client=self.client, log=structlog.get_logger(),
                                  block_size=64 * 1024)
-
-    def file(self, name: str, data: bytes) -> Path:
-        p = self.tmp / "watch" / name
-        p.parent.mkdir(exist_ok=True)
-        p.write_bytes(data)
-        return p
-
-    def queue(self, path: Path) -> int:
-        file_id = self.store.add_seen(str(path), Identity.of(os.stat(path)))
-        self.store.set_state(file_id, "queued")
-        return file_id
-
-    def drive(self, file_id: int, rounds: int = 6) -> str:
-        """Run the pipeline on the row until it leaves the queue (time between attempts skipped)."""
-        state = "queued"
-        for _ in range(rounds):
-            self.store.set_state(file_id, "uploading", only_from=("queued",))
-            state = self.pipeline.process(self.store.get(file_id))
-            if state != "queued":
-                break
-        return state
 
     def upload(self, name: str, data: bytes) -> tuple[str, int]:
         file_id = self.queue(self.file(name, data))
@@ -79,8 +59,6 @@ class Harness:
     def confirmed(self) -> list[dict]:
         return [s for s in self.sb.samples() if s["state"] == "confirmed"]
 
-    def requests_to(self, target: str) -> list[dict]:
-        return [r for r in self.sb.requests() if r["target"] == target]
 
 
 @pytest.fixture
