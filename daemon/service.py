@@ -263,7 +263,7 @@ class Service:
     def _settled_in(self, folder: str) -> dict:
         try:
             return self.store.settled_in(folder)
-        except (UnicodeEncodeError, ValueError):   # a folder name that is not UTF-8: look at each file
+        except Exception:   # a folder name that is not UTF-8, a passing SQLite error: look at each file
             return {}
 
     def _root_state(self, root: str, present: bool) -> None:
