@@ -577,6 +577,10 @@ def test_a_file_name_that_is_not_utf8_is_rejected_and_costs_nothing_else(tmp_pat
     bad = os.path.join(os.fsencode(watch_dir), b"Probe_M\xfcller.fastq")
     with open(bad, "wb") as f:
         f.write(fastq_bytes(10_000, seed=76))
+    bad_folder = os.path.join(os.fsencode(watch_dir), b"Lauf_\xe4")        # a folder name, too
+    os.mkdir(bad_folder)
+    with open(os.path.join(bad_folder, b"in_folder.fastq"), "wb") as f:
+        f.write(fastq_bytes(10_000, seed=79))
     (watch_dir / "fine.fastq").write_bytes(fastq_bytes(10_000, seed=77))
     cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
     with Daemon(cfg) as d:
@@ -584,11 +588,12 @@ def test_a_file_name_that_is_not_utf8_is_rejected_and_costs_nothing_else(tmp_pat
         with open(os.path.join(os.fsencode(watch_dir), b"late_\xe9.fastq"), "wb") as f:
             f.write(fastq_bytes(10_000, seed=78))
         files = d.wait_files(lambda fs: all_in("done", ["fine.fastq"])(fs)
-                             and all_in("rejected", ["Probe_M\\xfcller.fastq", "late_\\xe9.fastq"])(fs),
-                             DEADLINE_S, "fine done, the two Latin-1 names rejected")
+                             and all_in("rejected", ["Probe_M\\xfcller.fastq", "late_\\xe9.fastq",
+                                                     "in_folder.fastq"])(fs),
+                             DEADLINE_S, "fine done, the three Latin-1 paths rejected")
         assert d.terminate() == 0
     rejected = [f for f in files if f["state"] == "rejected"]
-    assert len(rejected) == 2 and all("rename the file" in f["error"] for f in rejected)
+    assert len(rejected) == 3 and all("rename" in f["error"] for f in rejected), rejected
     assert [s["filename"] for s in sandbox.samples()] == ["fine.fastq"]
 
 
