@@ -45,6 +45,10 @@ def run_checks(config_path: str, *, out: Any = None, env: dict[str, str] | None 
     except ConfigError as e:
         r.bad("config", str(e), e.fix or "correct the config file")
         return 2
+    if not settings.watch.folders:   # `seqdrop run` refuses this config: say so before it is started
+        r.bad("config", f"{settings.source}: [watch.paths] no watch folders configured",
+              'add paths = ["/srv/sequencer/output"] under [watch]')
+        return 2
     r.ok("config", f"{len(settings.watch.folders)} watch folder(s), queue {settings.queue.path}")
     _check_queue(settings, r)
     _check_folders(settings, r)

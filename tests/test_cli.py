@@ -125,6 +125,16 @@ def test_check_with_a_broken_config_exits_2(tmp_path):
     assert r.returncode == 2 and "does not exist" in r.stdout
 
 
+def test_check_refuses_a_config_without_watch_folders(tmp_path):
+    """check says what `run` would refuse: an empty watch.paths is a config problem (exit 2), not 'ok'."""
+    p = tmp_path / "c.toml"
+    p.write_text(f'[watch]\npaths = []\n[queue]\npath = "{tmp_path}/q.sqlite3"\n')
+    r = seqdrop("check", "--config", str(p), env={"ONE_CODEX_API_KEY": KEY})
+    assert r.returncode == 2 and "PROBLEM" in r.stdout and "no watch folders" in r.stdout
+    assert "fix:" in r.stdout and "Traceback" not in r.stderr
+    assert seqdrop("run", "--config", str(p), env={"ONE_CODEX_API_KEY": KEY}).returncode == 2
+
+
 def test_demo_runs_to_completion():
     """seqdrop demo, with no setup, shows files going through and exits 0."""
     r = seqdrop("demo", timeout=150)
