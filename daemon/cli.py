@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     rt = sub.add_parser("retry", parents=[common], help="put failed and/or rejected files back in the queue")
     rt.add_argument("--failed", action="store_true", help="retry failed files")
     rt.add_argument("--rejected", action="store_true", help="retry rejected files")
-    rt.add_argument("ids", nargs="*", type=int, metavar="ID", help="only these file ids (see status)")
+    rt.add_argument("ids", nargs="*", type=_file_id, metavar="ID", help="only these file ids (see status)")
     up = sub.add_parser("upload", parents=[common], help="upload the named files now, with a progress bar")
     up.add_argument("files", nargs="+", metavar="FILE")
     up.add_argument("--max-wait", type=float, default=900.0, metavar="SECONDS",
@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("sandbox", add_help=False, help="run the local One Codex + S3 emulator")
     sb.add_argument("rest", nargs=argparse.REMAINDER)
     return p
+
+
+def _file_id(text: str) -> int:
+    """A file ID as `status` shows it: a positive whole number (SQLite's integers end at 2**63)."""
+    if not text.isdigit() or not 0 < int(text) < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file ID; take one from the first column of "
+                                         f"`seqdrop status`")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -180,10 +188,19 @@ def cmd_retry(args: argparse.Namespace) -> int:
         return EXIT_OK
     states = tuple(s for s, on in (("failed", args.failed), ("rejected", args.rejected)) if on) or \
         ("failed", "rejected")
+    rows = {i: store.get(i) for i in args.ids}
     n = store.retry(states=states, ids=tuple(args.ids))
     store.close()
     print(f"{n} file{'s' if n != 1 else ''} put back in the queue"
           + ("; the running daemon picks them up within seconds." if n else "."))
+    unknown = [i for i, row in rows.items() if row is None]
+    for i, row in rows.items():
+        if row is not None and row.state not in states:
+            print(f"file {i} is {row.state}, not {' or '.join(states)}: left as it is ({row.path})")
+    if unknown:
+        print(f"seqdrop: no file with id {', '.join(map(str, unknown))} in the queue {settings.queue.path}"
+              f" — fix: take the ID from the first column of `seqdrop status`", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 

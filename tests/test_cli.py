@@ -135,6 +135,25 @@ def test_check_refuses_a_config_without_watch_folders(tmp_path):
     assert seqdrop("run", "--config", str(p), env={"ONE_CODEX_API_KEY": KEY}).returncode == 2
 
 
+def test_retry_names_unknown_and_unretryable_ids(cfg, tmp_path):
+    """retry with an ID not in the queue exits 2 naming it; a done file's ID is named and left alone;
+    a failed one named beside them is still put back; a non-number or huge ID is a usage error."""
+    from daemon.store import Identity, Store
+    store = Store(str(tmp_path / "q.sqlite3"))
+    done = store.add_seen(str(tmp_path / "a.fastq"), Identity(1, 2, 3, 4))
+    store.set_state(done, "done")
+    failed = store.add_seen(str(tmp_path / "b.fastq"), Identity(1, 3, 3, 4))
+    store.set_state(failed, "failed", error="400")
+    store.close()
+    r = seqdrop("retry", str(done), str(failed), "99999", "--config", cfg)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no file with id 99999" in r.stderr and "seqdrop status" in r.stderr
+    assert f"file {done} is done" in r.stdout and "1 file put back" in r.stdout
+    for bad in ("abc", "0", "99999999999999999999999"):
+        r = seqdrop("retry", bad, "--config", cfg)
+        assert r.returncode == 2 and "not a file ID" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_demo_runs_to_completion():
     """seqdrop demo, with no setup, shows files going through and exits 0."""
     r = seqdrop("demo", timeout=150)
