@@ -154,6 +154,44 @@ def test_retry_names_unknown_and_unretryable_ids(cfg, tmp_path):
         assert r.returncode == 2 and "not a file ID" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_ctrl_c_during_upload_cancels_the_begun_sample(sb, tmp_path):
+    """Ctrl-C (SIGINT) while `seqdrop upload` sends a file: exit 130, the file named as not uploaded, no
+    traceback, and the sample begun for it cancelled rather than left dangling in the account."""
+    import signal
+    from harness import fastq_bytes, wait_for
+    big = tmp_path / "slow.fastq"
+    big.write_bytes(fastq_bytes(3 << 20))
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    cfg = tmp_path / "slow.toml"   # 2 Mbit/s: the file takes about 12 s, so Ctrl-C lands mid-POST
+    cfg.write_text(f'[api]\nbase_url = "{sb.api_url}"\n[watch]\npaths = ["{watch}"]\n'
+                   f'[queue]\npath = "{tmp_path}/q.sqlite3"\n[upload]\nmax_mbps = 2\n'
+                   f'[log]\nlevel = "debug"\nformat = "json"\n')
+    before = {s["sample_id"] for s in sb.samples()}
+    env = {k: v for k, v in os.environ.items() if k not in ("ONE_CODEX_API_KEY", "SEQDROP_CONFIG")}
+    err_path = tmp_path / "stderr.log"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "daemon", "upload", "--config", str(cfg), str(big)],
+                                cwd=ROOT, env={**env, "ONE_CODEX_API_KEY": KEY}, text=True,
+                                stdout=subprocess.PIPE, stderr=err_file)
+        try:
+            # upload.initialized is logged once the sample is recorded: the POST starts right after.
+            wait_for(lambda: "upload.initialized" in err_path.read_text(), 15,
+                     lambda: f"upload.initialized in:\n{err_path.read_text()}")
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    err = err_path.read_text()
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "seqdrop: interrupted" in err
+    assert f"{big}: interrupted; not uploaded" in out
+    new = [s["state"] for s in sb.samples() if s["sample_id"] not in before]
+    assert new == ["cancelled"], new
+
+
 def test_demo_runs_to_completion():
     """seqdrop demo, with no setup, shows files going through and exits 0."""
     r = seqdrop("demo", timeout=150)
