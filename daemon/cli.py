@@ -102,8 +102,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         store = Store(settings.queue.path)
     except Exception as e:
-        raise ConfigError(f"cannot open the queue database ({e})", file=settings.source, key="queue.path",
-                          fix="make its folder writable by the seqdrop user (StateDirectory= in the unit)") from None
+        raise _queue_error(settings, e, "make its folder writable by the seqdrop user (StateDirectory= in "
+                                        "the unit)") from None
     service = Service(settings, api_key=key, log=log, store=store, notifier=SystemdNotifier.from_env(log=log))
     _install_signal_handlers(service.request_stop, log)
     log.info("service.starting", version=__version__, config=settings.source, queue=settings.queue.path)
@@ -146,8 +146,20 @@ def _open_store_for_reading(args: argparse.Namespace, *, write: bool = False) ->
             return settings, None
         return settings, store
     except sqlite3.Error as e:
-        raise ConfigError(f"cannot open the queue {settings.queue.path} ({e})", file=settings.source,
-                          key="queue.path", fix="run as the seqdrop user or root, and check the path") from None
+        raise _queue_error(settings, e, "run as the seqdrop user or root, and check the path") from None
+
+
+def _queue_error(settings: Any, e: Exception, fix: str) -> ConfigError:
+    """The queue cannot be opened: name the likely mistake (a folder, another file) before permissions."""
+    path = settings.queue.path
+    if os.path.isdir(path):
+        return ConfigError(f"the queue path {path} is a folder", file=settings.source, key="queue.path",
+                           fix=f'name a file in it, e.g. path = "{os.path.join(path, "queue.sqlite3")}"')
+    if "not a database" in str(e):
+        return ConfigError(f"{path} is not a seqdrop queue ({e})", file=settings.source, key="queue.path",
+                           fix="correct the path; if it is a damaged queue, move it aside and start again "
+                               "(files already uploaded are then uploaded again)")
+    return ConfigError(f"cannot open the queue {path} ({e})", file=settings.source, key="queue.path", fix=fix)
 
 
 def cmd_status(args: argparse.Namespace) -> int:

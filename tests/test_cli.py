@@ -192,6 +192,25 @@ def test_ctrl_c_during_upload_cancels_the_begun_sample(sb, tmp_path):
     assert new == ["cancelled"], new
 
 
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_a_queue_path_that_is_a_folder_or_another_file_is_named(tmp_path, command):
+    """queue.path naming a folder, or a file that is no database, exits 2 saying which, with its fix
+    (not 'make its folder writable')."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    other = tmp_path / "notes.txt"
+    other.write_text("not a database\n" * 100)
+    for queue, words in ((tmp_path / "state", "is a folder"), (other, "is not a seqdrop queue")):
+        if queue.suffix == "":
+            queue.mkdir()
+        p = tmp_path / "c.toml"
+        p.write_text(f'[watch]\npaths = ["{watch}"]\n[queue]\npath = "{queue}"\n')
+        r = seqdrop(command, "--config", str(p), env={"ONE_CODEX_API_KEY": KEY})
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert str(queue) in r.stderr and words in r.stderr and "writable" not in r.stderr, r.stderr
+    assert other.read_text() == "not a database\n" * 100
+
+
 def test_demo_runs_to_completion():
     """seqdrop demo, with no setup, shows files going through and exits 0."""
     r = seqdrop("demo", timeout=150)
