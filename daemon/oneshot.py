@@ -91,6 +91,13 @@ def upload_files(settings: Settings, api_key: str, files: list[str], *, max_wait
                 print(f"{path}: not a regular file", file=out)
                 ok = False
                 continue
+            try:   # the daemon's words for this (`seqdrop retry --failed`) do not apply to a one-shot upload
+                open(full, "rb").close()
+            except OSError as e:
+                print(f"{path}: cannot read it ({e.strerror}); make it readable by this user, or run "
+                      f"seqdrop upload as a user who can read it", file=out)
+                ok = False
+                continue
             file_id = store.add_seen(full, Identity.of(st))
             store.set_state(file_id, "queued", only_from=("seen",))
             ids[file_id] = path

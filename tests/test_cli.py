@@ -211,6 +211,32 @@ def test_a_queue_path_that_is_a_folder_or_another_file_is_named(tmp_path, comman
     assert other.read_text() == "not a database\n" * 100
 
 
+def test_upload_of_an_unreadable_file_says_what_to_do_here(cfg, tmp_path, monkeypatch):
+    """seqdrop upload of a file this user cannot read names it with a fix for a one-shot upload (not the
+    daemon's `seqdrop retry --failed`), sends nothing for it, and still uploads the others. The refusal is
+    faked (tests may run as root, who reads anything)."""
+    import io
+
+    from daemon import config as config_mod
+    from daemon import oneshot
+    locked = tmp_path / "locked.fastq"
+    locked.write_bytes((SAMPLES / "demo_R1.fastq").read_bytes())
+
+    def fake_open(path, *args, **kwargs):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(oneshot, "open", fake_open, raising=False)
+    out = io.StringIO()
+    settings = config_mod.load(cfg, check_folders=False)
+    code = oneshot.upload_files(settings, KEY, [str(locked), str(SAMPLES / "demo_R1.fastq")], out=out)
+    text = out.getvalue()
+    assert code == 1, text
+    assert f"{locked}: cannot read it (Permission denied)" in text and "retry" not in text
+    assert text.count("confirmed as sample") == 1
+
+
 def test_demo_runs_to_completion():
     """seqdrop demo, with no setup, shows files going through and exits 0."""
     r = seqdrop("demo", timeout=150)
