@@ -188,9 +188,16 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
         print(f"{'ID':>5}  {'STATE':<9} {'TRIES':>5}  {'SAMPLE':<16}  PATH")
         for f in files:   # one line per file (the contract); the last error, if any, ends the line
-            error = f"  — {f['error']}" if f["error"] else ""
-            print(f"{f['id']:>5}  {f['state']:<9} {f['attempts']:>5}  {f['sample_id'] or '-':<16}  {f['path']}{error}")
+            error = f"  — {_one_line(f['error'])}" if f["error"] else ""
+            print(f"{f['id']:>5}  {f['state']:<9} {f['attempts']:>5}  {f['sample_id'] or '-':<16}  "
+                  f"{_one_line(f['path'])}{error}")
     return EXIT_OK
+
+
+def _one_line(text: str) -> str:
+    """A file name may hold a newline or a tab: show such characters escaped (\\n, \\t), so each file
+    keeps exactly one line; other letters (accents, CJK) are shown as they are."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

@@ -256,3 +256,20 @@ def test_status_prints_one_line_per_file_with_its_error(cfg, tmp_path):
     file_lines = [ln for ln in lines if ".fastq" in ln]
     assert len(file_lines) == 2
     assert "rejected" in file_lines[0] and "truncated" in file_lines[0] and "seen" in file_lines[1]
+
+
+def test_status_keeps_one_line_for_a_name_holding_a_newline(cfg, tmp_path):
+    """A file name with a newline or a tab still takes exactly one status line (escaped as \\n, \\t);
+    accented and CJK letters are shown as they are; --json keeps the true path."""
+    from daemon.store import Identity, Store
+    odd = str(tmp_path / "run 1\nlane\t2 日本.fastq")
+    store = Store(str(tmp_path / "q.sqlite3"))
+    a = store.add_seen(odd, Identity(1, 2, 3, 4))
+    store.set_state(a, "failed", error=f"cannot read {odd} (permission denied)")
+    store.close()
+    lines = seqdrop("status", "--config", cfg).stdout.strip().splitlines()
+    file_lines = [ln for ln in lines if ".fastq" in ln]
+    assert len(file_lines) == 1, lines
+    assert "run 1\\nlane\\t2 日本.fastq" in file_lines[0] and file_lines[0].count("\\n") == 2
+    doc = json.loads(seqdrop("status", "--json", "--config", cfg).stdout)
+    assert [f["path"] for f in doc["files"]] == [odd]
