@@ -83,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seqdrop: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `seqdrop status | head`: the reader left early. No traceback; point stdout at /dev/null so the
+        # interpreter's last flush does not fail again (the recipe in Python's signal module docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 # -- run ---------------------------------------------------------------------------------------

@@ -273,3 +273,22 @@ def test_status_keeps_one_line_for_a_name_holding_a_newline(cfg, tmp_path):
     assert "run 1\\nlane\\t2 日本.fastq" in file_lines[0] and file_lines[0].count("\\n") == 2
     doc = json.loads(seqdrop("status", "--json", "--config", cfg).stdout)
     assert [f["path"] for f in doc["files"]] == [odd]
+
+
+def test_status_piped_into_a_reader_that_leaves_early(cfg, tmp_path):
+    """`seqdrop status | head -1` on a long queue: no traceback when the reader closes the pipe."""
+    from daemon.store import Identity, Store
+    store = Store(str(tmp_path / "q.sqlite3"))
+    with store.batch():
+        for i in range(3000):
+            store.add_seen(str(tmp_path / f"run/sample_{i:05d}_R1.fastq.gz"), Identity(1, i + 10, 3, 4))
+    store.close()
+    env = {k: v for k, v in os.environ.items() if k not in ("ONE_CODEX_API_KEY", "SEQDROP_CONFIG")}
+    proc = subprocess.Popen([sys.executable, "-m", "daemon", "status", "--config", cfg], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"seen 3000")
+    proc.stdout.close()                    # head -1 has what it wanted
+    err = proc.stderr.read().decode()
+    proc.wait(30)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert proc.returncode == 1
