@@ -207,7 +207,7 @@ def load(path: str | None = None, *, must_exist: bool = True, check_folders: boo
                                   "(or set SEQDROP_CONFIG)")
         return Settings()
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        raw = tomllib.loads(p.read_text(encoding="utf-8-sig"))   # -sig: a BOM (Windows editors) is no error
     except PermissionError:
         raise ConfigError("cannot be read (permission denied)", file=file,
                           fix="make it readable by the user seqdrop runs as") from None

@@ -155,3 +155,12 @@ def test_a_watch_folder_this_user_cannot_read_is_refused(tmp_path, monkeypatch):
     msg = str(e.value)
     assert "[watch.paths[0]]" in msg and str(tmp_path / "runs") in msg and "read access" in msg
     config.load(path, check_folders=False)     # status and retry still work
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    """A config saved by a Windows editor (UTF-8 with a BOM, CRLF line ends) loads like any other."""
+    (tmp_path / "runs").mkdir()
+    p = tmp_path / "config.toml"
+    p.write_bytes(b'\xef\xbb\xbf[watch]\r\npaths = ["runs"]\r\nsettle_seconds = 5\r\n')
+    s = config.load(str(p))
+    assert s.watch.paths == (str(tmp_path / "runs"),) and s.watch.settle_seconds == 5
