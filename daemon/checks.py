@@ -43,7 +43,7 @@ def run_checks(config_path: str, *, out: Any = None, env: dict[str, str] | None 
     try:
         settings = config_mod.load(config_path)
     except ConfigError as e:
-        r.bad("config", str(e), e.fix or "correct the config file")
+        r.bad("config", e.problem, e.fix or "correct the config file")
         return 2
     if not settings.watch.folders:   # `seqdrop run` refuses this config: say so before it is started
         r.bad("config", f"{settings.source}: [watch.paths] no watch folders configured",
@@ -126,7 +126,7 @@ def _check_api(settings: Any, r: _Report, env: dict[str, str] | None) -> None:
     try:
         key = config_mod.load_api_key(settings, env=env)
     except ConfigError as e:
-        r.bad("API key", str(e), e.fix or "provide the key")
+        r.bad("API key", e.problem, e.fix or "provide the key")
         return
     logs.register_secret(key)
     r.ok("API key", "found")

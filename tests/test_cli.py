@@ -123,6 +123,7 @@ def test_check_with_a_broken_config_exits_2(tmp_path):
     p.write_text("[watch]\npaths = ['/no/such/folder']\n")
     r = seqdrop("check", "--config", str(p))
     assert r.returncode == 2 and "does not exist" in r.stdout
+    assert r.stdout.count("fix:") == 1, r.stdout      # the fix once, on its own line
 
 
 def test_check_refuses_a_config_without_watch_folders(tmp_path):
