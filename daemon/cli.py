@@ -209,7 +209,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
     settings, store = _open_store_for_reading(args, write=True)
     if store is None:
         print(f"No queue yet at {settings.queue.path}; nothing to retry.")
-        return EXIT_OK
+        return EXIT_USAGE if args.ids else EXIT_OK    # a named ID cannot be in a queue that does not exist
     states = tuple(s for s, on in (("failed", args.failed), ("rejected", args.rejected)) if on) or \
         ("failed", "rejected")
     rows = {i: store.get(i) for i in args.ids}

@@ -150,6 +150,9 @@ def test_retry_names_unknown_and_unretryable_ids(cfg, tmp_path):
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "no file with id 99999" in r.stderr and "seqdrop status" in r.stderr
     assert f"file {done} is done" in r.stdout and "1 file put back" in r.stdout
+    os.rename(tmp_path / "q.sqlite3", tmp_path / "moved.sqlite3")
+    r = seqdrop("retry", "5", "--config", cfg)
+    assert r.returncode == 2 and "No queue yet" in r.stdout
     for bad in ("abc", "0", "99999999999999999999999"):
         r = seqdrop("retry", bad, "--config", cfg)
         assert r.returncode == 2 and "not a file ID" in r.stderr and "Traceback" not in r.stderr
