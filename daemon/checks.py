@@ -107,11 +107,16 @@ def _check_folders(settings: Any, r: _Report) -> None:
                    f'set polling = true for it: paths = [{{path = "{p}", polling = true}}]')
         else:
             r.ok("watch folder", p + (f" ({fstype}, polling)" if fstype else ""))
+        unreadable: list[str] = []
         if not folder.polling:
-            for _root, sub, _files in os.walk(p):
+            for _root, sub, _files in os.walk(p, onerror=lambda e: unreadable.append(e.filename)):
                 dirs += 1
                 if dirs > MAX_DIRS_COUNTED:
                     break
+        if unreadable:   # the daemon skips these (watcher.scan_permission_denied): their files wait unseen
+            r.warn("watch folder", f"{len(unreadable)} subfolder(s) of {p} cannot be read by this user, "
+                                   f"e.g. {unreadable[0]}; their files are not uploaded",
+                   "give the seqdrop user read access to them (e.g. add it to the instrument's group)")
     limit = _read_int("/proc/sys/fs/inotify/max_user_watches")
     if limit is not None and dirs:
         if dirs > limit * 0.8:

@@ -126,6 +126,25 @@ def test_check_with_a_broken_config_exits_2(tmp_path):
     assert r.stdout.count("fix:") == 1, r.stdout      # the fix once, on its own line
 
 
+# pyfakefs Patcher(additional_skip_names, modules_to_reload, modules_to_patch, allow_root_user)
+@pytest.mark.parametrize("fs", [[None, None, None, False]], indirect=True)
+def test_check_warns_about_subfolders_it_cannot_read(fs):
+    """check names a subfolder of a watch folder that this user cannot list (the daemon would skip its
+    files) with the fix; a warning, as the rest of the folder works."""
+    import io
+
+    from daemon.checks import _check_folders, _Report
+    from daemon.config import Settings, WatchFolder, WatchSettings
+    fs.create_file("/out/locked/a.fastq")
+    fs.create_file("/out/open/b.fastq")
+    os.chmod("/out/locked", 0o311)  # can be entered, cannot be listed
+    out = io.StringIO()
+    report = _Report(out)
+    _check_folders(Settings(watch=WatchSettings(folders=(WatchFolder("/out"),))), report)
+    assert report.problems == 0 and report.warnings == 1, out.getvalue()
+    assert "/out/locked" in out.getvalue() and "read access" in out.getvalue()
+
+
 def test_check_refuses_a_config_without_watch_folders(tmp_path):
     """check says what `run` would refuse: an empty watch.paths is a config problem (exit 2), not 'ok'."""
     p = tmp_path / "c.toml"
