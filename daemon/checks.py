@@ -43,7 +43,11 @@ def run_checks(config_path: str, *, out: Any = None, env: dict[str, str] | None 
     try:
         settings = config_mod.load(config_path)
     except ConfigError as e:
-        r.bad("config", str(e), e.fix or "correct the config file")
+        r.bad("config", e.problem, e.fix or "correct the config file")
+        return 2
+    if not settings.watch.folders:   # `seqdrop run` refuses this config: say so before it is started
+        r.bad("config", f"{settings.source}: [watch.paths] no watch folders configured",
+              'add paths = ["/srv/sequencer/output"] under [watch]')
         return 2
     r.ok("config", f"{len(settings.watch.folders)} watch folder(s), queue {settings.queue.path}")
     _check_queue(settings, r)
@@ -103,11 +107,16 @@ def _check_folders(settings: Any, r: _Report) -> None:
                    f'set polling = true for it: paths = [{{path = "{p}", polling = true}}]')
         else:
             r.ok("watch folder", p + (f" ({fstype}, polling)" if fstype else ""))
+        unreadable: list[str] = []
         if not folder.polling:
-            for _root, sub, _files in os.walk(p):
+            for _root, sub, _files in os.walk(p, onerror=lambda e: unreadable.append(e.filename)):
                 dirs += 1
                 if dirs > MAX_DIRS_COUNTED:
                     break
+        if unreadable:   # the daemon skips these (watcher.scan_permission_denied): their files wait unseen
+            r.warn("watch folder", f"{len(unreadable)} subfolder(s) of {p} cannot be read by this user, "
+                                   f"e.g. {unreadable[0]}; their files are not uploaded",
+                   "give the seqdrop user read access to them (e.g. add it to the instrument's group)")
     limit = _read_int("/proc/sys/fs/inotify/max_user_watches")
     if limit is not None and dirs:
         if dirs > limit * 0.8:
@@ -122,7 +131,7 @@ def _check_api(settings: Any, r: _Report, env: dict[str, str] | None) -> None:
     try:
         key = config_mod.load_api_key(settings, env=env)
     except ConfigError as e:
-        r.bad("API key", str(e), e.fix or "provide the key")
+        r.bad("API key", e.problem, e.fix or "provide the key")
         return
     logs.register_secret(key)
     r.ok("API key", "found")

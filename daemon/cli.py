@@ -36,7 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     rt = sub.add_parser("retry", parents=[common], help="put failed and/or rejected files back in the queue")
     rt.add_argument("--failed", action="store_true", help="retry failed files")
     rt.add_argument("--rejected", action="store_true", help="retry rejected files")
-    rt.add_argument("ids", nargs="*", type=int, metavar="ID", help="only these file ids (see status)")
+    rt.add_argument("ids", nargs="*", type=_file_id, metavar="ID", help="only these file ids (see status)")
     up = sub.add_parser("upload", parents=[common], help="upload the named files now, with a progress bar")
     up.add_argument("files", nargs="+", metavar="FILE")
     up.add_argument("--max-wait", type=float, default=900.0, metavar="SECONDS",
@@ -47,6 +47,14 @@ def _parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("sandbox", add_help=False, help="run the local One Codex + S3 emulator")
     sb.add_argument("rest", nargs=argparse.REMAINDER)
     return p
+
+
+def _file_id(text: str) -> int:
+    """A file ID as `status` shows it: a positive whole number (SQLite's integers end at 2**63)."""
+    if not text.isdigit() or not 0 < int(text) < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file ID; take one from the first column of "
+                                         f"`seqdrop status`")
+    return int(text)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -75,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("seqdrop: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `seqdrop status | head`: the reader left early. No traceback; point stdout at /dev/null so the
+        # interpreter's last flush does not fail again (the recipe in Python's signal module docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILURE
 
 
 # -- run ---------------------------------------------------------------------------------------
@@ -94,8 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         store = Store(settings.queue.path)
     except Exception as e:
-        raise ConfigError(f"cannot open the queue database ({e})", file=settings.source, key="queue.path",
-                          fix="make its folder writable by the seqdrop user (StateDirectory= in the unit)") from None
+        raise _queue_error(settings, e, "make its folder writable by the seqdrop user (StateDirectory= in "
+                                        "the unit)") from None
     service = Service(settings, api_key=key, log=log, store=store, notifier=SystemdNotifier.from_env(log=log))
     _install_signal_handlers(service.request_stop, log)
     log.info("service.starting", version=__version__, config=settings.source, queue=settings.queue.path)
@@ -138,8 +151,20 @@ def _open_store_for_reading(args: argparse.Namespace, *, write: bool = False) ->
             return settings, None
         return settings, store
     except sqlite3.Error as e:
-        raise ConfigError(f"cannot open the queue {settings.queue.path} ({e})", file=settings.source,
-                          key="queue.path", fix="run as the seqdrop user or root, and check the path") from None
+        raise _queue_error(settings, e, "run as the seqdrop user or root, and check the path") from None
+
+
+def _queue_error(settings: Any, e: Exception, fix: str) -> ConfigError:
+    """The queue cannot be opened: name the likely mistake (a folder, another file) before permissions."""
+    path = settings.queue.path
+    if os.path.isdir(path):
+        return ConfigError(f"the queue path {path} is a folder", file=settings.source, key="queue.path",
+                           fix=f'name a file in it, e.g. path = "{os.path.join(path, "queue.sqlite3")}"')
+    if "not a database" in str(e):
+        return ConfigError(f"{path} is not a seqdrop queue ({e})", file=settings.source, key="queue.path",
+                           fix="correct the path; if it is a damaged queue, move it aside and start again "
+                               "(files already uploaded are then uploaded again)")
+    return ConfigError(f"cannot open the queue {path} ({e})", file=settings.source, key="queue.path", fix=fix)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -168,22 +193,38 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
         print(f"{'ID':>5}  {'STATE':<9} {'TRIES':>5}  {'SAMPLE':<16}  PATH")
         for f in files:   # one line per file (the contract); the last error, if any, ends the line
-            error = f"  — {f['error']}" if f["error"] else ""
-            print(f"{f['id']:>5}  {f['state']:<9} {f['attempts']:>5}  {f['sample_id'] or '-':<16}  {f['path']}{error}")
+            error = f"  — {_one_line(f['error'])}" if f["error"] else ""
+            print(f"{f['id']:>5}  {f['state']:<9} {f['attempts']:>5}  {f['sample_id'] or '-':<16}  "
+                  f"{_one_line(f['path'])}{error}")
     return EXIT_OK
+
+
+def _one_line(text: str) -> str:
+    """A file name may hold a newline or a tab: show such characters escaped (\\n, \\t), so each file
+    keeps exactly one line; other letters (accents, CJK) are shown as they are."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
     settings, store = _open_store_for_reading(args, write=True)
     if store is None:
         print(f"No queue yet at {settings.queue.path}; nothing to retry.")
-        return EXIT_OK
+        return EXIT_USAGE if args.ids else EXIT_OK    # a named ID cannot be in a queue that does not exist
     states = tuple(s for s, on in (("failed", args.failed), ("rejected", args.rejected)) if on) or \
         ("failed", "rejected")
+    rows = {i: store.get(i) for i in args.ids}
     n = store.retry(states=states, ids=tuple(args.ids))
     store.close()
     print(f"{n} file{'s' if n != 1 else ''} put back in the queue"
           + ("; the running daemon picks them up within seconds." if n else "."))
+    unknown = [i for i, row in rows.items() if row is None]
+    for i, row in rows.items():
+        if row is not None and row.state not in states:
+            print(f"file {i} is {row.state}, not {' or '.join(states)}: left as it is ({row.path})")
+    if unknown:
+        print(f"seqdrop: no file with id {', '.join(map(str, unknown))} in the queue {settings.queue.path}"
+              f" — fix: take the ID from the first column of `seqdrop status`", file=sys.stderr)
+        return EXIT_USAGE
     return EXIT_OK
 
 

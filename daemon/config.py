@@ -185,6 +185,12 @@ class _Section:
                 fix=f"check the spelling; the keys of [{self.name}] are: {known}")
 
 
+def _is_within(path: str, folder: str) -> bool:
+    """Is path the folder or under it, once symbolic links are resolved?"""
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
 def _resolve(base: Path, value: str) -> str:
     p = Path(os.path.expanduser(value))
     return str(p if p.is_absolute() else (base / p).resolve())
@@ -201,7 +207,7 @@ def load(path: str | None = None, *, must_exist: bool = True, check_folders: boo
                                   "(or set SEQDROP_CONFIG)")
         return Settings()
     try:
-        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+        raw = tomllib.loads(p.read_text(encoding="utf-8-sig"))   # -sig: a BOM (Windows editors) is no error
     except PermissionError:
         raise ConfigError("cannot be read (permission denied)", file=file,
                           fix="make it readable by the user seqdrop runs as") from None
@@ -281,6 +287,10 @@ def parse(raw: dict[str, Any], *, file: str, check_folders: bool = True) -> Sett
             if not os.path.isdir(folder):
                 raise ConfigError(f"watch path {folder} is not a folder", file=file, key=key,
                                   fix="name the folder the instrument writes into")
+            if not os.access(folder, os.R_OK | os.X_OK):
+                raise ConfigError(f"watch folder {folder} cannot be read by this user", file=file, key=key,
+                                  fix="give the user seqdrop runs as read access (e.g. add it to the "
+                                      "instrument's group), then start it again")
         folders.append(WatchFolder(path=folder, marker=marker, polling=polling))
     if len({f.path for f in folders}) != len(folders):
         raise ConfigError("the same folder is listed twice", file=file, key="watch.paths",
@@ -307,6 +317,13 @@ def parse(raw: dict[str, Any], *, file: str, check_folders: bool = True) -> Sett
     queue = QueueSettings(path=_resolve(base, s.get("path", QueueSettings.path, str,
                                                     fix='path = "/var/lib/seqdrop/queue.sqlite3"')))
     s.finish()
+    # The queue writes beside itself (-wal, -shm, .lock): inside a watch folder it would break the
+    # rule "never write in the watched folders" (design.md), and the sequencer's share may be wiped.
+    for f in folders:
+        if _is_within(queue.path, f.path):
+            raise ConfigError(f"the queue {queue.path} is inside the watch folder {f.path}; seqdrop never "
+                              f"writes into watched folders", file=file, key="queue.path",
+                              fix='put it outside every watch folder, e.g. path = "/var/lib/seqdrop/queue.sqlite3"')
 
     s = _Section(raw.get("upload", {}), "upload", file)
     workers = s.get("workers", UploadSettings.workers, int, fix="workers = 2")

@@ -23,7 +23,7 @@ class ConfigError(SeqdropError):
         if key:
             parts.append(f"[{key}]")
         parts.append(message)
-        text = " ".join(parts)
+        text = self.problem = " ".join(parts)    # problem: the text without its fix
         if fix:
             text += f" — fix: {fix}"
         super().__init__(text)

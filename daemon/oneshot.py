@@ -23,6 +23,7 @@ from daemon.pipeline import Pipeline
 from daemon.store import Identity, Store
 
 PROGRESS_LOG_S = 5.0
+EXIT_INTERRUPTED = 130   # 128 + SIGINT, as shells report a command stopped by Ctrl-C
 
 
 class _Progress:
@@ -90,6 +91,13 @@ def upload_files(settings: Settings, api_key: str, files: list[str], *, max_wait
                 print(f"{path}: not a regular file", file=out)
                 ok = False
                 continue
+            try:   # the daemon's words for this (`seqdrop retry --failed`) do not apply to a one-shot upload
+                open(full, "rb").close()
+            except OSError as e:
+                print(f"{path}: cannot read it ({e.strerror}); make it readable by this user, or run "
+                      f"seqdrop upload as a user who can read it", file=out)
+                ok = False
+                continue
             file_id = store.add_seen(full, Identity.of(st))
             store.set_state(file_id, "queued", only_from=("seen",))
             ids[file_id] = path
@@ -124,6 +132,22 @@ def upload_files(settings: Settings, api_key: str, files: list[str], *, max_wait
             pipeline.close()
             store.close()
             return 1
+        except KeyboardInterrupt:
+            # Ctrl-C: a sample begun for a file that will not be confirmed now is cancelled, not left
+            # dangling in the account (a second Ctrl-C stops even that).
+            for file_id, path in ids.items():
+                row = store.get(file_id)
+                if row is not None and row.state == "done":
+                    print(f"{path}: confirmed as sample {row.sample_id}", file=out)
+                elif pipeline.abandon(file_id):
+                    print(f"{path}: interrupted, but One Codex had already received it "
+                          f"(sample {row.sample_id})", file=out)
+                else:
+                    print(f"{path}: interrupted; not uploaded", file=out)
+            pipeline.close()
+            store.close()
+            print("seqdrop: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
         for file_id, path in ids.items():
             row = store.get(file_id)
             assert row is not None

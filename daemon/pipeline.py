@@ -101,6 +101,13 @@ class Pipeline:
         for job in jobs:
             job.close(abort=False)
 
+    def abandon(self, file_id: int) -> bool:
+        """The caller gives up on this file (Ctrl-C in `seqdrop upload`): abort its multipart upload and
+        cancel any sample begun for it. True if One Codex answers that its upload already succeeded."""
+        log = self.log.bind(file_id=file_id)
+        self._drop_job(file_id, log)
+        return self._cancel(file_id, log)
+
     # -- the one entry point -------------------------------------------------------------------
     def process(self, row: FileRow, *, progress: Callable[[int], None] | None = None) -> str:
         """Take a claimed row as far as it can go; return the row's new state."""

@@ -417,9 +417,13 @@ class Service:
                 if row is None:
                     if trial:   # nothing to try the key with: the prober asks again later
                         continue
+                    # Ask the store before taking _wake, never while holding it: the tracker calls
+                    # wake_workers() inside a store batch (store lock, then _wake), so the other order
+                    # here would deadlock the main loop and this worker for good.
+                    wait_s = self._idle_wait()
                     with self._wake:
                         if generation == self._generation:
-                            self._wake.wait(timeout=self._idle_wait())
+                            self._wake.wait(timeout=wait_s)
                     continue
             except Exception as e:  # the queue itself failed: wait and try again, never die
                 self.log.error("worker.store_error", worker=name, error=repr(e),

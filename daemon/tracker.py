@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import heapq
 import os
+import stat
 import threading
 import time
 from collections.abc import Callable
@@ -112,12 +113,16 @@ class Tracker:
     def observe(self, path: str, st: os.stat_result | None = None) -> None:
         if st is None:
             try:
-                st = os.stat(path)
+                st = os.lstat(path)
             except (FileNotFoundError, NotADirectoryError):
                 st = None
             except OSError as e:
                 self.log.warning("tracker.stat_failed", path=path, error=str(e))
                 return
+            # Only regular files, as the scan sees them: a symbolic link (followed, it leads outside the
+            # folder or loops), a FIFO (reading it blocks), a socket or a device is no file to upload.
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                st = None
         stand_in = _stand_in(path)
         if stand_in is not None:
             self._unstorable(path, stand_in, st)

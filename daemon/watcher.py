@@ -161,7 +161,9 @@ def scan(root: str, matcher: Matcher, *, log: Any = None) -> Iterator[tuple[str,
         except NotADirectoryError:
             log.info("watcher.scan_not_a_folder", path=folder)
         except PermissionError as exc:
-            log.warning("watcher.scan_permission_denied", path=folder, error=str(exc))
+            log.warning("watcher.scan_permission_denied", path=folder, error=str(exc),
+                        fix="give the seqdrop user read access to this folder (e.g. add it to the "
+                            "instrument's group); its files are picked up at the next rescan")
         except OSError as exc:
             log.warning("watcher.scan_folder_failed", path=folder, error=str(exc))
 

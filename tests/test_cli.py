@@ -123,6 +123,141 @@ def test_check_with_a_broken_config_exits_2(tmp_path):
     p.write_text("[watch]\npaths = ['/no/such/folder']\n")
     r = seqdrop("check", "--config", str(p))
     assert r.returncode == 2 and "does not exist" in r.stdout
+    assert r.stdout.count("fix:") == 1, r.stdout      # the fix once, on its own line
+
+
+# pyfakefs Patcher(additional_skip_names, modules_to_reload, modules_to_patch, allow_root_user)
+@pytest.mark.parametrize("fs", [[None, None, None, False]], indirect=True)
+def test_check_warns_about_subfolders_it_cannot_read(fs):
+    """check names a subfolder of a watch folder that this user cannot list (the daemon would skip its
+    files) with the fix; a warning, as the rest of the folder works."""
+    import io
+
+    from daemon.checks import _check_folders, _Report
+    from daemon.config import Settings, WatchFolder, WatchSettings
+    fs.create_file("/out/locked/a.fastq")
+    fs.create_file("/out/open/b.fastq")
+    os.chmod("/out/locked", 0o311)  # can be entered, cannot be listed
+    out = io.StringIO()
+    report = _Report(out)
+    _check_folders(Settings(watch=WatchSettings(folders=(WatchFolder("/out"),))), report)
+    assert report.problems == 0 and report.warnings == 1, out.getvalue()
+    assert "/out/locked" in out.getvalue() and "read access" in out.getvalue()
+
+
+def test_check_refuses_a_config_without_watch_folders(tmp_path):
+    """check says what `run` would refuse: an empty watch.paths is a config problem (exit 2), not 'ok'."""
+    p = tmp_path / "c.toml"
+    p.write_text(f'[watch]\npaths = []\n[queue]\npath = "{tmp_path}/q.sqlite3"\n')
+    r = seqdrop("check", "--config", str(p), env={"ONE_CODEX_API_KEY": KEY})
+    assert r.returncode == 2 and "PROBLEM" in r.stdout and "no watch folders" in r.stdout
+    assert "fix:" in r.stdout and "Traceback" not in r.stderr
+    assert seqdrop("run", "--config", str(p), env={"ONE_CODEX_API_KEY": KEY}).returncode == 2
+
+
+def test_retry_names_unknown_and_unretryable_ids(cfg, tmp_path):
+    """retry with an ID not in the queue exits 2 naming it; a done file's ID is named and left alone;
+    a failed one named beside them is still put back; a non-number or huge ID is a usage error."""
+    from daemon.store import Identity, Store
+    store = Store(str(tmp_path / "q.sqlite3"))
+    done = store.add_seen(str(tmp_path / "a.fastq"), Identity(1, 2, 3, 4))
+    store.set_state(done, "done")
+    failed = store.add_seen(str(tmp_path / "b.fastq"), Identity(1, 3, 3, 4))
+    store.set_state(failed, "failed", error="400")
+    store.close()
+    r = seqdrop("retry", str(done), str(failed), "99999", "--config", cfg)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "no file with id 99999" in r.stderr and "seqdrop status" in r.stderr
+    assert f"file {done} is done" in r.stdout and "1 file put back" in r.stdout
+    os.rename(tmp_path / "q.sqlite3", tmp_path / "moved.sqlite3")
+    r = seqdrop("retry", "5", "--config", cfg)
+    assert r.returncode == 2 and "No queue yet" in r.stdout
+    for bad in ("abc", "0", "99999999999999999999999"):
+        r = seqdrop("retry", bad, "--config", cfg)
+        assert r.returncode == 2 and "not a file ID" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_ctrl_c_during_upload_cancels_the_begun_sample(sb, tmp_path):
+    """Ctrl-C (SIGINT) while `seqdrop upload` sends a file: exit 130, the file named as not uploaded, no
+    traceback, and the sample begun for it cancelled rather than left dangling in the account."""
+    import signal
+    from harness import fastq_bytes, wait_for
+    big = tmp_path / "slow.fastq"
+    big.write_bytes(fastq_bytes(3 << 20))
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    cfg = tmp_path / "slow.toml"   # 2 Mbit/s: the file takes about 12 s, so Ctrl-C lands mid-POST
+    cfg.write_text(f'[api]\nbase_url = "{sb.api_url}"\n[watch]\npaths = ["{watch}"]\n'
+                   f'[queue]\npath = "{tmp_path}/q.sqlite3"\n[upload]\nmax_mbps = 2\n'
+                   f'[log]\nlevel = "debug"\nformat = "json"\n')
+    before = {s["sample_id"] for s in sb.samples()}
+    env = {k: v for k, v in os.environ.items() if k not in ("ONE_CODEX_API_KEY", "SEQDROP_CONFIG")}
+    err_path = tmp_path / "stderr.log"
+    with open(err_path, "w") as err_file:
+        proc = subprocess.Popen([sys.executable, "-m", "daemon", "upload", "--config", str(cfg), str(big)],
+                                cwd=ROOT, env={**env, "ONE_CODEX_API_KEY": KEY}, text=True,
+                                stdout=subprocess.PIPE, stderr=err_file)
+        try:
+            # upload.initialized is logged once the sample is recorded: the POST starts right after.
+            wait_for(lambda: "upload.initialized" in err_path.read_text(), 15,
+                     lambda: f"upload.initialized in:\n{err_path.read_text()}")
+            proc.send_signal(signal.SIGINT)
+            out, _ = proc.communicate(timeout=20)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    err = err_path.read_text()
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "seqdrop: interrupted" in err
+    assert f"{big}: interrupted; not uploaded" in out
+    new = [s["state"] for s in sb.samples() if s["sample_id"] not in before]
+    assert new == ["cancelled"], new
+
+
+@pytest.mark.parametrize("command", ["run", "status"])
+def test_a_queue_path_that_is_a_folder_or_another_file_is_named(tmp_path, command):
+    """queue.path naming a folder, or a file that is no database, exits 2 saying which, with its fix
+    (not 'make its folder writable')."""
+    watch = tmp_path / "watch"
+    watch.mkdir()
+    other = tmp_path / "notes.txt"
+    other.write_text("not a database\n" * 100)
+    for queue, words in ((tmp_path / "state", "is a folder"), (other, "is not a seqdrop queue")):
+        if queue.suffix == "":
+            queue.mkdir()
+        p = tmp_path / "c.toml"
+        p.write_text(f'[watch]\npaths = ["{watch}"]\n[queue]\npath = "{queue}"\n')
+        r = seqdrop(command, "--config", str(p), env={"ONE_CODEX_API_KEY": KEY})
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert str(queue) in r.stderr and words in r.stderr and "writable" not in r.stderr, r.stderr
+    assert other.read_text() == "not a database\n" * 100
+
+
+def test_upload_of_an_unreadable_file_says_what_to_do_here(cfg, tmp_path, monkeypatch):
+    """seqdrop upload of a file this user cannot read names it with a fix for a one-shot upload (not the
+    daemon's `seqdrop retry --failed`), sends nothing for it, and still uploads the others. The refusal is
+    faked (tests may run as root, who reads anything)."""
+    import io
+
+    from daemon import config as config_mod
+    from daemon import oneshot
+    locked = tmp_path / "locked.fastq"
+    locked.write_bytes((SAMPLES / "demo_R1.fastq").read_bytes())
+
+    def fake_open(path, *args, **kwargs):
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied", str(path))
+        return open(path, *args, **kwargs)
+
+    monkeypatch.setattr(oneshot, "open", fake_open, raising=False)
+    out = io.StringIO()
+    settings = config_mod.load(cfg, check_folders=False)
+    code = oneshot.upload_files(settings, KEY, [str(locked), str(SAMPLES / "demo_R1.fastq")], out=out)
+    text = out.getvalue()
+    assert code == 1, text
+    assert f"{locked}: cannot read it (Permission denied)" in text and "retry" not in text
+    assert text.count("confirmed as sample") == 1
 
 
 def test_demo_runs_to_completion():
@@ -144,3 +279,39 @@ def test_status_prints_one_line_per_file_with_its_error(cfg, tmp_path):
     file_lines = [ln for ln in lines if ".fastq" in ln]
     assert len(file_lines) == 2
     assert "rejected" in file_lines[0] and "truncated" in file_lines[0] and "seen" in file_lines[1]
+
+
+def test_status_keeps_one_line_for_a_name_holding_a_newline(cfg, tmp_path):
+    """A file name with a newline or a tab still takes exactly one status line (escaped as \\n, \\t);
+    accented and CJK letters are shown as they are; --json keeps the true path."""
+    from daemon.store import Identity, Store
+    odd = str(tmp_path / "run 1\nlane\t2 日本.fastq")
+    store = Store(str(tmp_path / "q.sqlite3"))
+    a = store.add_seen(odd, Identity(1, 2, 3, 4))
+    store.set_state(a, "failed", error=f"cannot read {odd} (permission denied)")
+    store.close()
+    lines = seqdrop("status", "--config", cfg).stdout.strip().splitlines()
+    file_lines = [ln for ln in lines if ".fastq" in ln]
+    assert len(file_lines) == 1, lines
+    assert "run 1\\nlane\\t2 日本.fastq" in file_lines[0] and file_lines[0].count("\\n") == 2
+    doc = json.loads(seqdrop("status", "--json", "--config", cfg).stdout)
+    assert [f["path"] for f in doc["files"]] == [odd]
+
+
+def test_status_piped_into_a_reader_that_leaves_early(cfg, tmp_path):
+    """`seqdrop status | head -1` on a long queue: no traceback when the reader closes the pipe."""
+    from daemon.store import Identity, Store
+    store = Store(str(tmp_path / "q.sqlite3"))
+    with store.batch():
+        for i in range(3000):
+            store.add_seen(str(tmp_path / f"run/sample_{i:05d}_R1.fastq.gz"), Identity(1, i + 10, 3, 4))
+    store.close()
+    env = {k: v for k, v in os.environ.items() if k not in ("ONE_CODEX_API_KEY", "SEQDROP_CONFIG")}
+    proc = subprocess.Popen([sys.executable, "-m", "daemon", "status", "--config", cfg], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout.readline().startswith(b"seen 3000")
+    proc.stdout.close()                    # head -1 has what it wanted
+    err = proc.stderr.read().decode()
+    proc.wait(30)
+    assert "Traceback" not in err and "Exception ignored" not in err, err
+    assert proc.returncode == 1

@@ -125,3 +125,42 @@ def test_api_key_sources_in_order(tmp_path):
     keyfile.write_text("  \n")
     with pytest.raises(ConfigError, match="is empty"):
         config.load_api_key(s, env={})
+
+
+@pytest.mark.parametrize("queue", ["runs/q.sqlite3", "runs/sub/q.sqlite3", "link/q.sqlite3"])
+def test_a_queue_inside_a_watch_folder_is_refused(tmp_path, queue):
+    """A queue inside a watch folder (directly, below it, or through a link to it) is a config error:
+    seqdrop would write its database beside the instrument's files."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "runs")
+    path = write(tmp_path, f'[watch]\npaths = ["runs"]\n[queue]\npath = "{queue}"\n')
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    msg = str(e.value)
+    assert path in msg and "[queue.path]" in msg and "inside the watch folder" in msg and "fix:" in msg
+    # Beside the watch folder (a name that merely starts the same) is fine.
+    config.load(write(tmp_path, '[watch]\npaths = ["runs"]\n[queue]\npath = "runs-state/q.sqlite3"\n'))
+
+
+def test_a_watch_folder_this_user_cannot_read_is_refused(tmp_path, monkeypatch):
+    """A watch folder the daemon's user cannot list is a config error naming it and the fix (not a
+    daemon that starts and sees nothing). The permission answer is faked: the tests may run as root."""
+    (tmp_path / "runs").mkdir()
+    path = write(tmp_path, '[watch]\npaths = ["runs"]\n')
+    real_access = config.os.access
+    monkeypatch.setattr(config.os, "access",
+                        lambda p, mode: False if str(p) == str(tmp_path / "runs") else real_access(p, mode))
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    msg = str(e.value)
+    assert "[watch.paths[0]]" in msg and str(tmp_path / "runs") in msg and "read access" in msg
+    config.load(path, check_folders=False)     # status and retry still work
+
+
+def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
+    """A config saved by a Windows editor (UTF-8 with a BOM, CRLF line ends) loads like any other."""
+    (tmp_path / "runs").mkdir()
+    p = tmp_path / "config.toml"
+    p.write_bytes(b'\xef\xbb\xbf[watch]\r\npaths = ["runs"]\r\nsettle_seconds = 5\r\n')
+    s = config.load(str(p))
+    assert s.watch.paths == (str(tmp_path / "runs"),) and s.watch.settle_seconds == 5

@@ -804,3 +804,44 @@ def test_probe_schedule_starts_short_and_doubles_up_to_the_interval(tmp_path: Pa
         assert service._probe_delay_s == 15
     finally:
         service.store.close()
+
+
+def test_a_file_queued_while_a_worker_goes_idle_does_not_deadlock(tmp_path: Path, watch_dir: Path) -> None:
+    """A worker going idle (asking the store how long to sleep) while the tracker queues a file inside a
+    store batch (and so wakes the workers holding the store lock) does not deadlock the two threads.
+    The interleaving is forced: the worker is held inside its store call until the batch has begun."""
+    import threading
+
+    import structlog
+
+    from daemon import config as config_mod
+    from daemon.service import Service
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url="http://127.0.0.1:9", workers=1)
+    service = Service(config_mod.load(str(cfg)), api_key="k", log=structlog.get_logger("seqdrop"))
+    store = service.store
+    entered, proceed = threading.Event(), threading.Event()
+    real_next_due_at = store.next_due_at
+
+    def next_due_at() -> float | None:
+        if not entered.is_set():
+            entered.set()
+            proceed.wait(10)
+        return real_next_due_at()
+
+    store.next_due_at = next_due_at  # type: ignore[method-assign]
+    service.pipeline = object()      # type: ignore[assignment]  # never used: the queue stays empty
+    service._start_worker(0)
+    waker = threading.Thread(target=service.wake_workers, daemon=True)
+    try:
+        assert entered.wait(10), "the worker never went idle"
+        with store.batch():          # the tracker's batch: the store lock is held...
+            proceed.set()            # ...while the worker needs it to finish its question...
+            waker.start()            # ...and the tracker wakes the workers (on_queued)
+            waker.join(5)
+            woke = not waker.is_alive()
+        assert woke, "wake_workers() blocked: the worker holds _wake while waiting for the store"
+    finally:
+        service.request_stop()
+        waker.join(5)
+        service.workers[0].join(5)
+        store.close()

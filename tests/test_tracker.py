@@ -322,6 +322,7 @@ def test_unreadable_stat_is_logged_and_skipped(env: Env, monkeypatch: pytest.Mon
         raise PermissionError(13, "Permission denied", p)
 
     monkeypatch.setattr(os, "stat", broken_stat)
+    monkeypatch.setattr(os, "lstat", broken_stat)
     with capture_logs() as events:
         env.tracker.observe(path)
     assert env.rows(path) == []
@@ -389,3 +390,39 @@ def test_a_failing_due_check_is_tried_again(env: Env, monkeypatch: pytest.Monkey
     assert env.tracker.next_due() is not None
     env.settle(path)
     assert env.state(path) == "queued"
+
+
+def test_hinted_paths_that_are_no_regular_file_get_no_row(env: Env, tmp_path: Path) -> None:
+    """A FIFO, a socket, a symbolic link (to a file outside the folder, or dangling) named like FASTQ and
+    hinted by an event get no row, as the scan skips them: a FIFO would block the reading worker."""
+    import socket
+    outside = tmp_path / "outside.fastq"
+    outside.write_bytes(b"@r\nACGT\n+\nIIII\n")
+    fifo = env.folder / "pipe.fastq"
+    os.mkfifo(fifo)
+    link = env.folder / "link.fastq"
+    link.symlink_to(outside)
+    dangling = env.folder / "dangling.fastq"
+    dangling.symlink_to(tmp_path / "nowhere.fastq")
+    sock_path = env.folder / "s.fastq"
+    sock = socket.socket(socket.AF_UNIX)
+    try:
+        sock.bind(str(sock_path))
+        for p in (fifo, link, dangling, sock_path):
+            env.tracker.observe(str(p))
+        env.settle(str(fifo))
+    finally:
+        sock.close()
+    assert env.store.files() == [] and env.queued_calls == 0
+
+
+def test_file_replaced_by_a_symlink_while_seen_is_vanished(env: Env, tmp_path: Path) -> None:
+    """A settling file replaced by a symbolic link is gone (that version vanished), not followed."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    outside = tmp_path / "outside.fastq"
+    outside.write_bytes(b"@r\nACGT\n+\nIIII\n")
+    os.unlink(path)
+    os.symlink(outside, path)
+    env.settle(path)
+    assert [r.state for r in env.rows(path)] == ["vanished"]

@@ -156,14 +156,15 @@ def test_scan_does_not_follow_symlinks(fs) -> None:
 # pyfakefs Patcher(additional_skip_names, modules_to_reload, modules_to_patch, allow_root_user)
 @pytest.mark.parametrize("fs", [[None, None, None, False]], indirect=True)
 def test_scan_survives_unreadable_folders(fs) -> None:
-    """A folder that cannot be read is logged and skipped; the rest is scanned."""
+    """A folder that cannot be read is logged with the fix and skipped; the rest is scanned."""
     fs.create_file("/out/locked/a.fastq")
     fs.create_file("/out/open/b.fastq")
     os.chmod("/out/locked", 0o311)  # can be entered, cannot be listed
     with capture_logs() as logs:
         found = [p for p, _ in scan("/out", Matcher())]
     assert found == ["/out/open/b.fastq"]
-    assert any(e["event"] == "watcher.scan_permission_denied" and e["path"] == "/out/locked" for e in logs), logs
+    assert any(e["event"] == "watcher.scan_permission_denied" and e["path"] == "/out/locked"
+               and "read access" in e.get("fix", "") for e in logs), logs
 
 
 def test_scan_survives_files_vanishing_mid_scan(fs) -> None:
