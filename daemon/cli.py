@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILURE
     except KeyboardInterrupt:
         print("seqdrop: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_FAILURE     # design.md's exit codes are 0, 1 and 2: an interrupted command failed
     except BrokenPipeError:
         # `seqdrop status | head`: the reader left early. No traceback; point stdout at /dev/null so the
         # interpreter's last flush does not fail again (the recipe in Python's signal module docs).

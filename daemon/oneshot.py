@@ -23,7 +23,7 @@ from daemon.pipeline import Pipeline
 from daemon.store import Identity, Store
 
 PROGRESS_LOG_S = 5.0
-EXIT_INTERRUPTED = 130   # 128 + SIGINT, as shells report a command stopped by Ctrl-C
+EXIT_INTERRUPTED = 1     # design.md: `upload` exits 0 only if every file was confirmed, 1 otherwise (also Ctrl-C)
 
 
 class _Progress:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from daemon import checks, config, oneshot  # noqa: F401  imported here, not first under pyfakefs (its
+                                             # dynamic patching would leave them bound to the fake filesystem)
 from daemon.sandbox import Sandbox
 
 KEY = "cli-test-key"
@@ -178,7 +180,7 @@ def test_retry_names_unknown_and_unretryable_ids(cfg, tmp_path):
 
 
 def test_ctrl_c_during_upload_cancels_the_begun_sample(sb, tmp_path):
-    """Ctrl-C (SIGINT) while `seqdrop upload` sends a file: exit 130, the file named as not uploaded, no
+    """Ctrl-C (SIGINT) while `seqdrop upload` sends a file: exit 1 (design.md), the file named as not uploaded, no
     traceback, and the sample begun for it cancelled rather than left dangling in the account."""
     import signal
     from harness import fastq_bytes, wait_for
@@ -208,7 +210,7 @@ def test_ctrl_c_during_upload_cancels_the_begun_sample(sb, tmp_path):
                 proc.kill()
                 proc.communicate()
     err = err_path.read_text()
-    assert proc.returncode == 130, out + err
+    assert proc.returncode == 1, out + err
     assert "Traceback" not in err and "seqdrop: interrupted" in err
     assert f"{big}: interrupted; not uploaded" in out
     new = [s["state"] for s in sb.samples() if s["sample_id"] not in before]
