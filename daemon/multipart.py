@@ -21,6 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 from daemon.errors import Aborted, FileChanged
+from daemon.source import open_source
 
 CRLF = b"\r\n"
 
@@ -75,14 +76,7 @@ class MultipartBody:
         self.md5 = hashlib.md5()
         self.file_bytes_sent = 0
         yield self._head
-        # O_NOATIME where allowed: reading must not even touch the instrument's atime.
-        flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
-        try:
-            fd = os.open(self.path, flags)
-        except PermissionError:
-            fd = os.open(self.path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise FileChanged(f"{self.path} was deleted before it could be sent") from None
+        fd = open_source(self.path)   # read-only, no atime, never a FIFO or a link (daemon.source)
         stages = _Stages(fd, self)
         try:
             while True:

@@ -39,6 +39,7 @@ from daemon.config import MULTIPART_THRESHOLD_BYTES
 from daemon.errors import (Aborted, AuthError, ContentRejected, FileChanged, Permanent, PolicyExpired,
                            Transient)
 from daemon.multipart import MultipartBody
+from daemon.source import open_source
 from daemon.store import FileRow, Identity, Store
 
 MAX_SAMPLE_BYTES = 20 * 1000**3      # One Codex's limit for one sample (design.md: 20 GB)
@@ -222,10 +223,8 @@ class Pipeline:
     def _sniff(self, row: FileRow) -> None:
         from daemon.validate import sniff
         try:
-            with open(row.path, "rb") as f:
+            with os.fdopen(open_source(row.path), "rb") as f:
                 head = f.read(SNIFF_BYTES)
-        except FileNotFoundError:
-            raise FileChanged("deleted before it was uploaded") from None
         except PermissionError:
             raise Permanent(f"cannot read {row.path} (permission denied); give the seqdrop user read "
                             f"access to the watch folder, then `seqdrop retry --failed`") from None
@@ -237,7 +236,7 @@ class Pipeline:
         if not prev or not prev.md5 or prev.size != row.size:
             return False
         md5 = hashlib.md5()
-        with open(row.path, "rb") as f:
+        with os.fdopen(open_source(row.path), "rb") as f:
             while block := f.read(self.block_size):
                 if self.stop.is_set():
                     raise Aborted("shutdown requested")

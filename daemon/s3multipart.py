@@ -35,6 +35,7 @@ import botocore.session
 from botocore.config import Config
 
 from daemon.errors import Aborted, FileChanged, Permanent, PolicyExpired, Transient
+from daemon.source import open_source
 
 MiB = 1 << 20
 # The official client's rule: the smallest of 10, 20, ... 100 MiB that gives fewer than 10,000 parts
@@ -238,13 +239,7 @@ class S3Upload:
         self.hashed = 0
         self.completed_etag: str | None = None
         self._complete_tried = False
-        flags = os.O_RDONLY | getattr(os, "O_NOATIME", 0)
-        try:
-            self.fd = os.open(path, flags)
-        except PermissionError:            # O_NOATIME needs ownership; fall back
-            self.fd = os.open(path, os.O_RDONLY)
-        except FileNotFoundError:
-            raise FileChanged("deleted before it was uploaded") from None
+        self.fd = open_source(path)        # read-only, no atime, never a FIFO or a link (daemon.source)
 
     @property
     def all_sent(self) -> bool:
