@@ -85,6 +85,8 @@ class Tracker:
     def observe_batch(self, items: list[tuple[str, os.stat_result | None]]) -> None:
         """observe() each (path, stat or None), recorded by one commit (Store.batch). A path whose
         step fails, or a batch whose commit fails (a full disk), is looked at again later."""
+        if not items:
+            return
         retry_at = lambda: self.clock() + max(1.0, self.settle_s)   # noqa: E731
         try:
             with self.store.batch():

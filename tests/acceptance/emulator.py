@@ -353,12 +353,18 @@ class Emulator:
         fields = {name: values[name] for name in FIELD_ORDER}
         return 200, {"additional_fields": fields, "sample_id": sample_id, "upload_url": self.upload_url}
 
-    def _confirm(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    def _lookup(self, body: dict[str, Any]) -> tuple[Any, str, tuple[int, dict[str, Any]] | None]:
+        """The sample a confirm/cancel names, its id, and the 404 to answer if there is none (hold self.lock)."""
         sample_id = body.get("sample_id")
+        sample = self.samples.get(sample_id) if isinstance(sample_id, str) else None
+        missing = None if sample is not None else (404, {"message": f"Sample {sample_id!r} not found", "status": 404})
+        return sample, sample_id, missing
+
+    def _confirm(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         with self.lock:
-            sample = self.samples.get(sample_id) if isinstance(sample_id, str) else None
-            if sample is None:
-                return 404, {"message": f"Sample {sample_id!r} not found", "status": 404}
+            sample, sample_id, missing = self._lookup(body)
+            if missing:
+                return missing
             if sample.state == "cancelled":
                 self.violations.append(f"confirm: sample {sample_id} was cancelled")
                 return 400, {"message": "This upload was cancelled", "status": 400}
@@ -373,11 +379,10 @@ class Emulator:
                      "success": True}
 
     def _cancel(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        sample_id = body.get("sample_id")
         with self.lock:
-            sample = self.samples.get(sample_id) if isinstance(sample_id, str) else None
-            if sample is None:
-                return 404, {"message": f"Sample {sample_id!r} not found", "status": 404}
+            sample, sample_id, missing = self._lookup(body)
+            if missing:
+                return missing
             if sample.state == "confirmed":
                 self.violations.append(f"cancel: sample {sample_id} was already confirmed")
                 return 400, {"message": "This sample is already confirmed", "status": 400}
