@@ -12,7 +12,7 @@ latency     settle_seconds = 1; files (4 KiB valid FASTQ: 8 records of 512 bytes
             into the running daemon's watch folder; latency = the sandbox's record of the file's
             init_upload (the sample's created_at, ms) minus the moment this script closed the file.
 startup     a tree of N small files (100 per folder, two levels) of which all but `--new` are
-            already `done` in the queue (rows written with daemon.store.Store's own verbs, the
+            already `done` in the queue (rows written with daemon.queue.sqlite.Store's own verbs, the
             identities the daemon will stat); time from spawning `seqdrop run` to its
             `service.ready` line; re-uploads = init_uploads for files that were done (must be 0);
             peak RSS (VmHWM) at ready and after the new files were uploaded.
@@ -39,8 +39,20 @@ from datetime import datetime
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (OUT, SEQDROP, Sandbox, child_env, eprint, load, machine, now_utc, proc_cpu_s,  # noqa: E402
-                    proc_status, table, write_config)
+from common import (  # noqa: E402
+    OUT,
+    SEQDROP,
+    Sandbox,
+    child_env,
+    eprint,
+    load,
+    machine,
+    now_utc,
+    proc_cpu_s,
+    proc_status,
+    table,
+    write_config,
+)
 
 PARTS = ("latency", "startup", "idle", "throughput")
 
@@ -151,9 +163,10 @@ def make_tree(root: Path, count: int, *, prefix: str = "s", per_folder: int = 10
 def prefill_done(queue_path: Path, paths: list[str]) -> float:
     """Record `paths` as already uploaded, through the store's own verbs (add_seen, mark_done)."""
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from daemon.store import Identity, Store
+    from daemon.queue.base import Identity
+    from daemon.queue.sqlite import SqliteStore
     started = time.monotonic()
-    store = Store(str(queue_path))
+    store = SqliteStore(str(queue_path))
     store.db.execute("PRAGMA synchronous = OFF")      # preparation only: no fsync per row
     for n, p in enumerate(paths):
         file_id = store.add_seen(p, Identity.of(os.lstat(p)))

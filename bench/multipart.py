@@ -25,8 +25,18 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (MiB, OUT, SEQDROP, Sandbox, child_env, eprint, load, machine, now_utc,  # noqa: E402
-                    proc_status)
+from common import (  # noqa: E402
+    OUT,
+    SEQDROP,
+    MiB,
+    Sandbox,
+    child_env,
+    eprint,
+    load,
+    machine,
+    now_utc,
+    proc_status,
+)
 from upload import make_fastq  # noqa: E402
 
 VENV_BIN = Path(SEQDROP).parent

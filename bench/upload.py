@@ -40,8 +40,23 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (API_KEY, GiB, MiB, OUT, PYTHON, SEQDROP, Sandbox, child_env, eprint, load, machine,  # noqa: E402
-                    now_utc, run_measured, table, write_config)
+from common import (  # noqa: E402
+    API_KEY,
+    OUT,
+    PYTHON,
+    SEQDROP,
+    GiB,
+    MiB,
+    Sandbox,
+    child_env,
+    eprint,
+    load,
+    machine,
+    now_utc,
+    run_measured,
+    table,
+    write_config,
+)
 
 RECORD = 512                 # bytes per FASTQ record: a 1 MiB block holds exactly 2048 records
 SEQ_LEN = (RECORD - 22) // 2   # "@r" + 8 + "_" + 6 + "\n" = 18, "+\n" = 2, two newlines: 2*245 + 22 = 512

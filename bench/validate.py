@@ -1,4 +1,4 @@
-"""Benchmark daemon/validate.py against the system's own integrity checkers.
+"""Benchmark daemon/checks/validate.py against the system's own integrity checkers.
 
     .venv/bin/python bench/validate.py [--size-gib 1] [--quick] [--out bench/out/validate]
 
@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from daemon.validate import validate_path  # noqa: E402
+from daemon.checks.validate import validate_path  # noqa: E402
 
 MiB = 1 << 20
 ACGT = bytes.maketrans(bytes(range(256)), b"ACGT" * 64)
@@ -92,7 +92,7 @@ def make_bgzf(src: Path, dst: Path) -> None:
 def peak_rss_mb(path: Path) -> float:
     """Peak resident memory of a fresh interpreter that validates path (import included)."""
     code = ("import resource, sys; sys.path.insert(0, sys.argv[2]); "
-            "from daemon.validate import validate_path; validate_path(sys.argv[1]); "
+            "from daemon.checks.validate import validate_path; validate_path(sys.argv[1]); "
             "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")
     out = subprocess.run([sys.executable, "-c", code, str(path), str(Path(__file__).resolve().parent.parent)],
                          check=True, capture_output=True, text=True).stdout

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from daemon.errors import ConfigError
+from daemon.paths import is_really_within
 
 DEFAULT_CONFIG_PATH = "/etc/seqdrop/config.toml"
 CREDENTIAL_NAME = "onecodex-api-key"
@@ -185,12 +186,6 @@ class _Section:
                 fix=f"check the spelling; the keys of [{self.name}] are: {known}")
 
 
-def _is_within(path: str, folder: str) -> bool:
-    """Is path the folder or under it, once symbolic links are resolved?"""
-    path, folder = os.path.realpath(path), os.path.realpath(folder)
-    return path == folder or path.startswith(folder.rstrip("/") + "/")
-
-
 def _resolve(base: Path, value: str) -> str:
     p = Path(os.path.expanduser(value))
     return str(p if p.is_absolute() else (base / p).resolve())
@@ -320,7 +315,7 @@ def parse(raw: dict[str, Any], *, file: str, check_folders: bool = True) -> Sett
     # The queue writes beside itself (-wal, -shm, .lock): inside a watch folder it would break the
     # rule "never write in the watched folders" (design.md), and the sequencer's share may be wiped.
     for f in folders:
-        if _is_within(queue.path, f.path):
+        if is_really_within(queue.path, f.path):
             raise ConfigError(f"the queue {queue.path} is inside the watch folder {f.path}; seqdrop never "
                               f"writes into watched folders", file=file, key="queue.path",
                               fix='put it outside every watch folder, e.g. path = "/var/lib/seqdrop/queue.sqlite3"')

@@ -6,9 +6,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from harness import API_KEY
 
 from daemon.sandbox import Sandbox
-from harness import API_KEY
 
 
 @pytest.fixture

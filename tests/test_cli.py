@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon import checks, config, oneshot  # noqa: F401  imported here, not first under pyfakefs (its
-                                             # dynamic patching would leave them bound to the fake filesystem)
+from daemon import config  # noqa: F401  imported here, not first under pyfakefs (its
+from daemon.commands import check  # noqa: F401  # dynamic patching would leave them bound to the fake filesystem)
+from daemon.commands import upload as oneshot
 from daemon.sandbox import Sandbox
 
 KEY = "cli-test-key"
@@ -135,7 +136,7 @@ def test_check_warns_about_subfolders_it_cannot_read(fs):
     files) with the fix; a warning, as the rest of the folder works."""
     import io
 
-    from daemon.checks import _check_folders, _Report
+    from daemon.commands.check import _check_folders, _Report
     from daemon.config import Settings, WatchFolder, WatchSettings
     fs.create_file("/out/locked/a.fastq")
     fs.create_file("/out/open/b.fastq")
@@ -160,8 +161,9 @@ def test_check_refuses_a_config_without_watch_folders(tmp_path):
 def test_retry_names_unknown_and_unretryable_ids(cfg, tmp_path):
     """retry with an ID not in the queue exits 2 naming it; a done file's ID is named and left alone;
     a failed one named beside them is still put back; a non-number or huge ID is a usage error."""
-    from daemon.store import Identity, Store
-    store = Store(str(tmp_path / "q.sqlite3"))
+    from daemon.queue.base import Identity
+    from daemon.queue.sqlite import SqliteStore
+    store = SqliteStore(str(tmp_path / "q.sqlite3"))
     done = store.add_seen(str(tmp_path / "a.fastq"), Identity(1, 2, 3, 4))
     store.set_state(done, "done")
     failed = store.add_seen(str(tmp_path / "b.fastq"), Identity(1, 3, 3, 4))
@@ -183,6 +185,7 @@ def test_ctrl_c_during_upload_cancels_the_begun_sample(sb, tmp_path):
     """Ctrl-C (SIGINT) while `seqdrop upload` sends a file: exit 1 (design.md), the file named as not uploaded, no
     traceback, and the sample begun for it cancelled rather than left dangling in the account."""
     import signal
+
     from harness import fastq_bytes, wait_for
     big = tmp_path / "slow.fastq"
     big.write_bytes(fastq_bytes(3 << 20))
@@ -243,7 +246,6 @@ def test_upload_of_an_unreadable_file_says_what_to_do_here(cfg, tmp_path, monkey
     import io
 
     from daemon import config as config_mod
-    from daemon import oneshot
     locked = tmp_path / "locked.fastq"
     locked.write_bytes((SAMPLES / "demo_R1.fastq").read_bytes())
 
@@ -271,8 +273,9 @@ def test_demo_runs_to_completion():
 
 def test_status_prints_one_line_per_file_with_its_error(cfg, tmp_path):
     """Human status: a counts line, a header, then exactly one line per file holding path, state and error."""
-    from daemon.store import Identity, Store
-    store = Store(str(tmp_path / "q.sqlite3"))
+    from daemon.queue.base import Identity
+    from daemon.queue.sqlite import SqliteStore
+    store = SqliteStore(str(tmp_path / "q.sqlite3"))
     a = store.add_seen(str(tmp_path / "a.fastq"), Identity(1, 2, 3, 4))
     store.add_seen(str(tmp_path / "b.fastq"), Identity(1, 3, 3, 4))
     store.set_state(a, "rejected", error="a.fastq: record 2 (line 5): truncated")
@@ -286,9 +289,10 @@ def test_status_prints_one_line_per_file_with_its_error(cfg, tmp_path):
 def test_status_keeps_one_line_for_a_name_holding_a_newline(cfg, tmp_path):
     """A file name with a newline or a tab still takes exactly one status line (escaped as \\n, \\t);
     accented and CJK letters are shown as they are; --json keeps the true path."""
-    from daemon.store import Identity, Store
+    from daemon.queue.base import Identity
+    from daemon.queue.sqlite import SqliteStore
     odd = str(tmp_path / "run 1\nlane\t2 日本.fastq")
-    store = Store(str(tmp_path / "q.sqlite3"))
+    store = SqliteStore(str(tmp_path / "q.sqlite3"))
     a = store.add_seen(odd, Identity(1, 2, 3, 4))
     store.set_state(a, "failed", error=f"cannot read {odd} (permission denied)")
     store.close()
@@ -302,8 +306,9 @@ def test_status_keeps_one_line_for_a_name_holding_a_newline(cfg, tmp_path):
 
 def test_status_piped_into_a_reader_that_leaves_early(cfg, tmp_path):
     """`seqdrop status | head -1` on a long queue: no traceback when the reader closes the pipe."""
-    from daemon.store import Identity, Store
-    store = Store(str(tmp_path / "q.sqlite3"))
+    from daemon.queue.base import Identity
+    from daemon.queue.sqlite import SqliteStore
+    store = SqliteStore(str(tmp_path / "q.sqlite3"))
     with store.batch():
         for i in range(3000):
             store.add_seen(str(tmp_path / f"run/sample_{i:05d}_R1.fastq.gz"), Identity(1, i + 10, 3, 4))

@@ -4,15 +4,25 @@ from __future__ import annotations
 
 import collections
 import hashlib
-import signal
-import threading
 import os
 import random
+import signal
+import threading
 import time
 from pathlib import Path
 
+from harness import (
+    Daemon,
+    all_in,
+    by_name,
+    confirmed,
+    fastq_bytes,
+    md5_file,
+    wait_for,
+    write_config,
+)
+
 from daemon.sandbox import Fault, Sandbox
-from harness import Daemon, all_in, by_name, confirmed, fastq_bytes, md5_file, wait_for, write_config
 
 SEED = int(os.environ.get("SEQDROP_CRASH_SEED", "20261125"))   # set it to replay another run
 

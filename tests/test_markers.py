@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.markers import PRESETS, MarkerRule
+from daemon.detection.markers import PRESETS, MarkerRule
 
 
 def touch(path: Path, text: str = "") -> Path:

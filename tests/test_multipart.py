@@ -20,16 +20,31 @@ import botocore.exceptions
 import pytest
 import requests
 import structlog
+from harness import (
+    API_KEY,
+    Daemon,
+    PipelineDriver,
+    all_in,
+    fastq_bytes,
+    wait_for,
+    write_config,
+)
 from moto.server import ThreadedMotoServer
 
-from daemon import retrying
-from daemon.client import OneCodexClient
 from daemon.errors import Aborted, FileChanged, Permanent, PolicyExpired, Transient
-from daemon.pipeline import Pipeline
-from daemon.s3multipart import (MiB, RangeReader, S3Upload, choose_part_size, multipart_etag, translate)
+from daemon.queue.sqlite import SqliteStore
 from daemon.sandbox import Fault, Sandbox
-from daemon.store import Store
-from harness import API_KEY, Daemon, PipelineDriver, all_in, fastq_bytes, wait_for, write_config
+from daemon.upload import retrying
+from daemon.upload.client import OneCodexClient
+from daemon.upload.pipeline import Pipeline
+from daemon.upload.s3multipart import (
+    MiB,
+    RangeReader,
+    S3Upload,
+    choose_part_size,
+    multipart_etag,
+    translate,
+)
 
 THRESHOLD = 1 * MiB
 DEADLINE_S = 60.0
@@ -158,7 +173,7 @@ class Harness(PipelineDriver):
     def __init__(self, sb: Sandbox, moto: Moto, tmp: Path) -> None:
         self.sb, self.moto, self.tmp = sb, moto, tmp
         self.bucket = sb.multipart_s3.bucket
-        self.store = Store(str(tmp / "queue.sqlite3"))
+        self.store = SqliteStore(str(tmp / "queue.sqlite3"))
         self.client = OneCodexClient(sb.api_url, API_KEY, connect_timeout_s=2, read_timeout_s=10)
         self.pipeline = Pipeline(store=self.store, client=self.client, log=structlog.get_logger(),
                                  block_size=64 * 1024, multipart_threshold_bytes=THRESHOLD,
@@ -457,7 +472,7 @@ def test_daemon_killed_during_the_multipart_upload_ends_with_one_sample(tmp_path
 def test_s3_credentials_are_never_logged_or_stored_and_the_api_key_never_reaches_s3(h, tmp_path):
     """The temporary credentials appear in no log event and nowhere in the queue files; S3 requests carry
     the temporary access key and no trace of the One Codex API key."""
-    from daemon.s3multipart import S3Connector
+    from daemon.upload.s3multipart import S3Connector
     sent: list[str] = []
     h.pipeline._s3 = S3Connector(endpoint_url=h.moto.endpoint)
     h.pipeline._s3._session.register(

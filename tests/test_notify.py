@@ -11,7 +11,7 @@ import uuid
 import pytest
 import structlog
 
-from daemon.notify import SystemdNotifier
+from daemon.operations.notify import SystemdNotifier
 
 
 @pytest.fixture

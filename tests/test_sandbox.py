@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import requests
-
 from harness import wait_for
 
 from daemon.sandbox import Fault, Sandbox, main, parse_fault

@@ -9,9 +9,22 @@ import signal
 import time
 from pathlib import Path
 
+from harness import (
+    VALIDATE,
+    Daemon,
+    all_in,
+    by_name,
+    cli,
+    confirmed,
+    fastq_bytes,
+    md5_file,
+    status,
+    tree_digest,
+    wait_for,
+    write_config,
+)
+
 from daemon.sandbox import Fault, Sandbox
-from harness import (VALIDATE, Daemon, all_in, by_name, cli, confirmed, fastq_bytes, md5_file, status,
-                     tree_digest, wait_for, write_config)
 
 DEADLINE_S = 30.0
 
@@ -491,7 +504,7 @@ class InProcess:
         import structlog
 
         from daemon import config as config_mod
-        from daemon.service import Service
+        from daemon.service.service import Service
         self.settings = config_mod.load(str(cfg))
         self.service = Service(self.settings, api_key="test-key", log=structlog.get_logger("seqdrop"), **kwargs)
         self.thread = threading.Thread(target=self._run, name="test-service", daemon=True)
@@ -515,7 +528,7 @@ def test_an_internal_error_in_a_worker_keeps_the_row_and_the_worker(tmp_path: Pa
     """A bug surfacing in a worker puts the row back in the queue (tried again later); the worker lives on."""
     from structlog.testing import capture_logs
 
-    from daemon.client import OneCodexClient
+    from daemon.upload.client import OneCodexClient
 
     class Flaky(OneCodexClient):
         calls = 0
@@ -547,7 +560,7 @@ def test_an_error_on_one_path_costs_no_other_file(tmp_path: Path, sandbox: Sandb
     """A path whose handling always fails is logged; the scan and the hints go on for every other file."""
     from structlog.testing import capture_logs
 
-    from daemon.tracker import Tracker
+    from daemon.detection.tracker import Tracker
     real_observe = Tracker.observe
 
     def observe(self, path, st=None):  # type: ignore[no-untyped-def]
@@ -604,7 +617,7 @@ def test_a_full_disk_under_the_queue_stalls_nothing_for_good(tmp_path: Path, san
 
     from structlog.testing import capture_logs
 
-    from daemon.store import Store
+    from daemon.queue.base import Store
 
     class FillingDisk(Store):
         full_until = 0.0
@@ -789,7 +802,7 @@ def test_probe_schedule_starts_short_and_doubles_up_to_the_interval(tmp_path: Pa
     import structlog
 
     from daemon import config as config_mod
-    from daemon.service import Service
+    from daemon.service.service import Service
     cfg = write_config(tmp_path, watch=[watch_dir], api_url="http://127.0.0.1:9", probe_interval_s=100)
     service = Service(config_mod.load(str(cfg)), api_key="k", log=structlog.get_logger("seqdrop"))
     try:
@@ -815,7 +828,7 @@ def test_a_file_queued_while_a_worker_goes_idle_does_not_deadlock(tmp_path: Path
     import structlog
 
     from daemon import config as config_mod
-    from daemon.service import Service
+    from daemon.service.service import Service
     cfg = write_config(tmp_path, watch=[watch_dir], api_url="http://127.0.0.1:9", workers=1)
     service = Service(config_mod.load(str(cfg)), api_key="k", log=structlog.get_logger("seqdrop"))
     store = service.store

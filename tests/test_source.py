@@ -1,4 +1,4 @@
-"""daemon.source: how seqdrop opens the files it uploads."""
+"""daemon.upload.source: how seqdrop opens the files it uploads."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import threading
 import pytest
 
 from daemon.errors import FileChanged
-from daemon.source import open_source
+from daemon.upload.source import open_source
 
 
 def test_a_regular_file_opens_read_only_and_blocking(tmp_path):

@@ -7,14 +7,15 @@ import sys
 
 import pytest
 
-from daemon.store import Identity, Store, StoreLocked
+from daemon.queue.base import Identity, StoreLocked
+from daemon.queue.sqlite import SqliteStore
 
 IDENT = Identity(1, 2, 300, 4)
 
 
 @pytest.fixture
 def store(tmp_path):
-    s = Store(str(tmp_path / "q.sqlite3"))
+    s = SqliteStore(str(tmp_path / "q.sqlite3"))
     yield s
     s.close()
 
@@ -45,7 +46,7 @@ def test_transitions_are_visible_to_another_process_at_once(store, tmp_path):
     """A state recorded by one connection is read by a separate process (status beside the daemon)."""
     a = store.add_seen("/a", IDENT)
     store.mark_done(a, sample_id="abc", md5="0" * 32)
-    code = ("import sys; from daemon.store import Store; s = Store(sys.argv[1], readonly=True);"
+    code = ("import sys; from daemon.queue.sqlite import Store; s = SqliteStore(sys.argv[1], readonly=True);"
             "r = s.get(1); print(r.state, r.sample_id)")
     out = subprocess.run([sys.executable, "-c", code, store.path], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["done", "abc"]
@@ -79,7 +80,7 @@ def test_retry_resets_failed_and_rejected_rows(store):
 def test_one_daemon_per_queue(store, tmp_path):
     """A second daemon on the same queue is refused."""
     store.lock_exclusive()
-    other = Store(store.path)
+    other = SqliteStore(store.path)
     with pytest.raises(StoreLocked, match="another seqdrop daemon"):
         other.lock_exclusive()
     other.close()
@@ -131,9 +132,9 @@ def test_batch_records_everything_at_its_end_and_a_failed_step_undoes_only_itsel
     """Inside batch(): nothing is visible to another connection; a step that raises is undone alone;
     at the end every other step is recorded at once."""
     path = str(tmp_path / "q.sqlite3")
-    store, reader = Store(path), None
+    store, reader = SqliteStore(path), None
     try:
-        reader = Store(path, readonly=True)
+        reader = SqliteStore(path, readonly=True)
         with store.batch():
             a = store.add_seen("/w/a.fastq", IDENT)
             with pytest.raises(RuntimeError):

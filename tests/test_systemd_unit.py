@@ -132,21 +132,21 @@ _WORKLOAD = textwrap.dedent("""
     with open(os.path.join(tmp, "a.fastq"), "w") as f: f.write("@r\\nA\\n+\\nI\\n")
     assert seen.wait(10), "no inotify event"
     obs.stop(); obs.join(10)
-    from daemon.metrics import Metrics
+    from daemon.operations.metrics import Metrics
     import requests
     m = Metrics(); port = m.start_server(port=0)
     assert requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).ok
     m.stop_server()
     rx = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); rx.bind(os.path.join(tmp, "n.sock"))
-    from daemon.notify import SystemdNotifier
+    from daemon.operations.notify import SystemdNotifier
     assert SystemdNotifier.from_env({"NOTIFY_SOCKET": os.path.join(tmp, "n.sock")}).notify(READY=1)
     assert rx.recv(64) == b"READY=1"
-    import subprocess   # large files are validated in a child process (daemon/pipeline.py)
-    child = subprocess.run([sys.executable, "-m", "daemon.validate", "--json", os.path.join(tmp, "a.fastq")],
+    import subprocess   # large files are validated in a child process (daemon/upload/pipeline.py)
+    child = subprocess.run([sys.executable, "-m", "daemon.checks.validate", "--json", os.path.join(tmp, "a.fastq")],
                            capture_output=True, close_fds=True)
     assert child.returncode == 0, child.stderr
-    from daemon.errors import Transient   # files over 5 GiB: botocore's S3 client (daemon/s3multipart.py)
-    from daemon.s3multipart import S3Connector, S3Credentials, S3Upload
+    from daemon.errors import Transient   # files over 5 GiB: botocore's S3 client (daemon/upload/s3multipart.py)
+    from daemon.upload.s3multipart import S3Connector, S3Credentials, S3Upload
     s3 = S3Connector(endpoint_url="http://127.0.0.1:9", connect_timeout_s=1).client(S3Credentials("a", "b"))
     try:
         S3Upload(s3, bucket="seqdrop-x", key="k", path=os.path.join(tmp, "a.fastq"), size=10,

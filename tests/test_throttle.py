@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from daemon.throttle import BYTES_PER_S_PER_MBPS, TokenBucket
+from daemon.upload.throttle import BYTES_PER_S_PER_MBPS, TokenBucket
 
 
 class FakeTime:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from daemon.store import Identity, Store
-from daemon.tracker import MARKER_RECHECK_S, Tracker
+from daemon.detection.tracker import MARKER_RECHECK_S, Tracker
+from daemon.queue.base import Identity, Store
+from daemon.queue.sqlite import SqliteStore
 
 SETTLE_S = 30.0
 
@@ -42,7 +43,7 @@ def clock() -> Clock:
 
 @pytest.fixture
 def store(tmp_path: Path, clock: Clock):
-    s = Store(str(tmp_path / "queue.sqlite3"), clock=clock)
+    s = SqliteStore(str(tmp_path / "queue.sqlite3"), clock=clock)
     yield s
     s.close()
 

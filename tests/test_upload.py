@@ -11,14 +11,15 @@ from pathlib import Path
 
 import pytest
 import structlog
-
-from daemon import logs, retrying
-from daemon.client import OneCodexClient, PostResult
-from daemon.errors import AuthError
-from daemon.pipeline import Pipeline
-from daemon.sandbox import Fault, Sandbox
-from daemon.store import Store
 from harness import PipelineDriver
+
+from daemon.errors import AuthError
+from daemon.operations import logs
+from daemon.queue.sqlite import SqliteStore
+from daemon.sandbox import Fault, Sandbox
+from daemon.upload import retrying
+from daemon.upload.client import OneCodexClient, PostResult
+from daemon.upload.pipeline import Pipeline
 
 KEY = "sk_test_0123456789abcdef"
 
@@ -47,7 +48,7 @@ def sb():
 class Harness(PipelineDriver):
     def __init__(self, sb: Sandbox, tmp: Path, read_timeout_s: float = 5.0) -> None:
         self.sb, self.tmp = sb, tmp
-        self.store = Store(str(tmp / "queue.sqlite3"))
+        self.store = SqliteStore(str(tmp / "queue.sqlite3"))
         self.client = OneCodexClient(sb.api_url, KEY, connect_timeout_s=2, read_timeout_s=read_timeout_s)
         self.pipeline = Pipeline(store=self.store, client=self.client, log=structlog.get_logger(),
                                  block_size=64 * 1024)
@@ -322,7 +323,7 @@ def test_crash_after_post_confirms_the_same_sample(h):
 
 def test_multipart_body_length_is_exact_and_the_file_is_the_last_part(tmp_path):
     """The declared Content-Length equals the bytes produced; fields keep their order; file part last."""
-    from daemon.multipart import MultipartBody
+    from daemon.upload.formdata import MultipartBody
     p = tmp_path / "x.fastq"
     data = fastq_bytes(50)
     p.write_bytes(data)
@@ -339,8 +340,9 @@ def test_multipart_body_length_is_exact_and_the_file_is_the_last_part(tmp_path):
 def test_moto_s3_accepts_our_post(tmp_path):
     """moto's S3 server (a server we did not write) stores exactly our bytes and returns the MD5 ETag."""
     boto3 = pytest.importorskip("boto3")
-    from moto.server import ThreadedMotoServer
     import socket
+
+    from moto.server import ThreadedMotoServer
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -356,8 +358,8 @@ def test_moto_s3_accepts_our_post(tmp_path):
             Fields={"acl": "private", "success_action_status": "201"},
             Conditions=[{"acl": "private"}, {"success_action_status": "201"},
                         ["starts-with", "$key", "user_1/file_2/"]])
-        from daemon.client import InitResult
-        from daemon.multipart import MultipartBody
+        from daemon.upload.client import InitResult
+        from daemon.upload.formdata import MultipartBody
         init = InitResult("2", post["url"], tuple(post["fields"].items()))
         data = gzip.compress(fastq_bytes(300))
         p = tmp_path / "reads.fastq.gz"
@@ -409,7 +411,8 @@ def test_fixed_file_uploads_as_a_new_version(h):
 def test_bandwidth_cap_holds_within_10_percent_on_a_200_mb_upload(tmp_path):
     """upload.max_mbps = 400 moves a 200 MB file through the sandbox at 400 Mbps ± 10%."""
     import time as _time
-    from daemon.throttle import TokenBucket
+
+    from daemon.upload.throttle import TokenBucket
     with Sandbox(api_keys=(KEY,), store_objects=False) as sandbox:
         h = Harness(sandbox, tmp_path)
         bucket = TokenBucket.from_mbps(400)
@@ -443,8 +446,8 @@ def test_repeat_confirm_refused_as_already_confirmed_counts_as_done(h):
 @pytest.fixture
 def child_validation(monkeypatch):
     """Send every file through the large-file path: validation in a child process."""
-    import daemon.pipeline
-    monkeypatch.setattr(daemon.pipeline, "CHILD_VALIDATION_BYTES", 1)
+    import daemon.upload.pipeline
+    monkeypatch.setattr(daemon.upload.pipeline, "CHILD_VALIDATION_BYTES", 1)
 
 
 def test_child_process_validation_confirms_a_valid_file(h, child_validation):

@@ -1,4 +1,4 @@
-"""Tests for daemon/validate.py: labelled corpora, block boundaries, properties."""
+"""Tests for daemon/checks/validate.py: labelled corpora, block boundaries, properties."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon import validate
+from daemon.checks import validate
+from daemon.checks.validate import StreamValidator, Summary, sniff, validate_path
 from daemon.errors import ContentRejected
-from daemon.validate import StreamValidator, Summary, sniff, validate_path
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN = ROOT / "tests" / "data" / "fastx"

@@ -10,12 +10,17 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from harness import wait_for
 from structlog.testing import capture_logs
 from watchdog.observers import inotify_c
 
-from harness import wait_for
-
-from daemon.watcher import DEFAULT_INCLUDE, Matcher, Watcher, network_mount_type, scan
+from daemon.detection.watcher import (
+    DEFAULT_INCLUDE,
+    Matcher,
+    Watcher,
+    network_mount_type,
+    scan,
+)
 
 TIMEOUT_S = 5.0
 

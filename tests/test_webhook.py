@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import structlog
 
-from daemon.webhook import KINDS, WebhookNotifier, slack_text, strip_secrets
+from daemon.operations.webhook import KINDS, WebhookNotifier, slack_text, strip_secrets
 
 EVENTS = {
     "file_failed": {"path": "/srv/run1/a.fastq.gz", "error": "HTTP 413: file too large",

@@ -12,8 +12,15 @@ from xml.sax.saxutils import escape
 
 from .base import BaseHandler
 from .faults import Fault
-from .multipart import (BodyIncomplete, BodyReader, FieldsTooLarge, Form, MalformedBody,
-                        boundary_from_content_type, read_form)
+from .multipart import (
+    BodyIncomplete,
+    BodyReader,
+    FieldsTooLarge,
+    Form,
+    MalformedBody,
+    boundary_from_content_type,
+    read_form,
+)
 from .policy import BUCKET, S3_POST_MAX_BYTES, PolicyError, check_post
 
 _SAMPLE_KEY_RE = re.compile(r"^user_[0-9a-f]{16}/file_([0-9a-f]{16})/")

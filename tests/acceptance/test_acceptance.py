@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from emulator import Emulator, Fault
 from harness import PYTHON, ROOT, Daemon, by_name, daemon_env, fastq_bytes, wait_for
 

@@ -8,7 +8,6 @@ from collections.abc import Iterator
 
 import pytest
 import requests
-
 from emulator import FIELD_ORDER, Emulator
 
 KEY = "emulator-self-test-key"

@@ -1,6 +1,6 @@
 """The One Codex API and the standard upload's S3 POST: init_upload → S3 POST → confirm_upload,
 and the API half of the multipart route (init_multipart_upload, its callback; the S3 half is
-daemon/s3multipart.py).
+daemon/upload/s3multipart.py).
 
 The only module that imports requests. It translates HTTP into the exceptions of
 daemon.errors, so its callers never look at status codes. The API key is sent
@@ -15,6 +15,7 @@ import base64
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -27,7 +28,8 @@ from requests.adapters import HTTPAdapter
 from daemon import __version__
 from daemon.config import check_url
 from daemon.errors import AuthError, Permanent, PolicyExpired, Transient
-from daemon.multipart import MultipartBody
+from daemon.upload.formdata import MultipartBody
+from daemon.upload.retrying import parse_retry_after
 
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable",
@@ -118,19 +120,6 @@ class PostResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _retry_after(resp: requests.Response) -> float | None:
-    value = resp.headers.get("Retry-After")
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-        except (TypeError, ValueError):
-            return None
-
-
 def _api_message(resp: requests.Response) -> str:
     try:
         body = resp.json()
@@ -160,7 +149,8 @@ class _NoAuth(requests.auth.AuthBase):
 
 class OneCodexClient:
     def __init__(self, base_url: str, api_key: str, *, connect_timeout_s: float = 10.0,
-                 read_timeout_s: float = 60.0, session: requests.Session | None = None) -> None:
+                 read_timeout_s: float = 60.0, session: requests.Session | None = None,
+                 on_answer: Callable[[str, int], None] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
         self._auth = (api_key, "")
         self.timeout = (connect_timeout_s, read_timeout_s)
@@ -173,6 +163,9 @@ class OneCodexClient:
         self.last_server_date: float | None = None
         # monotonic time of the last 2xx from the API: proof that the key works (see Service._probe).
         self.last_api_ok: float = 0.0
+        # Told of every answer of the API (its path and HTTP status; never of S3's): the pause gate
+        # learns from real requests that the key works again.
+        self.on_answer = on_answer
 
     def uses_key(self, api_key: str) -> bool:
         return self._auth[0] == api_key
@@ -198,6 +191,8 @@ class OneCodexClient:
         resp = self._send(path, method, self.base_url + path, auth=self._auth, timeout=self.timeout, **kwargs)
         self._note_date(resp)
         status = resp.status_code
+        if self.on_answer is not None:
+            self.on_answer(path, status)
         if 200 <= status < 300:
             self.last_api_ok = time.monotonic()
             try:
@@ -212,7 +207,8 @@ class OneCodexClient:
                     403: "API key not allowed to upload"}[status]
             raise AuthError(f"{what}: {message} (HTTP {status})", status=status)
         if status in TRANSIENT_STATUS or status >= 500:
-            raise Transient(f"{path}: HTTP {status}: {message}", retry_after_s=_retry_after(resp))
+            raise Transient(f"{path}: HTTP {status}: {message}",
+                            retry_after_s=parse_retry_after(resp.headers.get("Retry-After")))
         if 300 <= status < 400:
             raise Permanent(f"{path}: unexpected redirect (HTTP {status}) to {resp.headers.get('Location')!r}; "
                             f"check api.base_url")
@@ -333,7 +329,7 @@ class OneCodexClient:
         if code == "AccessDenied" and "expired" in message.lower():
             raise PolicyExpired(text)
         if code in TRANSIENT_S3_CODES or status in TRANSIENT_STATUS or status >= 500:
-            raise Transient(text, retry_after_s=_retry_after(resp))
+            raise Transient(text, retry_after_s=parse_retry_after(resp.headers.get("Retry-After")))
         raise Permanent(text)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable
+from email.utils import parsedate_to_datetime
 from typing import Any, TypeVar
 
 import tenacity
@@ -27,6 +28,21 @@ _waits_enabled = True
 def set_waits(enabled: bool) -> None:
     global _waits_enabled
     _waits_enabled = enabled
+
+
+def parse_retry_after(value: str | None, *, now: Callable[[], float] = time.time) -> float | None:
+    """A Retry-After header as seconds from now (RFC 9110 §10.2.3: delay-seconds or an HTTP date);
+    None when absent or unreadable. The one parser for the API, S3 and webhook answers."""
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        return max(0.0, parsedate_to_datetime(value).timestamp() - now())
+    except (TypeError, ValueError, IndexError):
+        return None
 
 
 def backoff_s(attempt: int, *, initial_s: float = 1.0, max_s: float = 60.0,

@@ -31,6 +31,8 @@ import os
 import time
 from collections.abc import Callable
 
+from daemon.paths import is_within
+
 PRESETS: dict[str, tuple[str, ...]] = {
     "illumina": ("CopyComplete.txt",),
     "bclconvert": ("Logs/FastqComplete.txt",),
@@ -103,7 +105,7 @@ class MarkerRule:
     def _candidates(self, path: str) -> list[str]:
         """The file's folder and its ancestors up to the root (nearest first)."""
         folder = os.path.dirname(path)
-        if not _is_within(folder, self.root):
+        if not is_within(folder, self.root):
             return [folder]  # not under this root (one-shot uploads): only its own folder
         folders = [folder]
         while folder != self.root:
@@ -150,5 +152,3 @@ def _marker_in(folder: str, pattern: str) -> bool:
     return os.path.isfile(os.path.join(folder, pattern))
 
 
-def _is_within(path: str, root: str) -> bool:
-    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)

@@ -1,7 +1,7 @@
 """S3 multipart upload of one file with temporary credentials: One Codex's route for files over 5 GiB.
 
 The only module that imports boto3/botocore. It translates botocore's errors into the
-exceptions of daemon.errors, as daemon.client does for HTTP, so its callers never look at
+exceptions of daemon.errors, as daemon.upload.client does for HTTP, so its callers never look at
 an S3 error code.
 
 NOT verified against the real One Codex: the route (init_multipart_upload → S3 multipart
@@ -14,7 +14,7 @@ each block passes through the part's MD5, the file's MD5 and the caller's thrott
 progress on its way out. S3's ETag of every part is compared with that MD5 at once (a part
 that differs is sent again), and CompleteMultipartUpload's ETag with the expected
 md5(concat(part digests))-N before anyone calls back. botocore's own retries are off: the
-caller's retry policy (daemon.retrying) is the only one, as for the standard route.
+caller's retry policy (daemon.upload.retrying) is the only one, as for the standard route.
 
 The temporary credentials live in memory only (S3Credentials, S3Upload): never logged, never
 written to the queue. Nothing here knows the One Codex API key.
@@ -35,7 +35,8 @@ import botocore.session
 from botocore.config import Config
 
 from daemon.errors import Aborted, FileChanged, Permanent, PolicyExpired, Transient
-from daemon.source import open_source
+from daemon.upload.retrying import parse_retry_after
+from daemon.upload.source import open_source
 
 MiB = 1 << 20
 # The official client's rule: the smallest of 10, 20, ... 100 MiB that gives fewer than 10,000 parts
@@ -93,7 +94,7 @@ class S3Connector:
         self._lock = threading.Lock()       # a botocore session is not thread-safe; its clients are
         self._session.set_config_variable("ignore_configured_endpoint_urls", True)
         self._config = Config(
-            retries={"total_max_attempts": 1},          # daemon.retrying is the one retry policy
+            retries={"total_max_attempts": 1},          # daemon.upload.retrying is the one retry policy
             connect_timeout=connect_timeout_s, read_timeout=read_timeout_s,
             # No CRC32 body checksums (botocore >= 1.36 adds them by default, which wraps the body
             # in aws-chunked encoding) and no SHA-256 of the payload in the signature (without a
@@ -125,7 +126,7 @@ def translate(exc: BaseException, what: str) -> BaseException:
         if code in RESTART_CODES:
             return PolicyExpired(text)
         if code in TRANSIENT_CODES or status in TRANSIENT_STATUS or status >= 500:
-            return Transient(text, retry_after_s=_retry_after(meta.get("HTTPHeaders") or {}))
+            return Transient(text, retry_after_s=parse_retry_after((meta.get("HTTPHeaders") or {}).get("retry-after")))
         return Permanent(text)
     if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
                         botocore.exceptions.IncompleteReadError)):
@@ -133,13 +134,6 @@ def translate(exc: BaseException, what: str) -> BaseException:
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return Permanent(f"S3 {what}: {exc}")
     return exc
-
-
-def _retry_after(headers: dict[str, str]) -> float | None:
-    try:
-        return max(0.0, float(headers.get("retry-after", "")))
-    except ValueError:
-        return None
 
 
 def _short(exc: BaseException) -> str:
@@ -239,7 +233,7 @@ class S3Upload:
         self.hashed = 0
         self.completed_etag: str | None = None
         self._complete_tried = False
-        self.fd = open_source(path)        # read-only, no atime, never a FIFO or a link (daemon.source)
+        self.fd = open_source(path)        # read-only, no atime, never a FIFO or a link (daemon.upload.source)
 
     @property
     def all_sent(self) -> bool:

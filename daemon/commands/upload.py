@@ -15,12 +15,13 @@ import threading
 import time
 from typing import Any
 
-from daemon import logs
-from daemon.client import OneCodexClient
 from daemon.config import Settings
 from daemon.errors import AuthError
-from daemon.pipeline import Pipeline
-from daemon.store import Identity, Store
+from daemon.operations import logs
+from daemon.queue.base import Identity
+from daemon.queue.sqlite import SqliteStore
+from daemon.upload.build import make_client, make_pipeline
+from daemon.upload.client import OneCodexClient
 
 PROGRESS_LOG_S = 5.0
 EXIT_INTERRUPTED = 1     # design.md: `upload` exits 0 only if every file was confirmed, 1 otherwise (also Ctrl-C)
@@ -61,23 +62,17 @@ def upload_files(settings: Settings, api_key: str, files: list[str], *, max_wait
                  client: OneCodexClient | None = None, out: Any = None) -> int:
     out = out or sys.stdout
     log = logs.get("seqdrop")
-    client = client or OneCodexClient(settings.api.base_url, api_key,
-                                      connect_timeout_s=settings.api.connect_timeout_s,
-                                      read_timeout_s=settings.api.read_timeout_s)
+    client = client or make_client(settings, api_key)
     throttle = None
     if settings.upload.max_mbps:
-        from daemon.throttle import TokenBucket
+        from daemon.upload.throttle import TokenBucket
         bucket = TokenBucket.from_mbps(settings.upload.max_mbps)
         throttle = bucket.consume
     ok = True
     with tempfile.TemporaryDirectory(prefix="seqdrop-upload-") as tmp:
-        store = Store(os.path.join(tmp, "queue.sqlite3"))
+        store = SqliteStore(os.path.join(tmp, "queue.sqlite3"))
         stop = threading.Event()
-        pipeline = Pipeline(store=store, client=client, log=log, validate=settings.upload.validate,
-                            block_size=settings.upload.block_size, throttle=throttle, stop=stop,
-                            multipart_threshold_bytes=settings.upload.multipart_threshold_bytes,
-                            s3_endpoint_url=settings.upload.multipart_s3_endpoint,
-                            s3_region=settings.upload.multipart_s3_region)
+        pipeline = make_pipeline(settings, store=store, client=client, log=log, stop=stop, throttle=throttle)
         ids: dict[int, str] = {}
         for path in files:
             full = os.path.abspath(path)

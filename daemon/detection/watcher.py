@@ -60,7 +60,7 @@ from watchdog.observers.api import ObservedWatch
 from watchdog.observers.inotify import InotifyObserver
 
 from daemon.config import DEFAULT_INCLUDE  # noqa: F401  (re-exported: the default patterns)
-
+from daemon.paths import is_within
 
 # Names that writers use while a file is incomplete, or for scratch copies. Hidden names
 # (leading ".") are refused separately: that covers rsync's ".name.XXXXXX", emacs' ".#name",
@@ -195,7 +195,7 @@ def network_mount_type(path: str, *, mountinfo: str = "/proc/self/mountinfo") ->
                     fstype = fields[sep + 1]
                 except (ValueError, IndexError):
                     continue
-                if _is_within(target, point) and len(point) >= len(best_point):
+                if is_within(target, point) and len(point) >= len(best_point):
                     best_point, best_type = point, fstype
     except OSError:
         return None
@@ -209,12 +209,6 @@ def network_mount_type(path: str, *, mountinfo: str = "/proc/self/mountinfo") ->
 def _unescape_mount(text: str) -> str:
     """mountinfo writes space, tab, newline and backslash as octal escapes (\\040...)."""
     return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), text)
-
-
-def _is_within(path: str, root: str) -> bool:
-    if root == os.sep:
-        return path.startswith(os.sep)
-    return path == root or path.startswith(root + os.sep)
 
 
 def _identity(path: str) -> tuple[int, int] | None:
@@ -594,8 +588,8 @@ class Watcher:
         For a folder moved within the root, the files' old paths are hinted too (they are gone);
         a folder renamed to a hidden name (".trash") hints only the old paths.
         """
-        new_ok = _is_within(folder, root.path) and not _hidden_below(folder, root.path)
-        old_ok = bool(moved_from) and _is_within(moved_from, root.path) and not _hidden_below(
+        new_ok = is_within(folder, root.path) and not _hidden_below(folder, root.path)
+        old_ok = bool(moved_from) and is_within(moved_from, root.path) and not _hidden_below(
             moved_from, root.path)
         if not (new_ok or old_ok):
             return
@@ -622,14 +616,14 @@ class Watcher:
                                 error=repr(exc), exc_info=True)
 
     def _wanted(self, root: _Root, path: str) -> bool:
-        return (_is_within(path, root.path) and not _hidden_below(path, root.path)
+        return (is_within(path, root.path) and not _hidden_below(path, root.path)
                 and self.matcher.matches(path))
 
     @staticmethod
     def _outer(root: _Root, path: bytes | str) -> str:
         """Event paths are under the resolved root; hints use the root as configured."""
         text = os.fsdecode(path)
-        if root.real != root.path and _is_within(text, root.real):
+        if root.real != root.path and is_within(text, root.real):
             return root.path + text[len(root.real):]
         return text
 

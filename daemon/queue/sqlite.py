@@ -1,6 +1,6 @@
 """The persistent queue: one SQLite row per file version. The database is the truth.
 
-The only module that speaks SQL. Contract (small verbs, each one short transaction):
+The only module that speaks SQL (the contract, its verbs and rows: daemon/queue/base.py). Contract (small verbs, each one short transaction):
   latest_for_path, add_seen, touch_seen, set_state, claim_next, save_init, save_posted,
   clear_init, mark_done, reschedule, requeue, release_stale_claims, retry, counts, files, get, meta.
 A row is *claimed* (state 'uploading', claimed_by set), never popped: a crash leaves
@@ -19,11 +19,19 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
-STATES = ("seen", "queued", "uploading", "done", "rejected", "failed", "vanished")
-TERMINAL = frozenset({"done", "rejected", "failed", "vanished"})
+from daemon.queue.base import (
+    INIT_STEPS,
+    POSTED_STEPS,
+    STATES,
+    STEP_INITIALIZED,
+    STEP_POSTED,
+    FileRow,
+    Identity,
+    StoreLocked,
+)
+
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -56,50 +64,6 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-@dataclass(frozen=True)
-class Identity:
-    """A file version: (device, inode, size, mtime_ns) at one path."""
-    dev: int
-    inode: int
-    size: int
-    mtime_ns: int
-
-    @classmethod
-    def of(cls, st: os.stat_result) -> "Identity":
-        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
-
-
-@dataclass(frozen=True)
-class FileRow:
-    id: int
-    path: str
-    identity: Identity
-    state: str
-    step: str
-    sample_id: str | None
-    init: str | None
-    md5: str | None
-    attempts: int
-    next_attempt_at: float
-    error: str | None
-    stable_since: float
-    updated_at: float
-
-    @property
-    def size(self) -> int:
-        return self.identity.size
-
-    def public(self) -> dict[str, Any]:
-        """The row as `status --json` shows it (nothing secret: no upload fields)."""
-        return {"id": self.id, "path": self.path, "state": self.state, "size": self.size,
-                "sample_id": self.sample_id, "attempts": self.attempts, "error": self.error,
-                "updated_at": _iso(self.updated_at)}
-
-
-def _iso(ts: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
-
-
 def _row(r: sqlite3.Row) -> FileRow:
     return FileRow(id=r["id"], path=r["path"], identity=Identity(r["dev"], r["inode"], r["size"], r["mtime_ns"]),
                    state=r["state"], step=r["step"], sample_id=r["sample_id"], init=r["init"], md5=r["md5"],
@@ -107,11 +71,9 @@ def _row(r: sqlite3.Row) -> FileRow:
                    stable_since=r["stable_since"], updated_at=r["updated_at"])
 
 
-class StoreLocked(Exception):
-    """Another seqdrop daemon already uses this queue."""
+class SqliteStore:
+    """The queue in one SQLite file (WAL, synchronous=FULL): the default backend."""
 
-
-class Store:
     def __init__(self, path: str, *, clock: Any = time.time, readonly: bool = False) -> None:
         self.path = path
         self.clock = clock
@@ -356,15 +318,15 @@ class Store:
                 " ORDER BY next_attempt_at, id LIMIT 1) RETURNING *", (worker, now, now)).fetchone()
         return _row(r) if r else None
 
-    def save_init(self, file_id: int, sample_id: str, init_json: str, *, step: str = "initialized") -> None:
-        assert step in ("initialized", "mp_initialized"), step
+    def save_init(self, file_id: int, sample_id: str, init_json: str, *, step: str = STEP_INITIALIZED) -> None:
+        assert step in INIT_STEPS, step
         with self.tx() as db:
             db.execute("UPDATE files SET step=?, sample_id=?, init=?, md5=NULL, updated_at=?"
                        " WHERE id=?", (step, sample_id, init_json, self.clock(), file_id))
 
-    def save_posted(self, file_id: int, md5: str, *, step: str = "posted") -> None:
+    def save_posted(self, file_id: int, md5: str, *, step: str = STEP_POSTED) -> None:
         """S3 holds the bytes (standard: 'posted'; multipart: 'mp_complete'): confirm, never re-init."""
-        assert step in ("posted", "mp_complete"), step
+        assert step in POSTED_STEPS, step
         with self.tx() as db:
             db.execute("UPDATE files SET step=?, md5=?, updated_at=? WHERE id=?",
                        (step, md5, self.clock(), file_id))

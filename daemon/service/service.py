@@ -21,15 +21,17 @@ import threading
 import time
 from typing import Any
 
-from daemon.client import OneCodexClient
 from daemon.config import Settings, load_api_key
+from daemon.detection.markers import MarkerRule
+from daemon.detection.tracker import BATCH, Tracker
+from daemon.detection.watcher import Matcher, Watcher, network_mount_type, scan
 from daemon.errors import AuthError, ConfigError, Permanent
-from daemon.logs import register_secret
-from daemon.markers import MarkerRule
-from daemon.pipeline import Pipeline
-from daemon.store import Identity, Store
-from daemon.tracker import BATCH, Tracker
-from daemon.watcher import Matcher, Watcher, network_mount_type, scan
+from daemon.operations.logs import register_secret
+from daemon.queue.base import Identity, Store
+from daemon.queue.sqlite import SqliteStore
+from daemon.upload.build import make_client, make_pipeline
+from daemon.upload.client import OneCodexClient
+from daemon.upload.pipeline import Pipeline
 
 HOUSEKEEPING_S = 5.0
 WORKER_JOIN_S = 7.0      # how long shutdown waits for in-flight work (a hung confirm, a slow answer)
@@ -46,10 +48,8 @@ class Service:
         self.settings, self.log = settings, log
         self.stop = threading.Event()
         self._stop_requested_at: float | None = None
-        self.store = store or Store(settings.queue.path)
-        self.client = client or OneCodexClient(settings.api.base_url, api_key,
-                                               connect_timeout_s=settings.api.connect_timeout_s,
-                                               read_timeout_s=settings.api.read_timeout_s)
+        self.store = store or SqliteStore(settings.queue.path)
+        self.client = client or make_client(settings, api_key)
         self.notifier = notifier
         self.metrics: Any = None
         self.webhook: Any = None
@@ -114,17 +114,17 @@ class Service:
     def _start_optional_parts(self) -> None:
         s = self.settings
         if s.upload.max_mbps:
-            from daemon.throttle import TokenBucket
+            from daemon.upload.throttle import TokenBucket
             self.throttle = TokenBucket.from_mbps(s.upload.max_mbps)
         if s.metrics.enabled:
             from daemon.config import parse_listen
-            from daemon.metrics import Metrics
+            from daemon.operations.metrics import Metrics
             self.metrics = Metrics()
             host, port = parse_listen(s.metrics.listen)
             bound = self.metrics.start_server(host, port)
             self.log.info("metrics.listening", address=f"{host}:{bound}")
         if s.notify.webhook_url:
-            from daemon.webhook import WebhookNotifier
+            from daemon.operations.webhook import WebhookNotifier
             self.webhook = WebhookNotifier(s.notify.webhook_url, fmt=s.notify.format, log=self.log)
             self.webhook.start()
 
@@ -144,13 +144,8 @@ class Service:
             self.paused_reason = paused.get("reason", "paused")
             self.log.warning("uploads.still_paused", reason=self.paused_reason)
         self._start_optional_parts()
-        self.pipeline = Pipeline(store=self.store, client=self.client, log=self.log,
-                                 validate=s.upload.validate, block_size=s.upload.block_size,
-                                 throttle=self._throttle if self.throttle else None, stop=self.stop,
-                                 emit=self.emit, max_backoff_s=s.upload.max_backoff_s,
-                                 multipart_threshold_bytes=s.upload.multipart_threshold_bytes,
-                                 s3_endpoint_url=s.upload.multipart_s3_endpoint,
-                                 s3_region=s.upload.multipart_s3_region)
+        self.pipeline = make_pipeline(s, store=self.store, client=self.client, log=self.log, stop=self.stop,
+                                      throttle=self._throttle if self.throttle else None, emit=self.emit)
         for folder in s.watch.folders:
             fstype = network_mount_type(folder.path)
             if fstype and not folder.polling:

@@ -26,6 +26,8 @@ from urllib.parse import urlsplit
 import requests
 import structlog
 
+from daemon.upload.retrying import parse_retry_after
+
 KINDS = ("file_failed", "file_rejected", "uploads_paused", "uploads_resumed", "daily_summary")
 FORMATS = ("slack", "json")
 _SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
@@ -191,7 +193,7 @@ class WebhookNotifier:
                 return "ok", None, str(status)
             detail = f"HTTP {status}: {response.text[:200]}"
             if status in (408, 425, 429) or status >= 500:
-                return "retry", _retry_after_s(response.headers.get("Retry-After")), detail
+                return "retry", parse_retry_after(response.headers.get("Retry-After")), detail
             return "permanent", None, detail
 
     def _render(self, payload: dict[str, Any]) -> bytes:
@@ -233,11 +235,3 @@ def slack_text(payload: dict[str, Any]) -> str:
         line += " (" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")"
     return " ".join(line.splitlines())
 
-
-def _retry_after_s(value: str | None) -> float | None:
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        return None  # an HTTP date: our own backoff is good enough for a notification

@@ -13,8 +13,9 @@ import time
 from typing import Any
 
 from daemon import config as config_mod
-from daemon import logs
 from daemon.errors import AuthError, ConfigError, Permanent, Transient
+from daemon.operations import logs
+from daemon.upload.build import make_client
 
 CLOCK_SKEW_WARN_S = 60.0
 MAX_DIRS_COUNTED = 200_000
@@ -90,7 +91,7 @@ def _check_queue(settings: Any, r: _Report) -> None:
 
 
 def _check_folders(settings: Any, r: _Report) -> None:
-    from daemon.watcher import network_mount_type
+    from daemon.detection.watcher import network_mount_type
     dirs = 0
     for folder in settings.watch.folders:
         p = folder.path
@@ -127,7 +128,6 @@ def _check_folders(settings: Any, r: _Report) -> None:
 
 
 def _check_api(settings: Any, r: _Report, env: dict[str, str] | None) -> None:
-    from daemon.client import OneCodexClient
     try:
         key = config_mod.load_api_key(settings, env=env)
     except ConfigError as e:
@@ -135,8 +135,7 @@ def _check_api(settings: Any, r: _Report, env: dict[str, str] | None) -> None:
         return
     logs.register_secret(key)
     r.ok("API key", "found")
-    client = OneCodexClient(settings.api.base_url, key, connect_timeout_s=settings.api.connect_timeout_s,
-                            read_timeout_s=min(settings.api.read_timeout_s, 30))
+    client = make_client(settings, key, read_timeout_s=min(settings.api.read_timeout_s, 30))
     try:
         client.probe()
     except AuthError as e:

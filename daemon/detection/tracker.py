@@ -32,7 +32,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from daemon.store import TERMINAL, FileRow, Identity, Store
+from daemon.queue.base import TERMINAL, FileRow, Identity, Store
 
 BATCH = 256               # files per commit when many are found or settle at once (see Store.batch)
 MARKER_RECHECK_S = 5.0

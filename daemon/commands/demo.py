@@ -18,7 +18,7 @@ from importlib import resources
 from typing import Any
 
 from daemon import config as config_mod
-from daemon import logs
+from daemon.operations import logs
 
 SETTLE_S = 2.0
 DEADLINE_S = 90.0
@@ -30,7 +30,7 @@ def _sample(name: str) -> bytes:
 
 def run_demo(*, keep: bool = False, out: Any = None) -> int:
     from daemon.sandbox import Sandbox
-    from daemon.service import Service
+    from daemon.service.service import Service
 
     out = out or sys.stdout
     say = lambda text="": print(text, file=out, flush=True)  # noqa: E731
@@ -76,13 +76,13 @@ def run_demo(*, keep: bool = False, out: Any = None) -> int:
 
 def _wait_for_store(path: str, thread: threading.Thread) -> Any:
     """A read-only view of the daemon's queue, once the daemon has created it."""
-    from daemon.store import Store
+    from daemon.queue.sqlite import SqliteStore
     deadline = time.monotonic() + 30
     while not os.path.exists(path):
         if time.monotonic() > deadline or not thread.is_alive():
             raise RuntimeError("the demo daemon did not start; see its log")
         time.sleep(0.05)
-    return Store(path, readonly=True)
+    return SqliteStore(path, readonly=True)
 
 
 def _snapshot(folder: str) -> dict[str, str]:

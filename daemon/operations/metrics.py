@@ -15,10 +15,15 @@ from collections.abc import Mapping
 from socketserver import ThreadingMixIn
 from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    make_wsgi_app,
+)
 
 from daemon.config import is_loopback_host as is_loopback
-
 
 #: The external states of design.md; each is always exported (0 when empty) so dashboards and
 #: alerts never see a series vanish.

@@ -9,7 +9,7 @@ starts, so a crash anywhere resumes from the last persisted step:
                      cancel the abandoned sample
   step 'posted'      S3 holds exactly the validated bytes (MD5 == ETag): confirm the
                      same sample_id, never start a new sample
-The multipart route (NOT verified against the real One Codex; see daemon/s3multipart.py):
+The multipart route (NOT verified against the real One Codex; see daemon/upload/s3multipart.py):
   step 'mp_initialized'  sample_id, bucket, key and callback path are stored, never the
                      temporary S3 credentials: within one process a transient error resumes
                      at the next part (the credentials are in this process's memory); a new
@@ -33,14 +33,26 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from daemon import retrying
-from daemon.client import InitResult, MultipartInit, OneCodexClient, sanitize_filename
 from daemon.config import MULTIPART_THRESHOLD_BYTES
-from daemon.errors import (Aborted, AuthError, ContentRejected, FileChanged, Permanent, PolicyExpired,
-                           Transient)
-from daemon.multipart import MultipartBody
-from daemon.source import open_source
-from daemon.store import FileRow, Identity, Store
+from daemon.errors import (
+    Aborted,
+    AuthError,
+    ContentRejected,
+    FileChanged,
+    Permanent,
+    PolicyExpired,
+    Transient,
+)
+from daemon.queue.base import FileRow, Identity, Store
+from daemon.upload import retrying
+from daemon.upload.client import (
+    InitResult,
+    MultipartInit,
+    OneCodexClient,
+    sanitize_filename,
+)
+from daemon.upload.formdata import MultipartBody
+from daemon.upload.source import open_source
 
 MAX_SAMPLE_BYTES = 20 * 1000**3      # One Codex's limit for one sample (design.md: 20 GB)
 MAX_POST_BYTES = 5 * 1024**3         # S3's limit for one POST upload (5 GiB)
@@ -221,7 +233,7 @@ class Pipeline:
             raise FileChanged("replaced or changed before it was uploaded; the new version is queued separately")
 
     def _sniff(self, row: FileRow) -> None:
-        from daemon.validate import sniff
+        from daemon.checks.validate import sniff
         try:
             with os.fdopen(open_source(row.path), "rb") as f:
                 head = f.read(SNIFF_BYTES)
@@ -266,7 +278,7 @@ class Pipeline:
                 child = _ChildValidator(row.path, row.size)
                 finish, check = child.finish, child.check
             elif self.validate:
-                from daemon.validate import StreamValidator
+                from daemon.checks.validate import StreamValidator
                 validator = StreamValidator(name=name)
                 tap, finish = validator.feed, validator.finish
             body = MultipartBody(init.fields, path=row.path, filename=sanitize_filename(name), size=row.size,
@@ -420,7 +432,12 @@ class Pipeline:
         return self._done(row, sample_id, md5, log, seconds=seconds, route="multipart")
 
     def _new_job(self, init: MultipartInit, row: FileRow, child: "_ChildValidator | None") -> "_MultipartJob":
-        from daemon.s3multipart import S3Connector, S3Credentials, S3Upload, choose_part_size
+        from daemon.upload.s3multipart import (
+            S3Connector,
+            S3Credentials,
+            S3Upload,
+            choose_part_size,
+        )
         with self._jobs_lock:
             if self._s3 is None:
                 connect_s, read_s = getattr(self.client, "timeout", (10.0, 60.0))
@@ -488,7 +505,7 @@ class _MultipartJob:
     """A multipart upload between attempts, in memory only: it holds the temporary S3 credentials
     (never stored) and the parts sent so far; the validator child runs beside it."""
     init: MultipartInit
-    upload: Any                       # daemon.s3multipart.S3Upload
+    upload: Any                       # daemon.upload.s3multipart.S3Upload
     child: "_ChildValidator | None"
 
     def close(self, *, abort: bool, keep_child: bool = False) -> str | None:
@@ -501,7 +518,7 @@ class _MultipartJob:
 
 
 class _ChildValidator:
-    """Validation of a large file in a child process (`python -m daemon.validate --json`).
+    """Validation of a large file in a child process (`python -m daemon.checks.validate --json`).
 
     In one process the validator and the sending thread take turns on the GIL, and validation
     made a large upload 1.4-1.9x slower (docs/benchmarks.md). The child reads the same file from
@@ -513,7 +530,7 @@ class _ChildValidator:
 
     def __init__(self, path: str, size: int) -> None:
         self.path, self.size = path, size
-        self.proc = subprocess.Popen([sys.executable, "-m", "daemon.validate", "--json", path],
+        self.proc = subprocess.Popen([sys.executable, "-m", "daemon.checks.validate", "--json", path],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, close_fds=True)
         self._verdict: dict[str, Any] | None = None

@@ -21,7 +21,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 
 from daemon.errors import Aborted, FileChanged
-from daemon.source import open_source
+from daemon.upload.source import open_source
 
 CRLF = b"\r\n"
 
@@ -76,7 +76,7 @@ class MultipartBody:
         self.md5 = hashlib.md5()
         self.file_bytes_sent = 0
         yield self._head
-        fd = open_source(self.path)   # read-only, no atime, never a FIFO or a link (daemon.source)
+        fd = open_source(self.path)   # read-only, no atime, never a FIFO or a link (daemon.upload.source)
         stages = _Stages(fd, self)
         try:
             while True:

@@ -796,10 +796,10 @@ def validate_path(path: str | os.PathLike, *, block_size: int = 4 << 20) -> Summ
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m daemon.validate [--json] FILE...`: validate files; exit 0 if all are valid, 1 if not.
+    """`python -m daemon.checks.validate [--json] FILE...`: validate files; exit 0 if all are valid, 1 if not.
 
     The upload pipeline runs this as a child process for large files, so that validation gets a
-    core of its own instead of sharing the GIL with the thread that sends (see daemon/pipeline.py).
+    core of its own instead of sharing the GIL with the thread that sends (see daemon/upload/pipeline.py).
     """
     import json
     import sys
@@ -807,7 +807,7 @@ def main(argv: list[str] | None = None) -> int:
     as_json = "--json" in args
     paths = [a for a in args if a != "--json"]
     if not paths:
-        print("usage: python -m daemon.validate [--json] FILE...", file=sys.stderr)
+        print("usage: python -m daemon.checks.validate [--json] FILE...", file=sys.stderr)
         return 2
     ok = True
     for path in paths:

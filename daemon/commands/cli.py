@@ -15,8 +15,8 @@ from typing import Any
 
 from daemon import __version__
 from daemon import config as config_mod
-from daemon import logs
 from daemon.errors import ConfigError, SeqdropError
+from daemon.operations import logs
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
@@ -92,9 +92,10 @@ def main(argv: list[str] | None = None) -> int:
 
 # -- run ---------------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
-    from daemon.notify import SystemdNotifier
-    from daemon.service import Service
-    from daemon.store import Store, StoreLocked
+    from daemon.operations.notify import SystemdNotifier
+    from daemon.queue.base import StoreLocked
+    from daemon.queue.sqlite import SqliteStore
+    from daemon.service.service import Service
 
     settings = config_mod.load(args.config_path)
     if not settings.watch.folders:
@@ -105,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     logs.register_secret(key)
     log = logs.get("seqdrop")
     try:
-        store = Store(settings.queue.path)
+        store = SqliteStore(settings.queue.path)
     except Exception as e:
         raise _queue_error(settings, e, "make its folder writable by the seqdrop user (StateDirectory= in "
                                         "the unit)") from None
@@ -140,12 +141,14 @@ def _open_store_for_reading(args: argparse.Namespace, *, write: bool = False) ->
     database that the seqdrop user could not open.
     """
     import sqlite3
-    from daemon.store import Store
+
+    from daemon.queue.sqlite import SqliteStore
+
     settings = config_mod.load(args.config_path, must_exist=args.config_explicit, check_folders=False)
     if not os.path.exists(settings.queue.path):
         return settings, None
     try:
-        store = Store(settings.queue.path, readonly=not write)
+        store = SqliteStore(settings.queue.path, readonly=not write)
         if not store.has_schema():      # the daemon's very first instant: nothing recorded yet
             store.close()
             return settings, None
@@ -168,7 +171,7 @@ def _queue_error(settings: Any, e: Exception, fix: str) -> ConfigError:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from daemon.store import STATES
+    from daemon.queue.base import STATES
     settings, store = _open_store_for_reading(args)
     if store is None:
         counts = {s: 0 for s in STATES}
@@ -230,7 +233,7 @@ def cmd_retry(args: argparse.Namespace) -> int:
 
 # -- upload ------------------------------------------------------------------------------------
 def cmd_upload(args: argparse.Namespace) -> int:
-    from daemon.oneshot import upload_files
+    from daemon.commands.upload import upload_files
     settings = config_mod.load(args.config_path, must_exist=args.config_explicit, check_folders=False)
     logs.configure(settings.log.level if settings.log.level != "info" else "warning", settings.log.format,
                    stream=sys.stderr)
@@ -241,13 +244,13 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 # -- check -------------------------------------------------------------------------------------
 def cmd_check(args: argparse.Namespace) -> int:
-    from daemon.checks import run_checks
+    from daemon.commands.check import run_checks
     return run_checks(args.config_path)
 
 
 # -- demo --------------------------------------------------------------------------------------
 def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon.demo import run_demo
+    from daemon.commands.demo import run_demo
     return run_demo(keep=args.keep)
 
 

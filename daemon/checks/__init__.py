@@ -1,0 +1,1 @@
+"""Checks of content: the streaming FASTA/FASTQ validator and its child-process runner."""

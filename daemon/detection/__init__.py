@@ -1,0 +1,1 @@
+"""Detection: which files exist, when they are finished (watcher, tracker, run markers)."""

@@ -1,0 +1,126 @@
+"""The queue's contract: what every queue backend stores and the verbs the rest of seqdrop uses.
+
+The database is the truth. A row is one file version; it is *claimed* (state 'uploading'),
+never popped, so a crash leaves it claimed and the next start-up releases it. Every verb is one
+short transaction; none is held across a network call. `batch()` groups many transitions under
+one commit (one disk flush). SQLite (daemon/queue/sqlite.py) is the first implementation; a
+second backend implements the same verbs.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+STATES = ("seen", "queued", "uploading", "done", "rejected", "failed", "vanished")
+TERMINAL = frozenset({"done", "rejected", "failed", "vanished"})
+
+# The step within queued/uploading: how far a row's upload got (persisted before the next step).
+STEP_NONE = ""                      # nothing sent (or nothing that can be confirmed)
+STEP_INITIALIZED = "initialized"    # standard route: sample_id and the POST form stored
+STEP_POSTED = "posted"              # standard route: S3 holds the validated bytes (md5 == ETag)
+STEP_MP_INIT = "mp_initialized"     # multipart route: sample_id, bucket, key, callback stored
+STEP_MP_COMPLETE = "mp_complete"    # multipart route: CompleteMultipartUpload's ETag checked
+INIT_STEPS = (STEP_INITIALIZED, STEP_MP_INIT)
+POSTED_STEPS = (STEP_POSTED, STEP_MP_COMPLETE)
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A file version: (device, inode, size, mtime_ns) at one path."""
+    dev: int
+    inode: int
+    size: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, st: os.stat_result) -> "Identity":
+        return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class FileRow:
+    id: int
+    path: str
+    identity: Identity
+    state: str
+    step: str
+    sample_id: str | None
+    init: str | None
+    md5: str | None
+    attempts: int
+    next_attempt_at: float
+    error: str | None
+    stable_since: float
+    updated_at: float
+
+    @property
+    def size(self) -> int:
+        return self.identity.size
+
+    def public(self) -> dict[str, Any]:
+        """The row as `status --json` shows it (nothing secret: no upload fields)."""
+        return {"id": self.id, "path": self.path, "state": self.state, "size": self.size,
+                "sample_id": self.sample_id, "attempts": self.attempts, "error": self.error,
+                "updated_at": iso_utc(self.updated_at)}
+
+
+def iso_utc(ts: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class StoreLocked(Exception):
+    """Another seqdrop daemon already uses this queue."""
+
+
+class Store(Protocol):
+    """The verbs of a queue backend (see the module docstring for the rules they keep)."""
+
+    path: str
+
+    # lifetime
+    def close(self) -> None: ...
+    def lock_exclusive(self) -> None: ...
+    def batch(self) -> AbstractContextManager[None]: ...
+    def has_schema(self) -> bool: ...
+
+    # reading
+    def get(self, file_id: int) -> FileRow | None: ...
+    def latest_for_path(self, path: str) -> FileRow | None: ...
+    def settled_in(self, folder: str) -> dict[str, Identity]: ...
+    def last_done_for_path(self, path: str, *, before_id: int) -> FileRow | None: ...
+    def rows_in(self, *states: str) -> list[FileRow]: ...
+    def counts(self) -> dict[str, int]: ...
+    def files(self, *, states: tuple[str, ...] | None = None, limit: int | None = None) -> list[FileRow]: ...
+    def next_due_at(self) -> float | None: ...
+    def done_since(self, ts: float) -> int: ...
+
+    # writing: detection
+    def add_seen(self, path: str, ident: Identity) -> int: ...
+    def touch_seen(self, file_id: int, ident: Identity) -> None: ...
+    def set_state(self, file_id: int, state: str, *, error: str | None = None,
+                  only_from: tuple[str, ...] | None = None, **cols: Any) -> bool: ...
+    def note(self, file_id: int, error: str | None) -> None: ...
+
+    # writing: upload
+    def claim_next(self, worker: str) -> FileRow | None: ...
+    def save_init(self, file_id: int, sample_id: str, init_json: str, *, step: str = STEP_INITIALIZED) -> None: ...
+    def save_posted(self, file_id: int, md5: str, *, step: str = STEP_POSTED) -> None: ...
+    def clear_init(self, file_id: int) -> None: ...
+    def mark_done(self, file_id: int, *, sample_id: str, md5: str | None, error: str | None = None) -> None: ...
+    def reschedule(self, file_id: int, *, delay_s: float, error: str, count_attempt: bool = True) -> None: ...
+    def release_stale_claims(self) -> int: ...
+    def retry(self, *, states: tuple[str, ...], ids: tuple[int, ...] = ()) -> int: ...
+
+    # meta (small JSON values: the pause, the schema version)
+    def get_meta(self, key: str) -> Any: ...
+    def set_meta(self, key: str, value: Any) -> None: ...
+
+
+__all__ = ["STATES", "TERMINAL", "STEP_NONE", "STEP_INITIALIZED", "STEP_POSTED", "STEP_MP_INIT",
+           "STEP_MP_COMPLETE", "INIT_STEPS", "POSTED_STEPS", "Identity", "FileRow", "StoreLocked", "Store",
+           "iso_utc", "Iterator"]

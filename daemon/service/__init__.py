@@ -1,0 +1,1 @@
+"""`seqdrop run`: the long-running service (main loop, workers, the pause gate)."""

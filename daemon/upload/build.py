@@ -1,0 +1,33 @@
+"""The one place that turns Settings into an API client and a Pipeline (the daemon, `seqdrop
+upload` and `seqdrop check` all build theirs here, so a new setting is wired once)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from daemon.config import Settings
+from daemon.queue.base import Store
+from daemon.upload.client import OneCodexClient
+from daemon.upload.pipeline import Emit, Pipeline, _no_emit
+
+
+def make_client(settings: Settings, api_key: str, *, read_timeout_s: float | None = None,
+                on_answer: Callable[[str, int], None] | None = None) -> OneCodexClient:
+    """The API client for settings' base_url (read_timeout_s: a shorter one for interactive checks)."""
+    return OneCodexClient(settings.api.base_url, api_key,
+                          connect_timeout_s=settings.api.connect_timeout_s,
+                          read_timeout_s=settings.api.read_timeout_s if read_timeout_s is None else read_timeout_s,
+                          on_answer=on_answer)
+
+
+def make_pipeline(settings: Settings, *, store: Store, client: OneCodexClient, log: Any,
+                  stop: threading.Event, throttle: Callable[[int], None] | None = None,
+                  emit: Emit = _no_emit) -> Pipeline:
+    """The upload pipeline as [upload] configures it."""
+    up = settings.upload
+    return Pipeline(store=store, client=client, log=log, validate=up.validate, block_size=up.block_size,
+                    throttle=throttle, stop=stop, emit=emit, max_backoff_s=up.max_backoff_s,
+                    multipart_threshold_bytes=up.multipart_threshold_bytes,
+                    s3_endpoint_url=up.multipart_s3_endpoint, s3_region=up.multipart_s3_region)
