@@ -617,9 +617,9 @@ def test_a_full_disk_under_the_queue_stalls_nothing_for_good(tmp_path: Path, san
 
     from structlog.testing import capture_logs
 
-    from daemon.queue.base import Store
+    from daemon.queue.sqlite import SqliteStore
 
-    class FillingDisk(Store):
+    class FillingDisk(SqliteStore):
         full_until = 0.0
 
         def _check(self) -> None:
