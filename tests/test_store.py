@@ -46,7 +46,7 @@ def test_transitions_are_visible_to_another_process_at_once(store, tmp_path):
     """A state recorded by one connection is read by a separate process (status beside the daemon)."""
     a = store.add_seen("/a", IDENT)
     store.mark_done(a, sample_id="abc", md5="0" * 32)
-    code = ("import sys; from daemon.queue.sqlite import Store; s = SqliteStore(sys.argv[1], readonly=True);"
+    code = ("import sys; from daemon.queue.sqlite import SqliteStore; s = SqliteStore(sys.argv[1], readonly=True);"
             "r = s.get(1); print(r.state, r.sample_id)")
     out = subprocess.run([sys.executable, "-c", code, store.path], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["done", "abc"]
