@@ -1,6 +1,7 @@
 """seqdrop: watch sequencer output folders and upload finished FASTA/FASTQ files to One Codex."""
 
-from importlib.metadata import PackageNotFoundError, version as _dist_version
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as _dist_version
 
 #: What a source tree that was never installed reports: the truth (no build recorded a version),
 #: and a valid PEP 440 version that sorts below every release. pyproject's fallback_version is the same.

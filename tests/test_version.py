@@ -94,7 +94,7 @@ def documented_upgrade_commands() -> str:
     """The first shell block of docs/operations.md's upgrade section that installs seqdrop's wheel."""
     text = (REPO / "docs" / "operations.md").read_text()
     section = text[text.index("### Upgrade\n"):text.index("### Roll back\n")]
-    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
+    blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
     matching = [b for b in blocks if "--force-reinstall" in b]
     assert len(matching) == 1, "docs/operations.md: expected one upgrade block that installs the wheel"
     return matching[0]
