@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.metadata
 import json
 import re
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -41,7 +42,10 @@ def test_version_is_the_installed_distributions() -> None:
 
 def test_a_source_tree_that_was_never_installed_says_its_version_is_unknown(tmp_path: Path) -> None:
     """Without installed metadata, __version__ is the fallback, a valid version below every release."""
-    code = f"import sys; sys.path.insert(0, {str(REPO)!r}); import daemon; print(daemon.__version__)"
+    # A copy of the package alone: the checkout itself may hold seqdrop.egg-info (an editable install
+    # writes it there), which is installed metadata by another name.
+    shutil.copytree(REPO / "daemon", tmp_path / "src" / "daemon", ignore=shutil.ignore_patterns("__pycache__"))
+    code = f"import sys; sys.path.insert(0, {str(tmp_path / 'src')!r}); import daemon; print(daemon.__version__)"
     # -S: no site-packages, so no seqdrop distribution can be found (the interpreter alone).
     out = run(sys.executable, "-S", "-c", code, cwd=tmp_path).strip()
     assert out == daemon.UNKNOWN_VERSION == "0.0+unknown"
