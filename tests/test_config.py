@@ -185,8 +185,6 @@ EXACT = [
      "a paused daemon probes the key at least every 5 minutes"),
     ("[api]\nbase_url = 'ftp://x'\n", "api.base_url", "base_url 'ftp://x' is not an http(s) URL",
      "use https://, or http:// only with 127.0.0.1/localhost (the sandbox)"),
-    ("[api]\nx = 1\ny = 2\n", "api", "unknown keys 'x', 'y'", "check the spelling; the keys of [api] are: "
-     "api_key_file, base_url, connect_timeout_s, probe_interval_s, read_timeout_s"),
     ("[watch]\npaths = 'runs'\n", "watch.paths", "has the wrong type (str: 'runs')",
      'paths = ["/srv/sequencer/output"]'),
     ("[watch]\npaths = [{marker = 'illumina'}]\n", "watch.paths[0]",
@@ -203,8 +201,9 @@ EXACT = [
     ("[watch]\npaths = ['afile']\n", "watch.paths[0]", "watch path {tmp}/afile is not a folder",
      "name the folder the instrument writes into"),
     ("[watch]\npaths = ['/definitely/not/here']\n", "watch.paths[0]",
-     "watch folder /definitely/not/here does not exist", "create it, mount the share first (the unit orders "
-     "itself after mounts with RequiresMountsFor=), or correct the path"),
+     "watch folder /definitely/not/here does not exist",
+     ("create it, mount the share first (the unit orders itself after mounts with RequiresMountsFor=), "
+      "or correct the path")),
     ("[watch]\npaths = ['runs', 'runs/']\n", "watch.paths", "the same folder is listed twice",
      "list each folder once"),
     ("[watch]\ninclude = '*.fq'\n", "watch.include", "has the wrong type (str: '*.fq')",
@@ -217,10 +216,7 @@ EXACT = [
      "seconds between full rescans, e.g. 300"),
     ("[watch]\npoll_interval_s = inf\n", "watch.poll_interval_s", "must be a finite number (got inf)",
      "seconds between polls of network shares, e.g. 10"),
-    ("[watch]\nx = 1\n", "watch", "unknown key 'x'", "check the spelling; the keys of [watch] are: exclude, "
-     "include, paths, poll_interval_s, rescan_interval_s, settle_seconds"),
     ("[queue]\npath = 3\n", "queue.path", "has the wrong type (int: 3)", 'path = "/var/lib/seqdrop/queue.sqlite3"'),
-    ("[queue]\nx = 1\n", "queue", "unknown key 'x'", "check the spelling; the keys of [queue] are: path"),
     ("[watch]\npaths = ['runs']\n[queue]\npath = 'runs/q'\n", "queue.path",
      "the queue {tmp}/runs/q is inside the watch folder {tmp}/runs; seqdrop never writes into watched folders",
      'put it outside every watch folder, e.g. path = "/var/lib/seqdrop/queue.sqlite3"'),
@@ -243,32 +239,49 @@ EXACT = [
      "use https://, or http:// only with 127.0.0.1/localhost (a local test S3)"),
     ("[upload]\nmultipart_s3_region = 1\n", "upload.multipart_s3_region", "has the wrong type (int: 1)",
      'e.g. "us-east-1"; leave it out for the default'),
-    ("[upload]\nx = 1\n", "upload", "unknown key 'x'", "check the spelling; the keys of [upload] are: block_size, "
-     "max_backoff_s, max_mbps, multipart_s3_endpoint, multipart_s3_region, multipart_threshold_bytes, validate, "
-     "workers"),
     ("[log]\nlevel = 'LOUD'\n", "log.level", "unknown level 'loud'", "one of debug, info, warning, error"),
     ("[log]\nlevel = 1\n", "log.level", "has the wrong type (int: 1)", 'level = "info"'),
     ("[log]\nformat = 'xml'\n", "log.format", "unknown format 'xml'",
      "auto (console on a terminal, JSON otherwise), json or console"),
-    ("[log]\nx = 1\n", "log", "unknown key 'x'", "check the spelling; the keys of [log] are: format, level"),
     ("[metrics]\nenabled = 1\n", "metrics.enabled", "has the wrong type (int: 1)", "enabled = true"),
     ("[metrics]\nlisten = '9808'\n", "metrics.listen", "listen '9808' must be a loopback HOST:PORT",
      'e.g. "127.0.0.1:9808" (put a reverse proxy in front to expose it)'),
-    ("[metrics]\nx = 1\n", "metrics", "unknown key 'x'", "check the spelling; the keys of [metrics] are: enabled, "
-     "listen"),
     ("[notify]\nwebhook_url = 'http://hooks.example.com/x'\n", "notify.webhook_url",
-     "webhook_url 'http://hooks.example.com/x' uses plain http to a host that is not loopback; the API key "
-     "would travel unencrypted", "use an https:// URL"),
+     ("webhook_url 'http://hooks.example.com/x' uses plain http to a host that is not loopback; the API key "
+      "would travel unencrypted"), "use an https:// URL"),
     ("[notify]\nformat = 'teams'\n", "notify.format", "unknown format 'teams'", '"slack" or "json"'),
     ("[notify]\ndaily_summary_at = '8am'\n", "notify.daily_summary_at", "'8am' is not a time of day",
      'write it as "HH:MM", e.g. "08:00"'),
     ("[notify]\ndaily_summary_at = 8\n", "notify.daily_summary_at", "has the wrong type (int: 8)",
      'daily_summary_at = "08:00"'),
-    ("[notify]\nx = 1\n", "notify", "unknown key 'x'", "check the spelling; the keys of [notify] are: "
-     "daily_summary_at, format, webhook_url"),
     ("api = 1\n", "api", "must be a [table]", "write it as [api]"),
     ("x = 1\n", "x", "unknown section or key 'x'", "the sections are: api, log, metrics, notify, queue, upload, watch"),
 ]
+
+
+# The keys each table knows, as an unknown key's fix lists them.
+KNOWN_KEYS = {
+    "api": "api_key_file, base_url, connect_timeout_s, probe_interval_s, read_timeout_s",
+    "watch": "exclude, include, paths, poll_interval_s, rescan_interval_s, settle_seconds",
+    "queue": "path",
+    "upload": "block_size, max_backoff_s, max_mbps, multipart_s3_endpoint, multipart_s3_region, "
+              "multipart_threshold_bytes, validate, workers",
+    "log": "format, level",
+    "metrics": "enabled, listen",
+    "notify": "daily_summary_at, format, webhook_url",
+}
+
+
+@pytest.mark.parametrize("section", KNOWN_KEYS)
+def test_an_unknown_key_lists_the_keys_of_its_table(tmp_path, section):
+    """An unknown key (or several) is named, with every key its table knows as the fix."""
+    for text, words in ((f"[{section}]\nx = 1\n", "unknown key 'x'"),
+                        (f"[{section}]\nx = 1\ny = 2\n", "unknown keys 'x', 'y'")):
+        path = write(tmp_path, text)
+        with pytest.raises(ConfigError) as e:
+            config.load(path)
+        assert str(e.value) == (f"{path}: [{section}] {words} — fix: check the spelling; the keys of "
+                                f"[{section}] are: {KNOWN_KEYS[section]}")
 
 
 @pytest.mark.parametrize("text,key,message,fix", EXACT)
@@ -313,7 +326,7 @@ def test_every_key_lands_in_its_field(tmp_path):
     """A config setting every key to something other than its default gives exactly those settings."""
     for d in ("runs", "other"):
         (tmp_path / d).mkdir()
-    path = write(tmp_path, f"""
+    path = write(tmp_path, """
         [api]
         base_url = "https://example.org/"
         api_key_file = "k"
@@ -321,7 +334,7 @@ def test_every_key_lands_in_its_field(tmp_path):
         read_timeout_s = 4
         probe_interval_s = 5
         [watch]
-        paths = ["runs", {{path = "other", marker = "glob:RunDone.txt", polling = true}}]
+        paths = ["runs", {path = "other", marker = "glob:RunDone.txt", polling = true}]
         settle_seconds = 1
         rescan_interval_s = 2
         poll_interval_s = 3
