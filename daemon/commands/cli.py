@@ -166,7 +166,8 @@ def _queue_error(settings: Any, e: Exception, fix: str) -> ConfigError:
     if os.path.isdir(path):
         return ConfigError(f"the queue path {path} is a folder", file=settings.source, key="queue.path",
                            fix=f'name a file in it, e.g. path = "{os.path.join(path, "queue.sqlite3")}"')
-    if "not a database" in str(e):
+    # A file that is no SQLite database: told by SQLite's error code (on sqlite3's errors since 3.11).
+    if isinstance(e, sqlite3.Error) and e.sqlite_errorcode == sqlite3.SQLITE_NOTADB:
         return ConfigError(f"{path} is not a seqdrop queue ({e})", file=settings.source, key="queue.path",
                            fix="correct the path; if it is a damaged queue, move it aside and start again "
                                "(files already uploaded are then uploaded again)")
