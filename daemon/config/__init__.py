@@ -7,8 +7,8 @@ a typo must not be silently ignored.
 
 One module per [table] holds its settings and its parser (api, watch, queue, upload, log,
 metrics, notify); reader.py reads one table; document.py reads the file, runs the parsers
-in order and the checks across tables. A new table is a new module and one line in
-document.parse.
+in order, then the checks across tables. A new table is a new module, a field of Settings
+and one line in document.parse.
 """
 
 from daemon.config.addresses import check_url, is_loopback_host, parse_listen

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -22,7 +22,6 @@ from daemon.errors import ConfigError
 from daemon.paths import is_really_within
 
 DEFAULT_CONFIG_PATH = "/etc/seqdrop/config.toml"
-SECTIONS = ("api", "watch", "queue", "upload", "log", "metrics", "notify")
 
 T = TypeVar("T")
 
@@ -37,6 +36,10 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+
+
+# The tables a config file may hold: one per field of Settings but its source.
+SECTIONS = tuple(f.name for f in fields(Settings) if f.name != "source")
 
 
 def default_config_path() -> str:
