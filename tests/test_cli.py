@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from harness import fastq_bytes, wait_for
 
-from daemon import config  # noqa: F401  imported here, not first under pyfakefs (its
-from daemon.commands import check  # noqa: F401  # dynamic patching would leave them bound to the fake filesystem)
+# All imported here, not first under pyfakefs: its dynamic patching would leave them bound to the
+# fake file system.
+from daemon import config
 from daemon.commands import upload as oneshot
+from daemon.commands.check import _check_folders, _Report
+from daemon.config import Settings, WatchFolder, WatchSettings
+from daemon.queue.base import Identity
+from daemon.queue.sqlite import SqliteStore
 from daemon.sandbox import Sandbox
+from daemon.sandbox.faults import Fault
+from daemon.upload import retrying
 
 KEY = "cli-test-key"
 ROOT = Path(__file__).resolve().parent.parent
@@ -23,7 +33,7 @@ SAMPLES = ROOT / "daemon" / "samples"
 def seqdrop(*args: str, env: dict | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k not in ("ONE_CODEX_API_KEY", "SEQDROP_CONFIG")}
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "daemon", *args], capture_output=True, text=True, check=False,
                           env=full_env, timeout=timeout, cwd=ROOT)
 
 
@@ -134,10 +144,6 @@ def test_check_with_a_broken_config_exits_2(tmp_path):
 def test_check_warns_about_subfolders_it_cannot_read(fs):
     """check names a subfolder of a watch folder that this user cannot list (the daemon would skip its
     files) with the fix; a warning, as the rest of the folder works."""
-    import io
-
-    from daemon.commands.check import _check_folders, _Report
-    from daemon.config import Settings, WatchFolder, WatchSettings
     fs.create_file("/out/locked/a.fastq")
     fs.create_file("/out/open/b.fastq")
     os.chmod("/out/locked", 0o311)  # can be entered, cannot be listed
@@ -161,8 +167,6 @@ def test_check_refuses_a_config_without_watch_folders(tmp_path):
 def test_retry_names_unknown_and_unretryable_ids(cfg, tmp_path):
     """retry with an ID not in the queue exits 2 naming it; a done file's ID is named and left alone;
     a failed one named beside them is still put back; a non-number or huge ID is a usage error."""
-    from daemon.queue.base import Identity
-    from daemon.queue.sqlite import SqliteStore
     store = SqliteStore(str(tmp_path / "q.sqlite3"))
     done = store.add_seen(str(tmp_path / "a.fastq"), Identity(1, 2, 3, 4))
     store.set_state(done, "done")
@@ -184,9 +188,6 @@ def test_retry_names_unknown_and_unretryable_ids(cfg, tmp_path):
 def test_ctrl_c_during_upload_cancels_the_begun_sample(sb, tmp_path):
     """Ctrl-C (SIGINT) while `seqdrop upload` sends a file: exit 1 (design.md), the file named as not uploaded, no
     traceback, and the sample begun for it cancelled rather than left dangling in the account."""
-    import signal
-
-    from harness import fastq_bytes, wait_for
     big = tmp_path / "slow.fastq"
     big.write_bytes(fastq_bytes(3 << 20))
     watch = tmp_path / "watch"
@@ -243,9 +244,6 @@ def test_upload_of_an_unreadable_file_says_what_to_do_here(cfg, tmp_path, monkey
     """seqdrop upload of a file this user cannot read names it with a fix for a one-shot upload (not the
     daemon's `seqdrop retry --failed`), sends nothing for it, and still uploads the others. The refusal is
     faked (tests may run as root, who reads anything)."""
-    import io
-
-    from daemon import config as config_mod
     locked = tmp_path / "locked.fastq"
     locked.write_bytes((SAMPLES / "demo_R1.fastq").read_bytes())
 
@@ -256,7 +254,7 @@ def test_upload_of_an_unreadable_file_says_what_to_do_here(cfg, tmp_path, monkey
 
     monkeypatch.setattr(oneshot, "open", fake_open, raising=False)
     out = io.StringIO()
-    settings = config_mod.load(cfg, check_folders=False)
+    settings = config.load(cfg, check_folders=False)
     code = oneshot.upload_files(settings, KEY, [str(locked), str(SAMPLES / "demo_R1.fastq")], out=out)
     text = out.getvalue()
     assert code == 1, text
@@ -273,8 +271,6 @@ def test_demo_runs_to_completion():
 
 def test_status_prints_one_line_per_file_with_its_error(cfg, tmp_path):
     """Human status: a counts line, a header, then exactly one line per file holding path, state and error."""
-    from daemon.queue.base import Identity
-    from daemon.queue.sqlite import SqliteStore
     store = SqliteStore(str(tmp_path / "q.sqlite3"))
     a = store.add_seen(str(tmp_path / "a.fastq"), Identity(1, 2, 3, 4))
     store.add_seen(str(tmp_path / "b.fastq"), Identity(1, 3, 3, 4))
@@ -289,8 +285,6 @@ def test_status_prints_one_line_per_file_with_its_error(cfg, tmp_path):
 def test_status_keeps_one_line_for_a_name_holding_a_newline(cfg, tmp_path):
     """A file name with a newline or a tab still takes exactly one status line (escaped as \\n, \\t);
     accented and CJK letters are shown as they are; --json keeps the true path."""
-    from daemon.queue.base import Identity
-    from daemon.queue.sqlite import SqliteStore
     odd = str(tmp_path / "run 1\nlane\t2 日本.fastq")
     store = SqliteStore(str(tmp_path / "q.sqlite3"))
     a = store.add_seen(odd, Identity(1, 2, 3, 4))
@@ -306,8 +300,6 @@ def test_status_keeps_one_line_for_a_name_holding_a_newline(cfg, tmp_path):
 
 def test_status_piped_into_a_reader_that_leaves_early(cfg, tmp_path):
     """`seqdrop status | head -1` on a long queue: no traceback when the reader closes the pipe."""
-    from daemon.queue.base import Identity
-    from daemon.queue.sqlite import SqliteStore
     store = SqliteStore(str(tmp_path / "q.sqlite3"))
     with store.batch():
         for i in range(3000):
@@ -322,3 +314,25 @@ def test_status_piped_into_a_reader_that_leaves_early(cfg, tmp_path):
     proc.wait(30)
     assert "Traceback" not in err and "Exception ignored" not in err, err
     assert proc.returncode == 1
+
+
+def test_upload_names_what_it_cannot_send_and_gives_up_after_max_wait(cfg, sb, tmp_path):
+    """In-process `seqdrop upload`: a missing path and a folder are named and skipped; a file the API
+    keeps refusing with 503 is retried, then failed once --max-wait has passed; exit 1."""
+    out = io.StringIO()
+    settings = config.load(cfg, check_folders=False)
+    missing, sample = tmp_path / "nope.fastq", SAMPLES / "demo_R1.fastq"
+    sb.add_fault(Fault(target="init_upload", kind="status", status=503, times=None))
+    retrying.set_waits(False)   # the retries still happen, without their backoff
+    try:
+        code = oneshot.upload_files(settings, KEY, [str(missing), str(tmp_path), str(sample)], max_wait_s=0,
+                                    out=out)
+    finally:
+        retrying.set_waits(True)
+        sb.clear_faults()
+    lines = out.getvalue().splitlines()
+    assert code == 1, lines
+    assert lines[:2] == [f"{missing}: cannot read it (No such file or directory)", f"{tmp_path}: not a regular file"]
+    assert lines[2].startswith(f"{sample}: retrying later: ") and "503" in lines[2], lines
+    assert lines[3].startswith(f"{sample}: failed: gave up after 0 s of retries; last error: "), lines
+    assert len(lines) == 4, lines

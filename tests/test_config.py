@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -147,8 +148,8 @@ def test_a_watch_folder_this_user_cannot_read_is_refused(tmp_path, monkeypatch):
     daemon that starts and sees nothing). The permission answer is faked: the tests may run as root."""
     (tmp_path / "runs").mkdir()
     path = write(tmp_path, '[watch]\npaths = ["runs"]\n')
-    real_access = config.os.access
-    monkeypatch.setattr(config.os, "access",
+    real_access = os.access
+    monkeypatch.setattr(os, "access",
                         lambda p, mode: False if str(p) == str(tmp_path / "runs") else real_access(p, mode))
     with pytest.raises(ConfigError) as e:
         config.load(path)
@@ -164,3 +165,230 @@ def test_a_config_saved_with_a_byte_order_mark_loads(tmp_path):
     p.write_bytes(b'\xef\xbb\xbf[watch]\r\npaths = ["runs"]\r\nsettle_seconds = 5\r\n')
     s = config.load(str(p))
     assert s.watch.paths == (str(tmp_path / "runs"),) and s.watch.settle_seconds == 5
+
+
+# Every message the parser gives, word for word, with its key and fix ("{tmp}" is the config's folder,
+# which holds a folder "runs" and a file "afile"). Users and scripts read these: they change on purpose
+# only, never as a side effect of reshaping the parser.
+EXACT = [
+    ("[api]\nbase_url = 1\n", "api.base_url", "has the wrong type (int: 1)",
+     'e.g. base_url = "https://app.onecodex.com"'),
+    ("[api]\napi_key_file = 5\n", "api.api_key_file", "has the wrong type (int: 5)",
+     'api_key_file = "/etc/seqdrop/api-key"'),
+    ("[api]\nconnect_timeout_s = 0\n", "api.connect_timeout_s", "must be at least 0.1 (got 0)", "seconds, e.g. 10"),
+    ("[api]\nconnect_timeout_s = true\n", "api.connect_timeout_s", "must not be true/false (got True)",
+     "seconds, e.g. 10"),
+    ("[api]\nread_timeout_s = nan\n", "api.read_timeout_s", "must be a finite number (got nan)", "seconds, e.g. 60"),
+    ("[api]\nprobe_interval_s = 0.5\n", "api.probe_interval_s", "must be at least 1 (got 0.5)",
+     "seconds, at most 300 (design: probe at least every 5 minutes)"),
+    ("[api]\nprobe_interval_s = 301\n", "api.probe_interval_s", "must be at most 300 seconds",
+     "a paused daemon probes the key at least every 5 minutes"),
+    ("[api]\nbase_url = 'ftp://x'\n", "api.base_url", "base_url 'ftp://x' is not an http(s) URL",
+     "use https://, or http:// only with 127.0.0.1/localhost (the sandbox)"),
+    ("[watch]\npaths = 'runs'\n", "watch.paths", "has the wrong type (str: 'runs')",
+     'paths = ["/srv/sequencer/output"]'),
+    ("[watch]\npaths = [{marker = 'illumina'}]\n", "watch.paths[0]",
+     'must be a folder path or {path = "...", marker = "...", polling = true}',
+     'e.g. paths = ["/srv/out", {path = "/mnt/nas", polling = true}]'),
+    ("[watch]\npaths = [{path = 'runs', mark = 'x'}]\n", "watch.paths[0]", "unknown key(s) mark",
+     "a watch entry takes path, marker and polling"),
+    ("[watch]\npaths = [{path = 'runs', marker = 1}]\n", "watch.paths[0]", "marker must be a string",
+     'marker = "illumina" | "bclconvert" | "nanopore" | "glob:<pattern>"'),
+    ("[watch]\npaths = [{path = 'runs', marker = 'glob:'}]\n", "watch.paths[0]", "unknown run marker 'glob:'",
+     "one of illumina, bclconvert, nanopore, or glob:<pattern> (e.g. glob:RunDone.txt)"),
+    ("[watch]\npaths = [{path = 'runs', polling = 'yes'}]\n", "watch.paths[0]", "polling must be true or false",
+     "polling = true"),
+    ("[watch]\npaths = ['afile']\n", "watch.paths[0]", "watch path {tmp}/afile is not a folder",
+     "name the folder the instrument writes into"),
+    ("[watch]\npaths = ['/definitely/not/here']\n", "watch.paths[0]",
+     "watch folder /definitely/not/here does not exist",
+     ("create it, mount the share first (the unit orders itself after mounts with RequiresMountsFor=), "
+      "or correct the path")),
+    ("[watch]\npaths = ['runs', 'runs/']\n", "watch.paths", "the same folder is listed twice",
+     "list each folder once"),
+    ("[watch]\ninclude = '*.fq'\n", "watch.include", "has the wrong type (str: '*.fq')",
+     'include = ["*.fastq.gz"]'),
+    ("[watch]\ninclude = ['*.fq', '']\n", "watch.include", "must be a list of glob patterns (strings)",
+     'e.g. ["*.fastq.gz"]'),
+    ("[watch]\nexclude = [1]\n", "watch.exclude", "must be a list of glob patterns (strings)",
+     'e.g. ["*.fastq.gz"]'),
+    ("[watch]\nrescan_interval_s = 0\n", "watch.rescan_interval_s", "must be at least 1 (got 0)",
+     "seconds between full rescans, e.g. 300"),
+    ("[watch]\npoll_interval_s = inf\n", "watch.poll_interval_s", "must be a finite number (got inf)",
+     "seconds between polls of network shares, e.g. 10"),
+    ("[queue]\npath = 3\n", "queue.path", "has the wrong type (int: 3)", 'path = "/var/lib/seqdrop/queue.sqlite3"'),
+    ("[watch]\npaths = ['runs']\n[queue]\npath = 'runs/q'\n", "queue.path",
+     "the queue {tmp}/runs/q is inside the watch folder {tmp}/runs; seqdrop never writes into watched folders",
+     'put it outside every watch folder, e.g. path = "/var/lib/seqdrop/queue.sqlite3"'),
+    ("[upload]\nworkers = 33\n", "upload.workers", "must be between 1 and 32 (got 33)",
+     "workers = 2 suits most links"),
+    ("[upload]\nworkers = 2.5\n", "upload.workers", "has the wrong type (float: 2.5)", "workers = 2"),
+    ("[upload]\nmax_mbps = -1\n", "upload.max_mbps", "must be at least 0 (got -1)",
+     "megabits per second; 0 = no cap"),
+    ("[upload]\nvalidate = 'yes'\n", "upload.validate", "has the wrong type (str: 'yes')", "validate = true"),
+    ("[upload]\nmax_backoff_s = 0\n", "upload.max_backoff_s", "must be at least 1 (got 0)", "seconds, e.g. 600"),
+    ("[upload]\nblock_size = 1024\n", "upload.block_size", "must be at least 65536 (got 1024)",
+     "bytes, e.g. 4194304"),
+    ("[upload]\nmultipart_threshold_bytes = 1000\n", "upload.multipart_threshold_bytes",
+     "must be between 1048576 and 5368709120 (got 1000)",
+     "leave it out: files over 5 GiB must take the multipart route, smaller ones only do so to rehearse it"),
+    ("[upload]\nmultipart_threshold_bytes = 1.5\n", "upload.multipart_threshold_bytes",
+     "has the wrong type (float: 1.5)", "leave it out (default 5368709120, 5 GiB); lower only to rehearse"),
+    ("[upload]\nmultipart_s3_endpoint = 'ftp://x'\n", "upload.multipart_s3_endpoint",
+     "multipart_s3_endpoint 'ftp://x' is not an http(s) URL",
+     "use https://, or http:// only with 127.0.0.1/localhost (a local test S3)"),
+    ("[upload]\nmultipart_s3_region = 1\n", "upload.multipart_s3_region", "has the wrong type (int: 1)",
+     'e.g. "us-east-1"; leave it out for the default'),
+    ("[log]\nlevel = 'LOUD'\n", "log.level", "unknown level 'loud'", "one of debug, info, warning, error"),
+    ("[log]\nlevel = 1\n", "log.level", "has the wrong type (int: 1)", 'level = "info"'),
+    ("[log]\nformat = 'xml'\n", "log.format", "unknown format 'xml'",
+     "auto (console on a terminal, JSON otherwise), json or console"),
+    ("[metrics]\nenabled = 1\n", "metrics.enabled", "has the wrong type (int: 1)", "enabled = true"),
+    ("[metrics]\nlisten = '9808'\n", "metrics.listen", "listen '9808' must be a loopback HOST:PORT",
+     'e.g. "127.0.0.1:9808" (put a reverse proxy in front to expose it)'),
+    ("[notify]\nwebhook_url = 'http://hooks.example.com/x'\n", "notify.webhook_url",
+     ("webhook_url 'http://hooks.example.com/x' uses plain http to a host that is not loopback; the API key "
+      "would travel unencrypted"), "use an https:// URL"),
+    ("[notify]\nformat = 'teams'\n", "notify.format", "unknown format 'teams'", '"slack" or "json"'),
+    ("[notify]\ndaily_summary_at = '8am'\n", "notify.daily_summary_at", "'8am' is not a time of day",
+     'write it as "HH:MM", e.g. "08:00"'),
+    ("[notify]\ndaily_summary_at = 8\n", "notify.daily_summary_at", "has the wrong type (int: 8)",
+     'daily_summary_at = "08:00"'),
+    ("api = 1\n", "api", "must be a [table]", "write it as [api]"),
+    ("x = 1\n", "x", "unknown section or key 'x'", "the sections are: api, log, metrics, notify, queue, upload, watch"),
+]
+
+
+# The keys each table knows, as an unknown key's fix lists them.
+KNOWN_KEYS = {
+    "api": "api_key_file, base_url, connect_timeout_s, probe_interval_s, read_timeout_s",
+    "watch": "exclude, include, paths, poll_interval_s, rescan_interval_s, settle_seconds",
+    "queue": "path",
+    "upload": "block_size, max_backoff_s, max_mbps, multipart_s3_endpoint, multipart_s3_region, "
+              "multipart_threshold_bytes, validate, workers",
+    "log": "format, level",
+    "metrics": "enabled, listen",
+    "notify": "daily_summary_at, format, webhook_url",
+}
+
+
+@pytest.mark.parametrize("section", KNOWN_KEYS)
+def test_an_unknown_key_lists_the_keys_of_its_table(tmp_path, section):
+    """An unknown key (or several) is named, with every key its table knows as the fix."""
+    for text, words in ((f"[{section}]\nx = 1\n", "unknown key 'x'"),
+                        (f"[{section}]\nx = 1\ny = 2\n", "unknown keys 'x', 'y'")):
+        path = write(tmp_path, text)
+        with pytest.raises(ConfigError) as e:
+            config.load(path)
+        assert str(e.value) == (f"{path}: [{section}] {words} — fix: check the spelling; the keys of "
+                                f"[{section}] are: {KNOWN_KEYS[section]}")
+
+
+@pytest.mark.parametrize("text,key,message,fix", EXACT)
+def test_every_message_word_for_word(tmp_path, text, key, message, fix):
+    """Each mistake gives exactly its message, key and fix."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "afile").write_text("not a folder\n")
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        config.load(path)
+    message = message.replace("{tmp}", str(tmp_path))
+    assert str(e.value) == f"{path}: [{key}] {message} — fix: {fix}"
+
+
+def test_a_config_that_is_a_folder_or_not_text_names_the_fix(tmp_path):
+    """A --config naming a folder, or a file that is not UTF-8, says which, with its fix."""
+    with pytest.raises(ConfigError) as e:
+        config.load(str(tmp_path))
+    assert str(e.value) == f"{tmp_path}: is a folder, not a file — fix: point --config at the TOML file"
+    p = tmp_path / "latin1.toml"
+    p.write_bytes("[log]\nlevel = 'd\xe9bug'\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as e:
+        config.load(str(p))
+    assert str(e.value) == f"{p}: is not UTF-8 text — fix: save it as UTF-8"
+
+
+def test_the_first_mistake_found_is_the_one_reported(tmp_path):
+    """Tables are read in a fixed order (api, watch, queue and its place beside the watch folders,
+    upload, log, metrics, notify), and within one a bad value comes before an unknown key: fixing
+    the mistake named shows the next one, never a different one first."""
+    (tmp_path / "runs").mkdir()
+    cases = [("[log]\nlevel = 'loud'\n[api]\nx = 1\n", "[api]"),
+             ("[upload]\nworkers = 0\n[watch]\npaths = ['runs']\n[queue]\npath = 'runs/q'\n", "[queue.path]"),
+             ("[upload]\nx = 1\nworkers = 0\n", "[upload.workers]")]
+    for text, key in cases:
+        with pytest.raises(ConfigError) as e:
+            config.load(write(tmp_path, text))
+        assert e.value.key == key.strip("[]"), (text, str(e.value))
+
+
+def test_every_key_lands_in_its_field(tmp_path):
+    """A config setting every key to something other than its default gives exactly those settings."""
+    for d in ("runs", "other"):
+        (tmp_path / d).mkdir()
+    path = write(tmp_path, """
+        [api]
+        base_url = "https://example.org/"
+        api_key_file = "k"
+        connect_timeout_s = 3
+        read_timeout_s = 4
+        probe_interval_s = 5
+        [watch]
+        paths = ["runs", {path = "other", marker = "glob:RunDone.txt", polling = true}]
+        settle_seconds = 1
+        rescan_interval_s = 2
+        poll_interval_s = 3
+        include = ["*.x"]
+        exclude = ["*.y"]
+        [queue]
+        path = "../q-state/q.db"
+        [upload]
+        workers = 3
+        max_mbps = 10
+        validate = false
+        max_backoff_s = 7
+        block_size = 131072
+        multipart_threshold_bytes = 2097152
+        multipart_s3_endpoint = "https://s3.example.org/"
+        multipart_s3_region = "eu-west-1"
+        [log]
+        level = "DEBUG"
+        format = "json"
+        [metrics]
+        enabled = true
+        listen = "[::1]:9000"
+        [notify]
+        webhook_url = "https://hooks.example.org/x"
+        format = "json"
+        daily_summary_at = "07:30"
+        """.replace("\n        ", "\n"))
+    assert config.load(path) == config.Settings(
+        source=path,
+        api=config.ApiSettings(base_url="https://example.org", api_key_file=str(tmp_path / "k"),
+                               connect_timeout_s=3, read_timeout_s=4, probe_interval_s=5),
+        watch=config.WatchSettings(
+            folders=(config.WatchFolder(str(tmp_path / "runs")),
+                     config.WatchFolder(str(tmp_path / "other"), marker="glob:RunDone.txt", polling=True)),
+            settle_seconds=1, rescan_interval_s=2, poll_interval_s=3, include=("*.x",), exclude=("*.y",)),
+        queue=config.QueueSettings(path=str(tmp_path.parent / "q-state" / "q.db")),
+        upload=config.UploadSettings(workers=3, max_mbps=10, validate=False, max_backoff_s=7, block_size=131072,
+                                     multipart_threshold_bytes=2 << 20,
+                                     multipart_s3_endpoint="https://s3.example.org",
+                                     multipart_s3_region="eu-west-1"),
+        log=config.LogSettings(level="debug", format="json"),
+        metrics=config.MetricsSettings(enabled=True, listen="[::1]:9000"),
+        notify=config.NotifySettings(webhook_url="https://hooks.example.org/x", format="json",
+                                     daily_summary_at="07:30"))
+
+
+def test_an_empty_file_gives_the_defaults_and_empty_strings_mean_unset(tmp_path):
+    """No keys: every field at its default. A marker of "" or "none", and an empty webhook_url or
+    daily_summary_at, mean "not set"."""
+    path = write(tmp_path, "")
+    assert config.load(path) == config.Settings(source=path)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    s = config.load(write(tmp_path, "[watch]\npaths = [{path = 'a', marker = ''}, {path = 'b', marker = 'none'}]\n"
+                                    "[notify]\nwebhook_url = ''\ndaily_summary_at = ''\n"))
+    assert [f.marker for f in s.watch.folders] == [None, None]
+    assert s.notify.webhook_url is None and s.notify.daily_summary_at is None

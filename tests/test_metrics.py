@@ -7,7 +7,8 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from daemon.config import parse_listen
-from daemon.operations.metrics import STATES, Metrics, is_loopback
+from daemon.operations.metrics import Metrics, is_loopback
+from daemon.queue.base import STATES
 
 
 def _scrape(port: int, host: str = "127.0.0.1") -> dict[tuple[str, tuple], float]:

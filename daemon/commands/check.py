@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from daemon import config as config_mod
+from daemon.detection.watcher import network_mount_type
 from daemon.errors import AuthError, ConfigError, Permanent, Transient
 from daemon.operations import logs
 from daemon.upload.build import make_client
@@ -91,7 +92,6 @@ def _check_queue(settings: Any, r: _Report) -> None:
 
 
 def _check_folders(settings: Any, r: _Report) -> None:
-    from daemon.detection.watcher import network_mount_type
     dirs = 0
     for folder in settings.watch.folders:
         p = folder.path

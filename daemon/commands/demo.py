@@ -8,6 +8,7 @@ data at all. Every file's way through the states is shown as it happens.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import sys
@@ -19,6 +20,9 @@ from typing import Any
 
 from daemon import config as config_mod
 from daemon.operations import logs
+from daemon.queue.sqlite import SqliteStore
+from daemon.sandbox import Sandbox
+from daemon.service.service import Service
 
 SETTLE_S = 2.0
 DEADLINE_S = 90.0
@@ -29,9 +33,6 @@ def _sample(name: str) -> bytes:
 
 
 def run_demo(*, keep: bool = False, out: Any = None) -> int:
-    from daemon.sandbox import Sandbox
-    from daemon.service.service import Service
-
     out = out or sys.stdout
     say = lambda text="": print(text, file=out, flush=True)  # noqa: E731
     tmp = tempfile.mkdtemp(prefix="seqdrop-demo-")
@@ -76,7 +77,6 @@ def run_demo(*, keep: bool = False, out: Any = None) -> int:
 
 def _wait_for_store(path: str, thread: threading.Thread) -> Any:
     """A read-only view of the daemon's queue, once the daemon has created it."""
-    from daemon.queue.sqlite import SqliteStore
     deadline = time.monotonic() + 30
     while not os.path.exists(path):
         if time.monotonic() > deadline or not thread.is_alive():
@@ -87,7 +87,6 @@ def _wait_for_store(path: str, thread: threading.Thread) -> Any:
 
 def _snapshot(folder: str) -> dict[str, str]:
     """Every file under folder with the SHA-256 of its bytes."""
-    import hashlib
     out = {}
     for base, _dirs, files in os.walk(folder):
         for name in files:
@@ -97,25 +96,51 @@ def _snapshot(folder: str) -> dict[str, str]:
     return out
 
 
-def _drive(say: Any, run_dir: str, store: Any, sb: Any) -> bool:
-    say("Sequencer writes:")
-    shown: dict[str, str] = {}
-    expected = {"demo_R1.fastq": "done", "demo_R2.fastq.gz": "done", "demo_contigs.fasta": "done",
-                "broken_R1.fastq": "rejected"}
+# How each file must end for the demo to succeed (notes.txt must not be queued at all).
+EXPECTED = {"demo_R1.fastq": "done", "demo_R2.fastq.gz": "done", "demo_contigs.fasta": "done",
+            "broken_R1.fastq": "rejected"}
 
-    def show_changes() -> None:
-        for row in store.files():
-            name = os.path.relpath(row.path, run_dir)
+
+def _drive(say: Any, run_dir: str, store: Any, sb: Any) -> bool:
+    """Play the sequencer, show each file's way through the states, and say whether all went right."""
+    say("Sequencer writes:")
+    changes = _Changes(say, run_dir, store)
+    _write_like_a_sequencer(say, run_dir, changes)
+    written = _snapshot(run_dir)
+    deadline = time.monotonic() + DEADLINE_S
+    while time.monotonic() < deadline:
+        changes.show()
+        if _states_as_expected(_states(store)):
+            break
+        time.sleep(0.2)   # demo pacing: how often the screen is refreshed
+    changes.show()
+    unchanged = _snapshot(run_dir) == written
+    return _verdict(say, _states(store), sb, unchanged=unchanged)
+
+
+class _Changes:
+    """Prints a line each time a file reaches a new state (or a new sample)."""
+
+    def __init__(self, say: Any, run_dir: str, store: Any) -> None:
+        self.say, self.run_dir, self.store = say, run_dir, store
+        self.shown: dict[str, str] = {}
+
+    def show(self) -> None:
+        for row in self.store.files():
+            name = os.path.relpath(row.path, self.run_dir)
             key = f"{row.state}:{row.sample_id}"
-            if shown.get(name) != key:
-                shown[name] = key
+            if self.shown.get(name) != key:
+                self.shown[name] = key
                 extra = ""
                 if row.state == "done":
                     extra = f"  sample {row.sample_id}"
                 elif row.state in ("rejected", "failed", "vanished") and row.error:
                     extra = f"  — {row.error}"
-                say(f"    {name:<22} {row.state:<9}{extra}")
+                self.say(f"    {name:<22} {row.state:<9}{extra}")
 
+
+def _write_like_a_sequencer(say: Any, run_dir: str, changes: _Changes) -> None:
+    """A file copied in, one that is not sequence data, a crashed copy, and one written slowly."""
     say("  - demo_R1.fastq was already there when the daemon started")
     say("  - demo_R2.fastq.gz is copied in")
     with open(os.path.join(run_dir, "demo_R2.fastq.gz"), "wb") as f:
@@ -135,22 +160,23 @@ def _drive(say: Any, run_dir: str, store: Any, sb: Any) -> bool:
         for i in range(pieces):
             f.write(fasta[i * len(fasta) // pieces:(i + 1) * len(fasta) // pieces])
             f.flush()
-            show_changes()
+            changes.show()
             time.sleep(SETTLE_S / 3)   # a slow writer, pausing less than the settle time (demo pacing)
-    written = _snapshot(run_dir)
-    deadline = time.monotonic() + DEADLINE_S
-    while time.monotonic() < deadline:
-        show_changes()
-        states = {os.path.basename(r.path): r.state for r in store.files()}
-        if all(states.get(name) == want for name, want in expected.items()):
-            break
-        time.sleep(0.2)   # demo pacing: how often the screen is refreshed
-    show_changes()
-    unchanged = _snapshot(run_dir) == written
-    states = {os.path.basename(r.path): r.state for r in store.files()}
+
+
+def _states(store: Any) -> dict[str, str]:
+    return {os.path.basename(r.path): r.state for r in store.files()}
+
+
+def _states_as_expected(states: dict[str, str]) -> bool:
+    return all(states.get(name) == want for name, want in EXPECTED.items())
+
+
+def _verdict(say: Any, states: dict[str, str], sb: Any, *, unchanged: bool) -> bool:
+    """Say how the demo ended; True if every file ended as expected and the folder is untouched."""
     confirmed = [s for s in sb.samples() if s["state"] == "confirmed"]
     say("")
-    ok = all(states.get(name) == want for name, want in expected.items()) and "notes.txt" not in states
+    ok = _states_as_expected(states) and "notes.txt" not in states
     if not unchanged:
         say("The watch folder's contents changed during the demo: that must never happen.")
         ok = False

@@ -15,13 +15,17 @@ import threading
 import time
 from typing import Any
 
+from tqdm import tqdm
+
 from daemon.config import Settings
 from daemon.errors import AuthError
 from daemon.operations import logs
-from daemon.queue.base import Identity
+from daemon.queue.base import FileRow, Identity
 from daemon.queue.sqlite import SqliteStore
 from daemon.upload.build import make_client, make_pipeline
 from daemon.upload.client import OneCodexClient
+from daemon.upload.pipeline import Pipeline
+from daemon.upload.throttle import TokenBucket
 
 PROGRESS_LOG_S = 5.0
 EXIT_INTERRUPTED = 1     # design.md: `upload` exits 0 only if every file was confirmed, 1 otherwise (also Ctrl-C)
@@ -36,7 +40,6 @@ class _Progress:
         self.started = self.last_log = time.monotonic()
         self.bar = None
         if sys.stderr.isatty():
-            from tqdm import tqdm
             self.bar = tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024,
                             desc=os.path.basename(path)[:40], file=sys.stderr, leave=True)
 
@@ -60,98 +63,140 @@ class _Progress:
 
 def upload_files(settings: Settings, api_key: str, files: list[str], *, max_wait_s: float = 900.0,
                  client: OneCodexClient | None = None, out: Any = None) -> int:
+    """Upload files now, through the daemon's pipeline and a private queue; 0 only if every one was
+    confirmed, 1 otherwise (a file refused or given up on, a rejected key, Ctrl-C)."""
     out = out or sys.stdout
     log = logs.get("seqdrop")
     client = client or make_client(settings, api_key)
-    throttle = None
-    if settings.upload.max_mbps:
-        from daemon.upload.throttle import TokenBucket
-        bucket = TokenBucket.from_mbps(settings.upload.max_mbps)
-        throttle = bucket.consume
-    ok = True
+    throttle = TokenBucket.from_mbps(settings.upload.max_mbps).consume if settings.upload.max_mbps else None
     with tempfile.TemporaryDirectory(prefix="seqdrop-upload-") as tmp:
         store = SqliteStore(os.path.join(tmp, "queue.sqlite3"))
-        stop = threading.Event()
-        pipeline = make_pipeline(settings, store=store, client=client, log=log, stop=stop, throttle=throttle)
-        ids: dict[int, str] = {}
-        for path in files:
-            full = os.path.abspath(path)
-            try:
-                st = os.stat(full)
-            except OSError as e:
-                print(f"{path}: cannot read it ({e.strerror})", file=out)
-                ok = False
-                continue
-            if not os.path.isfile(full):
-                print(f"{path}: not a regular file", file=out)
-                ok = False
-                continue
-            try:   # the daemon's words for this (`seqdrop retry --failed`) do not apply to a one-shot upload
-                open(full, "rb").close()
-            except OSError as e:
-                print(f"{path}: cannot read it ({e.strerror}); make it readable by this user, or run "
-                      f"seqdrop upload as a user who can read it", file=out)
-                ok = False
-                continue
-            file_id = store.add_seen(full, Identity.of(st))
-            store.set_state(file_id, "queued", only_from=("seen",))
-            ids[file_id] = path
-        deadline = {i: time.monotonic() + max_wait_s for i in ids}
+        pipeline = make_pipeline(settings, store=store, client=client, log=log, stop=threading.Event(),
+                                 throttle=throttle)
         try:
-            while True:
-                row = store.claim_next("oneshot")
-                if row is None:
-                    pending = [r for r in store.files(states=("queued",)) if r.id in ids]
-                    if not pending:
-                        break
-                    expired = [r for r in pending if time.monotonic() > deadline[r.id]]
-                    for r in expired:
-                        store.set_state(r.id, "failed", error=f"gave up after {max_wait_s:.0f} s of "
-                                        f"retries; last error: {r.error}")
-                    if expired:
-                        continue
-                    wake = min(r.next_attempt_at for r in pending)
-                    time.sleep(min(max(0.0, wake - time.time()), 5.0))
-                    continue
-                progress = _Progress(row.path, row.size, log)
-                try:
-                    state = pipeline.process(row, progress=progress)
-                finally:
-                    progress.close()
-                if state == "queued":
-                    current = store.get(row.id)
-                    print(f"{ids[row.id]}: retrying later: {current.error if current else ''}", file=out)
-        except AuthError as e:
-            print(f"seqdrop: {e}\n  fix: check the key (ONE_CODEX_API_KEY, api.api_key_file) with "
-                  f"`seqdrop check`", file=out)
+            return _upload(store, pipeline, files, max_wait_s=max_wait_s, log=log, out=out)
+        finally:
             pipeline.close()
             store.close()
-            return 1
-        except KeyboardInterrupt:
-            # Ctrl-C: a sample begun for a file that will not be confirmed now is cancelled, not left
-            # dangling in the account (a second Ctrl-C stops even that).
-            for file_id, path in ids.items():
-                row = store.get(file_id)
-                if row is not None and row.state == "done":
-                    print(f"{path}: confirmed as sample {row.sample_id}", file=out)
-                elif pipeline.abandon(file_id):
-                    print(f"{path}: interrupted, but One Codex had already received it "
-                          f"(sample {row.sample_id})", file=out)
-                else:
-                    print(f"{path}: interrupted; not uploaded", file=out)
-            pipeline.close()
-            store.close()
-            print("seqdrop: interrupted", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        for file_id, path in ids.items():
-            row = store.get(file_id)
-            assert row is not None
-            if row.state == "done":
-                print(f"{path}: confirmed as sample {row.sample_id}"
-                      + (f" ({row.error})" if row.error else ""), file=out)
-            else:
-                ok = False
-                print(f"{path}: {row.state}: {row.error}", file=out)
-        pipeline.close()
-        store.close()
-    return 0 if ok else 1
+
+
+def _upload(store: SqliteStore, pipeline: Pipeline, files: list[str], *, max_wait_s: float, log: Any,
+            out: Any) -> int:
+    names, all_queued = _queue_files(store, files, out)
+    try:
+        _send_all(store, pipeline, names, max_wait_s=max_wait_s, log=log, out=out)
+    except AuthError as e:
+        print(f"seqdrop: {e}\n  fix: check the key (ONE_CODEX_API_KEY, api.api_key_file) with "
+              f"`seqdrop check`", file=out)
+        return 1
+    except KeyboardInterrupt:
+        _report_interrupted(store, pipeline, names, out)
+        print("seqdrop: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    all_confirmed = _report(store, names, out)
+    return 0 if all_queued and all_confirmed else 1
+
+
+def _queue_files(store: SqliteStore, files: list[str], out: Any) -> tuple[dict[int, str], bool]:
+    """Queue each file this user can read; name the others. Returns {file id: the name as given},
+    and whether every file was queued."""
+    names: dict[int, str] = {}
+    for path in files:
+        full = os.path.abspath(path)
+        st = _readable_file(path, full, out)
+        if st is None:
+            continue
+        file_id = store.add_seen(full, Identity.of(st))
+        store.set_state(file_id, "queued", only_from=("seen",))
+        names[file_id] = path
+    return names, len(names) == len(files)
+
+
+def _readable_file(path: str, full: str, out: Any) -> os.stat_result | None:
+    """The file's stat if it is a regular file this user can open; else None, with the reason printed."""
+    try:
+        st = os.stat(full)
+    except OSError as e:
+        print(f"{path}: cannot read it ({e.strerror})", file=out)
+        return None
+    if not os.path.isfile(full):
+        print(f"{path}: not a regular file", file=out)
+        return None
+    try:   # the daemon's words for this (`seqdrop retry --failed`) do not apply to a one-shot upload
+        open(full, "rb").close()
+    except OSError as e:
+        print(f"{path}: cannot read it ({e.strerror}); make it readable by this user, or run "
+              f"seqdrop upload as a user who can read it", file=out)
+        return None
+    return st
+
+
+def _send_all(store: SqliteStore, pipeline: Pipeline, names: dict[int, str], *, max_wait_s: float,
+              log: Any, out: Any) -> None:
+    """Run the pipeline over the queue until no file is left in it, waiting out each retry; a file
+    still retrying max_wait_s after the start fails."""
+    deadline = {i: time.monotonic() + max_wait_s for i in names}
+    while True:
+        row = store.claim_next("oneshot")
+        if row is not None:
+            _send(store, pipeline, row, names[row.id], log=log, out=out)
+        elif not _wait_for_retries(store, names, deadline, max_wait_s=max_wait_s):
+            return
+
+
+def _send(store: SqliteStore, pipeline: Pipeline, row: FileRow, name: str, *, log: Any, out: Any) -> None:
+    """One attempt at one file, with its progress bar."""
+    progress = _Progress(row.path, row.size, log)
+    try:
+        state = pipeline.process(row, progress=progress)
+    finally:
+        progress.close()
+    if state == "queued":
+        current = store.get(row.id)
+        print(f"{name}: retrying later: {current.error if current else ''}", file=out)
+
+
+def _wait_for_retries(store: SqliteStore, names: dict[int, str], deadline: dict[int, float], *,
+                      max_wait_s: float) -> bool:
+    """Nothing to claim now: fail the files past their deadline, or wait (at most 5 s) for the next
+    retry. False when no file is left waiting."""
+    pending = [r for r in store.files(states=("queued",)) if r.id in names]
+    if not pending:
+        return False
+    expired = [r for r in pending if time.monotonic() > deadline[r.id]]
+    for r in expired:
+        store.set_state(r.id, "failed", error=f"gave up after {max_wait_s:.0f} s of "
+                        f"retries; last error: {r.error}")
+    if not expired:
+        wake = min(r.next_attempt_at for r in pending)
+        time.sleep(min(max(0.0, wake - time.time()), 5.0))
+    return True
+
+
+def _report_interrupted(store: SqliteStore, pipeline: Pipeline, names: dict[int, str], out: Any) -> None:
+    """Ctrl-C: a sample begun for a file that will not be confirmed now is cancelled, not left
+    dangling in the account (a second Ctrl-C stops even that)."""
+    for file_id, path in names.items():
+        row = store.get(file_id)
+        if row is not None and row.state == "done":
+            print(f"{path}: confirmed as sample {row.sample_id}", file=out)
+        elif pipeline.abandon(file_id):
+            print(f"{path}: interrupted, but One Codex had already received it "
+                  f"(sample {row.sample_id})", file=out)
+        else:
+            print(f"{path}: interrupted; not uploaded", file=out)
+
+
+def _report(store: SqliteStore, names: dict[int, str], out: Any) -> bool:
+    """One line per queued file: its sample, or how it ended. True if every one was confirmed."""
+    all_confirmed = True
+    for file_id, path in names.items():
+        row = store.get(file_id)
+        assert row is not None
+        if row.state == "done":
+            print(f"{path}: confirmed as sample {row.sample_id}"
+                  + (f" ({row.error})" if row.error else ""), file=out)
+        else:
+            all_confirmed = False
+            print(f"{path}: {row.state}: {row.error}", file=out)
+    return all_confirmed

@@ -24,10 +24,10 @@ from prometheus_client import (
 )
 
 from daemon.config import is_loopback_host as is_loopback
+from daemon.queue.base import STATES
 
-#: The external states of design.md; each is always exported (0 when empty) so dashboards and
-#: alerts never see a series vanish.
-STATES = ("seen", "queued", "uploading", "done", "rejected", "failed", "vanished")
+# Each of the queue's STATES (design.md's external states) is always exported (0 when empty), so
+# dashboards and alerts never see a series vanish.
 
 _DURATION_BUCKETS_S = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 14400, 43200)
 # 1 Mbps .. 10 Gbps, in bytes per second.
