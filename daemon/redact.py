@@ -106,15 +106,18 @@ def reset() -> None:
         _matcher = None
 
 
-def scrub(text: str, *, also: Iterable[str] = ()) -> str:
+def scrub(text: str, *, also: Iterable[str] = (), shapes: bool = True) -> str:
     """`text` with every form of every registered secret, of each string in `also` (e.g. this
-    upload's policy and signature), and every secret-shaped field or blob replaced by MASK."""
+    upload's policy and signature), and (unless `shapes` is False: for names a local file system
+    chose, which must survive exactly) every secret-shaped field or blob replaced by MASK."""
     if not text:
         return text
     extra = [s for s in also if isinstance(s, str) and len(s) >= MIN_SECRET_CHARS]
     for matcher in (_matcher, _Matcher.of(extra) if extra else None):
         if matcher is not None:
             text = matcher.sub(text)
+    if not shapes:
+        return text
     for shape, replacement in _SHAPES:
         text = shape.sub(replacement, text)
     text = _AUTH_TOKEN.sub(_mask_if_token, text)

@@ -219,3 +219,11 @@ def test_anything_else_is_not_a_sample_id(value, extra, at):
 def test_non_ids_are_refused(value):
     """Non-strings, upper case, short ids, a trailing newline and non-ASCII digits are not sample ids."""
     assert not redact.looks_like_sample_id(value)
+
+
+def test_shapes_false_masks_only_registered_secrets():
+    """scrub(shapes=False) keeps a random-looking file name but still masks a registered key."""
+    redact.register("0f5e3c1a9b7d4e2f8a6c0b1d3e5f7a9c")
+    name = "/srv/" + base64.b64encode(bytes(range(40, 120))).decode().replace("/", "x")
+    assert redact.scrub(name, shapes=False) == name and redact.scrub(name) != name
+    assert redact.scrub(name + "0f5e3c1a9b7d4e2f8a6c0b1d3e5f7a9c", shapes=False) == name + redact.MASK
