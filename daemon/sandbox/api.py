@@ -17,6 +17,7 @@ from urllib.parse import parse_qs
 from .base import BaseHandler
 from .external_s3 import ExternalS3Error
 from .faults import Fault, fault_from_dict
+from .hostile import ambiguous_message, echo_message, public_sample, tampered_init
 from .policy import ACCESS_KEY_ID, make_policy
 
 # One Codex's filename rule (its API docs and the official client's upload code).
@@ -62,25 +63,44 @@ class ApiHandler(BaseHandler):
             self._admin(path)
             return
         target, action = self._route(path)
-        fault = self.sb._faults.take(target) if target != "other" else None
-        self.begin(target)["fault"] = fault.kind if fault else None
+        record = self.begin(target)
+        record["fault"] = None
         try:
             body = self._read_body()
         except ApiError as exc:
             self._json(exc.status, {"message": exc.message, "status": exc.status}, close=True)
             return
-        if fault is not None and fault.kind == "status":
-            self._fault_answer(fault)
-        elif fault is not None and fault.kind == "drop" and not fault.after_body:
-            self.drop()
+        fault = None
+        if target != "other":
+            fault = self.sb._faults.take(target, lambda f: f.kind != "ambiguous_repeat" or self._is_repeat(body))
+        record["fault"] = fault.kind if fault else None
+        self._answer(fault, action, body, query)
+
+    def _answer(self, fault: Fault | None, action: Callable[..., Reply] | None, body: bytes, query: str) -> None:
+        """Answer a request, suffering `fault` (see docs/sandbox.md for what each kind does)."""
+        kind = fault.kind if fault is not None else None
+        if kind == "status":
+            return self._fault_answer(fault)
+        if kind == "drop" and not fault.after_body:
+            return self.drop()
+        if kind == "echo_secret":
+            return self._echo_secret(fault)
+        if kind == "ambiguous_repeat":
+            action = self._ambiguous_refusal(fault)
+        if kind == "delay":
+            self.wait(fault.delay_s)
+        status, payload, headers = self._perform(action, body, query)
+        if status == 200 and kind in ("partial_init", "hostile_sample_id"):
+            payload = tampered_init(fault, payload)
+        if kind == "drop":
+            self.drop()  # after_body: the action happened, its answer is lost
+        elif kind == "endless":
+            self.send_endless(status, "application/json", b'{"message": "')
         else:
-            if fault is not None and fault.kind == "delay":
-                self.wait(fault.delay_s)
-            status, payload, headers = self._perform(action, body, query)
-            if fault is not None and fault.kind == "drop":
-                self.drop()  # after_body: the action happened, its answer is lost
-            else:
-                self._json(status, payload, headers)
+            if kind == "trickle":
+                self.trickle_s = fault.interval_s
+            self._json(status, payload, headers)
+        return None
 
     def _route(self, path: str) -> tuple[str, Callable[..., Reply] | None]:
         routes: dict[str, tuple[str, str, Callable[..., Reply]]] = {
@@ -247,13 +267,38 @@ class ApiHandler(BaseHandler):
             raise ApiError(400, f"per_page must be from 1 to {PER_PAGE_MAX} and page at least 1.")
         mine = [s for s in self.sb._samples.all() if s["owner"] == owner and s["state"] == "confirmed"]
         chosen = mine[(page - 1) * per_page: page * per_page]
-        return 200, [_public(s) for s in chosen]
+        return 200, [public_sample(s, self.sb.import_delay_s) for s in chosen]
 
     def _get_sample(self, owner: str, sample_id: str) -> Reply:
+        """One sample in any state, as One Codex answers it (what a client asks when an answer
+        about a possibly confirmed sample was ambiguous)."""
         sample = self.sb._samples.get(sample_id)
-        if sample is None or sample["owner"] != owner or sample["state"] != "confirmed":
+        if sample is None or sample["owner"] != owner:
             raise ApiError(404, f"Sample {sample_id} not found.")
-        return 200, _public(sample)
+        return 200, public_sample(sample, self.sb.import_delay_s)
+
+    # -- hostile answers ---------------------------------------------------------------------------
+
+    def _is_repeat(self, body: bytes) -> bool:
+        """Is this a confirm of a sample that is already confirmed?"""
+        try:
+            sample_id = json.loads(body or b"null").get("sample_id")
+        except (ValueError, AttributeError):
+            return False
+        sample = self.sb._samples.get(sample_id) if isinstance(sample_id, str) else None
+        return sample is not None and sample["state"] == "confirmed"
+
+    def _ambiguous_refusal(self, fault: Fault) -> Callable[..., Reply]:
+        """A confirm of a confirmed sample refused with a 400 that never says "already"."""
+        def refuse(owner: str, body: bytes, query: str) -> Reply:
+            raise ApiError(400, ambiguous_message(fault, _sample_id(_json_object(body))))
+        return refuse
+
+    def _echo_secret(self, fault: Fault) -> None:
+        """A refusal whose message repeats the API key the client sent, and its basic-auth form."""
+        message = echo_message(fault, self.headers.get("Authorization", ""))
+        headers = [("WWW-Authenticate", 'Basic realm="One Codex API"')] if fault.status == 401 else []
+        self._json(fault.status, {"message": message, "status": fault.status}, headers)
 
     def _method_not_allowed(self, owner: str, body: bytes, query: str) -> Reply:
         raise ApiError(405, f"Method {self.command} not allowed.")
@@ -299,9 +344,14 @@ class ApiHandler(BaseHandler):
             return 200, sb.requests()
         if path == "/_sandbox/config" and method == "POST":
             data = _json_object(body)
-            unknown = sorted(set(data) - {"policy_lifetime_s", "api_keys"})
+            unknown = sorted(set(data) - {"policy_lifetime_s", "api_keys", "import_delay_s"})
             if unknown:
                 raise ApiError(400, f"unknown config field(s): {', '.join(unknown)}")
+            if "import_delay_s" in data:
+                delay = data["import_delay_s"]
+                if not isinstance(delay, (int, float)) or isinstance(delay, bool) or delay < 0:
+                    raise ApiError(400, "import_delay_s must be a non-negative number of seconds")
+                sb.import_delay_s = float(delay)
             if "policy_lifetime_s" in data:
                 lifetime = data["policy_lifetime_s"]
                 if not isinstance(lifetime, (int, float)) or isinstance(lifetime, bool):
@@ -334,11 +384,6 @@ def _sample_id(data: dict) -> str:
     if not isinstance(sample_id, str) or not sample_id:
         raise ApiError(400, "sample_id is required.")
     return sample_id
-
-
-def _public(sample: dict) -> dict:
-    return {"$uri": f"/api/v1/samples/{sample['sample_id']}", "filename": sample["filename"],
-            "size": sample["size"], "created_at": sample["created_at"]}
 
 
 def _retry_after(seconds: float) -> str:

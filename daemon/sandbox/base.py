@@ -5,10 +5,12 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Iterable
 
 log = logging.getLogger("seqdrop.sandbox")
+ENDLESS_CHUNK = b"A" * 65536   # what an endless body repeats (valid inside a JSON string or XML text)
 
 
 class SandboxServer(ThreadingHTTPServer):
@@ -53,7 +55,14 @@ class BaseHandler(BaseHTTPRequestHandler):
 
     def send_body(self, status: int, body: bytes, content_type: str,
                   headers: Iterable[tuple[str, str]] = (), *, close: bool = False) -> None:
-        """Answer with `body`; `close` ends the connection afterwards."""
+        """Answer with `body`; `close` ends the connection afterwards. With `self.trickle_s` set (a
+        "trickle" fault), the whole answer, status line first, goes one byte per trickle_s."""
+        if getattr(self, "trickle_s", None) is not None:
+            head = [("Content-Type", content_type), ("Content-Length", str(len(body))), *headers]
+            self.answered = status
+            self.flush_record()
+            self._send_slowly(self._raw_head(status, head) + body, self.trickle_s)
+            return
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
@@ -68,6 +77,42 @@ class BaseHandler(BaseHTTPRequestHandler):
         if self.command != "HEAD":
             self.wfile.write(body)
 
+    def send_endless(self, status: int, content_type: str, prefix: bytes) -> None:
+        """Answer `prefix` and then bytes for ever, as fast as the client reads, until it hangs up
+        or the sandbox stops. No Content-Length: the body ends when the connection does."""
+        self.answered = status
+        self.flush_record()
+        self.close_connection = True
+        head = self._raw_head(status, [("Content-Type", content_type), ("Connection", "close")])
+        try:
+            self.wfile.write(head + prefix)
+            while not self.sb._stopping.is_set():
+                self.wfile.write(ENDLESS_CHUNK)
+        except OSError:
+            pass  # the client hung up: the point of the exercise
+
+    def _send_slowly(self, data: bytes, interval_s: float) -> None:
+        """One byte, a pause, the next byte…; stops when the client hangs up or the sandbox stops."""
+        for index in range(len(data)):
+            if index and (self.wait(interval_s) or self.sb._stopping.is_set()):
+                self.close_connection = True
+                return
+            try:
+                self.wfile.write(data[index:index + 1])
+            except OSError:
+                self.close_connection = True
+                return
+
+    def _raw_head(self, status: int, headers: Iterable[tuple[str, str]]) -> bytes:
+        """The status line and headers as send_response would write them (Server and Date too)."""
+        try:
+            phrase = HTTPStatus(status).phrase
+        except ValueError:
+            phrase = ""
+        lines = [f"{self.protocol_version} {status} {phrase}", f"Server: {self.version_string()}",
+                 f"Date: {self.date_time_string()}", *(f"{name}: {value}" for name, value in headers)]
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
     def drop(self) -> None:
         """Close the connection without answering."""
         self.answered = None
@@ -78,13 +123,14 @@ class BaseHandler(BaseHTTPRequestHandler):
         except OSError:
             pass
 
-    def wait(self, delay_s: float) -> None:
-        """Sleep, but wake up when the sandbox stops."""
-        self.sb._stopping.wait(delay_s)
+    def wait(self, delay_s: float) -> bool:
+        """Sleep, but wake up when the sandbox stops (then True)."""
+        return self.sb._stopping.wait(delay_s)
 
     def begin(self, target: str) -> dict:
         """Start a request: the returned dict collects extra facts for its requests() entry."""
         self.answered = None
+        self.trickle_s: float | None = None
         self._record: dict | None = {"target": target}
         return self._record
 

@@ -26,6 +26,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="an accepted API key (repeatable; default sandbox-key)")
     parser.add_argument("--policy-lifetime", type=float, default=3600.0, metavar="SECONDS",
                         help="lifetime of the S3 POST policies init_upload hands out (default 3600)")
+    parser.add_argument("--import-delay", type=float, default=0.0, metavar="SECONDS",
+                        help="how long GET /api/v1/samples/<id> says 'importing' after a confirm before "
+                             "'available' (default 0)")
     parser.add_argument("--data-dir", help="where uploaded objects are stored (default: a temporary "
                                            "folder removed at exit)")
     parser.add_argument("--multipart-s3-endpoint", metavar="URL",
@@ -34,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-store", action="store_true", help="only hash uploads, store nothing")
     parser.add_argument("--fault", action="append", default=[], metavar="SPEC",
                         help="inject a fault from the start: TARGET:KIND[:STATUS][:name=value]... or JSON "
-                             "(repeatable), e.g. init_upload:status:503:times=3")
+                             "(repeatable), e.g. init_upload:status:503:times=3, confirm_upload:trickle:interval_s=3, "
+                             "s3:no_etag (kinds: docs/sandbox.md)")
     parser.add_argument("--verbose", "-v", action="store_true", help="log every request")
     return parser
 
@@ -62,6 +66,9 @@ def main(argv: list[str]) -> int:
     if args.policy_lifetime <= 0:
         print("seqdrop sandbox: --policy-lifetime must be a positive number of seconds", file=sys.stderr)
         return EXIT_USAGE
+    if args.import_delay < 0:
+        print("seqdrop sandbox: --import-delay must not be negative", file=sys.stderr)
+        return EXIT_USAGE
     try:
         faults = [parse_fault(spec) for spec in args.fault]
     except ValueError as exc:
@@ -80,7 +87,7 @@ def main(argv: list[str]) -> int:
     keys = args.api_keys or ["sandbox-key"]
     sandbox = Sandbox(host=args.host, api_port=args.api_port, s3_port=args.s3_port, data_dir=args.data_dir,
                       api_keys=keys, policy_lifetime_s=args.policy_lifetime, store_objects=not args.no_store,
-                      multipart_s3_endpoint=args.multipart_s3_endpoint)
+                      multipart_s3_endpoint=args.multipart_s3_endpoint, import_delay_s=args.import_delay)
     try:
         sandbox.start()
     except OSError as exc:

@@ -12,6 +12,7 @@ from xml.sax.saxutils import escape
 
 from .base import BaseHandler
 from .faults import Fault
+from .hostile import signature_echo
 from .multipart import (
     BodyIncomplete,
     BodyReader,
@@ -34,15 +35,24 @@ class S3Error(Exception):
 
 
 class ObjectSink:
-    """Receives the file part: hashes it and, if storing, writes it to a temporary file."""
+    """Receives the file part: hashes it and, if storing, writes it to a temporary file. With
+    `alter_at` (an "alter" fault) the byte at that offset is changed on the way in, so what is
+    stored and hashed differs from what was sent."""
 
-    def __init__(self, tmp_dir: Path | None) -> None:
+    def __init__(self, tmp_dir: Path | None, alter_at: int | None = None) -> None:
         self.md5 = hashlib.md5()
         self.size = 0
+        self.altered = False
+        self._alter_at = alter_at
         self.path = tmp_dir / f"{secrets.token_hex(8)}.part" if tmp_dir is not None else None
         self._file = open(self.path, "wb", buffering=0) if self.path is not None else None
 
     def write(self, data: bytes) -> None:
+        at = self._alter_at
+        if at is not None and self.size <= at < self.size + len(data):
+            changed = bytearray(data)
+            changed[at - self.size] ^= 0x01      # '@' → 'A', 'A' → '@': one bit of one byte
+            data, self.altered = bytes(changed), True
         self.md5.update(data)
         self.size += len(data)
         if self._file is not None:
@@ -78,26 +88,25 @@ class S3Handler(BaseHandler):
 
     def do_POST(self) -> None:
         fault = self.sb._faults.take("s3")
+        kind = fault.kind if fault is not None else None
         extra = self.begin("s3")
-        extra["fault"] = fault.kind if fault else None
+        extra["fault"] = kind
         sink: ObjectSink | None = None
         try:
-            if fault is not None and fault.kind == "status":
+            if kind == "status":
                 self._drain_known_length()
                 self._fault_answer(fault)
-            elif fault is not None and fault.kind == "drop" and not fault.after_body:
+            elif kind == "drop" and not fault.after_body:
                 self._read_part_then_drop()
+            elif kind == "stall":
+                self._stall(fault)
             else:
-                form, sink = self._receive()
+                form, sink = self._receive(alter_at=fault.byte_offset if kind == "alter" else None)
                 extra.update(fields=[name for name, _ in form.fields], filename=form.filename,
                              file_size=form.file_size)
-                if fault is not None and fault.kind == "delay":
-                    self.wait(fault.delay_s)
-                status, body, headers = self._finish(form, sink)
-                if fault is not None and fault.kind == "drop":
-                    self.drop()  # after_body: the object is stored, the answer is lost
-                else:
-                    self.send_body(status, body, "application/xml", headers)
+                if sink is not None and sink.altered:
+                    extra["altered_at"] = fault.byte_offset
+                self._answer(fault, form, sink)
         except S3Error as exc:
             self._error(exc.status, exc.code, exc.message, close=exc.close, **exc.extra)
         except BodyIncomplete:
@@ -110,6 +119,41 @@ class S3Handler(BaseHandler):
             if sink is not None:
                 sink.discard()
             self.flush_record()
+
+    def _answer(self, fault: Fault | None, form: Form, sink: ObjectSink | None) -> None:
+        """Check and store a received form, then answer, suffering `fault` (docs/sandbox.md)."""
+        kind = fault.kind if fault is not None else None
+        if kind == "echo_secret":
+            raise S3Error(fault.status, "SignatureDoesNotMatch", "The request signature we calculated does not "
+                          "match the signature you provided. Check your key and signing method.",
+                          **signature_echo(form))
+        if kind == "delay":
+            self.wait(fault.delay_s)
+        success = fault.success_status if kind in ("no_etag", "alter") else None
+        status, body, headers = self._finish(form, sink, etag=kind != "no_etag", success_status=success)
+        if kind == "drop":
+            self.drop()  # after_body: the object is stored, the answer is lost
+        elif kind == "endless":
+            self.send_endless(status, "application/xml",
+                              b'<?xml version="1.0" encoding="UTF-8"?>\n<PostResponse><Location>')
+        else:
+            if kind == "trickle":
+                self.trickle_s = fault.interval_s
+            self.send_body(status, body, "application/xml", headers)
+
+    def _stall(self, fault: Fault) -> None:
+        """Read `byte_offset` bytes of the body, then nothing more for `delay_s` (0: until the
+        sandbox stops), then hang up: an upload that makes no progress."""
+        length = self._content_length() or 0
+        try:
+            BodyReader(self.rfile, min(fault.byte_offset, length)).drain()
+        except BodyIncomplete:
+            pass
+        if fault.delay_s > 0:
+            self.wait(fault.delay_s)
+        else:
+            self.sb._stopping.wait()
+        self.drop()
 
     def do_GET(self) -> None:
         self._other()
@@ -129,7 +173,7 @@ class S3Handler(BaseHandler):
 
     # -- receiving --------------------------------------------------------------------------------
 
-    def _receive(self) -> tuple[Form, ObjectSink | None]:
+    def _receive(self, alter_at: int | None = None) -> tuple[Form, ObjectSink | None]:
         """Check the headers, then stream the body; the file goes to a sink (returned, not committed)."""
         if self.headers.get("Authorization") is not None:
             self._drain_known_length()
@@ -151,7 +195,7 @@ class S3Handler(BaseHandler):
         sinks: list[ObjectSink] = []
 
         def open_sink(filename: str | None) -> ObjectSink:
-            sinks.append(ObjectSink(self.sb._tmp_dir if self.sb.store_objects else None))
+            sinks.append(ObjectSink(self.sb._tmp_dir if self.sb.store_objects else None, alter_at))
             return sinks[-1]
 
         try:
@@ -171,8 +215,10 @@ class S3Handler(BaseHandler):
             raise
         return form, (sinks[0] if sinks else None)
 
-    def _finish(self, form: Form, sink: ObjectSink | None) -> tuple[int, bytes, list]:
-        """Apply S3's checks to a received form; store the object; build the success answer."""
+    def _finish(self, form: Form, sink: ObjectSink | None, *, etag: bool = True,
+                success_status: int | None = None) -> tuple[int, bytes, list]:
+        """Apply S3's checks to a received form; store the object; build the success answer
+        (without any ETag if `etag` is False; with `success_status` instead of the form's if given)."""
         if form.field_after_file is not None:
             raise S3Error(400, "InvalidArgument", f"Bucket POST must contain a field named "
                           f"'{form.field_after_file}'.  If it is specified, please check the order of the "
@@ -197,14 +243,15 @@ class S3Handler(BaseHandler):
         match = _SAMPLE_KEY_RE.match(key)
         if match:
             self.sb._samples.mark_uploaded(match.group(1), key=key, md5=md5, object_path=stored)
-        etag = f'"{md5}"'
+        quoted_md5 = f'"{md5}"'
         location = f"{self.sb.s3_url}/{quote(key)}"
-        headers = [("ETag", etag), ("Location", location)]
-        success = values.get("success_action_status")
+        headers = [("ETag", quoted_md5), ("Location", location)] if etag else [("Location", location)]
+        success = str(success_status) if success_status is not None else values.get("success_action_status")
         if success == "201":
+            etag_xml = f"<ETag>{escape(quoted_md5)}</ETag>" if etag else ""
             xml = (f'<?xml version="1.0" encoding="UTF-8"?>\n<PostResponse><Location>{escape(location)}'
                    f"</Location><Bucket>{BUCKET}</Bucket><Key>{escape(key)}</Key>"
-                   f"<ETag>{escape(etag)}</ETag></PostResponse>").encode()
+                   f"{etag_xml}</PostResponse>").encode()
             return 201, xml, headers
         return (200 if success == "200" else 204), b"", headers
 

@@ -31,8 +31,10 @@ class Sandbox:
                  data_dir: str | Path | None = None, api_keys: Iterable[str] = ("sandbox-key",),
                  policy_lifetime_s: float = 3600.0, store_objects: bool = True,
                  multipart_s3_endpoint: str | None = None,
-                 multipart_bucket: str = "seqdrop-sandbox-multipart") -> None:
+                 multipart_bucket: str = "seqdrop-sandbox-multipart", import_delay_s: float = 0.0) -> None:
         self.host, self._api_port, self._s3_port = host, api_port, s3_port
+        # GET /api/v1/samples/<id> says "importing" this long after a confirm, then "available".
+        self.import_delay_s = float(import_delay_s)
         self._data_dir_arg = Path(data_dir) if data_dir is not None else None
         self.policy_lifetime_s = float(policy_lifetime_s)
         self.store_objects = store_objects
@@ -144,5 +146,6 @@ class Sandbox:
 
     def _config_view(self) -> dict:
         return {"policy_lifetime_s": self.policy_lifetime_s, "api_keys_count": len(self._api_keys),
+                "import_delay_s": self.import_delay_s,
                 "api_url": self.api_url, "s3_url": self.s3_url,
                 "multipart_s3_endpoint": self.multipart_s3.endpoint if self.multipart_s3 else None}

@@ -25,10 +25,11 @@ class Samples:
         """A new sample in state "initialized"; returns a copy. A multipart sample's size is known
         only at its callback (from the S3 object)."""
         sample_id = secrets.token_hex(8)
+        now = iso_utc(time.time())
         sample = {
             "sample_id": sample_id, "filename": filename, "size": size, "state": "initialized",
-            "md5": None, "object_path": None, "confirm_count": 0, "created_at": iso_utc(time.time()),
-            "owner": owner, "key": None, "upload_count": 0, "route": route,
+            "md5": None, "object_path": None, "confirm_count": 0, "created_at": now, "updated_at": now,
+            "confirmed_at": None, "owner": owner, "key": None, "upload_count": 0, "route": route,
         }
         with self._lock:
             self._by_id[sample_id] = sample
@@ -51,7 +52,8 @@ class Samples:
             sample = self._by_id.get(sample_id)
             if sample is None:
                 return
-            sample.update(key=key, md5=md5, object_path=object_path, upload_count=sample["upload_count"] + 1)
+            sample.update(key=key, md5=md5, object_path=object_path, upload_count=sample["upload_count"] + 1,
+                          updated_at=iso_utc(time.time()))
             if sample["state"] == "initialized":
                 sample["state"] = "uploaded"
 
@@ -66,6 +68,8 @@ class Samples:
             if sample["state"] == "initialized":
                 return 400, (f"The upload of sample {sample_id} has not been received: "
                              "POST the file to upload_url before confirming.")
+            if sample["state"] != "confirmed":
+                sample.update(confirmed_at=time.time(), updated_at=iso_utc(time.time()))
             sample["state"] = "confirmed"
             sample["confirm_count"] += 1
             return 200, "Upload confirmed."
@@ -83,6 +87,8 @@ class Samples:
                 return 404, f"Sample {sample_id} not found."
             if sample["state"] == "cancelled":
                 return 400, f"Sample {sample_id} was cancelled and cannot be imported."
+            if sample["state"] != "confirmed":
+                sample.update(confirmed_at=time.time(), updated_at=iso_utc(time.time()))
             sample.update(state="confirmed", size=size, etag=etag, confirm_count=sample["confirm_count"] + 1)
             return 200, "Import started."
 
@@ -96,7 +102,7 @@ class Samples:
                 if sample["route"] == "multipart":   # the message the official client looks for
                     return 400, "Upload already successful"
                 return 400, f"Sample {sample_id} is already confirmed and cannot be cancelled."
-            sample["state"] = "cancelled"
+            sample.update(state="cancelled", updated_at=iso_utc(time.time()))
             return 200, "Upload cancelled."
 
 

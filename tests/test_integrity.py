@@ -1,0 +1,321 @@
+"""daemon.queue.integrity: real damage to a real SQLite queue is found, set aside and rebuilt."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from daemon.queue import integrity
+from daemon.queue.base import Identity
+from daemon.queue.journal import Journal
+from daemon.queue.sqlite import SqliteStore
+
+PAGE = 4096
+
+
+def version(i: int) -> tuple[str, Identity]:
+    return f"/srv/run/sample{i:03d}_R1.fastq.gz", Identity(2049, 1000 + i, 100 + i, 10**18 + i)
+
+
+def finish(store: SqliteStore, journal: Journal, i: int, state: str = "done") -> None:
+    """What the daemon does when a version ends: the queue's commit, then the journal line."""
+    path, ident = version(i)
+    file_id = store.add_seen(path, ident)
+    store.set_state(file_id, "queued")
+    if state == "done":
+        store.mark_done(file_id, sample_id=f"{i:016x}", md5=f"{i:032x}")
+        journal.file_ended(path=path, identity=ident, state="done", sample_id=f"{i:016x}", md5=f"{i:032x}")
+    else:
+        store.set_state(file_id, state, error=f"{state} because {i}")
+        journal.file_ended(path=path, identity=ident, state=state, error=f"{state} because {i}")
+
+
+@pytest.fixture
+def paths(tmp_path):
+    state = tmp_path / "state"
+    state.mkdir()
+    return str(state / "queue.sqlite3"), str(state / "journal.jsonl")
+
+
+def make_queue(paths, done: int = 300, rejected: int = 2, pending: int = 3) -> None:
+    """A checkpointed queue: `done` confirmed versions, some rejected, some still queued."""
+    queue, journal_file = paths
+    store, journal = SqliteStore(queue), Journal(journal_file, host="h")
+    for i in range(done):
+        finish(store, journal, i)
+    for i in range(done, done + rejected):
+        finish(store, journal, i, "rejected")
+    for i in range(done + rejected, done + rejected + pending):
+        path, ident = version(i)
+        store.set_state(store.add_seen(path, ident), "queued")
+    store.close()
+
+
+def rows(queue: str) -> dict[str, tuple]:
+    store = SqliteStore(queue, readonly=True)
+    try:
+        return {r.path: (r.state, r.sample_id, r.md5, r.identity) for r in store.files()}
+    finally:
+        store.close()
+
+
+def assert_rebuilt(paths, done: int = 300, rejected: int = 2) -> None:
+    """The rebuilt queue holds every ended version in its final state, with sample id and md5."""
+    found = rows(paths[0])
+    for i in range(done):
+        path, ident = version(i)
+        assert found[path] == ("done", f"{i:016x}", f"{i:032x}", ident)
+    for i in range(done, done + rejected):
+        assert found[version(i)[0]][0] == "rejected"
+    assert len(found) == done + rejected      # versions that had not ended are found again by the scan
+    assert integrity.check(paths[0]).kind == "ok"
+
+
+def pages_holding(data: bytes, needle: bytes) -> list[int]:
+    return sorted({m.start() // PAGE for m in re.finditer(re.escape(needle), data)})
+
+
+# -- a healthy queue ------------------------------------------------------------------------------
+
+def test_healthy_queue_is_ok_even_while_in_use(paths):
+    """A whole queue passes, closed or open with a live WAL (`seqdrop check` while the daemon runs)."""
+    make_queue(paths)
+    assert integrity.check(paths[0]).kind == "ok"
+    store = SqliteStore(paths[0])
+    finish(store, Journal(paths[1], host="h"), 500)
+    assert os.path.getsize(paths[0] + "-wal") > 0
+    verdict = integrity.check(paths[0])
+    store.close()
+    assert verdict.ok and not verdict.damaged
+
+
+def test_no_queue_and_no_journal_is_a_first_start(paths):
+    """Nothing there yet: 'new', not damage."""
+    verdict = integrity.check(paths[0])
+    assert verdict.kind == "new" and verdict.ok
+
+
+def test_a_deleted_queue_with_a_journal_is_missing_and_rebuilt(paths):
+    """The queue file gone while the journal records uploads: rebuilt without setting anything aside."""
+    make_queue(paths)
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(paths[0] + suffix):
+            os.remove(paths[0] + suffix)
+    recovery = integrity.recover(paths[0])
+    assert recovery.verdict.kind == "missing" and recovery.set_aside_as is None and recovery.restored == 302
+    assert_rebuilt(paths)
+
+
+# -- each kind of damage, made for real -----------------------------------------------------------
+
+def test_queue_truncated_to_zero_bytes(paths):
+    """A 0-byte queue (SQLite would open it as a new empty database) is damage, then rebuilt."""
+    make_queue(paths)
+    os.truncate(paths[0], 0)
+    verdict = integrity.check(paths[0])
+    assert verdict.kind == "empty" and verdict.damaged
+    aside = integrity.set_aside(paths[0])
+    assert os.path.getsize(aside) == 0 and not os.path.exists(paths[0])
+    assert integrity.rebuild(paths[0], paths[1], salvage_from=aside) == 302
+    assert_rebuilt(paths)
+
+
+def test_queue_cut_in_half(paths):
+    """A queue shorter than its header says is truncated; the rebuild restores every ended version."""
+    make_queue(paths)
+    os.truncate(paths[0], os.path.getsize(paths[0]) // 2 // PAGE * PAGE)
+    recovery = integrity.recover(paths[0])
+    assert recovery.verdict.kind == "truncated" and os.path.exists(recovery.set_aside_as)
+    assert recovery.restored == 302
+    assert_rebuilt(paths)
+
+
+def test_queue_overwritten_with_something_else(paths):
+    """A file that is not an SQLite database is named as such."""
+    make_queue(paths)
+    with open(paths[0], "wb") as handle:
+        handle.write(b"PK\x03\x04 this is a zip file now" * 500)
+    assert integrity.check(paths[0]).kind == "not_a_database"
+
+
+def test_garbage_over_a_table_page(paths):
+    """Random bytes over a page of the files table: corrupt; rows on other pages are salvaged and
+    the journal restores the rest."""
+    make_queue(paths)
+    data = bytearray(open(paths[0], "rb").read())
+    [page] = pages_holding(data, f"{150:032x}".encode())        # md5s live only in the table
+    data[page * PAGE:(page + 1) * PAGE] = os.urandom(PAGE)
+    open(paths[0], "wb").write(data)
+    verdict = integrity.check(paths[0])
+    assert verdict.kind == "corrupt" and verdict.damaged and verdict.problems
+    salvaged = dict(integrity._salvage(paths[0]))
+    assert 0 < len(salvaged) < 302            # everything but the rows on the bad page
+    recovery = integrity.recover(paths[0])
+    assert recovery.restored == 302
+    assert_rebuilt(paths)
+
+
+def test_changed_bytes_in_an_index_pass_quick_check_but_not_this_check(paths):
+    """An index entry that no longer matches its row: quick_check says ok, check says corrupt."""
+    make_queue(paths)
+    data = bytearray(open(paths[0], "rb").read())
+    needle = version(150)[0].encode()
+    md5_pages = pages_holding(data, f"{150:032x}".encode())
+    index_offsets = [m.start() for m in re.finditer(re.escape(needle), data) if m.start() // PAGE not in md5_pages]
+    assert index_offsets, "the path should also be in the files_path index"
+    data[index_offsets[0] + len(needle) - 1] ^= 0x01      # "…fastq.gz" → "…fastq.g{": sort order kept
+    open(paths[0], "wb").write(data)
+    db = sqlite3.connect(f"file:{paths[0]}?mode=ro", uri=True)
+    assert db.execute("PRAGMA quick_check").fetchall() == [("ok",)]
+    db.close()
+    verdict = integrity.check(paths[0])
+    assert verdict.kind == "corrupt" and "files_path" in verdict.detail
+    assert integrity.recover(paths[0]).restored == 302
+    assert_rebuilt(paths)
+
+
+WRITER = """
+import sys
+from daemon.queue.journal import Journal
+from daemon.queue.sqlite import SqliteStore
+sys.path.insert(0, sys.argv[5])
+from test_integrity import finish
+
+queue, journal_file, first, more = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+store, journal = SqliteStore(queue), Journal(journal_file, host="h")
+for i in range(first):
+    finish(store, journal, i)
+if first:
+    store.close()                  # a clean close checkpoints: these rows are in the main file
+    store = SqliteStore(queue)
+for i in range(first, first + more):
+    finish(store, journal, i)
+print("ready", flush=True)
+sys.stdin.read()                   # until killed
+"""
+
+
+def killed_writer(paths, first: int, more: int) -> None:
+    """A writer process commits rows (each synchronous=FULL), then dies by SIGKILL: no checkpoint."""
+    tests_dir = os.path.dirname(os.path.abspath(__file__))
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, *paths, str(first), str(more), tests_dir],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    assert proc.returncode == -signal.SIGKILL
+    assert os.path.getsize(paths[0] + "-wal") > 0
+
+
+def test_wal_deleted_after_kill_of_a_never_checkpointed_queue(paths):
+    """kill -9, then the WAL removed: the main file never held the schema → no_schema, rebuilt."""
+    killed_writer(paths, first=0, more=30)
+    os.remove(paths[0] + "-wal")
+    verdict = integrity.check(paths[0])
+    assert verdict.kind == "no_schema" and verdict.damaged
+    recovery = integrity.recover(paths[0])
+    assert recovery.restored == 30 and os.path.exists(recovery.set_aside_as + "-shm")
+    assert_rebuilt(paths, done=30, rejected=0)
+
+
+@pytest.mark.parametrize("damage", ["delete", "garble"])
+def test_wal_lost_after_kill_when_only_older_rows_were_checkpointed(paths, damage):
+    """kill -9, then the WAL deleted or garbled: the queue opens fine but lacks the newest uploads;
+    the journal shows it (behind_journal) and the rebuild restores old and new versions."""
+    killed_writer(paths, first=10, more=20)
+    wal = paths[0] + "-wal"
+    if damage == "delete":
+        os.remove(wal)
+    else:
+        size = os.path.getsize(wal)
+        with open(wal, "r+b") as handle:
+            handle.seek(32 + 24 + 100)          # past the WAL header and the first frame's header
+            handle.write(os.urandom(size - 200))
+    verdict = integrity.check(paths[0])
+    assert verdict.kind == "behind_journal" and verdict.damaged
+    assert "20 uploaded version(s)" in verdict.detail
+    recovery = integrity.recover(paths[0])
+    assert recovery.restored == 30
+    assert_rebuilt(paths, done=30, rejected=0)
+
+
+def test_unreadable_queue_is_not_called_damage(paths):
+    """An I/O error (here: a directory where the file should be) is unreadable, not rebuilt."""
+    os.mkdir(paths[0])
+    verdict = integrity.check(paths[0])
+    assert verdict.kind == "unreadable" and not verdict.ok and not verdict.damaged
+    assert integrity.recover(paths[0]).restored == 0 and os.path.isdir(paths[0])
+
+
+# -- matching, setting aside, rebuilding ----------------------------------------------------------
+
+def test_a_done_file_moved_in_the_queue_is_still_matched(paths):
+    """The queue showing a done version at its new path (a move) is not 'behind' the journal."""
+    make_queue(paths, done=5, rejected=0, pending=0)
+    db = sqlite3.connect(paths[0])
+    db.execute("UPDATE files SET path = '/srv/archive/moved.fastq.gz' WHERE path = ?", (version(4)[0],))
+    db.commit()
+    db.close()
+    assert integrity.check(paths[0]).kind == "ok"
+    db = sqlite3.connect(paths[0])
+    db.execute("UPDATE files SET state = 'queued' WHERE path = ?", (version(3)[0],))
+    db.commit()
+    db.close()
+    assert integrity.check(paths[0]).kind == "behind_journal"
+
+
+def test_set_aside_keeps_every_file_under_a_unique_name(paths):
+    """The queue and its -wal/-shm move to <name>.damaged-<UTC time>, twice in a second without clash."""
+    make_queue(paths, done=3)
+    open(paths[0] + "-wal", "wb").close()
+    first = integrity.set_aside(paths[0], clock=lambda: 1_900_000_000.0)
+    assert first == paths[0] + ".damaged-20300317T174640Z"
+    assert os.path.exists(first) and os.path.exists(first + "-wal") and not os.path.exists(paths[0])
+    make_queue(paths, done=3)
+    second = integrity.set_aside(paths[0], clock=lambda: 1_900_000_000.0)
+    assert second == first + "-2" and os.path.exists(second)
+    with pytest.raises(FileNotFoundError):
+        integrity.set_aside(paths[0])
+
+
+def test_rebuild_refuses_to_overwrite_a_queue(paths):
+    """rebuild() never replaces an existing queue."""
+    make_queue(paths, done=2)
+    with pytest.raises(FileExistsError):
+        integrity.rebuild(paths[0], paths[1])
+
+
+def test_rebuild_keeps_the_last_ending_of_each_version_and_is_private(paths):
+    """A version that failed, was retried and then confirmed is done; the new queue is mode 0600."""
+    queue, journal_file = paths
+    journal = Journal(journal_file, host="h")
+    path, ident = version(7)
+    journal.file_ended(path=path, identity=ident, state="failed", error="HTTP 400")
+    journal.file_ended(path=path, identity=ident, state="done", sample_id="00000000000000aa", md5="m")
+    journal.file_ended(path=path, identity=Identity(ident.dev, ident.inode, 1, ident.mtime_ns), state="vanished")
+    with open(journal_file, "ab") as handle:
+        handle.write(b'{"v": 1, "event": "file.ended", "time": "2030-01')       # a torn last line
+    assert integrity.rebuild(queue, journal_file) == 2
+    store = SqliteStore(queue, readonly=True)
+    states = sorted((r.state, r.sample_id, r.size) for r in store.files())
+    store.close()
+    assert states == [("done", "00000000000000aa", ident.size), ("vanished", None, 1)]
+    assert stat.S_IMODE(os.stat(queue).st_mode) == 0o600
+
+
+def test_rebuild_skips_done_records_without_a_real_sample_id(paths):
+    """A done record whose sample_id is not 16 hex digits is not trusted as confirmed."""
+    queue, journal_file = paths
+    path, ident = version(1)
+    Journal(journal_file, host="h").file_ended(path=path, identity=ident, state="done",
+                                               sample_id="0123456789abcdef\n\x1b[2J", md5="m")
+    assert integrity.rebuild(queue, journal_file) == 0
