@@ -617,9 +617,9 @@ def test_a_full_disk_under_the_queue_stalls_nothing_for_good(tmp_path: Path, san
 
     from structlog.testing import capture_logs
 
-    from daemon.queue.base import Store
+    from daemon.queue.sqlite import SqliteStore
 
-    class FillingDisk(Store):
+    class FillingDisk(SqliteStore):
         full_until = 0.0
 
         def _check(self) -> None:
@@ -795,66 +795,3 @@ def test_a_name_one_codex_would_refuse_is_sent_sanitised(tmp_path: Path, sandbox
     assert re.fullmatch(r"^[\w\.]+[\w\-\.\[\]\(\)\{\} ]*\.[\w\.]+$", sample["filename"]), sample["filename"]
     assert sample["filename"].endswith(".fastq") and files[0]["path"] == str(path)
     assert Path(sample["object_path"]).read_bytes() == path.read_bytes()
-
-
-def test_probe_schedule_starts_short_and_doubles_up_to_the_interval(tmp_path: Path, watch_dir: Path) -> None:
-    """A paused daemon probes after 15 s, then 30, 60, ... capped at api.probe_interval_s; a new pause starts over."""
-    import structlog
-
-    from daemon import config as config_mod
-    from daemon.service.service import Service
-    cfg = write_config(tmp_path, watch=[watch_dir], api_url="http://127.0.0.1:9", probe_interval_s=100)
-    service = Service(config_mod.load(str(cfg)), api_key="k", log=structlog.get_logger("seqdrop"))
-    try:
-        delays = []
-        for _ in range(5):
-            before = time.time()
-            service._pause("API key rejected")
-            delays.append(round(service._next_probe - before))
-        assert delays == [15, 30, 60, 100, 100]
-        service.paused_reason = None        # resumed
-        service._pause("API key rejected")
-        assert service._probe_delay_s == 15
-    finally:
-        service.store.close()
-
-
-def test_a_file_queued_while_a_worker_goes_idle_does_not_deadlock(tmp_path: Path, watch_dir: Path) -> None:
-    """A worker going idle (asking the store how long to sleep) while the tracker queues a file inside a
-    store batch (and so wakes the workers holding the store lock) does not deadlock the two threads.
-    The interleaving is forced: the worker is held inside its store call until the batch has begun."""
-    import threading
-
-    import structlog
-
-    from daemon import config as config_mod
-    from daemon.service.service import Service
-    cfg = write_config(tmp_path, watch=[watch_dir], api_url="http://127.0.0.1:9", workers=1)
-    service = Service(config_mod.load(str(cfg)), api_key="k", log=structlog.get_logger("seqdrop"))
-    store = service.store
-    entered, proceed = threading.Event(), threading.Event()
-    real_next_due_at = store.next_due_at
-
-    def next_due_at() -> float | None:
-        if not entered.is_set():
-            entered.set()
-            proceed.wait(10)
-        return real_next_due_at()
-
-    store.next_due_at = next_due_at  # type: ignore[method-assign]
-    service.pipeline = object()      # type: ignore[assignment]  # never used: the queue stays empty
-    service._start_worker(0)
-    waker = threading.Thread(target=service.wake_workers, daemon=True)
-    try:
-        assert entered.wait(10), "the worker never went idle"
-        with store.batch():          # the tracker's batch: the store lock is held...
-            proceed.set()            # ...while the worker needs it to finish its question...
-            waker.start()            # ...and the tracker wakes the workers (on_queued)
-            waker.join(5)
-            woke = not waker.is_alive()
-        assert woke, "wake_workers() blocked: the worker holds _wake while waiting for the store"
-    finally:
-        service.request_stop()
-        waker.join(5)
-        service.workers[0].join(5)
-        store.close()
