@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -179,7 +181,6 @@ def test_a_pause_recorded_by_an_earlier_run_holds_and_is_probed_at_once(env: Env
 
 def test_no_resume_once_shutting_down(env: Env) -> None:
     """A probe answered after shutdown began changes nothing (the store may be closing); the next start probes."""
-    import threading
     stop = threading.Event()
     gate = env.new_gate(stop=stop)
     gate.refused(REFUSED)
@@ -190,8 +191,6 @@ def test_no_resume_once_shutting_down(env: Env) -> None:
 
 def test_a_pause_the_store_cannot_record_still_holds(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """The store failing to record the pause (a full disk) is logged; uploads are paused all the same."""
-    import sqlite3
-
     def disk_full(key: str, value: Any) -> None:
         raise sqlite3.OperationalError("database or disk is full")
 

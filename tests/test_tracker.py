@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import os
+import socket
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from daemon.detection.roots import WatchRoots
@@ -34,7 +38,6 @@ class Log:
     """Enough of a structlog logger for the tracker (events go to structlog's capture)."""
 
     def __getattr__(self, level: str):
-        import structlog
         return getattr(structlog.get_logger(), level)
 
 
@@ -396,7 +399,6 @@ def test_a_failing_due_check_is_tried_again(env: Env, monkeypatch: pytest.Monkey
 def test_hinted_paths_that_are_no_regular_file_get_no_row(env: Env, tmp_path: Path) -> None:
     """A FIFO, a socket, a symbolic link (to a file outside the folder, or dangling) named like FASTQ and
     hinted by an event get no row, as the scan skips them: a FIFO would block the reading worker."""
-    import socket
     outside = tmp_path / "outside.fastq"
     outside.write_bytes(b"@r\nACGT\n+\nIIII\n")
     fifo = env.folder / "pipe.fastq"
@@ -432,7 +434,6 @@ def test_file_replaced_by_a_symlink_while_seen_is_vanished(env: Env, tmp_path: P
 def test_a_batch_reports_what_it_queued_only_once_committed(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
     """observe_batch returns the paths it queued after its commit; a batch whose commit fails (a full disk)
     reports nothing, records nothing, and its paths are looked at again later."""
-    import sqlite3
     paths = [env.write(f"{name}.fastq") for name in ("a", "b")]
     assert env.tracker.observe_batch([(p, None) for p in paths]) == []     # new: seen, not queued
     env.clock.advance(SETTLE_S + 0.1)
@@ -514,7 +515,6 @@ def test_full_scan_leaves_the_rows_of_a_missing_root_alone(env: Env, tmp_path: P
 
 def test_full_scan_stops_early_when_asked(env: Env) -> None:
     """A scan with stop set (shutdown) records nothing more and sweeps nothing."""
-    import threading
     gone = env.write("gone.fastq")
     env.tracker.observe(gone)
     os.unlink(gone)
