@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import socket
+import sqlite3
+import threading
 from pathlib import Path
 
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
-from daemon.detection.tracker import MARKER_RECHECK_S, Tracker
+from daemon.detection.roots import WatchRoots
+from daemon.detection.tracker import BATCH, MARKER_RECHECK_S, Tracker
+from daemon.detection.watcher import Matcher
 from daemon.queue.base import Identity, Store
 from daemon.queue.sqlite import SqliteStore
 
@@ -32,7 +38,6 @@ class Log:
     """Enough of a structlog logger for the tracker (events go to structlog's capture)."""
 
     def __getattr__(self, level: str):
-        import structlog
         return getattr(structlog.get_logger(), level)
 
 
@@ -53,13 +58,12 @@ class Env:
         self.folder = tmp_path / "watch"
         self.folder.mkdir()
         self.store, self.clock = store, clock
-        self.queued_calls = 0
-        self.waiting: dict[str, str] = {}
-        self.tracker = Tracker(store=store, settle_s=SETTLE_S, log=Log(), clock=clock,
-                               marker_for=lambda p: self.waiting.get(p), on_queued=self._on_queued)
+        self.use_marker(None)
 
-    def _on_queued(self) -> None:
-        self.queued_calls += 1
+    def use_marker(self, marker: str | None) -> None:
+        """A fresh tracker whose one watch root (the folder) has this run-marker rule."""
+        roots = WatchRoots([(str(self.folder), marker)], clock=self.clock)
+        self.tracker = Tracker(store=self.store, settle_s=SETTLE_S, log=Log(), clock=self.clock, roots=roots)
 
     def write(self, name: str, data: bytes = b"@r\nACGT\n+\nIIII\n") -> str:
         path = self.folder / name
@@ -73,10 +77,10 @@ class Env:
         row = self.store.latest_for_path(path)
         return row.state if row else None
 
-    def settle(self, path: str) -> None:
-        """Let the settle time pass and the tracker's due checks run."""
+    def settle(self, path: str) -> list[str]:
+        """Let the settle time pass and the tracker's due checks run; the paths they queued."""
         self.clock.advance(SETTLE_S + 0.1)
-        self.tracker.run_due()
+        return self.tracker.run_due()
 
 
 @pytest.fixture
@@ -103,17 +107,17 @@ def test_observing_again_adds_no_row(env: Env) -> None:
 
 
 def test_unchanged_for_settle_is_queued(env: Env) -> None:
-    """A file unchanged for settle_s is queued and the workers are woken, not a moment before."""
+    """A file unchanged for settle_s is queued, and reported as queued, not a moment before."""
     path = env.write("a.fastq")
-    env.tracker.observe(path)
+    assert env.tracker.observe(path) is False
     env.clock.advance(SETTLE_S - 1)
-    env.tracker.observe(path)
+    assert env.tracker.observe(path) is False
+    assert env.tracker.run_due() == []
     assert env.state(path) == "seen"
-    assert env.queued_calls == 0
     env.clock.advance(1.1)
-    assert env.tracker.run_due() == 1
+    assert env.tracker.run_due() == [path]
     assert env.state(path) == "queued"
-    assert env.queued_calls == 1
+    assert env.tracker.run_due() == []
 
 
 def test_change_during_settle_restarts_the_clock(env: Env) -> None:
@@ -239,23 +243,24 @@ def test_done_file_touched_is_a_new_version(env: Env) -> None:
 
 
 def test_marker_waiting_then_queued(env: Env) -> None:
-    """A settled file waits in `seen` with the marker reason in `error`, and queues once the marker is there."""
-    path = env.write("a.fastq")
-    env.waiting[path] = "waiting for the run marker CopyComplete.txt"
+    """A settled file waits in `seen` with its root's marker reason in `error`, and queues once the marker is there."""
+    env.use_marker("illumina")
+    run = env.folder / "run_1"
+    run.mkdir()
+    path = str(run / "a.fastq")
+    Path(path).write_bytes(b"@r\nACGT\n+\nIIII\n")
     env.tracker.observe(path)
-    env.settle(path)
+    assert env.settle(path) == []
     row = env.store.latest_for_path(path)
-    assert row.state == "seen" and row.error == "waiting for the run marker CopyComplete.txt"
-    assert env.queued_calls == 0
+    assert row.state == "seen" and "CopyComplete.txt" in row.error
     env.clock.advance(MARKER_RECHECK_S + 0.1)
-    env.tracker.run_due()
+    assert env.tracker.run_due() == []
     assert env.state(path) == "seen"           # still waiting, rechecked again later
-    del env.waiting[path]
+    (run / "CopyComplete.txt").write_text("")
     env.clock.advance(MARKER_RECHECK_S + 0.1)
-    env.tracker.run_due()
+    assert env.tracker.run_due() == [path]
     row = env.store.latest_for_path(path)
     assert row.state == "queued" and row.error is None
-    assert env.queued_calls == 1
 
 
 def test_vanished_file_that_returns_is_seen_again(env: Env) -> None:
@@ -349,23 +354,21 @@ def test_name_that_is_not_utf8_is_rejected_once_settled(env: Env) -> None:
         f.write(b"@r2\nACGT\n+\nIIII\n")
     env.tracker.observe(path)
     env.settle(path)
+    assert env.settle(path) == []
     assert [r.state for r in env.store.files()] == ["rejected", "rejected"]
-    assert env.queued_calls == 0
 
 
-def test_file_missing_with_its_whole_watch_folder_is_not_vanished(env: Env, store: Store, clock: Clock) -> None:
+def test_file_missing_with_its_whole_watch_folder_is_not_vanished(env: Env, tmp_path: Path) -> None:
     """A file that is missing because its watch folder is (an unmounted share) keeps its row; it is no deletion."""
-    gone = {"root": False}
-    env.tracker = Tracker(store=store, settle_s=SETTLE_S, log=Log(), clock=clock,
-                          root_gone=lambda p: gone["root"])
     path = env.write("a.fastq")
     env.tracker.observe(path)
     os.unlink(path)
-    gone["root"] = True
+    aside = tmp_path / "unmounted"
+    env.folder.rename(aside)
     env.tracker.observe(path)
     env.settle(path)
     assert env.state(path) == "seen"
-    gone["root"] = False
+    aside.rename(env.folder)
     env.tracker.observe(path)
     assert env.state(path) == "vanished"
 
@@ -396,7 +399,6 @@ def test_a_failing_due_check_is_tried_again(env: Env, monkeypatch: pytest.Monkey
 def test_hinted_paths_that_are_no_regular_file_get_no_row(env: Env, tmp_path: Path) -> None:
     """A FIFO, a socket, a symbolic link (to a file outside the folder, or dangling) named like FASTQ and
     hinted by an event get no row, as the scan skips them: a FIFO would block the reading worker."""
-    import socket
     outside = tmp_path / "outside.fastq"
     outside.write_bytes(b"@r\nACGT\n+\nIIII\n")
     fifo = env.folder / "pipe.fastq"
@@ -411,10 +413,10 @@ def test_hinted_paths_that_are_no_regular_file_get_no_row(env: Env, tmp_path: Pa
         sock.bind(str(sock_path))
         for p in (fifo, link, dangling, sock_path):
             env.tracker.observe(str(p))
-        env.settle(str(fifo))
+        queued = env.settle(str(fifo))
     finally:
         sock.close()
-    assert env.store.files() == [] and env.queued_calls == 0
+    assert env.store.files() == [] and queued == []
 
 
 def test_file_replaced_by_a_symlink_while_seen_is_vanished(env: Env, tmp_path: Path) -> None:
@@ -427,3 +429,105 @@ def test_file_replaced_by_a_symlink_while_seen_is_vanished(env: Env, tmp_path: P
     os.symlink(outside, path)
     env.settle(path)
     assert [r.state for r in env.rows(path)] == ["vanished"]
+
+
+def test_a_batch_reports_what_it_queued_only_once_committed(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """observe_batch returns the paths it queued after its commit; a batch whose commit fails (a full disk)
+    reports nothing, records nothing, and its paths are looked at again later."""
+    paths = [env.write(f"{name}.fastq") for name in ("a", "b")]
+    assert env.tracker.observe_batch([(p, None) for p in paths]) == []     # new: seen, not queued
+    env.clock.advance(SETTLE_S + 0.1)
+    real_commit = env.store._commit
+
+    def disk_full() -> None:
+        env.store.db.execute("ROLLBACK")
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(env.store, "_commit", disk_full)
+    with capture_logs() as events:
+        assert env.tracker.observe_batch([(p, None) for p in paths]) == []
+    assert "tracker.batch_not_recorded" in [e["event"] for e in events]
+    assert [env.state(p) for p in paths] == ["seen", "seen"]
+    monkeypatch.setattr(env.store, "_commit", real_commit)
+    queued = env.settle(paths[0]) + env.settle(paths[0])   # looked at again, settled again, queued
+    assert sorted(queued) == sorted(paths)
+    assert [env.state(p) for p in paths] == ["queued", "queued"]
+
+
+def test_full_scan_finds_new_files_and_reports_those_it_queued(env: Env) -> None:
+    """A full scan counts the matching files, records new ones as `seen`, and returns those it queued."""
+    (env.folder / "sub").mkdir()
+    a, b = env.write("a.fastq"), env.write("sub/b.fq")
+    env.write("notes.txt")
+    found = env.tracker.full_scan(Matcher())
+    assert found.files == 2 and found.queued == []
+    assert env.state(a) == env.state(b) == "seen"
+    env.clock.advance(SETTLE_S + 0.1)
+    assert sorted(env.tracker.full_scan(Matcher()).queued) == sorted([a, b])
+
+
+def test_full_scan_skips_files_settled_and_unchanged(env: Env, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A done file unchanged since is not looked at again by a rescan; a changed one is."""
+    done, changed = env.write("done.fastq"), env.write("changed.fastq")
+    for path in (done, changed):
+        env.tracker.observe(path)
+    env.settle(done)
+    for path in (done, changed):
+        env.store.mark_done(env.store.latest_for_path(path).id, sample_id="s", md5="x")
+    with open(changed, "ab") as f:
+        f.write(b"@r2\nACGT\n+\nIIII\n")
+    observed: list[str] = []
+    real = Tracker.observe
+    monkeypatch.setattr(Tracker, "observe", lambda self, p, st=None: observed.append(p) or real(self, p, st))
+    assert env.tracker.full_scan(Matcher()).files == 2
+    assert observed == [changed]
+    assert [r.state for r in env.rows(changed)] == ["done", "seen"]
+
+
+def test_full_scan_sweeps_deletions_no_event_reported(env: Env) -> None:
+    """Rows `seen` or `queued` (nothing sent) whose file is gone end `vanished` at the rescan."""
+    seen, queued, kept = env.write("seen.fastq"), env.write("queued.fastq"), env.write("kept.fastq")
+    env.tracker.observe(queued)
+    env.settle(queued)
+    for path in (seen, kept):
+        env.tracker.observe(path)
+    os.unlink(seen)
+    os.unlink(queued)
+    env.tracker.full_scan(Matcher())
+    assert [env.state(p) for p in (seen, queued, kept)] == ["vanished", "vanished", "seen"]
+
+
+def test_full_scan_leaves_the_rows_of_a_missing_root_alone(env: Env, tmp_path: Path) -> None:
+    """A rescan while a watch root is gone as a whole (a share unmounted) neither scans nor sweeps it."""
+    other = tmp_path / "other"
+    other.mkdir()
+    env.tracker = Tracker(store=env.store, settle_s=SETTLE_S, log=Log(), clock=env.clock,
+                          roots=WatchRoots([(str(env.folder), None), (str(other), None)]))
+    mine, theirs = env.write("a.fastq"), str(other / "b.fastq")
+    Path(theirs).write_bytes(b"@r\nACGT\n+\nIIII\n")
+    env.tracker.full_scan(Matcher())
+    env.folder.rename(tmp_path / "unmounted")
+    os.unlink(theirs)
+    found = env.tracker.full_scan(Matcher())
+    assert found.files == 0
+    assert env.state(mine) == "seen" and env.state(theirs) == "vanished"
+
+
+def test_full_scan_stops_early_when_asked(env: Env) -> None:
+    """A scan with stop set (shutdown) records nothing more and sweeps nothing."""
+    gone = env.write("gone.fastq")
+    env.tracker.observe(gone)
+    os.unlink(gone)
+    new = env.write("new.fastq")
+    stop = threading.Event()
+    stop.set()
+    found = env.tracker.full_scan(Matcher(), stop=stop)
+    assert found.files == 0 and found.queued == []
+    assert env.state(gone) == "seen" and env.state(new) is None
+
+
+def test_a_flood_is_observed_in_batches_and_all_reported(env: Env) -> None:
+    """More files than one batch settle at once: every one is queued and reported by run_due."""
+    paths = [env.write(f"f{i:03d}.fastq") for i in range(BATCH + 5)]
+    env.tracker.full_scan(Matcher())
+    assert sorted(env.settle(paths[0])) == sorted(paths)

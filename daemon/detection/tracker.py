@@ -15,6 +15,11 @@ sent: it is recorded under a printable stand-in as `rejected`, with the fix (ren
 Rows a worker holds are left to the worker, which re-checks identity before and
 after sending. Settle checks are kept in a heap of due times; the rows are in the store.
 
+The tracker calls nobody back: what it queued is returned (by `observe_batch`, `run_due` and
+`full_scan`) once the store has committed it, and the caller wakes the workers. What it needs to
+know about the watch folders (the root of a path, its run marker, whether it is gone) it asks a
+`WatchRoots`.
+
 Settling is timed on a monotonic clock, never the wall clock: an instrument PC's clock can jump
 (a dead RTC battery, then NTP, at boot), and a jump forward must not queue a file that changed a
 moment ago, nor a jump back hold one for years. So when a `seen` version last changed is kept in
@@ -30,24 +35,30 @@ import stat
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
-from daemon.queue.base import TERMINAL, FileRow, Identity, Store
+from daemon.detection.roots import WatchRoots
+from daemon.detection.watcher import Matcher, scan
+from daemon.paths import is_within
+from daemon.queue.base import STEP_NONE, TERMINAL, FileRow, Identity, Store
 
 BATCH = 256               # files per commit when many are found or settle at once (see Store.batch)
 MARKER_RECHECK_S = 5.0
 
 
+@dataclass
+class Scanned:
+    """What a full scan found: how many matching files it looked at, and the paths it queued."""
+    files: int = 0
+    queued: list[str] = field(default_factory=list)
+
+
 class Tracker:
-    def __init__(self, *, store: Store, settle_s: float, log: Any,
-                 marker_for: Callable[[str], str | None] = lambda path: None,
-                 on_queued: Callable[[], None] = lambda: None,
-                 root_gone: Callable[[str], bool] = lambda path: False,
+    def __init__(self, *, store: Store, settle_s: float, log: Any, roots: WatchRoots | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.store, self.settle_s, self.log = store, settle_s, log
-        self.marker_for = marker_for          # path -> reason it must wait, or None
-        self.on_queued = on_queued
-        self.root_gone = root_gone            # path -> its watch folder is missing as a whole
+        self.roots = roots or WatchRoots()    # no roots: nothing waits for a marker, no root is gone
         self.clock = clock                    # monotonic; due times and next_due() are on this clock
         self._since: dict[str, float] = {}    # path of a `seen` row -> when its identity last changed
         self._due: list[tuple[float, str]] = []
@@ -68,8 +79,8 @@ class Tracker:
         with self._lock:
             return self._due[0][0] if self._due else None
 
-    def run_due(self) -> int:
-        """Re-observe every path whose settle time has come; returns how many."""
+    def run_due(self) -> list[str]:
+        """Re-observe every path whose settle time has come; returns the paths queued (committed)."""
         now = self.clock()
         paths = []
         with self._lock:
@@ -78,21 +89,25 @@ class Tracker:
                 if self._scheduled.get(path) == at:
                     del self._scheduled[path]
                     paths.append(path)
+        queued: list[str] = []
         for start in range(0, len(paths), BATCH):
-            self.observe_batch([(path, None) for path in paths[start:start + BATCH]])
-        return len(paths)
+            queued += self.observe_batch([(path, None) for path in paths[start:start + BATCH]])
+        return queued
 
-    def observe_batch(self, items: list[tuple[str, os.stat_result | None]]) -> None:
-        """observe() each (path, stat or None), recorded by one commit (Store.batch). A path whose
-        step fails, or a batch whose commit fails (a full disk), is looked at again later."""
+    def observe_batch(self, items: list[tuple[str, os.stat_result | None]]) -> list[str]:
+        """observe() each (path, stat or None), recorded by one commit (Store.batch); returns the paths
+        queued, once committed. A path whose step fails, or a batch whose commit fails (a full disk),
+        is looked at again later (and nothing of a batch that was not committed counts as queued)."""
         if not items:
-            return
+            return []
         retry_at = lambda: self.clock() + max(1.0, self.settle_s)   # noqa: E731
+        queued: list[str] = []
         try:
             with self.store.batch():
                 for path, st in items:
                     try:
-                        self.observe(path, st)
+                        if self.observe(path, st):
+                            queued.append(path)
                     except Exception as e:   # a bug, a passing store error: look again later, not never
                         self.log.error("tracker.observe_failed", path=path, error=repr(e), exc_info=True)
                         self.schedule(path, retry_at())
@@ -100,6 +115,50 @@ class Tracker:
             self.log.error("tracker.batch_not_recorded", files=len(items), error=repr(e))
             for path, _ in items:
                 self.schedule(path, retry_at())
+            return []
+        return queued
+
+    def full_scan(self, matcher: Matcher, *, stop: threading.Event | None = None) -> Scanned:
+        """Reconcile the store with every watch root: observe each matching file (skipping versions
+        settled and unchanged since), then the deletions no event reported. A root that is missing
+        as a whole (a share unmounted) is neither scanned nor swept: its files are no deletions.
+        Stops early, with the sweep undone, once stop is set (shutdown)."""
+        found = Scanned()
+        for root in self.roots.paths:
+            if os.path.isdir(root) and not self._scan_root(root, matcher, found, stop):
+                return found
+        missing = self.roots.missing()
+        gone = [(row.path, None) for row in self.store.rows_in("seen", "queued")
+                if not any(is_within(row.path, m) for m in missing) and not os.path.exists(row.path)]
+        for start in range(0, len(gone), BATCH):
+            found.queued += self.observe_batch(gone[start:start + BATCH])
+        return found
+
+    def _scan_root(self, root: str, matcher: Matcher, found: Scanned, stop: threading.Event | None) -> bool:
+        """Observe root's files in batches; False if stop was set meanwhile."""
+        folder, settled = None, {}
+        pending: list[tuple[str, os.stat_result | None]] = []
+        for path, st in scan(root, matcher):
+            if stop is not None and stop.is_set():
+                return False
+            found.files += 1
+            if os.path.dirname(path) != folder:      # scan yields one folder's files together
+                folder = os.path.dirname(path)
+                settled = self._settled_in(folder)
+            if settled.get(path) == Identity.of(st):
+                continue       # uploaded (or refused) and unchanged since: observe would do nothing
+            pending.append((path, st))
+            if len(pending) >= BATCH:
+                found.queued += self.observe_batch(pending)
+                pending = []
+        found.queued += self.observe_batch(pending)
+        return True
+
+    def _settled_in(self, folder: str) -> dict[str, Identity]:
+        try:
+            return self.store.settled_in(folder)
+        except Exception:   # a folder name that is not UTF-8, a passing SQLite error: look at each file
+            return {}
 
     def resume(self) -> None:
         """At start-up: rows that were `seen` when the daemon stopped settle again from now."""
@@ -112,7 +171,8 @@ class Tracker:
         self.schedule(path, now + self.settle_s)
 
     # -- the decision --------------------------------------------------------------------------
-    def observe(self, path: str, st: os.stat_result | None = None) -> None:
+    def observe(self, path: str, st: os.stat_result | None = None) -> bool:
+        """Decide on path (stat it unless st is given); True if this moved it to `queued`."""
         if st is None:
             try:
                 st = os.lstat(path)
@@ -120,7 +180,7 @@ class Tracker:
                 st = None
             except OSError as e:
                 self.log.warning("tracker.stat_failed", path=path, error=str(e))
-                return
+                return False
             # Only regular files, as the scan sees them: a symbolic link (followed, it leads outside the
             # folder or loops), a FIFO (reading it blocks), a socket or a device is no file to upload.
             if st is not None and not stat.S_ISREG(st.st_mode):
@@ -128,23 +188,23 @@ class Tracker:
         stand_in = _stand_in(path)
         if stand_in is not None:
             self._unstorable(path, stand_in, st)
-            return
-        if st is None and self.root_gone(path):
-            return
+            return False
+        if st is None and self.roots.gone(path):
+            return False
         row = self.store.latest_for_path(path)
         if st is None:
             self._since.pop(path, None)
             self._gone(row)
-            return
+            return False
         ident = Identity.of(st)
         if row is None or (row.state in TERMINAL and (row.identity != ident or row.state == "vanished")):
             self.store.add_seen(path, ident)
             self.log.debug("file.seen", path=path, size=ident.size)
             self._restart_clock(path)
         elif row.state == "seen":
-            self._settle(row, ident)
+            return self._settle(row, ident)
         elif row.state == "queued" and row.identity != ident:
-            if row.step == "":
+            if row.step == STEP_NONE:
                 self.store.set_state(row.id, "vanished", only_from=("queued",),
                                      error="replaced by a newer version before it was uploaded")
             self.store.add_seen(path, ident)
@@ -153,31 +213,32 @@ class Tracker:
             # The worker notices (it stats again after sending) and will not confirm.
             self.store.add_seen(path, ident)
             self._restart_clock(path)
+        return False
 
-    def _settle(self, row: FileRow, ident: Identity) -> None:
+    def _settle(self, row: FileRow, ident: Identity) -> bool:
         now = self.clock()
         since = self._since.get(row.path)
         if row.identity != ident:
             self.store.touch_seen(row.id, ident)
             self._restart_clock(row.path)
-            return
+            return False
         if since is None:                 # seen by an earlier run: how long it has been still is unknown
             self._restart_clock(row.path)
-            return
+            return False
         if now - since < self.settle_s:
             self.schedule(row.path, since + self.settle_s)
-            return
-        waiting = self.marker_for(row.path)
+            return False
+        waiting = self.roots.waiting_for(row.path)
         if waiting:
             if row.error != waiting:
                 self.store.note(row.id, waiting)
             self.schedule(row.path, now + MARKER_RECHECK_S)
-            return
+            return False
         moved = self.store.set_state(row.id, "queued", only_from=("seen",), next_attempt_at=0)
         self._since.pop(row.path, None)
         if moved:
             self.log.info("file.queued", path=row.path, size=row.size)
-            self.on_queued()
+        return moved
 
     def _unstorable(self, path: str, stand_in: str, st: os.stat_result | None) -> None:
         """A file whose name is not UTF-8: once it has settled, one `rejected` row per version under
@@ -209,7 +270,7 @@ class Tracker:
     def _gone(self, row: FileRow | None) -> None:
         if row is None:
             return
-        if row.state == "seen" or (row.state == "queued" and row.step == ""):
+        if row.state == "seen" or (row.state == "queued" and row.step == STEP_NONE):
             if self.store.set_state(row.id, "vanished", only_from=(row.state,),
                                     error="deleted before it was uploaded"):
                 self.log.info("file.vanished", path=row.path)

@@ -161,8 +161,6 @@ class OneCodexClient:
         self.session.mount("http://", adapter)
         self.session.headers["User-Agent"] = f"seqdrop/{__version__}"
         self.last_server_date: float | None = None
-        # monotonic time of the last 2xx from the API: proof that the key works (see Service._probe).
-        self.last_api_ok: float = 0.0
         # Told of every answer of the API (its path and HTTP status; never of S3's): the pause gate
         # learns from real requests that the key works again.
         self.on_answer = on_answer
@@ -194,7 +192,6 @@ class OneCodexClient:
         if self.on_answer is not None:
             self.on_answer(path, status)
         if 200 <= status < 300:
-            self.last_api_ok = time.monotonic()
             try:
                 return resp.json()
             except ValueError:
@@ -304,8 +301,9 @@ class OneCodexClient:
             pass
 
     def probe(self) -> None:
-        """One cheap authenticated request: raises AuthError/Transient, returns if the key works."""
-        self._api("GET", "/api/v1/samples", params={"per_page": 1})
+        """One cheap authenticated request: raises AuthError/Transient/Permanent, returns if the key
+        works (any 2xx: an answer that is not JSON still says the key was accepted)."""
+        self._api("GET", "/api/v1/samples", json_answer=False, params={"per_page": 1})
 
     # -- S3 POST (no credentials) ----------------------------------------------------------------
     def post_to_s3(self, init: InitResult, body: MultipartBody, *, timeout_s: tuple[float, float] | None = None
