@@ -40,6 +40,7 @@ from daemon.upload.pipeline import Pipeline
 from daemon.upload.s3multipart import (
     MiB,
     RangeReader,
+    S3Connector,
     S3Upload,
     choose_part_size,
     multipart_etag,
@@ -175,10 +176,14 @@ class Harness(PipelineDriver):
         self.bucket = sb.multipart_s3.bucket
         self.store = SqliteStore(str(tmp / "queue.sqlite3"))
         self.client = OneCodexClient(sb.api_url, API_KEY, connect_timeout_s=2, read_timeout_s=10)
-        self.pipeline = Pipeline(store=self.store, client=self.client, log=structlog.get_logger(),
-                                 block_size=64 * 1024, multipart_threshold_bytes=THRESHOLD,
-                                 s3_endpoint_url=moto.endpoint)
+        self.pipeline = self.make_pipeline()
 
+    def make_pipeline(self, **overrides: object) -> Pipeline:
+        """A pipeline on this queue and API (a new one is a new process: no uploads in its memory)."""
+        kwargs: dict[str, object] = {"store": self.store, "client": self.client, "log": structlog.get_logger(),
+                                     "block_size": 64 * 1024, "multipart_threshold_bytes": THRESHOLD,
+                                     "s3_endpoint_url": self.moto.endpoint}
+        return Pipeline(**(kwargs | overrides))  # type: ignore[arg-type]
 
     def callbacks(self) -> list[dict]:
         return [r for r in self.requests_to("multipart_callback") if r["status"] == 200]
@@ -315,7 +320,7 @@ def test_s3_unreachable_for_a_while_delays_the_file_and_resumes_at_the_next_part
     """The link to S3 is cut while part 2 is being sent: retried, the file waits in the queue (never failed),
     then the same upload goes on at part 2 with the same sample and ends in one callback."""
     link = Link(h.moto.port)
-    h.pipeline.s3_endpoint_url = link.endpoint
+    h.pipeline = h.make_pipeline(s3_endpoint_url=link.endpoint)
     data = fastq_bytes(25 * MiB, seed=8)
     file_id = h.queue(h.file("reads.fastq", data))
     sent = [0]
@@ -345,7 +350,7 @@ def test_file_deleted_while_its_upload_waits_is_vanished_and_the_upload_aborted(
     """A file deleted while its multipart upload waits for S3 to return: vanished, the parts already sent
     dropped (AbortMultipartUpload), the sample cancelled, nothing called back."""
     link = Link(h.moto.port)
-    h.pipeline.s3_endpoint_url = link.endpoint
+    h.pipeline = h.make_pipeline(s3_endpoint_url=link.endpoint)
     path = h.file("reads.fastq", fastq_bytes(22 * MiB, seed=17))
     file_id = h.queue(path)
     sent = [0]
@@ -428,8 +433,7 @@ def test_shutdown_mid_upload_stops_sending_and_the_next_process_starts_again(h, 
     assert h.drive(file_id, rounds=1, progress=stop_once_the_upload_is_open) == "queued"
     assert h.store.get(file_id).step == "mp_initialized"
     h.pipeline.close()
-    h.pipeline = Pipeline(store=h.store, client=h.client, log=structlog.get_logger(),
-                          multipart_threshold_bytes=THRESHOLD, s3_endpoint_url=h.moto.endpoint)
+    h.pipeline = h.make_pipeline()
     assert h.drive(file_id) == "done"
     assert sorted(h.samples().values()) == ["cancelled", "confirmed"] and len(h.callbacks()) == 1
     [key] = h.moto.keys(h.bucket)
@@ -472,11 +476,11 @@ def test_daemon_killed_during_the_multipart_upload_ends_with_one_sample(tmp_path
 def test_s3_credentials_are_never_logged_or_stored_and_the_api_key_never_reaches_s3(h, tmp_path):
     """The temporary credentials appear in no log event and nowhere in the queue files; S3 requests carry
     the temporary access key and no trace of the One Codex API key."""
-    from daemon.upload.s3multipart import S3Connector
     sent: list[str] = []
-    h.pipeline._s3 = S3Connector(endpoint_url=h.moto.endpoint)
-    h.pipeline._s3._session.register(
+    connector = S3Connector(endpoint_url=h.moto.endpoint)
+    connector._session.register(
         "before-send.s3", lambda request, **kw: sent.append(f"{request.url} {dict(request.headers)!r}"))
+    h.pipeline = h.make_pipeline(s3_connector=connector)
     h.sb.add_fault(Fault("multipart_callback", "status", status=503, times=1))
     with structlog.testing.capture_logs() as events:
         file_id = h.queue(h.file("reads.fastq", fastq_bytes(12 * MiB, seed=14)))
