@@ -39,7 +39,7 @@ class Transient(UploadError):
     `reason` is what happened, as a short identifier set where the error is raised; it is the
     label of the retries metric, so nobody has to read the message to count it:
       http_NNN        an answer with a transient HTTP status (http_429, http_503...)
-      slowdown        S3 asked to slow down (SlowDown or Throttling) with another status
+      slowdown        S3 asked to slow down (SlowDown, Throttling), whatever the status
       timeout         no answer within the timeout (or S3's RequestTimeout)
       connection      the connection failed or broke
       bad_answer      a 2xx answer without what it must hold
@@ -57,17 +57,14 @@ class Transient(UploadError):
         self.retry_after_s = retry_after_s
 
 
-# The statuses the retries metric has always been labelled by, before any S3 error code.
-_STATUS_FIRST = frozenset({429, 500, 502, 503, 504})
+# S3 error codes that say more than their status (SlowDown comes with a 503, RequestTimeout with a 400).
 _S3_CODE_REASONS = {"SlowDown": "slowdown", "Throttling": "slowdown", "ThrottlingException": "slowdown",
                     "RequestTimeout": "timeout"}
 
 
 def status_reason(status: int, s3_code: str = "") -> str:
     """The Transient reason of an HTTP answer (the API's or S3's) that is worth trying again."""
-    if status not in _STATUS_FIRST and s3_code in _S3_CODE_REASONS:
-        return _S3_CODE_REASONS[s3_code]
-    return f"http_{status}"
+    return _S3_CODE_REASONS.get(s3_code) or f"http_{status}"
 
 
 class PolicyExpired(UploadError):

@@ -62,8 +62,12 @@ class Harness(PipelineDriver):
         self.sb, self.tmp = sb, tmp
         self.store = SqliteStore(str(tmp / "queue.sqlite3"))
         self.client = OneCodexClient(sb.api_url, KEY, connect_timeout_s=2, read_timeout_s=read_timeout_s)
+        self.events: list[tuple[str, dict]] = []      # what the pipeline told its observers (metrics, webhook)
         self.pipeline = Pipeline(store=self.store, client=self.client, log=structlog.get_logger(),
-                                 block_size=64 * 1024)
+                                 block_size=64 * 1024, emit=lambda event, **fields: self.events.append((event, fields)))
+
+    def emitted(self, event: str) -> list[dict]:
+        return [fields for name, fields in self.events if name == event]
 
     def upload(self, name: str, data: bytes) -> tuple[str, int]:
         file_id = self.queue(self.file(name, data))
@@ -245,6 +249,7 @@ def test_etag_mismatch_is_never_confirmed(h, monkeypatch):
     assert h.drive(file_id, rounds=2) == "queued"
     assert "ETag" in h.store.get(file_id).error
     assert not h.requests_to("confirm_upload") and not h.confirmed()
+    assert {f["reason"] for f in h.emitted("retry")} == {"etag_mismatch"}
 
 
 def test_no_authorization_header_or_key_ever_reaches_s3(h):
@@ -437,12 +442,40 @@ def test_bandwidth_cap_holds_within_10_percent_on_a_200_mb_upload(tmp_path):
 
 
 def test_repeat_confirm_refused_as_already_confirmed_counts_as_done(h):
-    """A server answering a repeated confirm with 400 'already confirmed' leaves the file done, not failed."""
+    """A server answering a repeated confirm with 400 'already confirmed' (AlreadyDone from the client)
+    leaves the file done with its sample, not failed: logged as such, told to the observers as done."""
     h.sb.add_fault(Fault("confirm_upload", "drop", after_body=True, times=1))
     h.sb.add_fault(Fault("confirm_upload", "status", status=400, message="Sample already confirmed", times=1))
-    state, file_id = h.upload("reads.fastq", fastq_bytes())
+    with structlog.testing.capture_logs() as logged:
+        state, file_id = h.upload("reads.fastq", fastq_bytes())
+    row = h.store.get(file_id)
+    assert state == "done" and row.state == "done" and row.error is None
+    assert row.sample_id == h.confirmed()[0]["sample_id"] and len(h.sb.samples()) == 1
+    [already] = [e for e in logged if e["event"] == "upload.already_confirmed"]
+    assert already["sample_id"] == row.sample_id and "Sample already confirmed" in already["answer"]
+    assert [f["sample_id"] for f in h.emitted("file_done")] == [row.sample_id] and not h.emitted("file_failed")
+    assert len(h.requests_to("confirm_upload")) == 2 and not h.requests_to("cancel_upload")
+
+
+def test_retries_are_counted_by_the_reason_each_error_carries(h):
+    """A 429 at init, S3's SlowDown and a dropped confirm reach the observers (the retries metric) as
+    http_429, slowdown and connection; the file still ends done."""
+    h.sb.add_fault(Fault("init_upload", "status", status=429, times=1))
+    h.sb.add_fault(Fault("s3", "status", status=503, code="SlowDown", times=1))
+    h.sb.add_fault(Fault("confirm_upload", "drop", times=1))
+    state, _ = h.upload("reads.fastq", fastq_bytes())
     assert state == "done"
-    assert h.store.get(file_id).sample_id == h.confirmed()[0]["sample_id"]
+    assert [f["reason"] for f in h.emitted("retry")] == ["http_429", "slowdown", "connection"]
+
+
+def test_a_transient_error_that_outlasts_the_call_budget_is_counted_once_more_with_its_reason(h):
+    """When the retries of one call run out, the row is put back with the error; the observers hear the
+    same reason once more (the retry of the file)."""
+    h.sb.add_fault(Fault("init_upload", "status", status=503, times=None))
+    file_id = h.queue(h.file("reads.fastq", fastq_bytes()))
+    assert h.drive(file_id, rounds=1) == "queued"
+    reasons = [f["reason"] for f in h.emitted("retry")]
+    assert reasons == ["http_503"] * len(h.requests_to("init_upload")) and len(reasons) >= 2
 
 
 @pytest.fixture
