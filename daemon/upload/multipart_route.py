@@ -95,14 +95,13 @@ class MultipartRoute:
             self.steps.store.clear_init(row.id)
         attempt = _Attempt(job, job.child if job else None)
         try:
-            md5, seconds = self._send_with_fresh_credentials(row, attempt, log, progress)
+            job, md5, seconds = self._send_with_fresh_credentials(row, attempt, log, progress)
         except BaseException as e:
             self._after_failure(row, attempt, e, log)
             raise
-        assert attempt.job is not None
-        attempt.job.close(abort=False)
+        job.close(abort=False)
         self.steps.store.save_posted(row.id, md5, step=STEP_MP_COMPLETE)
-        return self.callback(row, attempt.job.init, md5, log, seconds=seconds)
+        return self.callback(row, job.init, md5, log, seconds=seconds)
 
     def callback(self, row: FileRow, init: MultipartInit, md5: str | None, log: Any, *,
                  seconds: float = 0.0) -> str:
@@ -117,8 +116,9 @@ class MultipartRoute:
         return self.steps.done(row, sample_id, md5, log, seconds=seconds, route="multipart")
 
     def _send_with_fresh_credentials(self, row: FileRow, attempt: _Attempt, log: Any,
-                                     progress: Callable[[int], None] | None) -> tuple[str, float]:
-        """Send every part and complete the upload; a new init when S3 refuses the credentials."""
+                                     progress: Callable[[int], None] | None) -> tuple[_MultipartJob, str, float]:
+        """Send every part and complete the upload; a new init when S3 refuses the credentials.
+        Returns the completed job, the file's MD5 and the seconds the sending took."""
         name = sanitize_filename(os.path.basename(row.path))
         steps = self.steps
         last: PolicyExpired | None = None
@@ -131,7 +131,8 @@ class MultipartRoute:
                     attempt.child = ChildValidator(row.path, row.size)
                 attempt.job = self._new_job(init, row, attempt.child)
             try:
-                return self._send_parts(row, attempt.job, log, progress)
+                md5, seconds = self._send_parts(row, attempt.job, log, progress)
+                return attempt.job, md5, seconds
             except PolicyExpired as e:
                 refused, attempt.job, last = attempt.job, None, e
                 log.warning("upload.credentials_refused", sample_id=refused.init.sample_id, error=str(e))
