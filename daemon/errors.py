@@ -34,11 +34,37 @@ class UploadError(SeqdropError):
 
 
 class Transient(UploadError):
-    """Try again later (connection error, timeout, 429, 5xx, S3 SlowDown...)."""
+    """Try again later (connection error, timeout, 429, 5xx, S3 SlowDown...).
 
-    def __init__(self, message: str, *, retry_after_s: float | None = None) -> None:
+    `reason` is what happened, as a short identifier set where the error is raised; it is the
+    label of the retries metric, so nobody has to read the message to count it:
+      http_NNN        an answer with a transient HTTP status (http_429, http_503...)
+      slowdown        S3 asked to slow down (SlowDown, Throttling), whatever the status
+      timeout         no answer within the timeout (or S3's RequestTimeout)
+      connection      the connection failed or broke
+      bad_answer      a 2xx answer without what it must hold
+      etag_mismatch   S3's ETag is not the MD5 of the bytes sent
+      policy_expired  the upload's S3 policy expired again and again
+      file_read       reading the file failed (EIO on a flaky share)
+      folder_missing  the file's folder is gone (a share unmounted?)
+      validator       the validator child process failed
+      internal        seqdrop's own bookkeeping disagrees; the file starts again
+    """
+
+    def __init__(self, message: str, *, reason: str = "other", retry_after_s: float | None = None) -> None:
         super().__init__(message)
+        self.reason = reason
         self.retry_after_s = retry_after_s
+
+
+# S3 error codes that say more than their status (SlowDown comes with a 503, RequestTimeout with a 400).
+_S3_CODE_REASONS = {"SlowDown": "slowdown", "Throttling": "slowdown", "ThrottlingException": "slowdown",
+                    "RequestTimeout": "timeout"}
+
+
+def status_reason(status: int, s3_code: str = "") -> str:
+    """The Transient reason of an HTTP answer (the API's or S3's) that is worth trying again."""
+    return _S3_CODE_REASONS.get(s3_code) or f"http_{status}"
 
 
 class PolicyExpired(UploadError):
@@ -56,6 +82,16 @@ class AuthError(UploadError):
 
 class Permanent(UploadError):
     """The server refused this file for good (400, 404, 413, EntityTooLarge...): fail it."""
+
+
+class AlreadyDone(Permanent):
+    """The server refused a repeat because the first one worked: the sample is already confirmed
+    (confirm_upload, the multipart callback) or its upload already succeeded (cancel_upload).
+    The file is done. str() is the refusal as it would have read; `answer` is the server's words."""
+
+    def __init__(self, message: str, *, answer: str) -> None:
+        super().__init__(message)
+        self.answer = answer
 
 
 class ContentRejected(SeqdropError):

@@ -40,6 +40,7 @@ from daemon.upload.pipeline import Pipeline
 from daemon.upload.s3multipart import (
     MiB,
     RangeReader,
+    S3Connector,
     S3Upload,
     choose_part_size,
     multipart_etag,
@@ -175,10 +176,19 @@ class Harness(PipelineDriver):
         self.bucket = sb.multipart_s3.bucket
         self.store = SqliteStore(str(tmp / "queue.sqlite3"))
         self.client = OneCodexClient(sb.api_url, API_KEY, connect_timeout_s=2, read_timeout_s=10)
-        self.pipeline = Pipeline(store=self.store, client=self.client, log=structlog.get_logger(),
-                                 block_size=64 * 1024, multipart_threshold_bytes=THRESHOLD,
-                                 s3_endpoint_url=moto.endpoint)
+        self.events: list[tuple[str, dict]] = []      # what the pipelines told their observers
+        self.pipeline = self.make_pipeline()
 
+    def make_pipeline(self, **overrides: object) -> Pipeline:
+        """A pipeline on this queue and API (a new one is a new process: no uploads in its memory)."""
+        kwargs: dict[str, object] = {"store": self.store, "client": self.client, "log": structlog.get_logger(),
+                                     "block_size": 64 * 1024, "multipart_threshold_bytes": THRESHOLD,
+                                     "s3_endpoint_url": self.moto.endpoint,
+                                     "emit": lambda event, **fields: self.events.append((event, fields))}
+        return Pipeline(**(kwargs | overrides))  # type: ignore[arg-type]
+
+    def retry_reasons(self) -> list[str]:
+        return [fields["reason"] for event, fields in self.events if event == "retry"]
 
     def callbacks(self) -> list[dict]:
         return [r for r in self.requests_to("multipart_callback") if r["status"] == 200]
@@ -315,7 +325,7 @@ def test_s3_unreachable_for_a_while_delays_the_file_and_resumes_at_the_next_part
     """The link to S3 is cut while part 2 is being sent: retried, the file waits in the queue (never failed),
     then the same upload goes on at part 2 with the same sample and ends in one callback."""
     link = Link(h.moto.port)
-    h.pipeline.s3_endpoint_url = link.endpoint
+    h.pipeline = h.make_pipeline(s3_endpoint_url=link.endpoint)
     data = fastq_bytes(25 * MiB, seed=8)
     file_id = h.queue(h.file("reads.fastq", data))
     sent = [0]
@@ -345,7 +355,7 @@ def test_file_deleted_while_its_upload_waits_is_vanished_and_the_upload_aborted(
     """A file deleted while its multipart upload waits for S3 to return: vanished, the parts already sent
     dropped (AbortMultipartUpload), the sample cancelled, nothing called back."""
     link = Link(h.moto.port)
-    h.pipeline.s3_endpoint_url = link.endpoint
+    h.pipeline = h.make_pipeline(s3_endpoint_url=link.endpoint)
     path = h.file("reads.fastq", fastq_bytes(22 * MiB, seed=17))
     file_id = h.queue(path)
     sent = [0]
@@ -382,6 +392,21 @@ def test_lost_callback_answer_calls_back_again_for_the_same_sample(h):
     assert len(h.requests_to("init_multipart_upload")) == 1 and len(h.moto.keys(h.bucket)) == 1
 
 
+def test_repeated_callback_refused_as_already_imported_counts_as_done(h):
+    """The callback's answer is lost, and One Codex refuses the repeat with 400 '... already ...' (AlreadyDone
+    from the client): the file is done with its sample, nothing cancelled, no new init."""
+    h.sb.add_fault(Fault("multipart_callback", "drop", after_body=True, times=1))
+    h.sb.add_fault(Fault("multipart_callback", "status", status=400, message="Sample already imported", times=1))
+    with structlog.testing.capture_logs() as logged:
+        file_id = h.queue(h.file("reads.fastq", fastq_bytes(12 * MiB, seed=18)))
+        assert h.drive(file_id) == "done"
+    row = h.store.get(file_id)
+    assert list(h.samples().values()) == ["confirmed"] and h.samples()[row.sample_id] == "confirmed"
+    assert [e["sample_id"] for e in logged if e["event"] == "upload.already_confirmed"] == [row.sample_id]
+    assert len(h.requests_to("multipart_callback")) == 2 and not h.requests_to("cancel_upload")
+    assert len(h.requests_to("init_multipart_upload")) == 1 and h.retry_reasons() == ["connection"]
+
+
 def test_expired_credentials_get_a_new_init_and_the_old_sample_is_cancelled(h, monkeypatch):
     """S3 refuses the temporary credentials (ExpiredToken) mid-upload: the upload is aborted, its sample
     cancelled, a new init_multipart_upload sends the file again; one sample confirmed."""
@@ -399,6 +424,7 @@ def test_expired_credentials_get_a_new_init_and_the_old_sample_is_cancelled(h, m
     assert sorted(h.samples().values()) == ["cancelled", "confirmed"]
     assert len(h.requests_to("init_multipart_upload")) == 2 and len(h.callbacks()) == 1
     assert not h.moto.open_uploads(h.bucket) and len(h.moto.keys(h.bucket)) == 1
+    assert h.retry_reasons() == ["credentials"]
 
 
 def test_credentials_refused_again_and_again_fail_the_file_with_a_clear_message(h, monkeypatch):
@@ -428,8 +454,7 @@ def test_shutdown_mid_upload_stops_sending_and_the_next_process_starts_again(h, 
     assert h.drive(file_id, rounds=1, progress=stop_once_the_upload_is_open) == "queued"
     assert h.store.get(file_id).step == "mp_initialized"
     h.pipeline.close()
-    h.pipeline = Pipeline(store=h.store, client=h.client, log=structlog.get_logger(),
-                          multipart_threshold_bytes=THRESHOLD, s3_endpoint_url=h.moto.endpoint)
+    h.pipeline = h.make_pipeline()
     assert h.drive(file_id) == "done"
     assert sorted(h.samples().values()) == ["cancelled", "confirmed"] and len(h.callbacks()) == 1
     [key] = h.moto.keys(h.bucket)
@@ -472,11 +497,11 @@ def test_daemon_killed_during_the_multipart_upload_ends_with_one_sample(tmp_path
 def test_s3_credentials_are_never_logged_or_stored_and_the_api_key_never_reaches_s3(h, tmp_path):
     """The temporary credentials appear in no log event and nowhere in the queue files; S3 requests carry
     the temporary access key and no trace of the One Codex API key."""
-    from daemon.upload.s3multipart import S3Connector
     sent: list[str] = []
-    h.pipeline._s3 = S3Connector(endpoint_url=h.moto.endpoint)
-    h.pipeline._s3._session.register(
+    connector = S3Connector(endpoint_url=h.moto.endpoint)
+    connector._session.register(
         "before-send.s3", lambda request, **kw: sent.append(f"{request.url} {dict(request.headers)!r}"))
+    h.pipeline = h.make_pipeline(s3_connector=connector)
     h.sb.add_fault(Fault("multipart_callback", "status", status=503, times=1))
     with structlog.testing.capture_logs() as events:
         file_id = h.queue(h.file("reads.fastq", fastq_bytes(12 * MiB, seed=14)))
@@ -527,6 +552,25 @@ def test_botocore_errors_are_sorted_by_what_happens_next(exc, kind):
     assert type(out) is kind and "UploadPart 2/3" in str(out)
     if "retry-after" in str(getattr(exc, "response", "")):
         assert out.retry_after_s == 7.0
+
+
+@pytest.mark.parametrize("exc,reason", [
+    (_client_error("SlowDown", 503, "Please reduce your request rate."), "slowdown"),
+    (_client_error("InternalError", 500), "http_500"),
+    (_client_error("ServiceUnavailable", 503), "http_503"),
+    (_client_error("RequestTimeout", 400), "timeout"),
+    (_client_error("BadDigest", 400), "http_400"),
+    (botocore.exceptions.EndpointConnectionError(endpoint_url="https://s3.amazonaws.com"), "connection"),
+    (botocore.exceptions.ConnectionClosedError(endpoint_url="https://s3.amazonaws.com"), "connection"),
+    (botocore.exceptions.ReadTimeoutError(endpoint_url="https://s3.amazonaws.com"), "timeout"),
+    (botocore.exceptions.ConnectTimeoutError(endpoint_url="https://s3.amazonaws.com"), "timeout"),
+], ids=lambda x: x if isinstance(x, str) else (
+    x.response["Error"]["Code"] if isinstance(x, botocore.exceptions.ClientError) else type(x).__name__))
+def test_transient_botocore_errors_carry_their_reason(exc, reason):
+    """The retries metric's label comes from the error's kind: S3's code when it says more than the
+    status (SlowDown, RequestTimeout), else the status; a timeout or a broken connection."""
+    out = translate(exc, "UploadPart 1/2")
+    assert isinstance(out, Transient) and out.reason == reason
 
 
 def test_part_size_follows_the_official_clients_rule():

@@ -4,22 +4,34 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
 from pathlib import Path
 
+import boto3
 import pytest
 import structlog
 from harness import PipelineDriver
+from moto.server import ThreadedMotoServer
 
-from daemon.errors import AuthError
+from daemon.errors import AuthError, Transient
 from daemon.operations import logs
 from daemon.queue.sqlite import SqliteStore
 from daemon.sandbox import Fault, Sandbox
+from daemon.upload import pipeline as pipeline_module
 from daemon.upload import retrying
-from daemon.upload.client import OneCodexClient, PostResult
+from daemon.upload.client import InitResult, OneCodexClient, PostResult
+from daemon.upload.formdata import FormDataBody
 from daemon.upload.pipeline import Pipeline
+from daemon.upload.throttle import TokenBucket
 
 KEY = "sk_test_0123456789abcdef"
 
@@ -50,8 +62,12 @@ class Harness(PipelineDriver):
         self.sb, self.tmp = sb, tmp
         self.store = SqliteStore(str(tmp / "queue.sqlite3"))
         self.client = OneCodexClient(sb.api_url, KEY, connect_timeout_s=2, read_timeout_s=read_timeout_s)
+        self.events: list[tuple[str, dict]] = []      # what the pipeline told its observers (metrics, webhook)
         self.pipeline = Pipeline(store=self.store, client=self.client, log=structlog.get_logger(),
-                                 block_size=64 * 1024)
+                                 block_size=64 * 1024, emit=lambda event, **fields: self.events.append((event, fields)))
+
+    def emitted(self, event: str) -> list[dict]:
+        return [fields for name, fields in self.events if name == event]
 
     def upload(self, name: str, data: bytes) -> tuple[str, int]:
         file_id = self.queue(self.file(name, data))
@@ -211,8 +227,8 @@ def test_auth_refusal_raises_a_clear_error_and_keeps_the_file_queued(h, status, 
 def test_wrong_key_is_rejected_by_the_sandbox(sb, tmp_path):
     """A key the server does not know → AuthError from the real 401, no upload attempted."""
     h = Harness(sb, tmp_path)
-    h.client = OneCodexClient(sb.api_url, "wrong-key")
-    h.pipeline.client = h.client
+    h.pipeline = Pipeline(store=h.store, client=OneCodexClient(sb.api_url, "wrong-key"),
+                          log=structlog.get_logger())
     file_id = h.queue(h.file("reads.fastq", fastq_bytes()))
     h.store.set_state(file_id, "uploading")
     with pytest.raises(AuthError, match="API key rejected"):
@@ -233,6 +249,7 @@ def test_etag_mismatch_is_never_confirmed(h, monkeypatch):
     assert h.drive(file_id, rounds=2) == "queued"
     assert "ETag" in h.store.get(file_id).error
     assert not h.requests_to("confirm_upload") and not h.confirmed()
+    assert {f["reason"] for f in h.emitted("retry")} == {"etag_mismatch"}
 
 
 def test_no_authorization_header_or_key_ever_reaches_s3(h):
@@ -321,13 +338,12 @@ def test_crash_after_post_confirms_the_same_sample(h):
     assert h.confirmed()[0]["sample_id"] == row.sample_id
 
 
-def test_multipart_body_length_is_exact_and_the_file_is_the_last_part(tmp_path):
+def test_form_data_body_length_is_exact_and_the_file_is_the_last_part(tmp_path):
     """The declared Content-Length equals the bytes produced; fields keep their order; file part last."""
-    from daemon.upload.formdata import MultipartBody
     p = tmp_path / "x.fastq"
     data = fastq_bytes(50)
     p.write_bytes(data)
-    body = MultipartBody([("key", "a/${filename}"), ("policy", "cG9s"), ("acl", "private")], path=str(p),
+    body = FormDataBody([("key", "a/${filename}"), ("policy", "cG9s"), ("acl", "private")], path=str(p),
                          filename="x.fastq", size=len(data), block_size=1000)
     produced = b"".join(body)
     assert len(produced) == len(body)
@@ -339,10 +355,6 @@ def test_multipart_body_length_is_exact_and_the_file_is_the_last_part(tmp_path):
 
 def test_moto_s3_accepts_our_post(tmp_path):
     """moto's S3 server (a server we did not write) stores exactly our bytes and returns the MD5 ETag."""
-    boto3 = pytest.importorskip("boto3")
-    import socket
-
-    from moto.server import ThreadedMotoServer
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -358,14 +370,12 @@ def test_moto_s3_accepts_our_post(tmp_path):
             Fields={"acl": "private", "success_action_status": "201"},
             Conditions=[{"acl": "private"}, {"success_action_status": "201"},
                         ["starts-with", "$key", "user_1/file_2/"]])
-        from daemon.upload.client import InitResult
-        from daemon.upload.formdata import MultipartBody
         init = InitResult("2", post["url"], tuple(post["fields"].items()))
         data = gzip.compress(fastq_bytes(300))
         p = tmp_path / "reads.fastq.gz"
         p.write_bytes(data)
         client = OneCodexClient("http://127.0.0.1:1", "unused")
-        body = MultipartBody(init.fields, path=str(p), filename=p.name, size=len(data), block_size=4096)
+        body = FormDataBody(init.fields, path=str(p), filename=p.name, size=len(data), block_size=4096)
         result = client.post_to_s3(init, body)
         assert result.md5 == hashlib.md5(data).hexdigest()
         assert result.etag in ("", result.md5)   # moto's POST answer carries no ETag
@@ -410,9 +420,6 @@ def test_fixed_file_uploads_as_a_new_version(h):
 
 def test_bandwidth_cap_holds_within_10_percent_on_a_200_mb_upload(tmp_path):
     """upload.max_mbps = 400 moves a 200 MB file through the sandbox at 400 Mbps ± 10%."""
-    import time as _time
-
-    from daemon.upload.throttle import TokenBucket
     with Sandbox(api_keys=(KEY,), store_objects=False) as sandbox:
         h = Harness(sandbox, tmp_path)
         bucket = TokenBucket.from_mbps(400)
@@ -426,28 +433,55 @@ def test_bandwidth_cap_holds_within_10_percent_on_a_200_mb_upload(tmp_path):
         size = path.stat().st_size
         file_id = h.queue(path)
         h.store.set_state(file_id, "uploading")
-        started = _time.monotonic()
+        started = time.monotonic()
         assert h.pipeline.process(h.store.get(file_id)) == "done"
-        mbps = size * 8 / 1e6 / (_time.monotonic() - started)
+        mbps = size * 8 / 1e6 / (time.monotonic() - started)
         h.store.close()
     print(f"bandwidth cap 400 Mbps: measured {mbps:.1f} Mbps over {size / 1e6:.0f} MB")
     assert 360 <= mbps <= 440, f"measured {mbps:.0f} Mbps against a 400 Mbps cap"
 
 
 def test_repeat_confirm_refused_as_already_confirmed_counts_as_done(h):
-    """A server answering a repeated confirm with 400 'already confirmed' leaves the file done, not failed."""
+    """A server answering a repeated confirm with 400 'already confirmed' (AlreadyDone from the client)
+    leaves the file done with its sample, not failed: logged as such, told to the observers as done."""
     h.sb.add_fault(Fault("confirm_upload", "drop", after_body=True, times=1))
     h.sb.add_fault(Fault("confirm_upload", "status", status=400, message="Sample already confirmed", times=1))
-    state, file_id = h.upload("reads.fastq", fastq_bytes())
+    with structlog.testing.capture_logs() as logged:
+        state, file_id = h.upload("reads.fastq", fastq_bytes())
+    row = h.store.get(file_id)
+    assert state == "done" and row.state == "done" and row.error is None
+    assert row.sample_id == h.confirmed()[0]["sample_id"] and len(h.sb.samples()) == 1
+    [already] = [e for e in logged if e["event"] == "upload.already_confirmed"]
+    assert already["sample_id"] == row.sample_id and "Sample already confirmed" in already["answer"]
+    assert [f["sample_id"] for f in h.emitted("file_done")] == [row.sample_id] and not h.emitted("file_failed")
+    assert len(h.requests_to("confirm_upload")) == 2 and not h.requests_to("cancel_upload")
+
+
+def test_retries_are_counted_by_the_reason_each_error_carries(h):
+    """A 429 at init, S3's SlowDown and a dropped confirm reach the observers (the retries metric) as
+    http_429, slowdown and connection; the file still ends done."""
+    h.sb.add_fault(Fault("init_upload", "status", status=429, times=1))
+    h.sb.add_fault(Fault("s3", "status", status=503, code="SlowDown", times=1))
+    h.sb.add_fault(Fault("confirm_upload", "drop", times=1))
+    state, _ = h.upload("reads.fastq", fastq_bytes())
     assert state == "done"
-    assert h.store.get(file_id).sample_id == h.confirmed()[0]["sample_id"]
+    assert [f["reason"] for f in h.emitted("retry")] == ["http_429", "slowdown", "connection"]
+
+
+def test_a_transient_error_that_outlasts_the_call_budget_is_counted_once_more_with_its_reason(h):
+    """When the retries of one call run out, the row is put back with the error; the observers hear the
+    same reason once more (the retry of the file)."""
+    h.sb.add_fault(Fault("init_upload", "status", status=503, times=None))
+    file_id = h.queue(h.file("reads.fastq", fastq_bytes()))
+    assert h.drive(file_id, rounds=1) == "queued"
+    reasons = [f["reason"] for f in h.emitted("retry")]
+    assert reasons == ["http_503"] * len(h.requests_to("init_upload")) and len(reasons) >= 2
 
 
 @pytest.fixture
 def child_validation(monkeypatch):
     """Send every file through the large-file path: validation in a child process."""
-    import daemon.upload.pipeline
-    monkeypatch.setattr(daemon.upload.pipeline, "CHILD_VALIDATION_BYTES", 1)
+    monkeypatch.setattr(pipeline_module, "CHILD_VALIDATION_BYTES", 1)
 
 
 def test_child_process_validation_confirms_a_valid_file(h, child_validation):
@@ -469,7 +503,6 @@ def test_child_process_validation_refuses_a_truncated_file(h, child_validation):
 
 def test_file_whose_folder_is_gone_waits_instead_of_vanishing(h):
     """A started upload whose whole folder disappeared (a share unmounted) stays queued with its sample."""
-    import shutil
     folder = h.tmp / "watch" / "run"
     folder.mkdir(parents=True)
     path = folder / "reads.fastq"
@@ -490,11 +523,6 @@ def test_file_whose_folder_is_gone_waits_instead_of_vanishing(h):
 
 def test_tls_verification_is_on_and_the_key_never_reaches_an_unverified_host(tmp_path):
     """An https API with a certificate we cannot verify: no request goes through, the error says why."""
-    import http.server
-    import shutil
-    import ssl
-    import subprocess
-    import threading
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make a throwaway certificate")
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
@@ -519,7 +547,6 @@ def test_tls_verification_is_on_and_the_key_never_reaches_an_unverified_host(tmp
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         client = OneCodexClient(f"https://127.0.0.1:{server.server_address[1]}", KEY, read_timeout_s=5)
-        from daemon.errors import Transient
         with pytest.raises(Transient, match="certificate verify failed"):
             client.probe()
     finally:

@@ -52,8 +52,10 @@ Decisions of our own (each has a test in tests/test_validate.py):
 from __future__ import annotations
 
 import bz2
+import json
 import os
 import re
+import sys
 import zlib
 from dataclasses import dataclass
 from operator import itemgetter
@@ -801,8 +803,6 @@ def main(argv: list[str] | None = None) -> int:
     The upload pipeline runs this as a child process for large files, so that validation gets a
     core of its own instead of sharing the GIL with the thread that sends (see daemon/upload/pipeline.py).
     """
-    import json
-    import sys
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args
     paths = [a for a in args if a != "--json"]

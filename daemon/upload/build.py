@@ -10,7 +10,8 @@ from typing import Any
 from daemon.config import Settings
 from daemon.queue.base import Store
 from daemon.upload.client import OneCodexClient
-from daemon.upload.pipeline import Emit, Pipeline, _no_emit
+from daemon.upload.pipeline import Pipeline
+from daemon.upload.steps import Emit, no_emit
 
 
 def make_client(settings: Settings, api_key: str, *, read_timeout_s: float | None = None,
@@ -24,7 +25,7 @@ def make_client(settings: Settings, api_key: str, *, read_timeout_s: float | Non
 
 def make_pipeline(settings: Settings, *, store: Store, client: OneCodexClient, log: Any,
                   stop: threading.Event, throttle: Callable[[int], None] | None = None,
-                  emit: Emit = _no_emit) -> Pipeline:
+                  emit: Emit = no_emit) -> Pipeline:
     """The upload pipeline as [upload] configures it."""
     up = settings.upload
     return Pipeline(store=store, client=client, log=log, validate=up.validate, block_size=up.block_size,

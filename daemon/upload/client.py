@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
 from typing import Any
+from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 import requests
@@ -27,14 +28,28 @@ from requests.adapters import HTTPAdapter
 
 from daemon import __version__
 from daemon.config import check_url
-from daemon.errors import AuthError, Permanent, PolicyExpired, Transient
-from daemon.upload.formdata import MultipartBody
+from daemon.errors import (
+    AlreadyDone,
+    AuthError,
+    Permanent,
+    PolicyExpired,
+    Transient,
+    UploadError,
+    status_reason,
+)
+from daemon.upload.formdata import FormDataBody
 from daemon.upload.retrying import parse_retry_after
 
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable",
                       "RequestTimeTooSkewed", "OperationAborted"}
 FILENAME_RE = re.compile(r"^[\w\.]+[\w\-\.\[\]\(\)\{\} ]*\.[\w\.]+$")
+# The client is the one place that reads a server's words (here and S3's "Policy expired" below).
+# Confirming again after a lost answer is the design's rule (design.md, "The One Codex standard
+# upload"): a server refusing that repeat with "already confirmed/uploaded" says the sample exists.
+# A cancel refused with "Upload already successful" says the upload worked (the official client,
+# onecodex/lib/upload.py, reads it so); one refused with "already confirmed" alone does not count.
+ALREADY_RE = re.compile(r"already(?P<successful> successful)?", re.IGNORECASE)
 
 
 def sanitize_filename(name: str) -> str:
@@ -62,7 +77,7 @@ class InitResult:
                            "fields": [list(f) for f in self.fields], "expires_at": self.expires_at})
 
     @classmethod
-    def from_json(cls, text: str) -> "InitResult":
+    def from_json(cls, text: str) -> InitResult:
         d = json.loads(text)
         return cls(d["sample_id"], d["upload_url"], tuple((k, v) for k, v in d["fields"]), d.get("expires_at"))
 
@@ -106,7 +121,7 @@ class MultipartInit:
                            "key": self.key, "callback_url": self.callback_url, "filename": self.filename})
 
     @classmethod
-    def from_json(cls, text: str) -> "MultipartInit":
+    def from_json(cls, text: str) -> MultipartInit:
         d = json.loads(text)
         return cls(d["sample_id"], d["bucket"], d["key"], d["callback_url"], d["filename"])
 
@@ -178,14 +193,19 @@ class OneCodexClient:
         try:
             return self.session.request(method, url, allow_redirects=False, verify=True, **kwargs)
         except requests.Timeout as e:
-            raise Transient(f"{what}: no answer within the timeout ({e.__class__.__name__})") from None
+            raise Transient(f"{what}: no answer within the timeout ({e.__class__.__name__})",
+                            reason="timeout") from None
         except requests.ConnectionError as e:
-            raise Transient(f"{what}: connection to {_host(url)} failed ({_short(e)})") from None
+            raise Transient(f"{what}: connection to {_host(url)} failed ({_short(e)})", reason="connection") from None
         except requests.RequestException as e:
-            raise Transient(f"{what}: request failed ({_short(e)})") from None
+            raise Transient(f"{what}: request failed ({_short(e)})", reason="connection") from None
 
     # -- API calls (authenticated, base_url only) ---------------------------------------------
-    def _api(self, method: str, path: str, *, json_answer: bool = True, **kwargs: Any) -> Any:
+    def _api(self, method: str, path: str, *, json_answer: bool = True,
+             already: Callable[[UploadError, str], bool] | None = None, **kwargs: Any) -> Any:
+        """One API call: its JSON answer, or the exception of daemon.errors its refusal means.
+        already(error, server's message): whether that refusal says a repeat found its work done
+        (then AlreadyDone, with the same text)."""
         resp = self._send(path, method, self.base_url + path, auth=self._auth, timeout=self.timeout, **kwargs)
         self._note_date(resp)
         status = resp.status_code
@@ -197,19 +217,13 @@ class OneCodexClient:
             except ValueError:
                 if not json_answer:
                     return {}
-                raise Transient(f"{path}: the server answered {status} with something that is not JSON") from None
+                raise Transient(f"{path}: the server answered {status} with something that is not JSON",
+                                reason="bad_answer") from None
         message = _api_message(resp)
-        if status in (401, 402, 403):
-            what = {401: "API key rejected", 402: "account problem (payment required)",
-                    403: "API key not allowed to upload"}[status]
-            raise AuthError(f"{what}: {message} (HTTP {status})", status=status)
-        if status in TRANSIENT_STATUS or status >= 500:
-            raise Transient(f"{path}: HTTP {status}: {message}",
-                            retry_after_s=parse_retry_after(resp.headers.get("Retry-After")))
-        if 300 <= status < 400:
-            raise Permanent(f"{path}: unexpected redirect (HTTP {status}) to {resp.headers.get('Location')!r}; "
-                            f"check api.base_url")
-        raise Permanent(f"{path}: HTTP {status}: {message}")
+        error = _refusal(path, resp, message)
+        if already is not None and not 300 <= status < 400 and already(error, message):
+            raise AlreadyDone(str(error), answer=message) from None
+        raise error
 
     def _note_date(self, resp: requests.Response) -> None:
         if date := resp.headers.get("Date"):
@@ -227,7 +241,8 @@ class OneCodexClient:
             if not isinstance(fields, dict) or not sample_id:
                 raise TypeError
         except (KeyError, TypeError):
-            raise Transient("init_upload: the answer lacks additional_fields, sample_id or upload_url") from None
+            raise Transient("init_upload: the answer lacks additional_fields, sample_id or upload_url",
+                            reason="bad_answer") from None
         if reason := check_url(upload_url, what="upload_url", carries="the file"):
             try:   # nothing will ever be uploaded to this sample: do not leave it pending
                 self.cancel_upload(sample_id)
@@ -238,11 +253,13 @@ class OneCodexClient:
         return InitResult(sample_id, upload_url, pairs, policy_expiry(pairs))
 
     def confirm_upload(self, sample_id: str) -> dict[str, Any]:
-        return self._api("POST", "/api/v1/samples/confirm_upload",
+        """Raises AlreadyDone if One Codex refuses it because the sample is already confirmed."""
+        return self._api("POST", "/api/v1/samples/confirm_upload", already=_confirmed_before,
                          json={"sample_id": sample_id, "upload_type": "standard"})
 
     def cancel_upload(self, sample_id: str) -> None:
-        self._api("POST", "/api/v1/samples/cancel_upload", json={"sample_id": sample_id})
+        """Raises AlreadyDone if One Codex refuses it because the sample's upload already succeeded."""
+        self._api("POST", "/api/v1/samples/cancel_upload", already=_succeeded_before, json={"sample_id": sample_id})
 
     # -- the multipart route (NOT verified against the real One Codex: modelled on the official
     #    client, onecodex/lib/upload.py, and run only against the sandbox and moto) ---------------
@@ -276,14 +293,14 @@ class OneCodexClient:
 
     def multipart_callback(self, init: MultipartInit) -> dict[str, Any]:
         """Tell One Codex the object is in S3; a 2xx means the sample is created. The answer (JSON, or {}
-        when it is not JSON, as the official client reads it) may name the sample_id."""
-        answer = self._api("POST", init.callback_url, json_answer=False,
+        when it is not JSON, as the official client reads it) may name the sample_id. Raises
+        AlreadyDone if One Codex refuses a repeat because the sample already exists."""
+        answer = self._api("POST", init.callback_url, json_answer=False, already=_confirmed_before,
                            json={"s3_path": init.s3_path, "filename": init.filename, "import_as_document": False})
         return answer if isinstance(answer, dict) else {}
 
     def _same_host_path(self, url: str) -> str | None:
         """callback_url as a path on base_url; None if it names another host (the key must not go there)."""
-        from urllib.parse import urlsplit
         parts, base = urlsplit(url), urlsplit(self.base_url)
         if not parts.scheme and not parts.netloc and url.startswith("/") and not url.startswith("//"):
             return url
@@ -306,7 +323,7 @@ class OneCodexClient:
         self._api("GET", "/api/v1/samples", json_answer=False, params={"per_page": 1})
 
     # -- S3 POST (no credentials) ----------------------------------------------------------------
-    def post_to_s3(self, init: InitResult, body: MultipartBody, *, timeout_s: tuple[float, float] | None = None
+    def post_to_s3(self, init: InitResult, body: FormDataBody, *, timeout_s: tuple[float, float] | None = None
                    ) -> PostResult:
         started = time.monotonic()
         headers = {"Content-Type": body.content_type, "Content-Length": str(len(body))}
@@ -327,12 +344,38 @@ class OneCodexClient:
         if code == "AccessDenied" and "expired" in message.lower():
             raise PolicyExpired(text)
         if code in TRANSIENT_S3_CODES or status in TRANSIENT_STATUS or status >= 500:
-            raise Transient(text, retry_after_s=parse_retry_after(resp.headers.get("Retry-After")))
+            raise Transient(text, reason=status_reason(status, code),
+                            retry_after_s=parse_retry_after(resp.headers.get("Retry-After")))
         raise Permanent(text)
 
 
+def _refusal(path: str, resp: requests.Response, message: str) -> UploadError:
+    """The exception a non-2xx answer of the API means (AuthError, Transient or Permanent)."""
+    status = resp.status_code
+    if status in (401, 402, 403):
+        what = {401: "API key rejected", 402: "account problem (payment required)",
+                403: "API key not allowed to upload"}[status]
+        return AuthError(f"{what}: {message} (HTTP {status})", status=status)
+    if status in TRANSIENT_STATUS or status >= 500:
+        return Transient(f"{path}: HTTP {status}: {message}", reason=status_reason(status),
+                         retry_after_s=parse_retry_after(resp.headers.get("Retry-After")))
+    if 300 <= status < 400:
+        return Permanent(f"{path}: unexpected redirect (HTTP {status}) to {resp.headers.get('Location')!r}; "
+                         f"check api.base_url")
+    return Permanent(f"{path}: HTTP {status}: {message}")
+
+
+def _confirmed_before(error: UploadError, message: str) -> bool:
+    """A confirm or callback refused for good with "already ..." (see ALREADY_RE)."""
+    return type(error) is Permanent and ALREADY_RE.search(message) is not None
+
+
+def _succeeded_before(error: UploadError, message: str) -> bool:
+    """A cancel refused, whatever the status, with "already successful" (see ALREADY_RE)."""
+    return any(m["successful"] for m in ALREADY_RE.finditer(message))
+
+
 def _host(url: str) -> str:
-    from urllib.parse import urlsplit
     return urlsplit(url).netloc or url
 
 

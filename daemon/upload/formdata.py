@@ -1,4 +1,7 @@
-"""A multipart/form-data body streamed from disk, with an exact length.
+"""A multipart/form-data body streamed from disk, with an exact length: the body of the standard
+route's S3 POST. ("multipart" here is the HTTP body encoding of RFC 7578; it has nothing to do with
+S3's multipart upload, which is daemon/upload/s3multipart.py, nor with the multipart route,
+daemon/upload/multipart_route.py.)
 
 Hand-written on purpose: requests' ``files=`` reads the whole file into memory,
 and requests-toolbelt's MultipartEncoder copies every block through an internal
@@ -31,8 +34,8 @@ def _quote(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', "%22").replace("\r", "%0D").replace("\n", "%0A")
 
 
-class MultipartBody:
-    """Iterable body: fields in the order given, then the file part last."""
+class FormDataBody:
+    """Iterable multipart/form-data body: fields in the order given, then the file part last."""
 
     def __init__(self, fields: Sequence[tuple[str, str]], *, path: str, filename: str, size: int,
                  file_field: str = "file", content_type: str = "application/octet-stream",
@@ -104,9 +107,9 @@ QUEUE_BLOCKS = 2
 
 
 class _Stages:
-    """The reader and validator threads behind one MultipartBody iteration."""
+    """The reader and validator threads behind one FormDataBody iteration."""
 
-    def __init__(self, fd: int, body: MultipartBody) -> None:
+    def __init__(self, fd: int, body: FormDataBody) -> None:
         self.body = body
         self.file = os.fdopen(fd, "rb", buffering=0)
         self.cancelled = threading.Event()

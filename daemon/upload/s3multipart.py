@@ -30,11 +30,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+# botocore is slow to import (start-up cost): daemon.upload.multipart_route imports this module lazily.
 import botocore.exceptions
 import botocore.session
 from botocore.config import Config
 
-from daemon.errors import Aborted, FileChanged, Permanent, PolicyExpired, Transient
+from daemon.errors import (
+    Aborted,
+    FileChanged,
+    Permanent,
+    PolicyExpired,
+    Transient,
+    status_reason,
+)
 from daemon.upload.retrying import parse_retry_after
 from daemon.upload.source import open_source
 
@@ -126,11 +134,14 @@ def translate(exc: BaseException, what: str) -> BaseException:
         if code in RESTART_CODES:
             return PolicyExpired(text)
         if code in TRANSIENT_CODES or status in TRANSIENT_STATUS or status >= 500:
-            return Transient(text, retry_after_s=parse_retry_after((meta.get("HTTPHeaders") or {}).get("retry-after")))
+            return Transient(text, reason=status_reason(status, code),
+                             retry_after_s=parse_retry_after((meta.get("HTTPHeaders") or {}).get("retry-after")))
         return Permanent(text)
+    if isinstance(exc, (botocore.exceptions.ConnectTimeoutError, botocore.exceptions.ReadTimeoutError)):
+        return Transient(f"S3 {what}: {_short(exc)}", reason="timeout")
     if isinstance(exc, (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError,
                         botocore.exceptions.IncompleteReadError)):
-        return Transient(f"S3 {what}: {_short(exc)}")
+        return Transient(f"S3 {what}: {_short(exc)}", reason="connection")
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return Permanent(f"S3 {what}: {exc}")
     return exc
@@ -197,7 +208,7 @@ class RangeReader:
         try:
             data = os.pread(self.fd, want, self.start + self.pos)
         except OSError as e:   # EIO and friends on a flaky share: try again later
-            raise Transient(f"reading the file failed ({e.strerror or e})") from None
+            raise Transient(f"reading the file failed ({e.strerror or e})", reason="file_read") from None
         if len(data) < want:
             raise FileChanged(f"became shorter while it was being sent (a read at byte "
                               f"{self.start + self.pos + len(data):,} found its end)")
@@ -247,7 +258,8 @@ class S3Upload:
     def md5(self) -> str:
         """The MD5 of the whole file as sent (valid once every part is sent)."""
         if self.hashed != self.size:
-            raise Transient(f"internal: {self.hashed} of {self.size} bytes hashed; starting the file again")
+            raise Transient(f"internal: {self.hashed} of {self.size} bytes hashed; starting the file again",
+                            reason="internal")
         return self.file_md5.hexdigest()
 
     def _s3(self, what: str, fn: Callable[[], Any]) -> Any:
@@ -266,7 +278,7 @@ class S3Upload:
             Bucket=self.bucket, Key=self.key, ServerSideEncryption="AES256"))
         upload_id = answer.get("UploadId")
         if not upload_id:
-            raise Transient("S3 CreateMultipartUpload answered without an UploadId")
+            raise Transient("S3 CreateMultipartUpload answered without an UploadId", reason="bad_answer")
         self.upload_id = str(upload_id)
 
     def send_part(self, *, should_abort: Callable[[], bool] | None = None,
@@ -296,14 +308,15 @@ class S3Upload:
                 raise
             raise translated from None
         if reader.hashed != length:
-            raise Transient(f"S3 UploadPart {number}: answered before the whole part was read; sending it again")
+            raise Transient(f"S3 UploadPart {number}: answered before the whole part was read; sending it again",
+                            reason="connection")
         etag = str(answer.get("ETag", "")).strip().strip('"').lower()
         md5 = reader.md5.hexdigest()
         if not etag:
             raise Permanent(f"S3 UploadPart {number} answered without an ETag; cannot complete the upload")
         if etag != md5:
             raise Transient(f"S3's ETag {etag!r} for part {number} differs from the MD5 of the bytes sent "
-                            f"({md5}); sending the part again")
+                            f"({md5}); sending the part again", reason="etag_mismatch")
         self.etags.append(etag)
         self.digests.append(reader.md5.digest())
         return length

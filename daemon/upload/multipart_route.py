@@ -1,0 +1,243 @@
+"""The multipart route: files over multipart_threshold_bytes (5 GiB) go init_multipart_upload → S3
+multipart upload with temporary credentials → callback. ("multipart" here is S3's multipart
+upload, daemon/upload/s3multipart.py; the standard route's multipart/form-data body is
+daemon/upload/formdata.py.)
+
+NOT verified against the real One Codex (see daemon/upload/s3multipart.py). Steps persisted:
+  step 'mp_initialized'  sample_id, bucket, key and callback path are stored, never the temporary
+                         S3 credentials: within one process a transient error resumes at the next
+                         part (the credentials are in this process's memory, in the job registry
+                         below); a new process cancels that sample and starts again with a new init
+  step 'mp_complete'     CompleteMultipartUpload succeeded and its ETag is md5(part MD5s)-N of the
+                         validated bytes: call the callback again, never start a new sample
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from daemon.checks.child import ChildValidator
+from daemon.errors import (
+    Aborted,
+    AlreadyDone,
+    AuthError,
+    Permanent,
+    PolicyExpired,
+    Transient,
+)
+from daemon.queue.base import STEP_MP_COMPLETE, STEP_MP_INIT, FileRow
+from daemon.upload.client import MultipartInit, sanitize_filename
+from daemon.upload.steps import Steps
+
+if TYPE_CHECKING:       # for types only: importing s3multipart imports botocore (see _connector)
+    from daemon.upload.s3multipart import S3Connector, S3Upload
+
+MAX_CREDENTIAL_INITS = 3             # fresh credentials refused this often in a row: the file fails
+
+
+class _EtagMismatch(Transient):
+    """CompleteMultipartUpload's ETag is not the one the parts sent make."""
+
+
+@dataclass
+class _MultipartJob:
+    """A multipart upload between attempts, in memory only: it holds the temporary S3 credentials
+    (never stored) and the parts sent so far; the validator child runs beside it."""
+    init: MultipartInit
+    upload: S3Upload
+    child: ChildValidator | None
+
+    def close(self, *, abort: bool, keep_child: bool = False) -> str | None:
+        """Release it; with abort, ask S3 to drop the parts (returns why that failed, if it did)."""
+        why = self.upload.abort() if abort else None
+        self.upload.close()
+        if self.child is not None and not keep_child:
+            self.child.close()
+        return why
+
+
+@dataclass
+class _Attempt:
+    """What one attempt at a row holds: its multipart upload (if begun) and its validator child (if
+    started; it outlives an upload whose credentials S3 refused: the bytes are the same)."""
+    job: _MultipartJob | None
+    child: ChildValidator | None
+
+
+class MultipartRoute:
+    """The multipart route of one Pipeline, and the registry of its uploads between attempts."""
+
+    def __init__(self, steps: Steps, *, validate: bool = True, s3_endpoint_url: str = "", s3_region: str = "",
+                 part_size_bytes: int | None = None, s3_connector: S3Connector | None = None) -> None:
+        self.steps, self.validate = steps, validate
+        self.s3_endpoint_url, self.s3_region = s3_endpoint_url, s3_region
+        self.part_size_bytes = part_size_bytes      # None: the official client's rule (tests go lower)
+        self._s3 = s3_connector                     # made on first use (see _connector)
+        self._jobs: dict[int, _MultipartJob] = {}   # multipart uploads between attempts, by file id
+        self._jobs_lock = threading.Lock()
+
+    # -- the route ---------------------------------------------------------------------------------
+    def send(self, row: FileRow, log: Any, progress: Callable[[int], None] | None) -> str:
+        """Upload the file (or go on with its upload), then call back; returns the row's new state."""
+        job = self._take(row)
+        if job is None and row.step == STEP_MP_INIT and row.sample_id:
+            # Begun by an earlier process: its temporary credentials were only in that process's
+            # memory. Its sample will never be called back: cancel it, start again.
+            log.info("upload.multipart_restarted", sample_id=row.sample_id)
+            if self.steps.cancel(row.id, log):
+                return self.steps.done(row, row.sample_id, None, log, route="multipart",
+                                       note="One Codex says this sample's upload already succeeded")
+            self.steps.store.clear_init(row.id)
+        attempt = _Attempt(job, job.child if job else None)
+        try:
+            job, md5, seconds = self._send_with_fresh_credentials(row, attempt, log, progress)
+        except BaseException as e:
+            self._after_failure(row, attempt, e, log)
+            raise
+        job.close(abort=False)
+        self.steps.store.save_posted(row.id, md5, step=STEP_MP_COMPLETE)
+        return self.callback(row, job.init, md5, log, seconds=seconds)
+
+    def callback(self, row: FileRow, init: MultipartInit, md5: str | None, log: Any, *,
+                 seconds: float = 0.0) -> str:
+        """Tell One Codex the object is in S3 (again, after a lost answer): the file is done."""
+        try:
+            answer = self.steps.call("multipart_callback", lambda: self.steps.client.multipart_callback(init), log)
+        except AlreadyDone as e:
+            # As for confirm_upload: a repeat refused with "already ..." means the sample exists.
+            log.info("upload.already_confirmed", sample_id=init.sample_id, answer=str(e))
+            answer = {}
+        sample_id = str(answer.get("sample_id") or init.sample_id)
+        return self.steps.done(row, sample_id, md5, log, seconds=seconds, route="multipart")
+
+    def _send_with_fresh_credentials(self, row: FileRow, attempt: _Attempt, log: Any,
+                                     progress: Callable[[int], None] | None) -> tuple[_MultipartJob, str, float]:
+        """Send every part and complete the upload; a new init when S3 refuses the credentials.
+        Returns the completed job, the file's MD5 and the seconds the sending took."""
+        name = sanitize_filename(os.path.basename(row.path))
+        steps = self.steps
+        last: PolicyExpired | None = None
+        for _ in range(MAX_CREDENTIAL_INITS):
+            if attempt.job is None:
+                init = steps.call("init_multipart_upload", lambda: steps.client.init_multipart_upload(name), log)
+                steps.store.save_init(row.id, init.sample_id, init.to_json(), step=STEP_MP_INIT)
+                log.info("upload.initialized", sample_id=init.sample_id, route="multipart")
+                if attempt.child is None and self.validate:
+                    attempt.child = ChildValidator(row.path, row.size)
+                attempt.job = self._new_job(init, row, attempt.child)
+            try:
+                md5, seconds = self._send_parts(row, attempt.job, log, progress)
+                return attempt.job, md5, seconds
+            except PolicyExpired as e:
+                refused, attempt.job, last = attempt.job, None, e
+                log.warning("upload.credentials_refused", sample_id=refused.init.sample_id, error=str(e))
+                steps.emit("retry", reason="credentials")
+                refused.close(abort=True, keep_child=True)
+                steps.cancel(row.id, log, sample_id=refused.init.sample_id)
+                steps.store.clear_init(row.id)
+        raise Permanent(f"S3 refused the temporary credentials of {MAX_CREDENTIAL_INITS} new uploads in a "
+                        f"row ({last}); check the clock and multipart_s3_endpoint/region, then "
+                        f"`seqdrop retry --failed`")
+
+    def _after_failure(self, row: FileRow, attempt: _Attempt, e: BaseException, log: Any) -> None:
+        """Tidy up after an attempt that raised e: keep the upload for the next attempt, or end it."""
+        job = attempt.job
+        if isinstance(e, _EtagMismatch) and job is not None:
+            # S3 completed an object that is not the bytes sent: never call back. Its sample is
+            # cancelled and the next attempt starts with a new one.
+            log.error("upload.etag_mismatch", sample_id=job.init.sample_id, error=str(e))
+            job.close(abort=False)
+            self.steps.cancel(row.id, log, sample_id=job.init.sample_id)
+            self.steps.store.clear_init(row.id)
+        elif job is None:
+            if attempt.child is not None:
+                attempt.child.close()
+        elif isinstance(e, (Transient, AuthError)):
+            self._keep(row.id, job)        # the next attempt goes on at the next part
+        elif why := job.close(abort=not isinstance(e, Aborted)):
+            # Rejected, changed, refused: S3 may drop the parts now. Not on shutdown (no network then).
+            log.warning("upload.multipart_abort_failed", sample_id=job.init.sample_id, error=why)
+
+    def _send_parts(self, row: FileRow, job: _MultipartJob, log: Any,
+                    progress: Callable[[int], None] | None) -> tuple[str, float]:
+        """The parts not sent yet, then CompleteMultipartUpload once the file is proven valid and unchanged."""
+        up, steps = job.upload, self.steps
+        started, sent_before = time.monotonic(), up.hashed
+
+        def new_bytes(n: int) -> None:
+            if steps.throttle is not None:
+                steps.throttle(n)
+            if progress is not None:
+                progress(n)
+
+        steps.call("s3_create_multipart", up.create, log)
+        while not up.all_sent:
+            if job.child is not None:
+                job.child.check()      # the validator has already refused the file: stop sending
+            steps.call("s3_upload_part", lambda: up.send_part(should_abort=steps.stop.is_set, on_new=new_bytes), log)
+        steps.check_identity(row)      # the bytes sent are the bytes of this version...
+        if job.child is not None:
+            job.child.finish()         # ...and they are valid: only then may S3 assemble them
+        md5 = up.md5
+        etag = steps.call("s3_complete_multipart", up.complete, log)
+        if etag != up.expected_etag:
+            raise _EtagMismatch(f"S3's ETag {etag!r} for the completed object differs from the one the parts "
+                                f"sent make ({up.expected_etag}): not calling back; the sample is cancelled and "
+                                f"the file will be sent again as a new sample", reason="etag_mismatch")
+        seconds = time.monotonic() - started
+        steps.rate.add(up.hashed - sent_before, seconds)
+        log.info("upload.s3_complete", sample_id=job.init.sample_id, parts=up.part_count, etag=etag,
+                 seconds=round(seconds, 3), mb_s=round((up.hashed - sent_before) / 1e6 / max(seconds, 1e-6), 1))
+        return md5, seconds
+
+    # -- the registry of uploads between attempts ----------------------------------------------------
+    def _connector(self) -> S3Connector:
+        """The one S3Connector, made on first use: botocore is slow to import and heavy in memory, and
+        most daemons never send a file over 5 GiB, so daemon.upload.s3multipart is imported here."""
+        from daemon.upload import s3multipart
+        with self._jobs_lock:
+            if self._s3 is None:
+                connect_s, read_s = getattr(self.steps.client, "timeout", (10.0, 60.0))
+                self._s3 = s3multipart.S3Connector(endpoint_url=self.s3_endpoint_url, region=self.s3_region,
+                                                   connect_timeout_s=connect_s, read_timeout_s=read_s)
+            return self._s3
+
+    def _new_job(self, init: MultipartInit, row: FileRow, child: ChildValidator | None) -> _MultipartJob:
+        from daemon.upload import s3multipart  # lazy: botocore (see _connector)
+        client = self._connector().client(
+            s3multipart.S3Credentials(init.access_key_id, init.secret_access_key, init.session_token))
+        upload = s3multipart.S3Upload(client, bucket=init.bucket, key=init.key, path=row.path, size=row.size,
+                                      part_size=self.part_size_bytes or s3multipart.choose_part_size(row.size))
+        return _MultipartJob(init, upload, child)
+
+    def _take(self, row: FileRow) -> _MultipartJob | None:
+        with self._jobs_lock:
+            job = self._jobs.pop(row.id, None)
+        if job is not None and (row.step != STEP_MP_INIT or row.sample_id != job.init.sample_id):
+            job.close(abort=True)      # the row moved on without it (should not happen)
+            job = None
+        return job
+
+    def _keep(self, file_id: int, job: _MultipartJob) -> None:
+        with self._jobs_lock:
+            self._jobs[file_id] = job
+
+    def drop(self, file_id: int, log: Any) -> None:
+        """A row that ends (rejected, vanished, failed, abandoned) before its upload went on: abort it."""
+        with self._jobs_lock:
+            job = self._jobs.pop(file_id, None)
+        if job is not None and (why := job.close(abort=True)):
+            log.warning("upload.multipart_abort_failed", sample_id=job.init.sample_id, error=why)
+
+    def close(self) -> None:
+        """Forget the uploads in flight (no network: shutdown has a budget). Their samples are cancelled
+        and started again by the next process; S3 drops the orphaned parts by the bucket's own rules."""
+        with self._jobs_lock:
+            jobs, self._jobs = list(self._jobs.values()), {}
+        for job in jobs:
+            job.close(abort=False)

@@ -1,0 +1,124 @@
+"""The steps both upload routes share (the standard route in daemon/upload/pipeline.py, the multipart
+route in daemon/upload/multipart_route.py): a network call under the retry policy, cancelling an
+abandoned sample, recording a confirmed file, and checking that the file on disk is still the
+version queued. Also the collaborators both routes use: the queue, the API client, the stop event,
+the observers (emit), the throttle and the recent throughput.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from daemon.errors import (
+    Aborted,
+    AlreadyDone,
+    AuthError,
+    FileChanged,
+    Permanent,
+    Transient,
+)
+from daemon.queue.base import INIT_STEPS, POSTED_STEPS, FileRow, Identity, Store
+from daemon.upload import retrying
+from daemon.upload.client import OneCodexClient
+
+ASSUMED_RATE_BPS = 10e6              # the upload rate assumed until one has been measured
+
+Emit = Callable[..., None]
+
+
+def no_emit(event: str, **fields: Any) -> None:
+    """The observer that is told nothing (no metrics, no webhook)."""
+
+
+def reason_of(exc: BaseException) -> str:
+    """The retries metric's label for an error about to be retried."""
+    return exc.reason if isinstance(exc, Transient) else "other"
+
+
+class RateEstimate:
+    """Recent upload throughput, to judge whether a stored policy will outlive an upload."""
+
+    def __init__(self) -> None:
+        self.bps = ASSUMED_RATE_BPS
+        self._lock = threading.Lock()
+
+    def add(self, nbytes: int, seconds: float) -> None:
+        if nbytes < 1 << 20 or seconds <= 0:
+            return
+        with self._lock:
+            self.bps = 0.7 * self.bps + 0.3 * (nbytes / seconds)
+
+
+def unreadable(path: str) -> Permanent:
+    """The error for a file this user may not read, with the fix."""
+    return Permanent(f"cannot read {path} (permission denied); give the seqdrop user read "
+                     f"access to the watch folder, then `seqdrop retry --failed`")
+
+
+class Steps:
+    """Shared by the routes of one Pipeline (and by its worker threads: nothing here is per file)."""
+
+    def __init__(self, *, store: Store, client: OneCodexClient, stop: threading.Event, emit: Emit = no_emit,
+                 throttle: Callable[[int], None] | None = None, call_attempts: int = 4,
+                 call_max_time_s: float = 90.0) -> None:
+        self.store, self.client, self.stop, self.emit = store, client, stop, emit
+        self.throttle = throttle
+        self.call_attempts, self.call_max_time_s = call_attempts, call_max_time_s
+        self.rate = RateEstimate()
+
+    def call(self, what: str, fn: Callable[[], Any], log: Any) -> Any:
+        """fn under the retry policy (daemon.upload.retrying); Aborted once a stop is requested."""
+        def guarded() -> Any:
+            if self.stop.is_set():
+                raise Aborted("shutdown requested")
+            return fn()
+        return retrying.call(guarded, what=what, log=log, max_attempts=self.call_attempts,
+                             max_time_s=self.call_max_time_s, sleep=self.stop.wait,
+                             on_retry=lambda exc: self.emit("retry", reason=reason_of(exc)))
+
+    def check_identity(self, row: FileRow) -> None:
+        """The file at row.path is still the version queued; else FileChanged (or Transient when its
+        whole folder is gone, or Permanent when it may not be read)."""
+        try:
+            st = os.stat(row.path)
+        except FileNotFoundError:
+            if not os.path.isdir(os.path.dirname(row.path)):
+                # Its whole folder is gone: far more often a share unmounted than a deletion.
+                # Wait for it (the tracker does the same) instead of abandoning the sample.
+                raise Transient(f"the folder {os.path.dirname(row.path)} is not there (share unmounted?); "
+                                f"will try again when it returns", reason="folder_missing") from None
+            raise FileChanged("deleted before it was uploaded") from None
+        except PermissionError:
+            raise unreadable(row.path) from None
+        if Identity.of(st) != row.identity:
+            raise FileChanged("replaced or changed before it was uploaded; the new version is queued separately")
+
+    def cancel(self, file_id: int, log: Any, *, sample_id: str | None = None) -> bool:
+        """Best effort: tell One Codex an abandoned sample will never be confirmed (the row's own, unless
+        sample_id is given). True if One Codex answers that its upload already succeeded."""
+        if sample_id is None:
+            row = self.store.get(file_id)
+            if (not row or not row.sample_id or row.state == "done"
+                    or row.step not in INIT_STEPS + POSTED_STEPS):
+                return False
+            sample_id = row.sample_id
+        try:
+            self.client.cancel_upload(sample_id)
+            log.info("upload.cancelled", sample_id=sample_id)
+        except AlreadyDone as e:
+            log.warning("upload.cancel_refused_already_done", sample_id=sample_id, error=str(e))
+            return True
+        except (Transient, Permanent, AuthError) as e:
+            log.warning("upload.cancel_failed", sample_id=sample_id, error=str(e))
+        return False
+
+    def done(self, row: FileRow, sample_id: str, md5: str | None, log: Any, *, seconds: float = 0.0,
+             **fields: Any) -> str:
+        """The sample is confirmed: record it, tell the observers."""
+        self.store.mark_done(row.id, sample_id=sample_id, md5=md5)
+        log.info("upload.confirmed", sample_id=sample_id, size=row.size, **fields)
+        self.emit("file_done", path=row.path, sample_id=sample_id, size=row.size, seconds=seconds)
+        return "done"
