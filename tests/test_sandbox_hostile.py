@@ -401,5 +401,7 @@ def test_hostile_kinds_leave_no_file_behind(sb):
     t = ticket(sb)
     sb.add_fault(Fault(target="s3", kind="echo_secret"))
     post_file(t)
-    assert not [p for p in sb.data_dir.rglob("*") if p.is_file()]
+    # The answer may reach the client a moment before the server's thread has removed the part file.
+    wait_for(lambda: not [p for p in sb.data_dir.rglob("*") if p.is_file()], 5.0,
+             lambda: f"no file left in {sb.data_dir}: {list(sb.data_dir.rglob('*'))}")
     assert os.listdir(sb.data_dir / "incoming") == []
