@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import os
 import struct
 import zlib
 from pathlib import Path
@@ -18,7 +19,8 @@ from daemon.errors import ContentRejected
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN = ROOT / "tests" / "data" / "fastx"
-SHARED = ROOT.parent / "shared" / "conformance" / "fastx"
+# A git worktree lives elsewhere than the checkout next to ../shared: SEQDROP_FASTX_CORPUS points there.
+SHARED = Path(os.environ.get("SEQDROP_FASTX_CORPUS", ROOT.parent / "shared" / "conformance" / "fastx"))
 SHARED_MISSING = "shared conformance corpus ../shared/conformance/fastx is not present on this machine"
 
 EXPECTED = dict(line.split("\t") for line in (OWN / "expected.tsv").read_text().splitlines()
