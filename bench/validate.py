@@ -1,6 +1,6 @@
 """Benchmark daemon/checks/validate.py against the system's own integrity checkers.
 
-    .venv/bin/python bench/validate.py [--size-gib 1] [--quick] [--out bench/out/validate]
+    .venv/bin/python bench/validate.py [--size-gib 1] [--quick] [--out bench/out/validate] [--against DIR]
 
 Generates (once; reused while the size matches) an Illumina-like FASTQ of --size-gib GiB
 (150 bp reads, NovaSeq-style binned qualities, fixed seed), its gzip -1 copy (the BCL Convert
@@ -13,12 +13,17 @@ default level), and 64 MiB side files (wrapped FASTQ, FASTA, bzip2), then times,
 MB/s is bytes of the file as on disk per second (best run); text MB/s is decompressed bytes per
 second; "spread" is how much slower the median and the slowest run were than the best, which
 shows how busy the machine was (the load average is printed before and after).
+
+--against DIR (a copy of another commit, e.g. `git archive bab5de9 | tar -x -C DIR`) instead
+times DIR's validate_path and this checkout's in turns, run after run, on the plain FASTQ and its
+.gz: on a shared machine whose load changes by the minute, that is the fair before/after.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import os
 import random
 import shutil
@@ -115,12 +120,36 @@ def run_tool(args: list[str]) -> None:
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
 
 
+def compare_against(root: Path, paths: list[Path], repeat: int) -> None:
+    """Time root's validate_path and ours alternately on each path; print best and median MB/s."""
+    spec = importlib.util.spec_from_file_location("validate_against", root / "daemon" / "checks" / "validate.py")
+    other = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = other      # dataclasses look their module up there
+    spec.loader.exec_module(other)
+    print(f"\nPython {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f}; {repeat} turns each\n")
+    print("| file | validator | best s | median s | MB/s (best) | MB/s (median) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for path in paths:
+        times: dict[str, list[float]] = {str(root): [], "this checkout": []}
+        for _ in range(repeat):
+            for name, fn in ((str(root), other.validate_path), ("this checkout", validate_path)):
+                t = time.perf_counter()
+                fn(path)
+                times[name].append(time.perf_counter() - t)
+        for name, ts in times.items():
+            ts.sort()
+            size = path.stat().st_size / 1e6
+            print(f"| {path.name} | {name} | {ts[0]:.2f} | {ts[len(ts) // 2]:.2f} | {size / ts[0]:,.0f} | "
+                  f"{size / ts[len(ts) // 2]:,.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-gib", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="64 MiB main file, 8 MiB side files: a smoke run")
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "validate")
+    ap.add_argument("--against", type=Path, help="another commit's copy: time its validator and ours in turns")
     args = ap.parse_args()
     size = 64 * MiB if args.quick else int(args.size_gib * 1024 * MiB)
     side = 8 * MiB if args.quick else 64 * MiB
@@ -142,6 +171,9 @@ def main() -> None:
             print(f"generating {path.name} ...", file=sys.stderr, flush=True)
             make(path)
     print(f"files ready in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    if args.against:
+        compare_against(args.against, [plain, packed], args.repeat)
+        return
 
     rows = []
 
