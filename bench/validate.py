@@ -1,22 +1,29 @@
 """Benchmark daemon/checks/validate.py against the system's own integrity checkers.
 
-    .venv/bin/python bench/validate.py [--size-gib 1] [--quick] [--out bench/out/validate]
+    .venv/bin/python bench/validate.py [--size-gib 1] [--quick] [--out bench/out/validate] [--against DIR]
 
 Generates (once; reused while the size matches) an Illumina-like FASTQ of --size-gib GiB
 (150 bp reads, NovaSeq-style binned qualities, fixed seed), its gzip -1 copy (the BCL Convert
 default level), and 64 MiB side files (wrapped FASTQ, FASTA, bzip2), then times, each best of
 --repeat runs, with the files in the page cache:
-  gzip -t  vs  validate_path() on the .fastq.gz      (target ratio >= 1.0)
-  validate_path() on the plain FASTQ                 (target >= 500 MB/s of plain input)
+  gzip -t and md5sum  vs  validate_path() on the .fastq.gz   (target ratio >= 1.0 vs gzip -t)
+  md5sum  vs  validate_path() on the plain FASTQ              (target >= 1500 MB/s of plain input)
   and, for the record, bzip2 -t and gzip -t (BGZF) vs the validator, the wrapped-FASTQ
   slow path, FASTA, and the peak memory of a fresh process validating each file.
-MB/s is bytes of the file as on disk per second; text MB/s is decompressed bytes per second.
+MB/s is bytes of the file as on disk per second (best run); text MB/s is decompressed bytes per
+second; "spread" is how much slower the median and the slowest run were than the best, which
+shows how busy the machine was (the load average is printed before and after).
+
+--against DIR (a copy of another commit, e.g. `git archive bab5de9 | tar -x -C DIR`) instead
+times DIR's validate_path and this checkout's in turns, run after run, on the plain FASTQ and its
+.gz: on a shared machine whose load changes by the minute, that is the fair before/after.
 """
 
 from __future__ import annotations
 
 import argparse
 import gzip
+import importlib.util
 import os
 import random
 import shutil
@@ -99,25 +106,50 @@ def peak_rss_mb(path: Path) -> float:
     return int(out) / 1024
 
 
-def best_of(repeat: int, fn) -> float:
+def timings(repeat: int, fn) -> list[float]:
+    """Wall seconds of repeat runs of fn, fastest first."""
     times = []
     for _ in range(repeat):
         t = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t)
-    return min(times)
+    return sorted(times)
 
 
 def run_tool(args: list[str]) -> None:
     subprocess.run(args, check=True, stdout=subprocess.DEVNULL)
 
 
+def compare_against(root: Path, paths: list[Path], repeat: int) -> None:
+    """Time root's validate_path and ours alternately on each path; print best and median MB/s."""
+    spec = importlib.util.spec_from_file_location("validate_against", root / "daemon" / "checks" / "validate.py")
+    other = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = other      # dataclasses look their module up there
+    spec.loader.exec_module(other)
+    print(f"\nPython {sys.version.split()[0]}, load average {os.getloadavg()[0]:.2f}; {repeat} turns each\n")
+    print("| file | validator | best s | median s | MB/s (best) | MB/s (median) |")
+    print("|---|---|---:|---:|---:|---:|")
+    for path in paths:
+        times: dict[str, list[float]] = {str(root): [], "this checkout": []}
+        for _ in range(repeat):
+            for name, fn in ((str(root), other.validate_path), ("this checkout", validate_path)):
+                t = time.perf_counter()
+                fn(path)
+                times[name].append(time.perf_counter() - t)
+        for name, ts in times.items():
+            ts.sort()
+            size = path.stat().st_size / 1e6
+            print(f"| {path.name} | {name} | {ts[0]:.2f} | {ts[len(ts) // 2]:.2f} | {size / ts[0]:,.0f} | "
+                  f"{size / ts[len(ts) // 2]:,.0f} |")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--size-gib", type=float, default=1.0)
     ap.add_argument("--quick", action="store_true", help="64 MiB main file, 8 MiB side files: a smoke run")
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "validate")
+    ap.add_argument("--against", type=Path, help="another commit's copy: time its validator and ours in turns")
     args = ap.parse_args()
     size = 64 * MiB if args.quick else int(args.size_gib * 1024 * MiB)
     side = 8 * MiB if args.quick else 64 * MiB
@@ -139,6 +171,9 @@ def main() -> None:
             print(f"generating {path.name} ...", file=sys.stderr, flush=True)
             make(path)
     print(f"files ready in {time.perf_counter() - t0:.1f}s", file=sys.stderr)
+    if args.against:
+        compare_against(args.against, [plain, packed], args.repeat)
+        return
 
     rows = []
 
@@ -147,16 +182,22 @@ def main() -> None:
             with open(path, "rb", buffering=0) as f:
                 while f.read(8 * MiB):
                     pass
-        secs = best_of(args.repeat, fn)
+        times = timings(args.repeat, fn)
+        secs = times[0]
+        spread = f"+{times[len(times) // 2] / secs - 1:.0%} / +{times[-1] / secs - 1:.0%}"
         mb_s = path.stat().st_size / secs / 1e6
-        rows.append((path.name, path.stat().st_size / 1e6, tool, secs, mb_s, text_bytes / secs / 1e6,
+        rows.append((path.name, path.stat().st_size / 1e6, tool, secs, spread, mb_s, text_bytes / secs / 1e6,
                      f"{mb_s / ref:.2f} vs {ref_name}" if ref else ""))
         return mb_s
 
     n_plain = plain.stat().st_size
+    load_before = os.getloadavg()
     gzip_t = measure(packed, "gzip -t", lambda: run_tool(["gzip", "-t", str(packed)]), n_plain, None, "")
+    measure(packed, "md5sum", lambda: run_tool(["md5sum", str(packed)]), n_plain, None, "")
     measure(packed, "seqdrop validate", lambda: validate_path(packed), n_plain, gzip_t, "gzip -t")
-    measure(plain, "seqdrop validate", lambda: validate_path(plain), n_plain, 500.0, "500 MB/s target")
+    md5 = measure(plain, "md5sum", lambda: run_tool(["md5sum", str(plain)]), n_plain, None, "")
+    measure(plain, "seqdrop validate", lambda: validate_path(plain), n_plain, md5, "md5sum")
+    rows[-1] = (*rows[-1][:-1], rows[-1][-1] + f"; {rows[-1][5] / 1500:.2f} vs 1500 MB/s target")
     if shutil.which("bzip2"):
         bz_t = measure(small_bz2, "bzip2 -t", lambda: run_tool(["bzip2", "-t", str(small_bz2)]), side, None, "")
         measure(small_bz2, "seqdrop validate", lambda: validate_path(small_bz2), side, bz_t, "bzip2 -t")
@@ -166,11 +207,13 @@ def main() -> None:
             wrapped.stat().st_size, None, "")
     measure(fasta, "seqdrop validate", lambda: validate_path(fasta), fasta.stat().st_size, None, "")
 
-    print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} CPUs, best of {args.repeat}\n")
-    print("| file | size MB | tool | seconds | MB/s | text MB/s | ratio |")
-    print("|---|---:|---|---:|---:|---:|---|")
-    for name, mb, tool, secs, mb_s, text_mb_s, ratio in rows:
-        print(f"| {name} | {mb:,.0f} | {tool} | {secs:.2f} | {mb_s:,.0f} | {text_mb_s:,.0f} | {ratio} |")
+    load_after = os.getloadavg()
+    print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} CPUs, best of {args.repeat}; load average "
+          f"{load_before[0]:.2f} before, {load_after[0]:.2f} after\n")
+    print("| file | size MB | tool | seconds | spread (median / slowest) | MB/s | text MB/s | ratio |")
+    print("|---|---:|---|---:|---|---:|---:|---|")
+    for name, mb, tool, secs, spread, mb_s, text_mb_s, ratio in rows:
+        print(f"| {name} | {mb:,.0f} | {tool} | {secs:.2f} | {spread} | {mb_s:,.0f} | {text_mb_s:,.0f} | {ratio} |")
     print("\nPeak RSS of a fresh interpreter validating (memory does not grow with file size):")
     for path in (packed, plain, small, fasta):
         print(f"- {path.name}: {peak_rss_mb(path):.0f} MB")

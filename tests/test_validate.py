@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import os
 import struct
 import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -18,7 +20,8 @@ from daemon.errors import ContentRejected
 
 ROOT = Path(__file__).resolve().parent.parent
 OWN = ROOT / "tests" / "data" / "fastx"
-SHARED = ROOT.parent / "shared" / "conformance" / "fastx"
+# A git worktree lives elsewhere than the checkout next to ../shared: SEQDROP_FASTX_CORPUS points there.
+SHARED = Path(os.environ.get("SEQDROP_FASTX_CORPUS", ROOT.parent / "shared" / "conformance" / "fastx"))
 SHARED_MISSING = "shared conformance corpus ../shared/conformance/fastx is not present on this machine"
 
 EXPECTED = dict(line.split("\t") for line in (OWN / "expected.tsv").read_text().splitlines()
@@ -518,3 +521,113 @@ def test_mutated_fasta_gets_the_same_verdict_from_fast_and_slow_paths(gen, pos, 
     finally:
         validate._FastaChecker._fast = original
     assert fast == slow
+
+
+def slow_verdict(data: bytes, block: int | None = None) -> Summary | str:
+    """The verdict of the exact parser alone (the FASTQ fast path switched off)."""
+    original = validate._FastqChecker._fast
+    try:
+        validate._FastqChecker._fast = lambda self, lines, i, j: False
+        return verdict(data, block=block)
+    finally:
+        validate._FastqChecker._fast = original
+
+
+@contextmanager
+def fastq_step(step: int):
+    """validate.FASTQ_STEP (bytes of lines per fast-path step) set to step inside the block."""
+    original = validate.FASTQ_STEP
+    validate.FASTQ_STEP = step
+    try:
+        yield
+    finally:
+        validate.FASTQ_STEP = original
+
+
+@st.composite
+def same_width_fastq(draw) -> bytes:
+    """Unwrapped records whose reads all have one length, or a near miss of that.
+
+    Near misses: one line break of the sequence or quality column moved by one byte (the
+    column's total length and the first read's length stay the same), or one byte changed.
+    """
+    width = draw(st.integers(0, 9))
+    n = draw(st.integers(1, 12))
+    seqs = [bytes(draw(st.lists(st.sampled_from(b"ACGTNacgtn*-."), min_size=width, max_size=width)))
+            for _ in range(n)]
+    quals = [bytes(draw(st.lists(st.integers(33, 126), min_size=width, max_size=width)))
+             for _ in range(n)]
+    edit = draw(st.sampled_from(["none", "shift_seq", "shift_qual", "byte"]))
+    if edit.startswith("shift") and n > 1:
+        col = seqs if edit == "shift_seq" else quals
+        k = draw(st.integers(1, n - 2)) if n > 2 else 0
+        joined = col[k] + col[k + 1]
+        cut = min(max(len(col[k]) + draw(st.sampled_from([-1, 1])), 0), len(joined))
+        col[k], col[k + 1] = joined[:cut], joined[cut:]
+    repeat = draw(st.booleans())
+    text = b"".join(b"@r%d\n%s\n%s\n%s\n" % (i, s, b"+r%d" % i if repeat else b"+", q)
+                    for i, (s, q) in enumerate(zip(seqs, quals)))
+    if edit == "byte":
+        pos = draw(st.integers(0, len(text) - 1))
+        text = text[:pos] + bytes([draw(st.integers(0, 255))]) + text[pos + 1:]
+    return text
+
+
+@settings(max_examples=200, deadline=None)
+@given(text=same_width_fastq(), step=st.integers(1, 200), block=st.integers(1, 64), crlf=st.booleans())
+def test_fast_path_agrees_with_the_slow_path_on_same_width_reads(text, step, block, crlf):
+    """Same-length reads (the fast path's shortcut for equal lengths) and near misses: the fast
+    path and the exact parser alone give the same verdict.
+
+    FASTQ_STEP is made tiny so that steps end at every possible line, and the file is also fed in
+    small blocks, so carried lines and tails meet the fast path at every offset.
+    """
+    if crlf:
+        text = text.replace(b"\n", b"\r\n")
+    with fastq_step(step):
+        fast = verdict(text)
+        assert fast == verdict(text, block=block)
+        assert fast == slow_verdict(text, block=block)
+
+
+@settings(max_examples=60, deadline=None)
+@given(recs=fastq_records(), step=st.integers(1, 300), **LAYOUT)
+def test_generated_valid_fastq_gets_the_same_summary_from_fast_and_slow_paths(recs, step, nl, wrap, repeat):
+    """Random valid FASTQ (any read lengths, wrapped or not): the same Summary either way."""
+    text, _ = render_fastq(recs * 4, nl=nl, wrap=wrap, repeat=repeat)
+    with fastq_step(step):
+        fast = verdict(text)
+    assert isinstance(fast, Summary) and fast == slow_verdict(text, block=7)
+
+
+@pytest.mark.parametrize("seq_lens, qual_lens, ok", [
+    ([4, 4, 4], [4, 4, 4], True),
+    ([3, 5, 4], [3, 5, 4], True),       # different lengths, equal per record
+    ([4, 4, 4], [3, 5, 4], False),      # same totals, same first width
+    ([3, 5, 4], [5, 3, 4], False),
+    ([4, 4, 4], [4, 4, 5], False),
+    ([0, 0, 0], [0, 0, 0], True),       # zero-length reads
+])
+def test_fast_path_proves_equal_lengths_record_by_record(seq_lens, qual_lens, ok) -> None:
+    """The fast path accepts exactly the blocks whose reads match their qualities' lengths."""
+    text = b"".join(b"@r\n%s\n+\n%s\n" % (b"A" * s, b"I" * q) for s, q in zip(seq_lens, qual_lens))
+    checker = validate._FastqChecker("x.fastq")
+    lines = text.splitlines(keepends=True)
+    assert checker._fast(lines, 0, len(lines)) is ok
+    assert isinstance(verdict(text), Summary) is ok
+    if ok:
+        assert (checker.records, checker.bases, checker.line) == (3, sum(seq_lens), 12)
+
+
+def test_fast_path_takes_a_whole_typical_file() -> None:
+    """Illumina-like records never reach the exact parser (else the speed would be the slow path's)."""
+    rec = b"@A00123:8:H5KJ2DSX2:1:1101:%d:1 1:N:0:ACGT\n" + b"ACGTN" * 30 + b"\n+\n" + b"F:,#F" * 30 + b"\n"
+    data = b"".join(rec % i for i in range(5000))
+    calls = []
+    original = validate._FastqChecker._one
+    try:
+        validate._FastqChecker._one = lambda self, line: calls.append(line) or original(self, line)
+        result = verdict(data, block=1 << 20)
+    finally:
+        validate._FastqChecker._one = original
+    assert isinstance(result, Summary) and result.records == 5000 and calls == []
