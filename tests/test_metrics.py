@@ -6,6 +6,7 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from daemon import __version__
 from daemon.config import parse_listen
 from daemon.operations.metrics import Metrics, is_loopback
 from daemon.queue.base import STATES
@@ -135,3 +136,36 @@ def test_listen_parsing_and_loopback_check():
             parse_listen(bad)
     assert is_loopback("127.0.0.2") and is_loopback("localhost") and is_loopback("::1")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1")
+
+
+def test_build_info_oldest_waiting_and_watch_folders_in_a_scrape():
+    """seqdrop_build_info carries the version; the oldest waiting file's time is 0 when none waits;
+    each watch folder has a present gauge, and a folder no longer passed loses its series."""
+    metrics_v = Metrics(version="1.2.3.dev4+gabc")
+    port = metrics_v.start_server(port=0)
+    try:
+        s = _scrape(port)
+        assert s[("seqdrop_build_info", (("version", "1.2.3.dev4+gabc"),))] == 1
+        assert s[("seqdrop_oldest_waiting_file_timestamp_seconds", ())] == 0
+        assert not [k for k in s if k[0] == "seqdrop_watch_folder_present"]
+
+        metrics_v.set_oldest_waiting(1_700_000_000.5)
+        metrics_v.set_watch_folders_present({"/srv/a": True, "/srv/b": False})
+        s = _scrape(port)
+        assert s[("seqdrop_oldest_waiting_file_timestamp_seconds", ())] == 1_700_000_000.5
+        assert s[("seqdrop_watch_folder_present", (("path", "/srv/a"),))] == 1
+        assert s[("seqdrop_watch_folder_present", (("path", "/srv/b"),))] == 0
+
+        metrics_v.set_oldest_waiting(None)
+        metrics_v.set_watch_folders_present({"/srv/b": True})
+        s = _scrape(port)
+        assert s[("seqdrop_oldest_waiting_file_timestamp_seconds", ())] == 0
+        assert s[("seqdrop_watch_folder_present", (("path", "/srv/b"),))] == 1
+        assert ("seqdrop_watch_folder_present", (("path", "/srv/a"),)) not in s
+    finally:
+        metrics_v.stop_server()
+
+
+def test_build_info_defaults_to_the_installed_version():
+    """Without an explicit version the gauge names daemon.__version__ (what `seqdrop --version` prints)."""
+    assert Metrics().registry.get_sample_value("seqdrop_build_info", {"version": __version__}) == 1

@@ -23,6 +23,7 @@ from prometheus_client import (
     make_wsgi_app,
 )
 
+from daemon import __version__
 from daemon.config import is_loopback_host as is_loopback
 from daemon.queue.base import STATES
 
@@ -39,7 +40,7 @@ _REASON_RE = re.compile(r"[^a-z0-9_]+")
 class Metrics:
     """The daemon's metrics; call the verbs from anywhere, start_server() only when enabled."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, version: str = __version__) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self._files = Gauge("seqdrop_files", "File versions in the queue, by state.",
@@ -73,9 +74,21 @@ class Metrics:
         self._started = Gauge("seqdrop_start_time_seconds", "Unix time the daemon started.",
                               registry=r)
         self._started.set(time.time())
+        # The usual *_info pattern: a constant 1 whose label carries the value, so a query can join
+        # it to any series (`* on (instance) group_left (version) seqdrop_build_info`).
+        self._build_info = Gauge("seqdrop_build_info", "The running seqdrop's version (always 1).",
+                                 ["version"], registry=r)
+        self._build_info.labels(version=version).set(1)
+        self._oldest_waiting = Gauge("seqdrop_oldest_waiting_file_timestamp_seconds",
+                                     "Unix time since which the longest-waiting seen or queued file "
+                                     "has waited (0: none waits).", registry=r)
+        self._folder_present = Gauge("seqdrop_watch_folder_present",
+                                     "1 while a configured watch folder exists, by path.",
+                                     ["path"], registry=r)
         for state in STATES:
             self._files.labels(state=state).set(0)
         self._lock = threading.Lock()
+        self._folder_paths: set[str] = set()
         self._server = None
         self._thread: threading.Thread | None = None
 
@@ -117,6 +130,22 @@ class Metrics:
 
     def set_watcher_healthy(self, healthy: bool) -> None:
         self._watcher_healthy.set(1 if healthy else 0)
+
+    def set_oldest_waiting(self, since_s: float | None) -> None:
+        """The Unix time since which the longest-waiting seen/queued file waits; None: none waits."""
+        self._oldest_waiting.set(since_s if since_s else 0)
+
+    def set_watch_folders_present(self, present: Mapping[str, bool]) -> None:
+        """Whether each configured watch folder exists (path → bool); pass every folder each time.
+
+        A path missing from this call loses its series: nothing alerts about a folder no longer watched.
+        """
+        with self._lock:
+            for path in self._folder_paths - set(present):
+                self._folder_present.remove(path)
+            for path, ok in present.items():
+                self._folder_present.labels(path=path).set(1 if ok else 0)
+            self._folder_paths = set(present)
 
     # -- the endpoint --------------------------------------------------------------------------
 
