@@ -136,8 +136,12 @@ def daemon_scrape(tmp_path_factory: pytest.TempPathFactory) -> Iterator[set[str]
         with Daemon(cfg) as d:
             d.wait_files(all_in("done", ["a.fastq"]), 60, "a.fastq done")
             address = next(e["address"] for e in d.log_events() if e.get("event") == "metrics.listening")
-            text = wait_for(lambda: (lambda t: t if 'seqdrop_files{state="done"} 1.0' in t else None)(
-                _scrape(address)), 15, "the housekeeping to publish the counts")
+
+            def counted() -> str | None:
+                text = _scrape(address)
+                return text if 'seqdrop_files{state="done"} 1.0' in text else None
+
+            text = wait_for(counted, 15, "the housekeeping to publish the counts")
             assert d.terminate() == 0
     yield _names(text)
 

@@ -16,6 +16,7 @@ from daemon.config.metrics import MetricsSettings, parse_metrics
 from daemon.config.notify import NotifySettings, parse_notify
 from daemon.config.queue import QueueSettings, parse_queue
 from daemon.config.reader import Section
+from daemon.config.status_page import StatusPageSettings, parse_status_page
 from daemon.config.upload import UploadSettings, parse_upload
 from daemon.config.watch import WatchSettings, parse_watch
 from daemon.errors import ConfigError
@@ -36,6 +37,7 @@ class Settings:
     log: LogSettings = field(default_factory=LogSettings)
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
+    status_page: StatusPageSettings = field(default_factory=StatusPageSettings)
 
 
 # The tables a config file may hold: one per field of Settings but its source.
@@ -83,8 +85,9 @@ def parse(raw: dict[str, Any], *, file: str, check_folders: bool = True) -> Sett
     log = _read(raw, "log", file, parse_log)
     metrics = _read(raw, "metrics", file, parse_metrics)
     notify = _read(raw, "notify", file, parse_notify)
+    status_page = _read(raw, "status_page", file, parse_status_page)
     return Settings(source=file, api=api, watch=watch, queue=queue, upload=upload, log=log,
-                    metrics=metrics, notify=notify)
+                    metrics=metrics, notify=notify, status_page=status_page)
 
 
 def _check_tables(raw: dict[str, Any], file: str) -> None:
