@@ -33,14 +33,15 @@ import structlog
 
 from daemon import __version__
 from daemon.config import is_loopback_host
+from daemon.config.notify import EMAIL_DEFAULT_PORTS as DEFAULT_PORTS
+from daemon.config.notify import EMAIL_SECURITY as SECURITY
+from daemon.config.notify import NotifySettings
 from daemon.errors import ConfigError
 from daemon.operations import logs
 from daemon.operations.webhook import KINDS, strip_secrets
 
-#: "starttls": plain connection upgraded by STARTTLS (port 587); "tls": TLS from the first byte (465);
-#: "none": no encryption, allowed only to a mail relay on this machine (loopback).
-SECURITY = ("starttls", "tls", "none")
-DEFAULT_PORTS = {"starttls": 587, "tls": 465, "none": 25}
+# SECURITY and DEFAULT_PORTS (what email_security may be, and the port each implies) are defined
+# with the [notify] keys, in daemon/config/notify.py.
 #: The systemd credential holding the SMTP password (LoadCredential=smtp-password:/etc/seqdrop/smtp-password).
 CREDENTIAL_NAME = "smtp-password"
 
@@ -266,6 +267,30 @@ def _check_settings(host: str, sender: str, recipients: Sequence[str], security:
         raise ValueError("an SMTP user name needs a password and a password needs a user name")
     if max_queue < 1:
         raise ValueError("max_queue must be at least 1")
+
+
+def build_email_notifier(settings: NotifySettings, *, source: str | None = None, log: Any = None,
+                         env: Mapping[str, str] | None = None,
+                         ssl_context: ssl.SSLContext | None = None) -> EmailNotifier | None:
+    """The notifier [notify] describes, not started; None when e-mail is off (no email_to).
+
+    The password (when email_username is set) is read now, from email_password_file or the systemd
+    credential smtp-password: a missing one is a ConfigError (exit 2) at start-up, not a mail lost
+    later. source is the config file, named in errors.
+    """
+    if not settings.email_enabled:
+        return None
+    password = None
+    if settings.email_username:
+        password = load_password(password_file=settings.email_password_file, env=env, source=source)
+    try:
+        return EmailNotifier(smtp_host=settings.email_smtp_host or "", sender=settings.email_from or "",
+                             recipients=settings.email_to, smtp_port=settings.email_smtp_port,
+                             security=settings.email_security, username=settings.email_username,
+                             password=password, ssl_context=ssl_context, log=log)
+    except ValueError as e:     # config.notify checks these first; this is the last line of defence
+        raise ConfigError(str(e), file=source, key="notify",
+                          fix="correct the email_* keys (config.example.toml describes each)") from None
 
 
 def load_password(*, password_file: str | None = None, env: Mapping[str, str] | None = None,
