@@ -255,7 +255,7 @@ EXACT = [
     ("[notify]\ndaily_summary_at = 8\n", "notify.daily_summary_at", "has the wrong type (int: 8)",
      'daily_summary_at = "08:00"'),
     ("api = 1\n", "api", "must be a [table]", "write it as [api]"),
-    ("x = 1\n", "x", "unknown section or key 'x'", "the sections are: api, log, metrics, notify, queue, upload, watch"),
+    ("x = 1\n", "x", "unknown section or key 'x'", "the sections are: api, log, metrics, notify, queue, status_page, upload, watch"),
 ]
 
 
@@ -268,7 +268,9 @@ KNOWN_KEYS = {
               "multipart_threshold_bytes, validate, workers",
     "log": "format, level",
     "metrics": "enabled, listen",
-    "notify": "daily_summary_at, format, webhook_url",
+    "notify": "daily_summary_at, email_from, email_password_file, email_security, email_smtp_host, "
+              "email_smtp_port, email_to, email_username, format, webhook_url",
+    "status_page": "enabled, listen, password_file, tls_cert_file, tls_key_file, username",
 }
 
 

@@ -19,9 +19,9 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 from harness import wait_for
 
-from daemon import __version__
+from daemon import __version__, config
 from daemon.errors import ConfigError
-from daemon.operations.email import CREDENTIAL_NAME, EmailNotifier, compose, load_password
+from daemon.operations.email import CREDENTIAL_NAME, EmailNotifier, build_email_notifier, compose, load_password
 
 USER, PASSWORD = "seqdrop", "correct horse battery staple"
 SENDER, RECIPIENTS = "seqdrop@lab.example.org", ["sequencing@lab.example.org", "pi@lab.example.org"]
@@ -304,3 +304,50 @@ def test_a_missing_password_is_a_config_error_with_the_fix(tmp_path: Path, setup
     with pytest.raises(ConfigError, match=words) as caught:
         load_password(password_file=None if setup == "nothing" else str(path), env={}, source="/etc/seqdrop/config.toml")
     assert caught.value.fix and caught.value.key.startswith("notify.email_")
+
+
+def _toml_list(items: list[str]) -> str:
+    return "[" + ", ".join(f'"{i}"' for i in items) + "]"
+
+
+def _settings(tmp_path: Path, notify: str) -> config.Settings:
+    watch = tmp_path / "watch"
+    watch.mkdir(exist_ok=True)
+    path = tmp_path / "config.toml"
+    path.write_text(f'[watch]\npaths = ["{watch}"]\n[queue]\npath = "{tmp_path}/q.sqlite3"\n[notify]\n{notify}')
+    return config.load(str(path))
+
+
+def test_the_notifier_built_from_the_config_delivers_over_starttls_with_the_credential(
+        tmp_path: Path, smtp: Mailbox, client_tls: ssl.SSLContext) -> None:
+    """[notify] email_* keys → build_email_notifier: the password from the smtp-password credential,
+    STARTTLS then AUTH, and a rejected file and a pause arrive once each at the configured recipients."""
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / CREDENTIAL_NAME).write_text(PASSWORD + "\n")
+    settings = _settings(tmp_path, f'email_to = {_toml_list(RECIPIENTS)}\nemail_from = "{SENDER}"\n'
+                                   f'email_smtp_host = "127.0.0.1"\nemail_smtp_port = {smtp.port}\n'
+                                   f'email_username = "{USER}"\n')
+    notifier = build_email_notifier(settings.notify, source=settings.source, ssl_context=client_tls,
+                                    env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert notifier is not None
+    notifier.start()
+    notifier.event("file_rejected", **REJECTED)
+    notifier.event("uploads_paused", **PAUSED)
+    wait_for(lambda: len(smtp.messages) >= 2, 15, "two mails")
+    notifier.close()
+    assert [m[2]["X-Seqdrop-Event"] for m in smtp.messages] == ["file_rejected", "uploads_paused"]
+    assert all(to == RECIPIENTS and tls for _, to, _, tls in smtp.messages)
+    assert smtp.logins == [(USER, True, True)] * 2
+
+
+def test_no_recipients_no_notifier_and_a_login_without_password_is_a_config_error(tmp_path: Path) -> None:
+    """Without email_to there is no notifier; a user name with neither password file nor credential
+    fails at build time (exit 2 at start-up), naming the key and the fix."""
+    assert build_email_notifier(_settings(tmp_path, "").notify) is None
+    settings = _settings(tmp_path, f'email_to = ["a@x.org"]\nemail_from = "{SENDER}"\n'
+                                   'email_smtp_host = "smtp.x.org"\nemail_username = "u"\n')
+    with pytest.raises(ConfigError) as caught:
+        build_email_notifier(settings.notify, source=settings.source, env={})
+    assert caught.value.key == "notify.email_username" and "smtp-password" in (caught.value.fix or "")
+    assert caught.value.file == settings.source
