@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -130,3 +131,16 @@ def test_the_example_config_documents_every_new_key(tmp_path: Path) -> None:
     path.write_text(uncommented)
     settings = config.load(str(path))
     assert settings.notify.email_enabled and settings.status_page.password_file
+
+
+def test_the_documented_snippets_load(tmp_path: Path) -> None:
+    """Every [notify] e-mail and [status_page] example in docs/operations.md and README.md is valid."""
+    blocks = [b for doc in ("docs/operations.md", "README.md")
+              for b in re.findall(r"```toml\n(.*?)```", (ROOT / doc).read_text(), flags=re.DOTALL)
+              if "email_to" in b or "[status_page]" in b]
+    assert len(blocks) >= 4
+    for block in blocks:
+        tables = re.split(r"^(?=\[)", block, flags=re.MULTILINE)
+        mine = "".join(t for t in tables if t.startswith(("[notify]", "[status_page]")))
+        settings = _load(tmp_path, mine)
+        assert settings.notify.email_enabled or settings.status_page.enabled, block
