@@ -31,8 +31,8 @@ def test_email_is_off_by_default_and_on_with_recipients(tmp_path: Path) -> None:
     password file relative to the config file's folder."""
     off = _load(tmp_path, "").notify
     assert not off.email_enabled and off.email_to == () and off.email_smtp_port is None
-    on = _load(tmp_path, f'[notify]\nemail_to = ["a@lab.example.org", "b@lab.example.org"]\n'
-                         f'email_from = "seqdrop@lab.example.org"\nemail_smtp_host = "smtp.lab.example.org"\n').notify
+    on = _load(tmp_path, '[notify]\nemail_to = ["a@lab.example.org", "b@lab.example.org"]\n'
+                         'email_from = "seqdrop@lab.example.org"\nemail_smtp_host = "smtp.lab.example.org"\n').notify
     assert on.email_enabled and on.email_to == ("a@lab.example.org", "b@lab.example.org")
     assert (on.email_smtp_host, on.email_smtp_port, on.email_security) == ("smtp.lab.example.org", 587, "starttls")
     assert on.email_username is None and on.email_password_file is None

@@ -21,7 +21,13 @@ from harness import wait_for
 
 from daemon import __version__, config
 from daemon.errors import ConfigError
-from daemon.operations.email import CREDENTIAL_NAME, EmailNotifier, build_email_notifier, compose, load_password
+from daemon.operations.email import (
+    CREDENTIAL_NAME,
+    EmailNotifier,
+    build_email_notifier,
+    compose,
+    load_password,
+)
 
 USER, PASSWORD = "seqdrop", "correct horse battery staple"
 SENDER, RECIPIENTS = "seqdrop@lab.example.org", ["sequencing@lab.example.org", "pi@lab.example.org"]
