@@ -276,13 +276,18 @@ def test_a_network_address_without_a_password_is_a_config_error(tmp_path: Path) 
     assert build_status_page(config.Settings(), log=LOG) is None                # off by default
 
 
-def test_https_with_the_configured_certificate(tmp_path: Path, queue: tuple[SqliteStore, str]) -> None:
-    """With tls_cert_file and tls_key_file the page is HTTPS, verified against its CA, password included."""
+def _tls_files(folder: Path) -> None:
+    """cert.pem and key.pem for 127.0.0.1, issued by the CA in ca.pem (all made for the test)."""
     ca = trustme.CA()
     cert = ca.issue_cert("127.0.0.1")
-    cert.private_key_pem.write_to_path(str(tmp_path / "key.pem"))
-    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "cert.pem"))
-    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(folder / "key.pem"))
+    cert.cert_chain_pems[0].write_to_path(str(folder / "cert.pem"))
+    ca.cert_pem.write_to_path(str(folder / "ca.pem"))
+
+
+def test_https_with_the_configured_certificate(tmp_path: Path, queue: tuple[SqliteStore, str]) -> None:
+    """With tls_cert_file and tls_key_file the page is HTTPS, verified against its CA, password included."""
+    _tls_files(tmp_path)
     (tmp_path / "pw").write_text("s3cret")
     settings = _config(tmp_path, 'listen = "127.0.0.1:0"\npassword_file = "pw"\n'
                                  'tls_cert_file = "cert.pem"\ntls_key_file = "key.pem"\n')
@@ -349,3 +354,21 @@ def test_basic_auth_header_parsing() -> None:
         assert not page.authorized(header), header
     assert StatusPage("/nonexistent", "127.0.0.1:0", log=LOG).authorized(None)
 
+
+
+def test_a_client_that_hangs_up_or_speaks_plain_http_to_https_leaves_no_traceback(
+        tmp_path: Path, queue: tuple[SqliteStore, str], capfd: pytest.CaptureFixture[str]) -> None:
+    """Plain HTTP to the HTTPS page fails for that client only: no traceback on stderr, the page serves on."""
+    _tls_files(tmp_path)
+    settings = _config(tmp_path, 'listen = "127.0.0.1:0"\ntls_cert_file = "cert.pem"\ntls_key_file = "key.pem"\n')
+    page = build_status_page(settings, log=LOG, env={})
+    assert page is not None
+    port = page.start()
+    try:
+        with pytest.raises(requests.ConnectionError):
+            requests.get(f"http://127.0.0.1:{port}/", timeout=10)
+        ok = requests.get(f"https://127.0.0.1:{port}/", verify=str(tmp_path / "ca.pem"), timeout=10)
+    finally:
+        page.stop()
+    assert ok.status_code == 200
+    assert "Traceback" not in capfd.readouterr().err

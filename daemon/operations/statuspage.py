@@ -20,6 +20,7 @@ import re
 import socket
 import sqlite3
 import ssl
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -89,7 +90,8 @@ def group_runs(rows: Iterable[FileRow], roots: Iterable[str] = (), *, max_runs: 
     roots = tuple(roots)
     runs: dict[str, Run] = {}
     for row in latest.values():
-        run = runs.setdefault(run_folder(row.path, roots), Run(run_folder(row.path, roots)))
+        folder = run_folder(row.path, roots)
+        run = runs.setdefault(folder, Run(folder))
         run.files.append(row)
         run.updated_at = max(run.updated_at, row.updated_at)
     ordered = sorted(runs.values(), key=lambda r: (-r.updated_at, r.folder))
@@ -150,7 +152,7 @@ class StatusPage:
         self._host, self._port = parse_listen(listen)
         if auth is None and not is_loopback_host(self._host):
             raise ValueError(f"the status page on {listen} is not loopback: it needs a user name and password")
-        self._store_path, self._auth, self._log = store_path, auth, log
+        self._store_path, self._auth, self.log = store_path, auth, log
         self._roots = tuple(roots)
         self._ssl_context = ssl_context
         self._hostname = hostname or socket.gethostname()
@@ -180,7 +182,7 @@ class StatusPage:
                                         name="seqdrop-status-page", daemon=True)
         self._thread.start()
         scheme = "https" if self._ssl_context is not None else "http"
-        self._log.info("status_page.listening", url=f"{scheme}://{_url_host(self._host)}:{self.port}/",
+        self.log.info("status_page.listening", url=f"{scheme}://{_url_host(self._host)}:{self.port}/",
                        auth=self._auth is not None)
         return self.port
 
@@ -221,7 +223,7 @@ class StatusPage:
             try:
                 snapshot = read_snapshot(self._open_store(), self._roots, now)
             except (sqlite3.Error, OSError) as e:
-                self._log.warning("status_page.queue_unreadable", path=self._store_path, error=str(e))
+                self.log.warning("status_page.queue_unreadable", path=self._store_path, error=str(e))
                 if self._store is not None:
                     self._store.close()
                     self._store = None
@@ -245,6 +247,12 @@ class _Server4(ThreadingHTTPServer):
     daemon_threads = True          # a hung browser must not hold the daemon's exit
     page: StatusPage
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # A client that hangs up, times out or speaks plain HTTP to HTTPS: not seqdrop's trouble, and
+        # socketserver's default would print a traceback to the journal.
+        self.page.log.debug("status_page.request_failed", client=client_address[0],
+                            error=type(sys.exc_info()[1]).__name__)
+
 
 class _Server6(_Server4):
     address_family = socket.AF_INET6
@@ -266,7 +274,7 @@ class _Handler(BaseHTTPRequestHandler):
         page = self.server.page
         if not page.authorized(self.headers.get("Authorization")):
             if self.headers.get("Authorization"):
-                page._log.warning("status_page.auth_refused", client=self.client_address[0])
+                page.log.warning("status_page.auth_refused", client=self.client_address[0])
             self._send(401, view.message_page("Sign in to see seqdrop's status."), body,
                        {"WWW-Authenticate": 'Basic realm="seqdrop", charset="UTF-8"'})
             return

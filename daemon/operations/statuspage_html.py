@@ -42,8 +42,10 @@ _SVG_W, _SVG_H, _LEFT, _BOTTOM, _TOP = 720, 200, 64, 28, 12
 
 
 def esc(value: Any) -> str:
-    """A value as HTML text: control characters shown escaped, then &, <, >, " and ' escaped."""
-    return html.escape(redact.escape_control(str(value)), quote=True)
+    """A value as HTML text: control characters (and a file name's undecodable bytes, lone
+    surrogates here) shown escaped, then &, <, >, " and ' escaped."""
+    text = str(value).encode("utf-8", "backslashreplace").decode("utf-8")
+    return html.escape(redact.escape_control(text), quote=True)
 
 
 def page(snap: Snapshot, *, hostname: str, version: str, refresh_s: int) -> str:
