@@ -468,11 +468,14 @@ def test_child_process_validation_refuses_a_truncated_file(h, child_validation):
 
 
 def test_file_whose_folder_is_gone_waits_instead_of_vanishing(h):
-    """A started upload whose whole folder disappeared (a share unmounted) stays queued with its sample."""
+    """A started upload whose whole watch folder disappeared (a share unmounted) stays queued with its sample."""
     import shutil
-    folder = h.tmp / "watch" / "run"
-    folder.mkdir(parents=True)
-    path = folder / "reads.fastq"
+
+    from daemon.detection.roots import WatchRoots
+    folder = h.tmp / "watch"
+    h.pipeline.roots = WatchRoots([(str(folder), None)])
+    (folder / "run").mkdir(parents=True)
+    path = folder / "run" / "reads.fastq"
     path.write_bytes(fastq_bytes())
     file_id = h.queue(path)
     init = h.client.init_upload("reads.fastq", path.stat().st_size)

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.config import MULTIPART_THRESHOLD_BYTES
+from daemon.detection.roots import WatchRoots
 from daemon.errors import (
     Aborted,
     AuthError,
@@ -90,8 +91,9 @@ class Pipeline:
                  stop: threading.Event | None = None, emit: Emit = _no_emit,
                  max_backoff_s: float = 600.0, call_attempts: int = 4, call_max_time_s: float = 90.0,
                  multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES, s3_endpoint_url: str = "",
-                 s3_region: str = "", part_size_bytes: int | None = None) -> None:
+                 s3_region: str = "", part_size_bytes: int | None = None, roots: WatchRoots | None = None) -> None:
         self.store, self.client, self.log = store, client, log
+        self.roots = roots or WatchRoots()          # judges a file found missing (see _check_identity)
         self.validate, self.block_size, self.throttle = validate, block_size, throttle
         self.stop = stop or threading.Event()
         self.emit = emit
@@ -220,12 +222,10 @@ class Pipeline:
         try:
             st = os.stat(row.path)
         except FileNotFoundError:
-            if not os.path.isdir(os.path.dirname(row.path)):
-                # Its whole folder is gone: far more often a share unmounted than a deletion.
-                # Wait for it (the tracker does the same) instead of abandoning the sample.
-                raise Transient(f"the folder {os.path.dirname(row.path)} is not there (share unmounted?); "
-                                f"will try again when it returns") from None
-            raise FileChanged("deleted before it was uploaded") from None
+            # Gone with its whole watch folder (a share unmounted): Transient, wait for it. Gone on its
+            # own or with its run folder (renamed mid-upload): FileChanged, the row ends `vanished`
+            # and its sample is cancelled, never a row queued for ever (issue 10, defect 10).
+            raise self.roots.missing_file(row.path, row.identity.dev) from None
         except PermissionError:
             raise Permanent(f"cannot read {row.path} (permission denied); give the seqdrop user read "
                             f"access to the watch folder, then `seqdrop retry --failed`") from None
