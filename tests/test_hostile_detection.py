@@ -13,7 +13,16 @@ from pathlib import Path
 
 import structlog
 from deep_tree import make_chain, remove_chain
-from harness import Daemon, all_in, by_name, cli, confirmed, fastq_bytes, wait_for, write_config
+from harness import (
+    Daemon,
+    all_in,
+    by_name,
+    cli,
+    confirmed,
+    fastq_bytes,
+    wait_for,
+    write_config,
+)
 
 from daemon import config as config_mod
 from daemon.detection.roots import WatchRoots

@@ -29,7 +29,12 @@ from collections import OrderedDict
 from collections.abc import Callable
 from typing import Any
 
-from watchdog.observers.inotify_c import CallbackId, InotifyConstants, InotifyEvent, InotifyFD
+from watchdog.observers.inotify_c import (
+    CallbackId,
+    InotifyConstants,
+    InotifyEvent,
+    InotifyFD,
+)
 
 from daemon.detection.files import DepthLimit, sub_folders
 from daemon.paths import is_within
@@ -142,7 +147,7 @@ class WatchTree:
         elif event.is_create or event.is_moved_to:
             with self._lock:
                 moved_from = self._moves.pop(event.cookie, "") if event.is_moved_to else ""
-                if not event.name.startswith(b"."):
+                if not event.name.startswith(b".") and not self._closed:   # closed meanwhile: no new watches
                     self._add_tree(path, depth + 1)
             self._on_folder(path, depth + 1, moved_from)
 

@@ -41,7 +41,7 @@ class WatchRoots:
         self._alerted: set[str] = set()
 
     @classmethod
-    def of(cls, watch: WatchSettings) -> "WatchRoots":
+    def of(cls, watch: WatchSettings) -> WatchRoots:
         return cls((f.path, f.marker) for f in watch.folders)
 
     def root_of(self, path: str) -> str | None:

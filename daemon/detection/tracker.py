@@ -8,7 +8,8 @@ stats the file and compares it with the path's latest row in the store:
   `seen`, identity changed                     → still being written: settle clock restarts
   `seen`, unchanged for settle_s, marker there → `queued`
   `seen`/`queued` (nothing sent) and gone      → `vanished` (unless its whole watch folder is
-                                                 gone: a share unmounted; it is looked at on return)
+                                                 gone, or left behind empty on another device: a
+                                                 share unmounted; it is looked at on return)
   `queued` (nothing sent) and replaced         → `vanished`, and the new version is `seen`
   a new version whose (device, inode, size,    → `done` under its new path, with the sample id and
   mtime_ns) is a done version's                  MD5 of that version: the same file, moved or
