@@ -610,3 +610,26 @@ def test_a_missing_file_under_an_emptied_mount_point_is_not_vanished(env: Env, t
     monkeypatch.undo()
     env.tracker.observe(path)
     assert env.store.get(row.id).state == "vanished"
+
+
+def test_a_file_renamed_while_its_old_name_uploads_waits_for_that_upload(env: Env) -> None:
+    """The new name of a file a worker is uploading under its old name is not queued while that upload
+    runs: confirmed, it is recorded done; ended otherwise (vanished), the new name is queued."""
+    for outcome in ("done", "vanished"):
+        path = env.write(f"{outcome}.fastq", outcome.encode() * 10)
+        env.tracker.observe(path)
+        assert env.settle(path) == [path]
+        old = env.store.claim_next("worker-0")
+        new = str(env.folder / f"renamed-{outcome}.fastq")
+        os.rename(path, new)
+        env.tracker.observe(new)
+        assert env.settle(new) == [] and env.state(new) == "seen"
+        env.clock.advance(MARKER_RECHECK_S)
+        assert env.tracker.run_due() == [] and env.state(new) == "seen"
+        if outcome == "done":
+            env.store.mark_done(old.id, sample_id="0123456789abcdef", md5="d41d8cd98f00b204e9800998ecf8427e")
+        else:
+            env.store.set_state(old.id, "vanished", error="its folder was renamed")
+        env.clock.advance(MARKER_RECHECK_S)
+        assert env.tracker.run_due() == ([] if outcome == "done" else [new])
+        assert env.state(new) == ("done" if outcome == "done" else "queued")

@@ -236,6 +236,9 @@ class Tracker:
             return False
         if self._moved_here(row.path, ident, row=row):
             return False
+        if self._moved_mid_upload(row.path, ident):
+            self.schedule(row.path, now + MARKER_RECHECK_S)
+            return False
         waiting = self.roots.waiting_for(row.path)
         if waiting:
             if row.error != waiting:
@@ -253,7 +256,7 @@ class Tracker:
         mtime_ns: moved or renamed since it was uploaded)? Then it is recorded here as done, with that
         version's sample id and MD5, and never uploaded again (issue 10, defect 10). row: its `seen`
         row, when the version that was being uploaded under its old path was confirmed meanwhile."""
-        done = self.store.done_with_identity(ident)
+        done = self.store.with_identity(ident, states=("done",))
         if done is None:
             return False
         note = (f"the same file as {done.path}, already uploaded as sample {done.sample_id} (moved or renamed "
@@ -266,6 +269,13 @@ class Tracker:
         self._since.pop(path, None)
         self.log.info("file.moved", path=path, moved_from=done.path, sample_id=done.sample_id)
         return True
+
+    def _moved_mid_upload(self, path: str, ident: Identity) -> bool:
+        """Is this file being uploaded under its old path (renamed after a worker took it)? Then it waits:
+        if that upload is confirmed, this version is recorded done (_moved_here), never a second sample;
+        if it ends otherwise (vanished: the worker found the old path gone), this one is queued."""
+        busy = self.store.with_identity(ident, states=("uploading", "queued"))
+        return busy is not None and busy.path != path and (busy.state == "uploading" or busy.step != STEP_NONE)
 
     def _unstorable(self, path: str, stand_in: str, st: os.stat_result | None) -> None:
         """A file whose name is not UTF-8: once it has settled, one `rejected` row per version under

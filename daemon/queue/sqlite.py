@@ -237,12 +237,13 @@ class SqliteStore:
         return self._one("SELECT * FROM files WHERE path = ? AND state = 'done' AND id < ? "
                          "ORDER BY id DESC LIMIT 1", (path, before_id))
 
-    def done_with_identity(self, ident: Identity) -> FileRow | None:
-        """The latest done version with this (device, inode, size, mtime_ns), at whatever path: the
-        same file, moved or renamed since it was uploaded."""
-        return self._one("SELECT * FROM files WHERE inode = ? AND dev = ? AND size = ? AND mtime_ns = ?"
-                         " AND state = 'done' ORDER BY id DESC LIMIT 1",
-                         (ident.inode, ident.dev, ident.size, ident.mtime_ns))
+    def with_identity(self, ident: Identity, *, states: tuple[str, ...]) -> FileRow | None:
+        """The latest version in one of states with this (device, inode, size, mtime_ns), at whatever
+        path: the same file, e.g. moved or renamed since it was uploaded (states=("done",))."""
+        marks = ",".join("?" * len(states))
+        return self._one(f"SELECT * FROM files WHERE inode = ? AND dev = ? AND size = ? AND mtime_ns = ?"
+                         f" AND state IN ({marks}) ORDER BY id DESC LIMIT 1",
+                         (ident.inode, ident.dev, ident.size, ident.mtime_ns, *states))
 
     def rows_in(self, *states: str) -> list[FileRow]:
         marks = ",".join("?" * len(states))
