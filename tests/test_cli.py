@@ -133,9 +133,9 @@ def test_check_reports_a_good_setup_and_a_bad_key(cfg):
 def test_check_with_a_broken_config_exits_2(tmp_path):
     """check names the config problem and exits 2."""
     p = tmp_path / "c.toml"
-    p.write_text("[watch]\npaths = ['/no/such/folder']\n")
+    p.write_text("[watch]\npaths = '/no/such/folder'\n")     # a missing folder is waited for, no config error
     r = seqdrop("check", "--config", str(p))
-    assert r.returncode == 2 and "does not exist" in r.stdout
+    assert r.returncode == 2 and "wrong type" in r.stdout
     assert r.stdout.count("fix:") == 1, r.stdout      # the fix once, on its own line
 
 

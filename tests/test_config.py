@@ -59,7 +59,7 @@ def test_watch_entry_tables_with_marker_and_polling(tmp_path):
     ("[api]\nbase_url = 'ftp://x'\n", "api.base_url", "not an http"),
     ("[watch]\nsettle_seconds = 'thirty'\n", "watch.settle_seconds", "wrong type"),
     ("[watch]\nsettle_seconds = -1\n", "watch.settle_seconds", "at least"),
-    ("[watch]\npaths = ['/definitely/not/here']\n", "watch.paths[0]", "does not exist"),
+    ("[watch]\nmax_depth = 0\n", "watch.max_depth", "between 1 and 256"),
     ("[watch]\npaths = [{path = '.', marker = 'miseq'}]\n", "watch.paths[0]", "unknown run marker"),
     ("[upload]\nworkers = 0\n", "upload.workers", "between 1 and 32"),
     ("[upload]\nworkers = true\n", "upload.workers", "true/false"),
@@ -200,12 +200,12 @@ EXACT = [
      "polling = true"),
     ("[watch]\npaths = ['afile']\n", "watch.paths[0]", "watch path {tmp}/afile is not a folder",
      "name the folder the instrument writes into"),
-    ("[watch]\npaths = ['/definitely/not/here']\n", "watch.paths[0]",
-     "watch folder /definitely/not/here does not exist",
-     ("create it, mount the share first (the unit orders itself after mounts with RequiresMountsFor=), "
-      "or correct the path")),
-    ("[watch]\npaths = ['runs', 'runs/']\n", "watch.paths", "the same folder is listed twice",
-     "list each folder once"),
+    ("[watch]\npaths = ['runs', 'runs/']\n", "watch.paths",
+     "the same folder is listed twice: paths[0] {tmp}/runs and paths[1] {tmp}/runs",
+     "list each folder once (keep one of the two entries; its real path is {tmp}/runs)"),
+    ("[watch]\nmax_depth = 257\n", "watch.max_depth", "must be between 1 and 256 (got 257)",
+     "the number of folder levels below a watch folder that are watched, e.g. 32"),
+    ("[watch]\nmax_depth = 'deep'\n", "watch.max_depth", "has the wrong type (str: 'deep')", "max_depth = 32"),
     ("[watch]\ninclude = '*.fq'\n", "watch.include", "has the wrong type (str: '*.fq')",
      'include = ["*.fastq.gz"]'),
     ("[watch]\ninclude = ['*.fq', '']\n", "watch.include", "must be a list of glob patterns (strings)",
@@ -262,7 +262,7 @@ EXACT = [
 # The keys each table knows, as an unknown key's fix lists them.
 KNOWN_KEYS = {
     "api": "api_key_file, base_url, connect_timeout_s, probe_interval_s, read_timeout_s",
-    "watch": "exclude, include, paths, poll_interval_s, rescan_interval_s, settle_seconds",
+    "watch": "exclude, include, max_depth, paths, poll_interval_s, rescan_interval_s, settle_seconds",
     "queue": "path",
     "upload": "block_size, max_backoff_s, max_mbps, multipart_s3_endpoint, multipart_s3_region, "
               "multipart_threshold_bytes, validate, workers",
@@ -294,7 +294,7 @@ def test_every_message_word_for_word(tmp_path, text, key, message, fix):
     path = write(tmp_path, text)
     with pytest.raises(ConfigError) as e:
         config.load(path)
-    message = message.replace("{tmp}", str(tmp_path))
+    message, fix = message.replace("{tmp}", str(tmp_path)), fix.replace("{tmp}", str(tmp_path))
     assert str(e.value) == f"{path}: [{key}] {message} — fix: {fix}"
 
 
@@ -342,6 +342,7 @@ def test_every_key_lands_in_its_field(tmp_path):
         poll_interval_s = 3
         include = ["*.x"]
         exclude = ["*.y"]
+        max_depth = 7
         [queue]
         path = "../q-state/q.db"
         [upload]
@@ -371,7 +372,8 @@ def test_every_key_lands_in_its_field(tmp_path):
         watch=config.WatchSettings(
             folders=(config.WatchFolder(str(tmp_path / "runs")),
                      config.WatchFolder(str(tmp_path / "other"), marker="glob:RunDone.txt", polling=True)),
-            settle_seconds=1, rescan_interval_s=2, poll_interval_s=3, include=("*.x",), exclude=("*.y",)),
+            settle_seconds=1, rescan_interval_s=2, poll_interval_s=3, include=("*.x",), exclude=("*.y",),
+            max_depth=7),
         queue=config.QueueSettings(path=str(tmp_path.parent / "q-state" / "q.db")),
         upload=config.UploadSettings(workers=3, max_mbps=10, validate=False, max_backoff_s=7, block_size=131072,
                                      multipart_threshold_bytes=2 << 20,
@@ -394,3 +396,45 @@ def test_an_empty_file_gives_the_defaults_and_empty_strings_mean_unset(tmp_path)
                                     "[notify]\nwebhook_url = ''\ndaily_summary_at = ''\n"))
     assert [f.marker for f in s.watch.folders] == [None, None]
     assert s.notify.webhook_url is None and s.notify.daily_summary_at is None
+
+
+# -- watch folders: missing ones are waited for; each folder once, by its real path (issue 10, 13) ----
+
+def test_a_missing_watch_folder_is_no_config_error(tmp_path):
+    """A watch folder that is not there yet (a NAS not mounted) loads: the daemon waits for it."""
+    s = config.load(write(tmp_path, "[watch]\npaths = ['/definitely/not/here', 'later']\n"))
+    assert s.watch.paths == ("/definitely/not/here", str(tmp_path / "later"))
+
+
+def test_one_folder_listed_twice_through_a_symlink_is_refused_naming_both(tmp_path):
+    """The same folder, once by its path and once through a symbolic link: exit-2 error naming both entries."""
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "runs")
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, f"[watch]\npaths = ['{tmp_path}/runs', '{tmp_path}/alias']\n"))
+    assert e.value.key == "watch.paths"
+    assert str(e.value) == (
+        f"{tmp_path}/config.toml: [watch.paths] the same folder is listed twice: paths[0] {tmp_path}/runs and "
+        f"paths[1] {tmp_path}/alias ({tmp_path}/alias is a symbolic link to {tmp_path}/runs); its files would be "
+        f"uploaded twice — fix: list each folder once (keep one of the two entries; its real path is "
+        f"{tmp_path}/runs)")
+
+
+def test_a_folder_inside_another_through_a_symlink_is_refused(tmp_path):
+    """A watch folder that is another one's sub-folder only by its real path would see files twice: refused."""
+    (tmp_path / "share" / "run1").mkdir(parents=True)
+    (tmp_path / "run_link").symlink_to(tmp_path / "share" / "run1")
+    with pytest.raises(ConfigError) as e:
+        config.load(write(tmp_path, f"[watch]\npaths = [{{path = '{tmp_path}/run_link', marker = 'illumina'}}, "
+                                    f"'{tmp_path}/share']\n"))
+    assert e.value.key == "watch.paths"
+    assert f"paths[0] {tmp_path}/run_link is inside paths[1] {tmp_path}/share through a symbolic link" in str(e.value)
+    assert e.value.fix == f"list it by its path below the other entry: {tmp_path}/share/run1"
+
+
+def test_a_run_folder_listed_below_its_share_is_allowed(tmp_path):
+    """Nested by path (a run folder with its own marker inside a watched share) stays allowed."""
+    (tmp_path / "share" / "run1").mkdir(parents=True)
+    s = config.load(write(tmp_path, "[watch]\npaths = ['share', {path = 'share/run1', marker = 'illumina'}]\n"))
+    assert s.watch.paths == (str(tmp_path / "share"), str(tmp_path / "share" / "run1"))
+    assert s.watch.max_depth == 32

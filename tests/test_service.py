@@ -250,18 +250,6 @@ def test_status_json_shape_while_running(tmp_path: Path, sandbox: Sandbox, watch
     assert entry["sample_id"] == confirmed(sandbox)[0]["sample_id"]
 
 
-def test_missing_watch_folder_is_a_config_error(tmp_path: Path, sandbox: Sandbox) -> None:
-    """A watch folder that does not exist at start-up exits 2 with a message naming the key, no traceback."""
-    cfg = write_config(tmp_path, watch=[tmp_path / "not-there"], api_url=sandbox.api_url)
-    d = Daemon(cfg)
-    with d:
-        code = d.proc.wait(15)
-    out = d.log_path.read_text()
-    assert code == 2, out
-    assert "watch.paths[0]" in out and str(tmp_path / "not-there") in out
-    assert "Traceback" not in out
-
-
 def test_sigterm_exits_0(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
     """SIGTERM to an idle daemon stops it in order and exits 0; a restart then finds the queue intact."""
     (watch_dir / "k.fastq").write_bytes(fastq_bytes(20_000, seed=17))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import socket
 import sqlite3
@@ -531,3 +532,104 @@ def test_a_flood_is_observed_in_batches_and_all_reported(env: Env) -> None:
     paths = [env.write(f"f{i:03d}.fastq") for i in range(BATCH + 5)]
     env.tracker.full_scan(Matcher())
     assert sorted(env.settle(paths[0])) == sorted(paths)
+
+
+# -- the same file under a new path, and what a missing file means (issue 10, defect 10) ----------
+
+def _upload(env: Env, path: str, sample_id: str = "0123456789abcdef") -> None:
+    """The file's version, seen, queued and confirmed as a worker would leave it."""
+    env.tracker.observe(path)
+    assert env.settle(path) == [path]
+    row = env.store.latest_for_path(path)
+    env.store.mark_done(row.id, sample_id=sample_id, md5="d41d8cd98f00b204e9800998ecf8427e")
+
+
+def test_a_done_file_moved_to_an_archive_folder_is_recorded_done_not_queued(env: Env) -> None:
+    """A done file renamed into another folder of the share is done under its new path, with the same
+    sample id and MD5, and a note saying where it came from; it is never `seen` or queued again."""
+    path = env.write("a.fastq")
+    _upload(env, path)
+    (env.folder / "archive").mkdir()
+    new = str(env.folder / "archive" / "a.fastq")
+    os.rename(path, new)
+    with capture_logs() as logs:
+        env.tracker.observe(new)
+        env.tracker.observe(path)
+    assert env.settle(new) == []
+    [row] = env.rows(new)
+    assert (row.state, row.sample_id, row.md5) == ("done", "0123456789abcdef", "d41d8cd98f00b204e9800998ecf8427e")
+    assert path in row.error and "not uploaded again" in row.error
+    assert env.state(path) == "done"          # the old version keeps its entry
+    assert [e["event"] for e in logs if e["event"] == "file.moved"] == ["file.moved"]
+
+
+def test_a_copy_of_a_done_file_is_a_new_version(env: Env) -> None:
+    """A copy (same bytes and mtime, another inode) is no move: it is seen and queued as usual."""
+    path = env.write("a.fastq")
+    _upload(env, path)
+    copy = str(env.folder / "b.fastq")
+    with open(path, "rb") as src, open(copy, "wb") as dst:
+        dst.write(src.read())
+    st = os.stat(path)
+    os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))
+    env.tracker.observe(copy)
+    assert env.settle(copy) == [copy]
+
+
+def test_a_file_seen_under_its_new_name_while_its_old_name_uploads_is_not_queued(env: Env) -> None:
+    """Renamed mid-upload but confirmed anyway (the rename came after the POST): the new name, `seen`
+    meanwhile, is recorded done when it settles, not queued for a second sample."""
+    path = env.write("a.fastq")
+    env.tracker.observe(path)
+    assert env.settle(path) == [path]
+    old = env.store.claim_next("worker-0")
+    new = str(env.folder / "renamed.fastq")
+    os.rename(path, new)
+    env.tracker.observe(new)
+    assert env.state(new) == "seen"
+    env.store.mark_done(old.id, sample_id="0123456789abcdef", md5="d41d8cd98f00b204e9800998ecf8427e")
+    assert env.settle(new) == []
+    assert env.store.latest_for_path(new).state == "done"
+    assert env.store.latest_for_path(new).sample_id == "0123456789abcdef"
+
+
+def test_a_missing_file_under_an_emptied_mount_point_is_not_vanished(env: Env, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A share unmounted from a mount point that stays behind (empty, on another device) is no deletion;
+    the same file gone while its root's file system is mounted is."""
+    (env.folder / "run").mkdir()
+    path = env.write("run/a.fastq")
+    env.tracker.observe(path)
+    row = env.store.latest_for_path(path)
+    os.unlink(path)
+    (env.folder / "run").rmdir()
+    other_dev = Identity(row.identity.dev + 1, row.identity.inode, row.identity.size, row.identity.mtime_ns)
+    monkeypatch.setattr(env.store, "latest_for_path", lambda p: dataclasses.replace(row, identity=other_dev))
+    env.tracker.observe(path)
+    assert env.store.get(row.id).state == "seen"
+    monkeypatch.undo()
+    env.tracker.observe(path)
+    assert env.store.get(row.id).state == "vanished"
+
+
+def test_a_file_renamed_while_its_old_name_uploads_waits_for_that_upload(env: Env) -> None:
+    """The new name of a file a worker is uploading under its old name is not queued while that upload
+    runs: confirmed, it is recorded done; ended otherwise (vanished), the new name is queued."""
+    for outcome in ("done", "vanished"):
+        path = env.write(f"{outcome}.fastq", outcome.encode() * 10)
+        env.tracker.observe(path)
+        assert env.settle(path) == [path]
+        old = env.store.claim_next("worker-0")
+        new = str(env.folder / f"renamed-{outcome}.fastq")
+        os.rename(path, new)
+        env.tracker.observe(new)
+        assert env.settle(new) == [] and env.state(new) == "seen"
+        env.clock.advance(MARKER_RECHECK_S)
+        assert env.tracker.run_due() == [] and env.state(new) == "seen"
+        if outcome == "done":
+            env.store.mark_done(old.id, sample_id="0123456789abcdef", md5="d41d8cd98f00b204e9800998ecf8427e")
+        else:
+            env.store.set_state(old.id, "vanished", error="its folder was renamed")
+        env.clock.advance(MARKER_RECHECK_S)
+        assert env.tracker.run_due() == ([] if outcome == "done" else [new])
+        assert env.state(new) == ("done" if outcome == "done" else "queued")

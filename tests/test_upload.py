@@ -502,10 +502,12 @@ def test_child_process_validation_refuses_a_truncated_file(h, child_validation):
 
 
 def test_file_whose_folder_is_gone_waits_instead_of_vanishing(h):
-    """A started upload whose whole folder disappeared (a share unmounted) stays queued with its sample."""
-    folder = h.tmp / "watch" / "run"
-    folder.mkdir(parents=True)
-    path = folder / "reads.fastq"
+    """A started upload whose whole watch folder disappeared (a share unmounted) stays queued with its sample."""
+    from daemon.detection.roots import WatchRoots
+    folder = h.tmp / "watch"
+    h.pipeline.steps.roots = WatchRoots([(str(folder), None)])
+    (folder / "run").mkdir(parents=True)
+    path = folder / "run" / "reads.fastq"
     path.write_bytes(fastq_bytes())
     file_id = h.queue(path)
     init = h.client.init_upload("reads.fastq", path.stat().st_size)

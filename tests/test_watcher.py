@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from deep_tree import make_chain, remove_chain
 from harness import wait_for
 from structlog.testing import capture_logs
 from watchdog.observers import inotify_c
@@ -200,6 +201,36 @@ def test_scan_of_missing_root_yields_nothing(fs) -> None:
     assert logs[0]["event"] == "watcher.scan_folder_vanished"
 
 
+def test_scan_stops_at_the_depth_limit_and_names_the_folder_once(tmp_path: Path) -> None:
+    """Folders deeper than max_depth are not entered; the first one is named in one warning, not again."""
+    root = tmp_path / "out"
+    bottom = make_chain(root, 40)
+    shallow = write(root / "d" / "d" / "a.fastq")
+    write(bottom / "deep.fastq")
+    at_limit = write(Path(str(root) + "/d" * 3) / "three.fastq")
+    matcher = Matcher(max_depth=3)
+    with capture_logs() as logs:
+        first = {p for p, _ in scan(str(root), matcher)}
+        again = {p for p, _ in scan(str(root), matcher)}
+    assert first == again == {str(shallow), str(at_limit)}
+    warned = [e for e in logs if e["event"] == "watch.too_deep"]
+    assert [e["folder"] for e in warned] == [str(root) + "/d" * 4]
+    assert warned[0]["log_level"] == "warning" and "max_depth" in warned[0]["fix"]
+    remove_chain(root)
+
+
+def test_scan_of_a_1500_deep_chain_is_no_recursion(tmp_path: Path) -> None:
+    """A 1,500-deep chain is scanned to the default depth (32) without RecursionError."""
+    root = tmp_path / "out"
+    bottom = make_chain(root)
+    write(bottom / "deep.fastq")
+    ok = write(Path(str(root) + "/d" * 32) / "ok.fastq")
+    try:
+        assert [p for p, _ in scan(str(root), Matcher())] == [str(ok)]
+    finally:
+        remove_chain(root)
+
+
 # -- network_mount_type --------------------------------------------------------------------------
 
 MOUNTINFO = """\
@@ -386,8 +417,8 @@ def test_missing_root_at_start_is_waited_for(tmp_path: Path, rec: Recorder, make
 def test_dead_observer_is_detected_and_restarted(tmp_path: Path, rec: Recorder, make_watcher) -> None:
     """If the observer thread dies, is_alive says so and ensure_alive restarts it (rescan asked)."""
     w = make_watcher([tmp_path])
-    w._observer.stop()  # simulate the thread dying
-    w._observer.join(TIMEOUT_S)
+    w._inotify.stop()  # simulate the reader thread dying
+    w._inotify.join(TIMEOUT_S)
     assert not w.is_alive()
     assert w.ensure_alive()
     assert w.is_alive()
@@ -402,7 +433,7 @@ def test_queue_overflow_asks_for_a_rescan(tmp_path: Path, rec: Recorder, make_wa
     w = make_watcher([tmp_path])
     overflow = inotify_c.InotifyEvent(-1, inotify_c.InotifyConstants.IN_Q_OVERFLOW, 0, b"")
     with capture_logs() as logs:
-        w._observer._inotify_fd.handle_event(overflow)
+        w._inotify.handle_event(overflow)
         w.ensure_alive()
     assert rec.states == [(str(tmp_path), True)]
     assert [e["event"] for e in logs if e["log_level"] == "warning"] == ["watcher.events_lost"]
@@ -422,6 +453,75 @@ def test_symlinked_root_hints_use_configured_path(tmp_path: Path, rec: Recorder,
     assert not any(h.startswith(str(real)) for h in rec.seen())
 
 
+def test_a_1500_deep_chain_at_start_is_watched_to_the_depth_limit(tmp_path: Path, rec: Recorder,
+                                                                  make_watcher) -> None:
+    """A root holding a 1,500-deep chain starts (no RecursionError), watches 32 levels, and hints as usual."""
+    root = tmp_path / "root"
+    make_chain(root)
+    try:
+        with capture_logs() as logs:
+            w = make_watcher([root])
+        assert w.is_alive()
+        assert w._roots[0].tree.watched() == 33       # the root and 32 levels below it
+        deep = write(Path(str(root) + "/d" * 40) / "deep.fastq")
+        near = write(root / "d" / "a.fastq")
+        assert wait_for(lambda: rec.hinted(near))
+        sentinel(root, rec)
+        assert not rec.hinted(deep)
+        assert [e["folder"] for e in logs if e["event"] == "watch.too_deep"] == [str(root) + "/d" * 33]
+    finally:
+        remove_chain(root)
+
+
+def test_a_1500_deep_chain_moved_in_keeps_the_watcher_alive(tmp_path: Path, rec: Recorder,
+                                                             make_watcher) -> None:
+    """The same chain moved into a watched root while running: its shallow files are hinted, the
+    watcher lives on, later events still arrive, the too-deep folder is named once."""
+    root, outside = tmp_path / "root", tmp_path / "staging"
+    root.mkdir()
+    w = make_watcher([root])
+    make_chain(outside)
+    inside = write(outside / "d" / "d" / "a.fastq")
+    try:
+        with capture_logs() as logs:
+            os.rename(outside, root / "run")
+            moved = root / "run" / inside.relative_to(outside)
+            assert wait_for(lambda: rec.hinted(moved))
+            later = write(root / "run" / "d" / "b.fastq")
+            assert wait_for(lambda: rec.hinted(later))
+        assert w.is_alive() and not w.ensure_alive()
+        assert [e["folder"] for e in logs if e["event"] == "watch.too_deep"] == [str(root / "run") + "/d" * 32]
+        assert not any(e["event"] == "watcher.handler_error" for e in logs)
+    finally:
+        remove_chain(root)
+
+
+def test_a_folder_renamed_inside_the_root_is_watched_under_its_new_name(tmp_path: Path, rec: Recorder,
+                                                                         make_watcher) -> None:
+    """After a folder is renamed, files written into it are hinted under the new path, never the old."""
+    (tmp_path / "run_tmp" / "sub").mkdir(parents=True)
+    w = make_watcher([tmp_path])
+    os.rename(tmp_path / "run_tmp", tmp_path / "run")
+    sentinel(tmp_path, rec)
+    path = write(tmp_path / "run" / "sub" / "a.fastq")
+    assert wait_for(lambda: rec.hinted(path))
+    assert not any("run_tmp" in h for h in rec.seen())
+    assert w._roots[0].tree.watched() == 3
+
+
+def test_a_folder_moved_out_is_no_longer_watched(tmp_path: Path, rec: Recorder, make_watcher) -> None:
+    """A folder moved out of the root loses its watches: files written there later give no hints."""
+    root = tmp_path / "root"
+    (root / "run" / "sub").mkdir(parents=True)
+    w = make_watcher([root])
+    os.rename(root / "run", tmp_path / "away")
+    sentinel(root, rec)
+    write(tmp_path / "away" / "sub" / "a.fastq")
+    sentinel(root, rec, "zz_second.fastq")
+    assert not any("a.fastq" in h for h in rec.seen())
+    assert w._roots[0].tree.watched() == 1
+
+
 # -- polling and degraded modes ------------------------------------------------------------------
 
 def test_polling_mode_delivers_hints(tmp_path: Path, rec: Recorder, make_watcher) -> None:
@@ -430,7 +530,7 @@ def test_polling_mode_delivers_hints(tmp_path: Path, rec: Recorder, make_watcher
     root.mkdir()
     old = write(tmp_path / "outside.fq")
     w = make_watcher([root], polling={str(root): True}, poll_interval_s=0.05)
-    assert w.is_alive() and w._observer is None
+    assert w.is_alive() and w._inotify is None
     a = write(root / "run" / "a.fastq")
     assert wait_for(lambda: rec.hinted(a))
     write(root / "run" / "notes.txt")

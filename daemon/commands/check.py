@@ -13,7 +13,8 @@ import time
 from typing import Any
 
 from daemon import config as config_mod
-from daemon.detection.watcher import network_mount_type
+from daemon.detection.files import DepthLimit, sub_folders
+from daemon.detection.mounts import network_mount_type
 from daemon.errors import AuthError, ConfigError, Permanent, Transient
 from daemon.operations import logs
 from daemon.upload.build import make_client
@@ -95,6 +96,12 @@ def _check_folders(settings: Any, r: _Report) -> None:
     dirs = 0
     for folder in settings.watch.folders:
         p = folder.path
+        if not os.path.exists(p):
+            r.bad("watch folder", f"{p} does not exist (the daemon waits for it, and uploads nothing from it "
+                                  f"until it appears)",
+                  "create it, mount the share (the unit orders itself after mounts with RequiresMountsFor=), "
+                  "or correct the path")
+            continue
         if not os.access(p, os.R_OK | os.X_OK):
             r.bad("watch folder", f"{p} is not readable by this user",
                   "give the seqdrop user read access (e.g. add it to the instrument's group)")
@@ -110,10 +117,19 @@ def _check_folders(settings: Any, r: _Report) -> None:
             r.ok("watch folder", p + (f" ({fstype}, polling)" if fstype else ""))
         unreadable: list[str] = []
         if not folder.polling:
-            for _root, sub, _files in os.walk(p, onerror=lambda e: unreadable.append(e.filename)):
+            # The daemon's own walk (no recursion, down to watch.max_depth): os.walk recurses, and a
+            # 1,500-deep tree would end this check in a RecursionError.
+            too_deep = _TooDeep()
+            for _sub, _depth in sub_folders(p, DepthLimit(settings.watch.max_depth), log=too_deep,
+                                            unreadable=unreadable):
                 dirs += 1
                 if dirs > MAX_DIRS_COUNTED:
                     break
+            if too_deep.folders:
+                r.warn("watch folder", f"{len(too_deep.folders)} folder(s) of {p} lie more than "
+                                       f"{settings.watch.max_depth} levels deep, e.g. {too_deep.folders[0]}; "
+                                       f"nothing in them is uploaded",
+                       "move the files higher up, or raise [watch] max_depth")
         if unreadable:   # the daemon skips these (watcher.scan_permission_denied): their files wait unseen
             r.warn("watch folder", f"{len(unreadable)} subfolder(s) of {p} cannot be read by this user, "
                                    f"e.g. {unreadable[0]}; their files are not uploaded",
@@ -157,6 +173,17 @@ def _check_api(settings: Any, r: _Report, env: dict[str, str] | None) -> None:
                    "enable time sync (timedatectl set-ntp true); upload policies expire by the clock")
         else:
             r.ok("clock", f"within {abs(skew):.0f} s of the API server")
+
+
+class _TooDeep:
+    """Stands in for the log of the walk: collects the folders it skips for being too deep."""
+
+    def __init__(self) -> None:
+        self.folders: list[str] = []
+
+    def warning(self, event: str, **fields: Any) -> None:
+        if event == "watch.too_deep":
+            self.folders.append(str(fields.get("folder")))
 
 
 def _read_int(path: str) -> int | None:

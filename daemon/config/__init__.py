@@ -31,10 +31,10 @@ from daemon.config.upload import (
     MULTIPART_THRESHOLD_BYTES,
     UploadSettings,
 )
-from daemon.config.watch import DEFAULT_INCLUDE, WatchFolder, WatchSettings
+from daemon.config.watch import DEFAULT_INCLUDE, DEFAULT_MAX_DEPTH, WatchFolder, WatchSettings
 
 __all__ = [
-    "API_KEY_ENV", "CREDENTIAL_NAME", "DEFAULT_CONFIG_PATH", "DEFAULT_INCLUDE", "MIN_MULTIPART_THRESHOLD_BYTES",
+    "API_KEY_ENV", "CREDENTIAL_NAME", "DEFAULT_CONFIG_PATH", "DEFAULT_INCLUDE", "DEFAULT_MAX_DEPTH", "MIN_MULTIPART_THRESHOLD_BYTES",
     "MULTIPART_THRESHOLD_BYTES", "SECTIONS", "ApiSettings", "LogSettings", "MetricsSettings", "NotifySettings",
     "QueueSettings", "Settings", "UploadSettings", "WatchFolder", "WatchSettings", "check_url",
     "default_config_path", "is_loopback_host", "load", "load_api_key", "parse", "parse_listen",

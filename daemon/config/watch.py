@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.config.reader import Section
+from daemon.paths import is_within
 
 DEFAULT_INCLUDE = tuple(
     f"*{ext}{comp}"
@@ -18,6 +19,11 @@ DEFAULT_INCLUDE = tuple(
     for comp in ("", ".gz", ".bz2")
 )
 MARKER_PRESETS = ("illumina", "bclconvert", "nanopore")
+# Folders more than this many levels below a watch folder are neither watched nor scanned: no
+# instrument writes that deep (Illumina's deepest is ~6), and a tree of any depth must cost a
+# warning, not the daemon (issue 10: a 1,500-deep chain crashed start-up).
+DEFAULT_MAX_DEPTH = 32
+MAX_MAX_DEPTH = 256
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,7 @@ class WatchSettings:
     poll_interval_s: float = 10.0
     include: tuple[str, ...] = DEFAULT_INCLUDE
     exclude: tuple[str, ...] = ()
+    max_depth: int = DEFAULT_MAX_DEPTH
 
     @property
     def paths(self) -> tuple[str, ...]:
@@ -44,8 +51,7 @@ class WatchSettings:
 def parse_watch(s: Section, *, check_folders: bool) -> WatchSettings:
     entries = s.get("paths", [], list, fix='paths = ["/srv/sequencer/output"]')
     folders = tuple(_folder(s, i, entry, check_folders=check_folders) for i, entry in enumerate(entries))
-    if len({f.path for f in folders}) != len(folders):
-        raise s.error("paths", "the same folder is listed twice", fix="list each folder once")
+    _check_distinct(s, folders)
     include = tuple(s.get("include", list(DEFAULT_INCLUDE), list, fix='include = ["*.fastq.gz"]'))
     exclude = tuple(s.get("exclude", [], list, fix='exclude = ["*_undetermined*"]'))
     for name, patterns in (("include", include), ("exclude", exclude)):
@@ -59,8 +65,47 @@ def parse_watch(s: Section, *, check_folders: bool) -> WatchSettings:
                                    fix="seconds between full rescans, e.g. 300"),
         poll_interval_s=s.number("poll_interval_s", WatchSettings.poll_interval_s, minimum=0.1,
                                  fix="seconds between polls of network shares, e.g. 10"),
-        include=include, exclude=exclude,
+        include=include, exclude=exclude, max_depth=_max_depth(s),
     )
+
+
+def _max_depth(s: Section) -> int:
+    depth = s.get("max_depth", DEFAULT_MAX_DEPTH, int, fix=f"max_depth = {DEFAULT_MAX_DEPTH}")
+    if not 1 <= depth <= MAX_MAX_DEPTH:
+        raise s.error("max_depth", f"must be between 1 and {MAX_MAX_DEPTH} (got {depth})",
+                      fix=f"the number of folder levels below a watch folder that are watched, e.g. "
+                          f"{DEFAULT_MAX_DEPTH}")
+    return depth
+
+
+def _check_distinct(s: Section, folders: tuple[WatchFolder, ...]) -> None:
+    """Each folder once, judged by its real path: a folder listed twice, or once through a symbolic
+    link, would have its files seen under two paths and uploaded twice (issue 10, defect 9). A
+    folder inside another one is allowed (to give a run folder its own marker) only as a path below
+    the other entry, for the same reason."""
+    real = [os.path.realpath(f.path) for f in folders]
+    for j in range(len(folders)):
+        for i in range(j):
+            if real[i] == real[j]:
+                raise s.error("paths", f"the same folder is listed twice: paths[{i}] {folders[i].path} and "
+                                       f"paths[{j}] {folders[j].path}{_through(folders[i].path, folders[j].path, real[i])}",
+                              fix=f"list each folder once (keep one of the two entries; its real path is {real[i]})")
+            for inner, outer in ((i, j), (j, i)):
+                if is_within(real[inner], real[outer]) and not is_within(folders[inner].path, folders[outer].path):
+                    below = os.path.join(folders[outer].path, os.path.relpath(real[inner], real[outer]))
+                    raise s.error("paths", f"paths[{inner}] {folders[inner].path} is inside paths[{outer}] "
+                                           f"{folders[outer].path} through a symbolic link (its real path is "
+                                           f"{real[inner]}); its files would be seen twice and uploaded twice",
+                                  fix=f"list it by its path below the other entry: {below}")
+
+
+def _through(a: str, b: str, real: str) -> str:
+    """How two entries can be one folder: nothing to say for the same path, else the links."""
+    if a == b:
+        return ""
+    links = [p for p in (a, b) if p != real]
+    verb = "is a symbolic link" if len(links) == 1 else "are symbolic links"
+    return f" ({' and '.join(links)} {verb} to {real}); its files would be uploaded twice"
 
 
 def _folder(s: Section, index: int, entry: Any, *, check_folders: bool) -> WatchFolder:
@@ -99,11 +144,11 @@ def _marker(s: Section, key: str, marker: Any) -> str | None:
 
 
 def _check_folder(s: Section, key: str, folder: str) -> None:
-    """The daemon can watch it: it exists, is a folder, and this user can list it."""
+    """The daemon can watch it: it is a folder this user can list. A folder that is not there (yet)
+    is no error: the daemon waits for it (a NAS that comes up after the server; design.md), and
+    `seqdrop check` reports it."""
     if not os.path.exists(folder):
-        raise s.error(key, f"watch folder {folder} does not exist",
-                      fix="create it, mount the share first (the unit orders itself after "
-                          "mounts with RequiresMountsFor=), or correct the path")
+        return
     if not os.path.isdir(folder):
         raise s.error(key, f"watch path {folder} is not a folder", fix="name the folder the instrument writes into")
     if not os.access(folder, os.R_OK | os.X_OK):

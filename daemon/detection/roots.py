@@ -1,31 +1,48 @@
 """The watch roots as one object: which root holds a path, what its marker rule says, whether it is gone.
 
-The tracker asks these three questions about every path it decides on; the answers depend only on
-the configured folders and the file system, so they live here rather than in the service.
-Roots may nest (a run folder watched with its own marker inside a watched share): the innermost
-root that holds a path decides for it.
+The tracker and the upload pipeline ask these questions about the paths they decide on; the
+answers depend only on the configured folders and the file system, so they live here rather than
+in the service. Roots may nest (a run folder watched with its own marker inside a watched share):
+the innermost root that holds a path decides for it.
+
+A missing root is waited for, never an error (a NAS that comes up after the server; design.md,
+"Config file"): `missing()` names them, and `missing_too_long()` tells the service, once per
+episode, which ones have been missing for `MISSING_ALERT_S`.
 """
 
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Callable, Iterable
 
+from daemon.config import WatchSettings
 from daemon.detection.markers import MarkerRule
+from daemon.errors import FileChanged, Transient
 from daemon.paths import is_within
+
+MISSING_ALERT_S = 600.0    # a watch folder missing this long is worth a notification (design.md)
 
 
 class WatchRoots:
     def __init__(self, folders: Iterable[tuple[str, str | None]] = (), *,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, alert_after_s: float = MISSING_ALERT_S) -> None:
         """folders: (path, marker spec) per configured watch folder, in the configured order;
-        clock: the marker rules' (how long a folder's answer is cached)."""
+        clock: monotonic, for the marker rules' cache and the missing folders' episodes."""
         pairs = list(folders)
         self.paths: tuple[str, ...] = tuple(path for path, _ in pairs)
+        self.alert_after_s = alert_after_s
+        self._clock = clock
         # Innermost first: the longest path that holds a file is the deepest root holding it.
         self._rules = [(path, MarkerRule.parse(marker, path, clock=clock))
                        for path, marker in sorted(pairs, key=lambda p: len(p[0]), reverse=True)]
+        self._missing_since: dict[str, float] = {}
+        self._alerted: set[str] = set()
+
+    @classmethod
+    def of(cls, watch: WatchSettings) -> WatchRoots:
+        return cls((f.path, f.marker) for f in watch.folders)
 
     def root_of(self, path: str) -> str | None:
         """The innermost watch root holding path, or None if no root does."""
@@ -41,12 +58,67 @@ class WatchRoots:
                 return rule.waiting_for(path)
         return None
 
-    def gone(self, path: str) -> bool:
-        """Is the watch root holding path missing as a whole (a share unmounted)? A missing file
-        under such a root is no deletion: it is looked at again when the root returns."""
+    def gone(self, path: str, dev: int | None = None) -> bool:
+        """Is the missing file at path missing because its watch root is (a share unmounted), rather
+        than deleted, moved or renamed? It is looked at again when the root returns.
+
+        True when the innermost root holding path is not there. Given the device the file was on,
+        also when the root is there but on another device while every folder between it and the
+        file is missing: a share unmounted from a mount point that stays behind, empty. A run
+        folder renamed or deleted inside a root that is there is no unmounted share."""
         root = self.root_of(path)
-        return root is not None and root != path and not os.path.isdir(root)
+        if root is None or root == path:
+            return False
+        try:
+            st = os.stat(root)
+        except OSError:
+            return True
+        if not stat.S_ISDIR(st.st_mode):
+            return True
+        if dev is None or st.st_dev == dev:
+            return False
+        folder = os.path.dirname(path)
+        while folder != root and is_within(folder, root):
+            if os.path.lexists(folder):
+                return False
+            folder = os.path.dirname(folder)
+        return True
+
+    def missing_file(self, path: str, dev: int) -> Transient | FileChanged:
+        """What an upload makes of its file gone missing (dev: the device the version was on): wait
+        while its share is gone (Transient); otherwise the version has vanished (FileChanged: the
+        row ends `vanished` and its sample is cancelled), e.g. its run folder renamed mid-upload,
+        whose file under the new name is a new upload (issue 10, defect 10)."""
+        if self.gone(path, dev):
+            return Transient(f"the watch folder {self.root_of(path)} is not there (share unmounted?); "
+                             f"will try again when it returns", reason="folder_missing")
+        folder = os.path.dirname(path)
+        if not os.path.isdir(folder):
+            return FileChanged(f"its folder {folder} was renamed, moved or deleted during the upload; the "
+                               f"upload was cancelled (the file under its new name is uploaded on its own)")
+        return FileChanged("deleted or renamed before it was uploaded")
 
     def missing(self) -> list[str]:
         """The roots that are not there now (unmounted, deleted, not yet mounted)."""
         return [root for root in self.paths if not os.path.isdir(root)]
+
+    def missing_too_long(self) -> list[tuple[str, float]]:
+        """The roots missing for alert_after_s or more, each once per episode, with how long (s).
+
+        An episode starts at the first call that finds the root missing and ends at the first that
+        finds it back; call it every few seconds (the service's housekeeping)."""
+        now = self._clock()
+        missing = set(self.missing())
+        for root in list(self._missing_since):
+            if root not in missing:
+                del self._missing_since[root]
+                self._alerted.discard(root)
+        due = []
+        for root in self.paths:
+            if root not in missing:
+                continue
+            since = self._missing_since.setdefault(root, now)
+            if now - since >= self.alert_after_s and root not in self._alerted:
+                self._alerted.add(root)
+                due.append((root, now - since))
+        return due

@@ -8,8 +8,12 @@ stats the file and compares it with the path's latest row in the store:
   `seen`, identity changed                     → still being written: settle clock restarts
   `seen`, unchanged for settle_s, marker there → `queued`
   `seen`/`queued` (nothing sent) and gone      → `vanished` (unless its whole watch folder is
-                                                 gone: a share unmounted; it is looked at on return)
+                                                 gone, or left behind empty on another device: a
+                                                 share unmounted; it is looked at on return)
   `queued` (nothing sent) and replaced         → `vanished`, and the new version is `seen`
+  a new version whose (device, inode, size,    → `done` under its new path, with the sample id and
+  mtime_ns) is a done version's                  MD5 of that version: the same file, moved or
+                                                 renamed (a run folder archived), never sent again
 A name that is not valid UTF-8 (a Latin-1 name written over SMB) can be neither stored nor
 sent: it is recorded under a printable stand-in as `rejected`, with the fix (rename it).
 Rows a worker holds are left to the worker, which re-checks identity before and
@@ -189,15 +193,17 @@ class Tracker:
         if stand_in is not None:
             self._unstorable(path, stand_in, st)
             return False
-        if st is None and self.roots.gone(path):
-            return False
         row = self.store.latest_for_path(path)
         if st is None:
+            if self.roots.gone(path, row.identity.dev if row else None):
+                return False
             self._since.pop(path, None)
             self._gone(row)
             return False
         ident = Identity.of(st)
         if row is None or (row.state in TERMINAL and (row.identity != ident or row.state == "vanished")):
+            if self._moved_here(path, ident):
+                return False
             self.store.add_seen(path, ident)
             self.log.debug("file.seen", path=path, size=ident.size)
             self._restart_clock(path)
@@ -228,6 +234,11 @@ class Tracker:
         if now - since < self.settle_s:
             self.schedule(row.path, since + self.settle_s)
             return False
+        if self._moved_here(row.path, ident, row=row):
+            return False
+        if self._moved_mid_upload(row.path, ident):
+            self.schedule(row.path, now + MARKER_RECHECK_S)
+            return False
         waiting = self.roots.waiting_for(row.path)
         if waiting:
             if row.error != waiting:
@@ -239,6 +250,32 @@ class Tracker:
         if moved:
             self.log.info("file.queued", path=row.path, size=row.size)
         return moved
+
+    def _moved_here(self, path: str, ident: Identity, *, row: FileRow | None = None) -> bool:
+        """Is this version a done one found under a new path (the same device, inode, size and
+        mtime_ns: moved or renamed since it was uploaded)? Then it is recorded here as done, with that
+        version's sample id and MD5, and never uploaded again (issue 10, defect 10). row: its `seen`
+        row, when the version that was being uploaded under its old path was confirmed meanwhile."""
+        done = self.store.with_identity(ident, states=("done",))
+        if done is None:
+            return False
+        note = (f"the same file as {done.path}, already uploaded as sample {done.sample_id} (moved or renamed "
+                f"since); not uploaded again")
+        if row is None:
+            self.store.add_moved(path, ident, source=done, note=note)
+        elif not self.store.set_state(row.id, "done", error=note, only_from=("seen",), sample_id=done.sample_id,
+                                      md5=done.md5):
+            return False
+        self._since.pop(path, None)
+        self.log.info("file.moved", path=path, moved_from=done.path, sample_id=done.sample_id)
+        return True
+
+    def _moved_mid_upload(self, path: str, ident: Identity) -> bool:
+        """Is this file being uploaded under its old path (renamed after a worker took it)? Then it waits:
+        if that upload is confirmed, this version is recorded done (_moved_here), never a second sample;
+        if it ends otherwise (vanished: the worker found the old path gone), this one is queued."""
+        busy = self.store.with_identity(ident, states=("uploading", "queued"))
+        return busy is not None and busy.path != path and (busy.state == "uploading" or busy.step != STEP_NONE)
 
     def _unstorable(self, path: str, stand_in: str, st: os.stat_result | None) -> None:
         """A file whose name is not UTF-8: once it has settled, one `rejected` row per version under

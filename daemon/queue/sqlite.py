@@ -60,6 +60,7 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_path ON files(path, id);
 CREATE INDEX IF NOT EXISTS files_due ON files(state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS files_state_updated ON files(state, updated_at);
+CREATE INDEX IF NOT EXISTS files_inode ON files(inode, dev);       -- a done file found under a new path
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
@@ -125,8 +126,10 @@ class SqliteStore:
                 self._lockfile = None
 
     def lock_exclusive(self) -> None:
-        """Hold an flock beside the database for the daemon's lifetime: one daemon per queue."""
-        fd = os.open(self.path + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
+        """Hold an flock beside the database for the daemon's lifetime: one daemon per queue, judged by
+        the real file: a second daemon reaching the queue through a symbolic link (to the file or to a
+        folder above it) takes the same lock file, and is refused (issue 10, defect 9)."""
+        fd = os.open(os.path.realpath(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -234,6 +237,14 @@ class SqliteStore:
         return self._one("SELECT * FROM files WHERE path = ? AND state = 'done' AND id < ? "
                          "ORDER BY id DESC LIMIT 1", (path, before_id))
 
+    def with_identity(self, ident: Identity, *, states: tuple[str, ...]) -> FileRow | None:
+        """The latest version in one of states with this (device, inode, size, mtime_ns), at whatever
+        path: the same file, e.g. moved or renamed since it was uploaded (states=("done",))."""
+        marks = ",".join("?" * len(states))
+        return self._one(f"SELECT * FROM files WHERE inode = ? AND dev = ? AND size = ? AND mtime_ns = ?"
+                         f" AND state IN ({marks}) ORDER BY id DESC LIMIT 1",
+                         (ident.inode, ident.dev, ident.size, ident.mtime_ns, *states))
+
     def rows_in(self, *states: str) -> list[FileRow]:
         marks = ",".join("?" * len(states))
         with self._lock:
@@ -276,6 +287,18 @@ class SqliteStore:
                 "INSERT INTO files(path, dev, inode, size, mtime_ns, state, stable_since, created_at, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, 'seen', ?, ?, ?)",
                 (path, ident.dev, ident.inode, ident.size, ident.mtime_ns, now, now, now))
+            return int(cur.lastrowid)
+
+    def add_moved(self, path: str, ident: Identity, *, source: FileRow, note: str) -> int:
+        """A done file found under a new path: recorded there as done, with source's sample and MD5,
+        in one transaction (never a `seen` row that a crash could leave to be uploaded again)."""
+        now = self.clock()
+        with self.tx() as db:
+            cur = db.execute(
+                "INSERT INTO files(path, dev, inode, size, mtime_ns, state, sample_id, md5, error, stable_since,"
+                " created_at, updated_at) VALUES (?, ?, ?, ?, ?, 'done', ?, ?, ?, ?, ?, ?)",
+                (path, ident.dev, ident.inode, ident.size, ident.mtime_ns, source.sample_id, source.md5, note,
+                 now, now, now))
             return int(cur.lastrowid)
 
     def touch_seen(self, file_id: int, ident: Identity) -> None:

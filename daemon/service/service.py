@@ -68,7 +68,8 @@ class Service:
         self.client = client or make_client(settings, api_key, on_answer=self.gate.answered)
         if getattr(self.client, "on_answer", None) is None:   # a client handed in (tests) is told too
             self.client.on_answer = self.gate.answered
-        self.matcher = Matcher(include=settings.watch.include, exclude=settings.watch.exclude)
+        self.matcher = Matcher(include=settings.watch.include, exclude=settings.watch.exclude,
+                               max_depth=settings.watch.max_depth)
         self.tracker = Tracker(store=self.store, settle_s=settings.watch.settle_seconds, log=log,
                                roots=WatchRoots((f.path, f.marker) for f in settings.watch.folders))
         self.watcher: Watcher | None = None
@@ -234,6 +235,10 @@ class Service:
             if not t.is_alive() and not self.stop.is_set():
                 self.log.error("worker.died", worker=t.name)
                 self._start_worker(n)
+        for root, missing_s in self.tracker.roots.missing_too_long():   # once per episode
+            self.log.warning("watch.root_still_missing", path=root, missing_s=round(missing_s),
+                             fix="mount the share or create the folder; seqdrop scans it when it appears")
+            self.emit("watch_folder_missing", path=root, missing_s=round(missing_s))
         if self.metrics is None and (self.notifier is None or not getattr(self.notifier, "enabled", True)):
             return   # nobody to tell: idle costs nothing (counting 100k rows every 5 s is not free)
         counts = self.store.counts()
@@ -251,6 +256,8 @@ class Service:
                 f"rejected {counts['rejected']}")
         if reason := self.gate.reason:
             text = f"PAUSED ({reason}); " + text
+        if missing := self.tracker.roots.missing():
+            text = f"WAITING for missing watch folder(s) {', '.join(missing)}; " + text
         return text
 
     def healthy(self) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import Any
 
 from daemon.config import Settings
+from daemon.detection.roots import WatchRoots
 from daemon.queue.base import Store
 from daemon.upload.client import OneCodexClient
 from daemon.upload.pipeline import Pipeline
@@ -31,4 +32,5 @@ def make_pipeline(settings: Settings, *, store: Store, client: OneCodexClient, l
     return Pipeline(store=store, client=client, log=log, validate=up.validate, block_size=up.block_size,
                     throttle=throttle, stop=stop, emit=emit, max_backoff_s=up.max_backoff_s,
                     multipart_threshold_bytes=up.multipart_threshold_bytes,
-                    s3_endpoint_url=up.multipart_s3_endpoint, s3_region=up.multipart_s3_region)
+                    s3_endpoint_url=up.multipart_s3_endpoint, s3_region=up.multipart_s3_region,
+                    roots=WatchRoots.of(settings.watch))

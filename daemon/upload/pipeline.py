@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from daemon.checks.child import ChildValidator
 from daemon.checks.validate import StreamValidator, sniff
 from daemon.config import MULTIPART_THRESHOLD_BYTES
+from daemon.detection.roots import WatchRoots
 from daemon.errors import (
     Aborted,
     AlreadyDone,
@@ -80,14 +81,15 @@ class Pipeline:
                  max_backoff_s: float = 600.0, call_attempts: int = 4, call_max_time_s: float = 90.0,
                  multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES, s3_endpoint_url: str = "",
                  s3_region: str = "", part_size_bytes: int | None = None,
-                 s3_connector: S3Connector | None = None) -> None:
+                 s3_connector: S3Connector | None = None, roots: WatchRoots | None = None) -> None:
         self.log = log
         self.stop = stop or threading.Event()
         self.validate, self.block_size = validate, block_size
         self.max_backoff_s = max_backoff_s
         self.multipart_threshold_bytes = multipart_threshold_bytes
         self.steps = Steps(store=store, client=client, stop=self.stop, emit=emit, throttle=throttle,
-                           call_attempts=call_attempts, call_max_time_s=call_max_time_s)
+                           call_attempts=call_attempts, call_max_time_s=call_max_time_s,
+                           roots=roots or WatchRoots())
         self.multipart = MultipartRoute(self.steps, validate=validate, s3_endpoint_url=s3_endpoint_url,
                                         s3_region=s3_region, part_size_bytes=part_size_bytes,
                                         s3_connector=s3_connector)

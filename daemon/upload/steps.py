@@ -20,6 +20,7 @@ from daemon.errors import (
     Permanent,
     Transient,
 )
+from daemon.detection.roots import WatchRoots
 from daemon.queue.base import INIT_STEPS, POSTED_STEPS, FileRow, Identity, Store
 from daemon.upload import retrying
 from daemon.upload.client import OneCodexClient
@@ -63,8 +64,9 @@ class Steps:
 
     def __init__(self, *, store: Store, client: OneCodexClient, stop: threading.Event, emit: Emit = no_emit,
                  throttle: Callable[[int], None] | None = None, call_attempts: int = 4,
-                 call_max_time_s: float = 90.0) -> None:
+                 call_max_time_s: float = 90.0, roots: WatchRoots | None = None) -> None:
         self.store, self.client, self.stop, self.emit = store, client, stop, emit
+        self.roots = roots or WatchRoots()      # judges a file found missing (check_identity)
         self.throttle = throttle
         self.call_attempts, self.call_max_time_s = call_attempts, call_max_time_s
         self.rate = RateEstimate()
@@ -85,12 +87,10 @@ class Steps:
         try:
             st = os.stat(row.path)
         except FileNotFoundError:
-            if not os.path.isdir(os.path.dirname(row.path)):
-                # Its whole folder is gone: far more often a share unmounted than a deletion.
-                # Wait for it (the tracker does the same) instead of abandoning the sample.
-                raise Transient(f"the folder {os.path.dirname(row.path)} is not there (share unmounted?); "
-                                f"will try again when it returns", reason="folder_missing") from None
-            raise FileChanged("deleted before it was uploaded") from None
+            # Gone with its whole watch folder (a share unmounted): Transient, wait for it. Gone on its
+            # own or with its run folder (renamed mid-upload): FileChanged, the row ends `vanished` and
+            # its sample is cancelled, never a row queued for ever (issue 10, defect 10).
+            raise self.roots.missing_file(row.path, row.identity.dev) from None
         except PermissionError:
             raise unreadable(row.path) from None
         if Identity.of(st) != row.identity:

@@ -409,14 +409,14 @@ def test_rejected_key_pauses_then_resumes_by_itself(tmp_path: Path, emu: Emulato
 
 # -- the command line ----------------------------------------------------------------------------
 @pytest.mark.parametrize("case", ["unknown key", "wrong type", "not finite", "http base_url",
-                                  "missing watch folder", "missing config file"])
+                                  "watch folder listed twice", "missing config file"])
 def test_config_errors_exit_2_with_file_key_and_fix(tmp_path: Path, watch: Path, case: str) -> None:
     """A config mistake: exit 2, a message naming the file, the key and the fix, no traceback."""
     cfg = config(tmp_path, "http://127.0.0.1:9", watch)
     text = cfg.read_text()
     key = {"unknown key": "settle_second", "wrong type": "workers", "not finite": "settle_seconds",
            "http base_url": "base_url",
-           "missing watch folder": "paths", "missing config file": None}[case]
+           "watch folder listed twice": "paths", "missing config file": None}[case]
     if case == "unknown key":
         cfg.write_text(text.replace("settle_seconds", "settle_second"))
     elif case == "wrong type":
@@ -425,8 +425,9 @@ def test_config_errors_exit_2_with_file_key_and_fix(tmp_path: Path, watch: Path,
         cfg.write_text(text.replace("settle_seconds = 0.5", "settle_seconds = nan"))
     elif case == "http base_url":
         cfg.write_text(text.replace("http://127.0.0.1:9", "http://onecodex.example.org"))
-    elif case == "missing watch folder":
-        cfg.write_text(text.replace(str(watch), str(tmp_path / "nowhere")))
+    elif case == "watch folder listed twice":   # (a missing one is waited for: design.md, turn 2)
+        (tmp_path / "alias").symlink_to(watch)
+        cfg.write_text(text.replace(f'"{watch}"', f'"{watch}", "{tmp_path / "alias"}"'))
     else:
         cfg = tmp_path / "absent.toml"
     done = seqdrop(cfg, "run", timeout_s=30)
