@@ -563,10 +563,10 @@ def test_an_error_on_one_path_costs_no_other_file(tmp_path: Path, sandbox: Sandb
     from daemon.detection.tracker import Tracker
     real_observe = Tracker.observe
 
-    def observe(self, path, st=None):  # type: ignore[no-untyped-def]
+    def observe(self, path, st=None, **kwargs):  # type: ignore[no-untyped-def]
         if path.endswith("boom.fastq"):
             raise OSError("a filesystem error on this one path")
-        return real_observe(self, path, st)
+        return real_observe(self, path, st, **kwargs)
 
     monkeypatch.setattr(Tracker, "observe", observe)
     (watch_dir / "boom.fastq").write_bytes(fastq_bytes(10_000, seed=72))      # first in the start-up scan
