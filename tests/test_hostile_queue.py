@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
 import socket
 import sqlite3
 import stat
@@ -365,3 +364,323 @@ def test_an_empty_file_without_a_journal_is_a_first_start(tmp_path: Path) -> Non
     assert rebuilt is None and store.has_schema()
     store.close()
     assert not [n for n in os.listdir(path.parent) if ".damaged-" in n]
+
+
+# -- 3. defect 8: persistent storage errors ---------------------------------------------------------
+
+# Runs `seqdrop` as systemd does, with a fault at the SQLite boundary: while the trigger file exists,
+# every write transaction fails with the error it names, carrying SQLite's own result code.
+INJECTOR = '''
+import os, sqlite3, sys
+from contextlib import contextmanager
+from daemon.queue.sqlite import SqliteStore
+from daemon.service import health
+
+health.STORE_FAILURE_LIMIT_S = float(os.environ["SEQDROP_TEST_STORE_LIMIT_S"])
+TRIGGER = os.environ["SEQDROP_TEST_STORE_FAULT"]
+ERRORS = {"SQLITE_IOERR_WRITE": (sqlite3.OperationalError, "disk I/O error"),
+          "SQLITE_FULL": (sqlite3.OperationalError, "database or disk is full"),
+          "SQLITE_CORRUPT": (sqlite3.DatabaseError, "database disk image is malformed")}
+
+
+def fault():
+    try:
+        with open(TRIGGER) as f:
+            name = f.read().strip()
+    except FileNotFoundError:
+        return
+    cls, message = ERRORS[name]
+    error = cls(message)
+    error.sqlite_errorcode, error.sqlite_errorname = getattr(sqlite3, name), name
+    raise error
+
+
+real_tx, real_batch = SqliteStore.tx, SqliteStore.batch
+
+
+@contextmanager
+def tx(self):
+    fault()
+    with real_tx(self) as db:
+        yield db
+
+
+@contextmanager
+def batch(self):
+    fault()
+    with real_batch(self):
+        yield
+
+
+SqliteStore.tx, SqliteStore.batch = tx, batch
+from daemon.commands.cli import main
+sys.exit(main(sys.argv[1:]))
+'''
+
+
+class FaultyDisk(Daemon):
+    """The daemon with INJECTOR in front: `fail(name)` starts a storage fault, `heal()` ends it."""
+
+    def __init__(self, config: Path, *, limit_s: float, **kwargs: Any) -> None:
+        super().__init__(config, **kwargs)
+        self.trigger = config.parent / "store-fault"
+        self.script = config.parent / "inject_store_fault.py"
+        self.script.write_text(INJECTOR)
+        self.limit_s = limit_s
+
+    def fail(self, name: str) -> None:
+        self.trigger.write_text(name)
+
+    def heal(self) -> None:
+        self.trigger.unlink()
+
+    def start(self) -> "FaultyDisk":
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self._ready_before = self._ready_count()
+        self._ready = False
+        env = {**daemon_env(self.api_key), **self.extra_env, "SEQDROP_TEST_STORE_FAULT": str(self.trigger),
+               "SEQDROP_TEST_STORE_LIMIT_S": str(self.limit_s)}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen([PYTHON, str(self.script), "run", "--config", str(self.config)], cwd=ROOT,
+                                         env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        return self
+
+
+@pytest.mark.parametrize(("fault", "limit_s", "within_s", "words"), [
+    ("SQLITE_IOERR_WRITE", 3.0, 15.0, "recorded nothing for"),      # judged by how long it lasts
+    ("SQLITE_CORRUPT", 600.0, 10.0, "database is damaged"),         # never heals: at once
+])
+def test_a_queue_that_keeps_failing_makes_the_daemon_exit_non_zero(tmp_path: Path, sandbox: Sandbox,
+                                                                   watch_dir: Path, fault: str, limit_s: float,
+                                                                   within_s: float, words: str) -> None:
+    """EIO on every queue write for longer than the limit, or a damaged database at once: the daemon
+    logs why and exits 1 (systemd restarts it); restarted on a healed disk, it goes on, re-uploading nothing."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    first = drop(watch_dir, 1, prefix="before")
+    with FaultyDisk(cfg, limit_s=limit_s) as d:
+        upload_all(d, first)
+        d.fail(fault)
+        started = time.monotonic()
+        (watch_dir / "during.fastq").write_bytes(fastq_bytes(8_000, seed=5))
+        try:
+            code = d.proc.wait(within_s)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"still running {within_s:g} s into a failing queue:\n{d.log_tail()}") from None
+        assert code == 1, d.log_tail()
+        if limit_s < within_s:
+            assert time.monotonic() - started >= limit_s, "a passing failure must not stop the daemon"
+        [failed] = events(d, "service.queue_failed")
+        assert words in failed["problem"], failed
+        d.heal()
+        d.start()
+        d.wait_files(all_in("done", ["before00.fastq", "during.fastq"]), DEADLINE_S, "both done after the restart")
+        assert d.terminate() == 0
+    assert sorted(s["filename"] for s in confirmed(sandbox)) == ["before00.fastq", "during.fastq"]
+
+
+def test_a_full_disk_that_frees_up_in_time_costs_no_restart(tmp_path: Path, sandbox: Sandbox,
+                                                            watch_dir: Path) -> None:
+    """The queue's disk full for a second (under the limit): writes fail, then go on; no exit, the file is done."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with FaultyDisk(cfg, limit_s=8.0) as d:
+        d.wait_ready()
+        d.fail("SQLITE_FULL")
+        (watch_dir / "full.fastq").write_bytes(fastq_bytes(8_000, seed=6))
+        wait_for(lambda: events(d, "tracker.batch_not_recorded"), 10, lambda: f"a failed write\n{d.log_tail()}")
+        time.sleep(1.0)                            # the disk stays full this long (the condition under test)
+        d.heal()
+        d.wait_files(all_in("done", ["full.fastq"]), DEADLINE_S, "full.fastq done once the disk has room")
+        assert d.alive() and not events(d, "service.queue_failed")
+        assert d.terminate() == 0
+    assert [e.get("event") for e in d.log_events()].count("service.ready") == 1
+
+
+def _ioerr() -> sqlite3.OperationalError:
+    error = sqlite3.OperationalError("disk I/O error")
+    error.sqlite_errorcode = sqlite3.SQLITE_IOERR_WRITE
+    return error
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_store_health_judges_faults_by_their_code_and_their_time() -> None:
+    """Storage faults make the store unhealthy after the limit unless a write succeeds meanwhile; a
+    damaged database at once; errors that are no storage fault never."""
+    clock = Clock()
+    health = StoreHealth(limit_s=60.0, clock=clock)
+    health.failed(sqlite3.IntegrityError("UNIQUE constraint failed"))      # a bug, not the disk
+    health.failed(ValueError("nothing to do with the store"))
+    clock.now += 600
+    assert health.healthy()
+    health.failed(_ioerr())
+    clock.now += 59
+    assert health.healthy()
+    health.wrote()                                  # a write recorded: the clock starts over
+    health.failed(_ioerr())
+    clock.now += 59
+    assert health.healthy()
+    clock.now += 2
+    assert "recorded nothing for 61 s" in health.problem() and "disk I/O error" in health.problem()
+    damaged = StoreHealth(limit_s=60.0, clock=clock)
+    corrupt = sqlite3.DatabaseError("database disk image is malformed")
+    corrupt.sqlite_errorcode = sqlite3.SQLITE_CORRUPT
+    damaged.failed(corrupt)
+    damaged.wrote()
+    assert "damaged" in damaged.problem()
+
+
+def test_watched_store_counts_only_writes_that_were_recorded(tmp_path: Path) -> None:
+    """Reads served from the cache and idle claims do not prove the disk works; a commit does, and a
+    step inside a batch counts only once the batch has committed."""
+    clock = Clock()
+    health = StoreHealth(limit_s=10.0, clock=clock)
+    inner = SqliteStore(str(tmp_path / "queue.sqlite3"))
+    store = WatchedStore(inner, health)
+    health.failed(_ioerr())
+    store.counts()
+    store.files()
+    assert store.claim_next("w") is None            # nothing to claim: nothing was written
+    clock.now += 11
+    assert not health.healthy()
+    with store.batch():
+        store.add_seen("/srv/a.fastq", Identity(1, 2, 3, 4))
+        assert not health.healthy()                 # not committed yet
+    assert health.healthy()
+    full = sqlite3.OperationalError("database or disk is full")
+    full.sqlite_errorcode = sqlite3.SQLITE_FULL
+
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise full
+
+    inner.mark_done = disk_full                     # type: ignore[method-assign]
+    with pytest.raises(sqlite3.OperationalError):
+        store.mark_done(1, sample_id="0123456789abcdef", md5=None)
+    clock.now += 11
+    assert "database or disk is full" in health.problem()
+    assert store.path == inner.path
+    inner.close()
+
+
+def test_the_watchdog_is_withheld_while_the_store_is_unhealthy(tmp_path: Path) -> None:
+    """The watchdog thread pings while the store works and stops once its health says no (no sleeping:
+    the thread's health checks are counted)."""
+    sock_path = str(tmp_path / "notify.sock")
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(sock_path)
+    sock.setblocking(False)
+    clock = Clock()
+    health = StoreHealth(limit_s=5.0, clock=clock)
+    asked = [0]
+
+    def healthy() -> bool:
+        asked[0] += 1
+        return health.healthy()
+
+    def pings() -> int:
+        n = 0
+        try:
+            while True:
+                n += sock.recv(4096).count(b"WATCHDOG=1")
+        except BlockingIOError:
+            return n
+
+    notifier = SystemdNotifier(sock_path, watchdog_usec=1_000_000)
+    try:
+        notifier.start_watchdog(healthy, interval_s=0.02)
+        wait_for(lambda: pings(), 5, "a first ping")
+        health.failed(_ioerr())
+        clock.now += 6
+        seen = asked[0]
+        wait_for(lambda: asked[0] >= seen + 2, 5, "the thread to ask again")
+        pings()                                     # a ping sent before the health changed
+        seen = asked[0]
+        wait_for(lambda: asked[0] >= seen + 5, 5, "five more health checks")
+        assert pings() == 0
+        health.wrote()
+        wait_for(lambda: pings(), 5, "pings again once a write is recorded")
+    finally:
+        notifier.close()
+        sock.close()
+
+
+# -- 4. pause episodes and private state files -------------------------------------------------------
+
+def test_402_on_init_while_the_probe_passes_pauses_once_and_resumes_once(tmp_path: Path, sandbox: Sandbox,
+                                                                         watch_dir: Path, hook: Hook) -> None:
+    """init_upload answers 402 while GET /api/v1/samples answers 200: one pause (one uploads_paused),
+    probes that pass only offer a trial (refused quietly), no flapping; when init works again, one
+    uploads_resumed and the file is uploaded."""
+    sandbox.add_fault(Fault(target="init_upload", kind="status", status=402, message="Payment required",
+                            times=None))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, probe_interval_s=1, extra=hook.config)
+    (watch_dir / "p.fastq").write_bytes(fastq_bytes(8_000, seed=7))
+    with Daemon(cfg) as d:
+        wait_for(lambda: d.status().get("paused"), DEADLINE_S, lambda: f"the pause\n{d.log_tail()}")
+        wait_for(lambda: len([r for r in sandbox.requests() if r["target"] == "samples"]) >= 4, 30,
+                 lambda: f"four probes answered\n{d.log_tail()}")
+        paused, resumed = events(d, "uploads.paused"), events(d, "uploads.resumed")
+        assert (len(paused), len(resumed)) == (1, 0), f"flapping: {len(paused)} pauses, {len(resumed)} resumes"
+        assert d.status()["paused"], "a probe that passed ended a pause while init_upload still refuses"
+        wait_for(lambda: len(events(d, "uploads.probe_by_request")) >= 3, 30,
+                 lambda: f"passing probes followed by trials\n{d.log_tail()}")
+        inits = [r for r in sandbox.requests() if r["target"] == "init_upload"]
+        assert len(inits) >= 3, "each trial is one real request"
+        sandbox.clear_faults()
+        d.wait_files(all_in("done", ["p.fastq"]), DEADLINE_S, "p.fastq done once init works")
+        assert d.status()["paused"] is None
+        wait_for(lambda: "uploads_resumed" in hook.kinds(), 10, lambda: f"uploads_resumed in {hook.kinds()}")
+        assert d.terminate() == 0
+    assert hook.kinds().count("uploads_paused") == 1 and hook.kinds().count("uploads_resumed") == 1, hook.kinds()
+    assert len(events(d, "uploads.paused")) == 1 and len(events(d, "uploads.resumed")) == 1
+    assert len(confirmed(sandbox)) == 1
+
+
+STATE_FILES = ("queue.sqlite3", "queue.sqlite3-wal", "queue.sqlite3-shm", "queue.sqlite3.lock", "journal.jsonl")
+
+
+def _modes(state: Path) -> dict[str, int]:
+    return {name: stat.S_IMODE(os.stat(state / name).st_mode) for name in STATE_FILES}
+
+
+def test_state_files_are_private_even_with_a_permissive_umask(tmp_path: Path, sandbox: Sandbox,
+                                                              watch_dir: Path) -> None:
+    """The queue, its -wal, -shm and lock, and the journal are 0600 (they hold live S3 POST policies),
+    started from a shell with umask 022, and a queue an older seqdrop left 0644 is made private."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    files = drop(watch_dir, 1)
+    state = tmp_path / "state"
+    old_umask = os.umask(0o022)
+    try:
+        with Daemon(cfg) as d:
+            upload_all(d, files)
+            wait_for(lambda: (state / "journal.jsonl").exists(), 10, "the journal")
+            assert _modes(state) == dict.fromkeys(STATE_FILES, 0o600)
+            assert stat.S_IMODE(os.stat(state).st_mode) & 0o077 == 0
+            d.kill()                               # leaves the -wal and -shm behind
+            for name in STATE_FILES:
+                os.chmod(state / name, 0o644)
+            d.start()
+            d.wait_ready()
+            assert _modes(state) == dict.fromkeys(STATE_FILES, 0o600)
+            assert d.terminate() == 0
+    finally:
+        os.umask(old_umask)
+
+
+def test_a_second_daemon_is_refused_before_it_checks_or_touches_the_queue(tmp_path: Path, sandbox: Sandbox,
+                                                                          watch_dir: Path) -> None:
+    """The lock comes first: a second daemon exits 1 naming the other, and nothing is set aside."""
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    with Daemon(cfg) as first:
+        first.wait_ready()
+        second = subprocess.run([PYTHON, "-m", "daemon", "run", "--config", str(cfg)], cwd=ROOT, env=daemon_env(),
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1 and "another seqdrop daemon" in second.stderr, second.stderr
+        assert first.terminate() == 0
+    assert not [n for n in os.listdir(tmp_path / "state") if ".damaged-" in n]

@@ -25,7 +25,7 @@ from daemon.errors import SeqdropError
 from daemon.queue import integrity
 from daemon.queue.journal import Journal, journal_path
 from daemon.queue.sqlite import SqliteStore
-from daemon.queue.storage import take_lock
+from daemon.queue.storage import make_private, take_lock
 
 
 class QueueUnusable(SeqdropError):
@@ -59,11 +59,25 @@ def open_queue(path: str, *, log: Any) -> tuple[SqliteStore, Rebuilt | None]:
     os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
     lock_fd = take_lock(path)
     try:
+        _make_private_if_there(journal_path(path))
         rebuilt = _repair(path, log)
         return SqliteStore(path, lock_fd=lock_fd), rebuilt
     except BaseException:
         os.close(lock_fd)
         raise
+
+
+def _make_private_if_there(path: str) -> None:
+    """A journal an older seqdrop (or a copy) left readable is private from the start, not from its
+    next record."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return
+    try:
+        make_private(fd)
+    finally:
+        os.close(fd)
 
 
 def _repair(path: str, log: Any) -> Rebuilt | None:
