@@ -237,7 +237,9 @@ def _compare_with_journal(db: sqlite3.Connection, path: str, journal: str, recen
     unmatched: set[tuple[int, int, int, int]] = set()
     first_missing = None
     for vpath, *identity in newest:
-        rows = db.execute("SELECT dev, inode, size, mtime_ns FROM files WHERE path = ? AND state = 'done'",
+        # "+state": look the path up in files_path; by the state index SQLite would walk every done row
+        # (2,000 look-ups in a 100,000-row queue: 43 s instead of 0.1 s at each start)
+        rows = db.execute("SELECT dev, inode, size, mtime_ns FROM files WHERE path = ? AND +state = 'done'",
                           (vpath,)).fetchall()
         if tuple(identity) not in {tuple(r) for r in rows}:
             unmatched.add(tuple(identity))
