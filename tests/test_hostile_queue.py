@@ -42,12 +42,10 @@ from harness import (
 
 from daemon.detection.tracker import Tracker
 from daemon.operations.notify import SystemdNotifier
-from daemon.queue import integrity
 from daemon.queue.base import Identity
-from daemon.queue.journal import FILE_ENDED, journal_path, read_records
+from daemon.queue.journal import FILE_ENDED, Journal, journal_path, read_records
 from daemon.queue.sqlite import SqliteStore
 from daemon.sandbox import Fault, Sandbox
-from daemon.service import health as health_mod
 from daemon.service.audit import AuditTrail
 from daemon.service.health import StoreHealth, WatchedStore
 from daemon.service.startup import NotAQueue, open_queue
@@ -200,15 +198,10 @@ def test_a_journal_that_cannot_be_written_is_an_error_and_costs_no_upload(tmp_pa
     (tmp_path / "journal.jsonl").mkdir()            # where the file should be: every append fails
     told: list[BaseException] = []
     with structlog.testing.capture_logs() as logs:
-        AuditTrail(store=store, journal=_journal(tmp_path), log=structlog.get_logger(),
+        AuditTrail(store=store, journal=Journal(str(tmp_path / "journal.jsonl"), host="h"), log=structlog.get_logger(),
                    on_failure=told.append).ended([file_id, 999])
     store.close()
     assert [e["event"] for e in logs] == ["journal.not_written"] and len(told) == 1
-
-
-def _journal(tmp_path: Path) -> Any:
-    from daemon.queue.journal import Journal
-    return Journal(str(tmp_path / "journal.jsonl"), host="h")
 
 
 def test_the_tracker_returns_the_rows_it_ended_once_committed(tmp_path: Path) -> None:
@@ -680,7 +673,7 @@ def test_a_second_daemon_is_refused_before_it_checks_or_touches_the_queue(tmp_pa
     with Daemon(cfg) as first:
         first.wait_ready()
         second = subprocess.run([PYTHON, "-m", "daemon", "run", "--config", str(cfg)], cwd=ROOT, env=daemon_env(),
-                                capture_output=True, text=True, timeout=30)
+                                capture_output=True, text=True, timeout=30, check=False)
         assert second.returncode == 1 and "another seqdrop daemon" in second.stderr, second.stderr
         assert first.terminate() == 0
     assert not [n for n in os.listdir(tmp_path / "state") if ".damaged-" in n]

@@ -217,9 +217,9 @@ def test_storage_faults_are_told_by_sqlite_result_codes(store, tmp_path):
         for i in range(300):
             store.add_seen(f"/srv/run/{i:04d}.fastq", IDENT)
     store.close()
-    data = bytearray(open(store.path, "rb").read())
-    data[4096:] = os.urandom(len(data) - 4096)         # every page but the schema's
-    open(store.path, "wb").write(data)
+    with open(store.path, "r+b") as handle:
+        handle.seek(4096)                              # every page but the schema's
+        handle.write(os.urandom(os.path.getsize(store.path) - 4096))
     damaged = sqlite3.connect(store.path)
     assert storage_fault(error_of(lambda: damaged.execute("SELECT * FROM files").fetchall())) == STORE_DAMAGED
     damaged.close()

@@ -172,12 +172,17 @@ def _open_store_for_reading(args: argparse.Namespace, *, write: bool = False) ->
         return settings, None
     if os.path.isfile(path) and os.path.getsize(path) == 0:
         # SQLite would open it as a new, empty database (and `retry` would write one into it)
-        return settings, _not_yet_or_damaged(settings, f"the queue {path} is empty (0 bytes)")
+        _refuse_if_damaged(settings, f"the queue {path} is empty (0 bytes)")
+        return settings, None
     try:
-        store = SqliteStore(path, readonly=not write)
+        store = SqliteStore(path, readonly=True)     # retry too: a writer would create tables in it
         if not store.has_schema():      # the daemon's very first instant, or a queue that lost its tables
             store.close()
-            return settings, _not_yet_or_damaged(settings, f"the queue {path} has no tables")
+            _refuse_if_damaged(settings, f"the queue {path} has no tables")
+            return settings, None
+        if write:
+            store.close()
+            store = SqliteStore(path)
         return settings, store
     except sqlite3.Error as e:
         if storage_fault(e) == STORE_DAMAGED and _journal_has_records(settings):
@@ -185,11 +190,10 @@ def _open_store_for_reading(args: argparse.Namespace, *, write: bool = False) ->
         raise _queue_error(settings, e, "run as the seqdrop user or root, and check the path") from None
 
 
-def _not_yet_or_damaged(settings: Any, what: str) -> None:
+def _refuse_if_damaged(settings: Any, what: str) -> None:
     """A queue without tables is a first start's instant, unless the audit journal records uploads."""
     if _journal_has_records(settings):
         raise _damaged(settings, f"{what}, but its audit journal records uploads")
-    return None
 
 
 def _journal_has_records(settings: Any) -> bool:

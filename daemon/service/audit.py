@@ -54,9 +54,9 @@ class AuditTrail:
 
 
 def _version(row: FileRow) -> dict[str, Any]:
-    return dict(path=row.path, identity=row.identity, state=row.state, md5=row.md5,
-                sample_id=row.sample_id, error=row.error, init_at=row.init_at, posted_at=row.posted_at,
-                confirmed_at=row.updated_at if row.state == "done" else None)
+    return {"path": row.path, "identity": row.identity, "state": row.state, "md5": row.md5,
+            "sample_id": row.sample_id, "error": row.error, "init_at": row.init_at, "posted_at": row.posted_at,
+            "confirmed_at": row.updated_at if row.state == "done" else None}
 
 
 __all__ = ["AuditTrail"]
