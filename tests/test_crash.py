@@ -22,6 +22,7 @@ from harness import (
     write_config,
 )
 
+from daemon.queue.journal import FILE_ENDED, journal_path, read_records
 from daemon.sandbox import Fault, Sandbox
 
 SEED = int(os.environ.get("SEQDROP_CRASH_SEED", "20261125"))   # set it to replay another run
@@ -113,6 +114,14 @@ def test_kill_9_at_random_moments_loses_and_duplicates_nothing(tmp_path: Path, s
     digest = {rel: md5_file(watch_dir / rel) for rel in written}
     assert digest == written
     assert {str(p.relative_to(watch_dir)) for p in watch_dir.rglob("*") if p.is_file()} == set(written)
+    # The audit journal: at most one `done` record per file version, each naming the sample status names
+    # (a kill between the queue's commit and the journal's append may cost a record, never add a wrong one).
+    done_records = [r for r in read_records(journal_path(str(tmp_path / "state" / "queue.sqlite3")), event=FILE_ENDED)
+                    if r["state"] == "done"]
+    versions = collections.Counter((r["path"], r["inode"], r["size"], r["mtime_ns"]) for r in done_records)
+    assert all(n == 1 for n in versions.values()), versions
+    sample_of = {f["path"]: f["sample_id"] for f in final}
+    assert all(sample_of[r["path"]] == r["sample_id"] for r in done_records), done_records
     # What the crashes hit, for the reader of a failure: abandoned samples are allowed, duplicates are not.
     orphans = [s for s in sandbox.samples() if s["state"] != "confirmed"]
     reconfirmed = [s for s in confirmed(sandbox) if s["confirm_count"] > 1]

@@ -199,3 +199,63 @@ def test_a_pause_the_store_cannot_record_still_holds(env: Env, monkeypatch: pyte
         env.gate.refused(REFUSED)
     assert env.gate.reason == REFUSED and env.gate.admit() is Entry.CLOSED
     assert [e["event"] for e in logs] == ["uploads.pause_not_recorded", "uploads.paused"]
+
+
+# -- pause episodes (issue 10: a 402 on init_upload while the probe passed made the pause flap) --------
+
+INIT = "/api/v1/samples/init_upload"
+PROBE = "/api/v1/samples"
+
+
+def refused_by(env: Env, path: str, status: int = 402) -> None:
+    """What the daemon does when a worker's request is refused: the client's hook, then the worker."""
+    env.gate.answered(path, status)
+    env.gate.refused(f"account problem (payment required) (HTTP {status})")
+
+
+def probe_answered(env: Env, status: int = 200) -> None:
+    """A probe whose answer goes through the client's hook (in the prober's thread) as for real."""
+    def ask() -> None:
+        env.gate.answered(PROBE, status)
+        if status >= 400:
+            raise AuthError("refused", status=status)
+    env.seconds_to_next_probe()
+    env.gate.probe(ask)
+
+
+def test_a_probe_that_passes_does_not_end_a_pause_begun_by_another_endpoint(env: Env) -> None:
+    """init_upload refused, the probe accepted: still paused, one worker gets a trial; refused trials
+    keep the pause quietly; the pause ends when init_upload accepts a request: one alert, one resume."""
+    refused_by(env, INIT)
+    for _ in range(5):
+        probe_answered(env, 200)
+        assert env.gate.reason is not None and env.gate.admit() is Entry.TRIAL
+        refused_by(env, INIT)                       # the trial's init_upload: still 402
+        env.gate.end_trial()
+    env.gate.answered("/api/v1/samples/confirm_upload", 200)    # another endpoint proves nothing
+    assert env.gate.reason is not None
+    probe_answered(env, 200)
+    assert env.gate.admit() is Entry.TRIAL
+    env.gate.answered(INIT, 201)
+    env.gate.end_trial()
+    assert env.gate.reason is None and env.gate.admit() is Entry.OPEN
+    assert [e for e, _ in env.events] == ["uploads_paused", "uploads_resumed"]
+
+
+def test_a_pause_begun_by_the_probe_endpoint_is_ended_by_the_probe(env: Env) -> None:
+    """When the endpoint refused is the probe's own, a probe that passes resumes at once (no trial)."""
+    refused_by(env, PROBE, 401)
+    probe_answered(env, 401)
+    assert env.gate.reason is not None
+    probe_answered(env, 200)
+    assert env.gate.reason is None and env.gate.admit() is Entry.OPEN
+
+
+def test_the_refused_endpoint_survives_a_restart(env: Env) -> None:
+    """The pause's endpoint is recorded: after a restart a passing probe still only offers a trial."""
+    refused_by(env, INIT)
+    assert env.store.get_meta("paused")["endpoint"] == INIT
+    env.gate = env.new_gate()
+    env.gate.restore()
+    probe_answered(env, 200)
+    assert env.gate.reason is not None and env.gate.admit() is Entry.TRIAL

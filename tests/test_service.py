@@ -551,10 +551,10 @@ def test_an_error_on_one_path_costs_no_other_file(tmp_path: Path, sandbox: Sandb
     from daemon.detection.tracker import Tracker
     real_observe = Tracker.observe
 
-    def observe(self, path, st=None):  # type: ignore[no-untyped-def]
+    def observe(self, path, st=None, **kwargs):  # type: ignore[no-untyped-def]
         if path.endswith("boom.fastq"):
             raise OSError("a filesystem error on this one path")
-        return real_observe(self, path, st)
+        return real_observe(self, path, st, **kwargs)
 
     monkeypatch.setattr(Tracker, "observe", observe)
     (watch_dir / "boom.fastq").write_bytes(fastq_bytes(10_000, seed=72))      # first in the start-up scan
@@ -612,7 +612,9 @@ def test_a_full_disk_under_the_queue_stalls_nothing_for_good(tmp_path: Path, san
 
         def _check(self) -> None:
             if time.monotonic() < self.full_until:
-                raise sqlite3.OperationalError("database or disk is full")
+                full = sqlite3.OperationalError("database or disk is full")
+                full.sqlite_errorcode = sqlite3.SQLITE_FULL     # as SQLite says it: the store's health counts it
+                raise full
 
         def save_init(self, *a, **k):  # type: ignore[no-untyped-def]
             if not self.full_until:
@@ -634,9 +636,10 @@ def test_a_full_disk_under_the_queue_stalls_nothing_for_good(tmp_path: Path, san
     with capture_logs() as events, InProcess(cfg, store=store) as run:
         wait_for(lambda: [r.state for r in store.files()] == ["done"], DEADLINE_S,
                  lambda: f"full.fastq done after the disk recovered: {store.files()}")
-        assert all(t.is_alive() for t in run.service.workers)
+        assert all(t.is_alive() for t in run.service.workers) and run.service.healthy()
     names = [e["event"] for e in events]
-    assert "worker.died" not in names and "worker.store_error" in names
+    assert "worker.died" not in names and "worker.store_error" in names and "service.queue_failed" not in names
+    assert run.exit_code == 0
     assert len(confirmed(sandbox)) == 1
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import errno
+import os
+import sqlite3
+import stat
 import subprocess
 import sys
 
@@ -9,6 +13,7 @@ import pytest
 
 from daemon.queue.base import Identity, StoreLocked
 from daemon.queue.sqlite import SqliteStore
+from daemon.queue.storage import STORE_DAMAGED, STORE_FAILING, storage_fault, take_lock
 
 IDENT = Identity(1, 2, 300, 4)
 
@@ -156,3 +161,104 @@ def test_batch_records_everything_at_its_end_and_a_failed_step_undoes_only_itsel
         store.close()
         if reader is not None:
             reader.close()
+
+
+# -- issue 10: private files, storage faults by their code, the times the audit journal needs ------
+
+def test_a_new_queue_and_its_side_files_are_private_whatever_the_umask(tmp_path):
+    """Created with umask 022 the queue, -wal, -shm and lock are 0600; an old 0644 queue is made 0600."""
+    old = os.umask(0o022)
+    try:
+        path = str(tmp_path / "state" / "q.sqlite3")
+        s = SqliteStore(path)
+        s.lock_exclusive()
+        s.add_seen("/a", IDENT)
+        modes = {suffix: stat.S_IMODE(os.stat(path + suffix).st_mode) for suffix in ("", "-wal", "-shm", ".lock")}
+        s.close()
+        assert modes == dict.fromkeys(("", "-wal", "-shm", ".lock"), 0o600)
+        os.chmod(path, 0o644)
+        SqliteStore(path).close()
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+    finally:
+        os.umask(old)
+
+
+def test_a_lock_taken_before_opening_is_held_by_the_store(tmp_path):
+    """take_lock() before the store opens (start-up checks the queue under it): the store keeps it,
+    lock_exclusive() does not take it twice, close() releases it."""
+    path = str(tmp_path / "q.sqlite3")
+    s = SqliteStore(path, lock_fd=take_lock(path))
+    s.lock_exclusive()
+    with pytest.raises(StoreLocked):
+        take_lock(path)
+    s.close()
+    os.close(take_lock(path))
+
+
+def test_storage_faults_are_told_by_sqlite_result_codes(store, tmp_path):
+    """A real full database (max_page_count), a real damaged one and a real lock are storage faults of
+    their kind; a constraint violation (a bug) is none; EIO from the OS is a failing disk."""
+    def error_of(fn):
+        try:
+            fn()
+        except (sqlite3.Error, OSError) as e:
+            return e
+        raise AssertionError("no error")
+
+    db = sqlite3.connect(str(tmp_path / "full.sqlite3"), isolation_level=None)
+    db.execute("CREATE TABLE t (x)")
+    db.execute("CREATE TABLE u (x UNIQUE)")
+    db.execute("INSERT INTO u VALUES (1)")
+    db.execute(f"PRAGMA max_page_count = {db.execute('PRAGMA page_count').fetchone()[0]}")
+    assert storage_fault(error_of(lambda: db.execute("INSERT INTO t VALUES (randomblob(100000))"))) == STORE_FAILING
+    assert storage_fault(error_of(lambda: db.execute("INSERT INTO u VALUES (1)"))) is None
+    db.close()
+    with store.batch():
+        for i in range(300):
+            store.add_seen(f"/srv/run/{i:04d}.fastq", IDENT)
+    store.close()
+    with open(store.path, "r+b") as handle:
+        handle.seek(4096)                              # every page but the schema's
+        handle.write(os.urandom(os.path.getsize(store.path) - 4096))
+    damaged = sqlite3.connect(store.path)
+    assert storage_fault(error_of(lambda: damaged.execute("SELECT * FROM files").fetchall())) == STORE_DAMAGED
+    damaged.close()
+    holder = sqlite3.connect(str(tmp_path / "busy.sqlite3"), isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    waiter = sqlite3.connect(str(tmp_path / "busy.sqlite3"), timeout=0, isolation_level=None)
+    assert storage_fault(error_of(lambda: waiter.execute("BEGIN IMMEDIATE"))) == STORE_FAILING
+    holder.close()
+    waiter.close()
+    assert storage_fault(OSError(errno.EIO, "Input/output error")) == STORE_FAILING
+    assert storage_fault(OSError(errno.ENOENT, "No such file")) is None
+    store.db = sqlite3.connect(":memory:")          # the fixture closes whatever the store holds
+
+
+def test_steps_record_their_times_and_an_older_queue_gains_the_columns(tmp_path):
+    """save_init/save_posted record when (for the audit journal); a restart clears them; a queue made
+    before these columns gains them, and reads of it read-only give None."""
+    path = str(tmp_path / "q.sqlite3")
+    old = sqlite3.connect(path)
+    old.executescript("CREATE TABLE files (id INTEGER PRIMARY KEY, path TEXT NOT NULL, dev INTEGER NOT NULL,"
+                      " inode INTEGER NOT NULL, size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, state TEXT NOT NULL,"
+                      " step TEXT NOT NULL DEFAULT '', sample_id TEXT, init TEXT, md5 TEXT, attempts INTEGER NOT NULL"
+                      " DEFAULT 0, next_attempt_at REAL NOT NULL DEFAULT 0, error TEXT, claimed_by TEXT, stable_since"
+                      " REAL NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL);"
+                      "INSERT INTO files (path, dev, inode, size, mtime_ns, state, stable_since, created_at, updated_at)"
+                      " VALUES ('/old', 1, 2, 3, 4, 'done', 0, 0, 0);")
+    old.close()
+    ro = SqliteStore(path, readonly=True)
+    assert ro.files()[0].init_at is None
+    ro.close()
+    now = [100.0]
+    s = SqliteStore(path, clock=lambda: now[0])
+    a = s.add_seen("/a", IDENT)
+    s.save_init(a, "0123456789abcdef", "{}")
+    now[0] = 160.0
+    s.save_posted(a, "m")
+    row = s.get(a)
+    assert (row.init_at, row.posted_at) == (100.0, 160.0)
+    s.clear_init(a)
+    assert (s.get(a).init_at, s.get(a).posted_at) == (None, None)
+    assert s.get(1).path == "/old" and s.get(1).init_at is None
+    s.close()

@@ -81,7 +81,7 @@ class Env:
     def settle(self, path: str) -> list[str]:
         """Let the settle time pass and the tracker's due checks run; the paths they queued."""
         self.clock.advance(SETTLE_S + 0.1)
-        return self.tracker.run_due()
+        return self.tracker.run_due().queued
 
 
 @pytest.fixture
@@ -113,12 +113,12 @@ def test_unchanged_for_settle_is_queued(env: Env) -> None:
     assert env.tracker.observe(path) is False
     env.clock.advance(SETTLE_S - 1)
     assert env.tracker.observe(path) is False
-    assert env.tracker.run_due() == []
+    assert env.tracker.run_due().queued == []
     assert env.state(path) == "seen"
     env.clock.advance(1.1)
-    assert env.tracker.run_due() == [path]
+    assert env.tracker.run_due().queued == [path]
     assert env.state(path) == "queued"
-    assert env.tracker.run_due() == []
+    assert env.tracker.run_due().queued == []
 
 
 def test_change_during_settle_restarts_the_clock(env: Env) -> None:
@@ -255,11 +255,11 @@ def test_marker_waiting_then_queued(env: Env) -> None:
     row = env.store.latest_for_path(path)
     assert row.state == "seen" and "CopyComplete.txt" in row.error
     env.clock.advance(MARKER_RECHECK_S + 0.1)
-    assert env.tracker.run_due() == []
+    assert env.tracker.run_due().queued == []
     assert env.state(path) == "seen"           # still waiting, rechecked again later
     (run / "CopyComplete.txt").write_text("")
     env.clock.advance(MARKER_RECHECK_S + 0.1)
-    assert env.tracker.run_due() == [path]
+    assert env.tracker.run_due().queued == [path]
     row = env.store.latest_for_path(path)
     assert row.state == "queued" and row.error is None
 
@@ -436,7 +436,7 @@ def test_a_batch_reports_what_it_queued_only_once_committed(env: Env, monkeypatc
     """observe_batch returns the paths it queued after its commit; a batch whose commit fails (a full disk)
     reports nothing, records nothing, and its paths are looked at again later."""
     paths = [env.write(f"{name}.fastq") for name in ("a", "b")]
-    assert env.tracker.observe_batch([(p, None) for p in paths]) == []     # new: seen, not queued
+    assert env.tracker.observe_batch([(p, None) for p in paths]).queued == []     # new: seen, not queued
     env.clock.advance(SETTLE_S + 0.1)
     real_commit = env.store._commit
 
@@ -446,7 +446,7 @@ def test_a_batch_reports_what_it_queued_only_once_committed(env: Env, monkeypatc
 
     monkeypatch.setattr(env.store, "_commit", disk_full)
     with capture_logs() as events:
-        assert env.tracker.observe_batch([(p, None) for p in paths]) == []
+        assert env.tracker.observe_batch([(p, None) for p in paths]).queued == []
     assert "tracker.batch_not_recorded" in [e["event"] for e in events]
     assert [env.state(p) for p in paths] == ["seen", "seen"]
     monkeypatch.setattr(env.store, "_commit", real_commit)
@@ -479,7 +479,7 @@ def test_full_scan_skips_files_settled_and_unchanged(env: Env, monkeypatch: pyte
         f.write(b"@r2\nACGT\n+\nIIII\n")
     observed: list[str] = []
     real = Tracker.observe
-    monkeypatch.setattr(Tracker, "observe", lambda self, p, st=None: observed.append(p) or real(self, p, st))
+    monkeypatch.setattr(Tracker, "observe", lambda self, p, st=None, **kw: observed.append(p) or real(self, p, st, **kw))
     assert env.tracker.full_scan(Matcher()).files == 2
     assert observed == [changed]
     assert [r.state for r in env.rows(changed)] == ["done", "seen"]

@@ -20,6 +20,7 @@ EVENTS = {
     "uploads_paused": {"error": "the API key was refused (401)"},
     "uploads_resumed": {},
     "daily_summary": {"counts": {"done": 12, "failed": 1, "rejected": 0, "queued": 3}},
+    "queue_rebuilt": {"damage": "empty", "restored": 5, "set_aside_as": "/var/lib/seqdrop/queue.sqlite3.damaged-x"},
 }
 
 

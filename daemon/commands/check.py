@@ -7,7 +7,6 @@ other check failed, 0 if all passed (warnings do not fail the check).
 from __future__ import annotations
 
 import os
-import sqlite3
 import sys
 import time
 from typing import Any
@@ -17,6 +16,8 @@ from daemon.detection.files import DepthLimit, sub_folders
 from daemon.detection.mounts import network_mount_type
 from daemon.errors import AuthError, ConfigError, Permanent, Transient
 from daemon.operations import logs
+from daemon.queue import integrity
+from daemon.queue.journal import journal_path
 from daemon.upload.build import make_client
 
 CLOCK_SKEW_WARN_S = 60.0
@@ -62,34 +63,42 @@ def run_checks(config_path: str, *, out: Any = None, env: dict[str, str] | None 
 
 
 def _check_queue(settings: Any, r: _Report) -> None:
+    """A real integrity check (integrity_check compares every index with its table, unlike quick_check),
+    and the queue compared with its audit journal (a queue that lost its newest transactions)."""
     path = settings.queue.path
     folder = os.path.dirname(path) or "."
-    if os.path.exists(path):
-        try:
-            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-            result = db.execute("PRAGMA quick_check").fetchone()[0]
-            db.close()
-        except sqlite3.Error as e:
-            r.bad("queue", f"{path} cannot be read as a database ({e})",
-                  "move the damaged file aside and restart; seqdrop rescans the folders")
-            return
-        if result != "ok":
-            r.bad("queue", f"{path} fails SQLite's integrity check ({result})",
-                  "move it aside and restart; files already uploaded may then be uploaded again")
-            return
+    verdict = integrity.check(path)
+    records = integrity.journal_has_records(journal_path(path))
+    if verdict.kind == integrity.NOT_A_DATABASE and not records:
+        r.bad("queue", f"{path} is not a seqdrop queue ({verdict.detail})",
+              "correct queue.path (it names some other file)")
+        return
+    first_start = verdict.kind == integrity.EMPTY and not records     # the daemon opens it as new
+    if verdict.damaged and verdict.kind != integrity.MISSING and not first_start:
+        r.bad("queue", verdict.detail,
+              f"restart the daemon (systemctl restart seqdrop): it sets the damaged queue aside (kept as "
+              f"{os.path.basename(path)}.damaged-<time>) and rebuilds it from the audit journal "
+              f"{journal_path(path)}; nothing already uploaded is uploaded again")
+        return
+    if verdict.kind == integrity.UNREADABLE:
+        r.bad("queue", verdict.detail, "run as the seqdrop user, or fix the disk or the file's ownership")
+        return
+    if verdict.kind == integrity.OK:
         if not os.access(path, os.W_OK):
             r.bad("queue", f"{path} is not writable by this user", "run as the seqdrop user, or fix ownership")
             return
-        r.ok("queue", f"{path} readable, writable, intact")
+        r.ok("queue", f"{path} readable, writable, intact, as new as its audit journal")
         return
     existing = folder
     while not os.path.exists(existing):
         existing = os.path.dirname(existing) or "/"
-    if os.access(existing, os.W_OK):
-        r.ok("queue", f"{path} will be created at first start")
-    else:
+    if not os.access(existing, os.W_OK):
         r.bad("queue", f"cannot create {path}: {existing} is not writable by this user",
               "create the folder and give it to the seqdrop user (the unit's StateDirectory= does this)")
+    elif verdict.kind == integrity.MISSING:
+        r.warn("queue", verdict.detail, "nothing to do: the daemon rebuilds it at its next start")
+    else:
+        r.ok("queue", f"{path} will be created at first start")
 
 
 def _check_folders(settings: Any, r: _Report) -> None:

@@ -20,7 +20,10 @@ from daemon.errors import ConfigError, SeqdropError
 from daemon.operations import logs
 from daemon.operations.notify import SystemdNotifier
 from daemon.queue.base import STATES, StoreLocked
+from daemon.queue.integrity import journal_has_records
+from daemon.queue.journal import journal_path
 from daemon.queue.sqlite import SqliteStore
+from daemon.queue.storage import STORE_DAMAGED, storage_fault
 
 # The service, `upload`, `check`, `demo` and the sandbox are imported by the subcommand that needs
 # them: together they pull in requests, watchdog, the pipeline and the emulator, which would add
@@ -103,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     # lazy: see the note on imports at the top
     from daemon.service.service import Service
+    from daemon.service.startup import NotAQueue, QueueUnusable, open_queue
 
+    os.umask(0o077)      # state files are private (the unit sets UMask=0077; a shell may not)
     settings = config_mod.load(args.config_path)
     if not settings.watch.folders:
         raise ConfigError("no watch folders configured", file=settings.source, key="watch.paths",
@@ -112,18 +117,32 @@ def cmd_run(args: argparse.Namespace) -> int:
     key = config_mod.load_api_key(settings)
     logs.register_secret(key)
     log = logs.get("seqdrop")
-    try:
-        store = SqliteStore(settings.queue.path)
-    except Exception as e:
-        raise _queue_error(settings, e, "make its folder writable by the seqdrop user (StateDirectory= in "
-                                        "the unit)") from None
-    service = Service(settings, api_key=key, log=log, store=store, notifier=SystemdNotifier.from_env(log=log))
-    _install_signal_handlers(service.request_stop, log)
     log.info("service.starting", version=__version__, config=settings.source, queue=settings.queue.path)
     try:
-        return service.run()
+        # Before anything else touches the queue: the lock, the integrity check, a rebuild if need be.
+        store, rebuilt = open_queue(settings.queue.path, log=log)
     except StoreLocked as e:
         print(f"seqdrop: {e}; stop the other one first (systemctl stop seqdrop)", file=sys.stderr)
+        return EXIT_FAILURE
+    except NotAQueue as e:
+        raise ConfigError(f"{settings.queue.path} is not a seqdrop queue ({e})", file=settings.source, key="queue.path",
+                          fix="correct the path; if it is a damaged queue, move it aside and start again") from None
+    except QueueUnusable as e:
+        if os.path.isdir(settings.queue.path):
+            raise _queue_error(settings, e, "") from None
+        print(f"seqdrop: {e}", file=sys.stderr)     # exit 1: systemd tries again (the disk may come back)
+        return EXIT_FAILURE
+    except (OSError, sqlite3.Error) as e:
+        raise _queue_error(settings, e, "make its folder writable by the seqdrop user (StateDirectory= in "
+                                        "the unit)") from None
+    service = Service(settings, api_key=key, log=log, store=store, rebuilt=rebuilt,
+                      notifier=SystemdNotifier.from_env(log=log))
+    _install_signal_handlers(service.request_stop, log)
+    try:
+        return service.run()
+    except sqlite3.Error as e:    # the queue failing as the service starts: systemd tries again later
+        print(f"seqdrop: the queue {settings.queue.path} failed ({e}); check the disk under it",
+              file=sys.stderr)
         return EXIT_FAILURE
 
 
@@ -148,16 +167,52 @@ def _open_store_for_reading(args: argparse.Namespace, *, write: bool = False) ->
     database that the seqdrop user could not open.
     """
     settings = config_mod.load(args.config_path, must_exist=args.config_explicit, check_folders=False)
-    if not os.path.exists(settings.queue.path):
+    path = settings.queue.path
+    if not os.path.exists(path):
+        return settings, None
+    if os.path.isfile(path) and os.path.getsize(path) == 0:
+        # SQLite would open it as a new, empty database (and `retry` would write one into it)
+        _refuse_if_damaged(settings, f"the queue {path} is empty (0 bytes)")
         return settings, None
     try:
-        store = SqliteStore(settings.queue.path, readonly=not write)
-        if not store.has_schema():      # the daemon's very first instant: nothing recorded yet
+        store = SqliteStore(path, readonly=True)     # retry too: a writer would create tables in it
+        if not store.has_schema():      # the daemon's very first instant, or a queue that lost its tables
             store.close()
+            _refuse_if_damaged(settings, f"the queue {path} has no tables")
             return settings, None
+        if write:
+            store.close()
+            store = SqliteStore(path)
         return settings, store
     except sqlite3.Error as e:
+        if storage_fault(e) == STORE_DAMAGED and _journal_has_records(settings):
+            raise _damaged(settings, str(e)) from None
         raise _queue_error(settings, e, "run as the seqdrop user or root, and check the path") from None
+
+
+def _refuse_if_damaged(settings: Any, what: str) -> None:
+    """A queue without tables is a first start's instant, unless the audit journal records uploads."""
+    if _journal_has_records(settings):
+        raise _damaged(settings, f"{what}, but its audit journal records uploads")
+
+
+def _journal_has_records(settings: Any) -> bool:
+    return journal_has_records(journal_path(settings.queue.path))
+
+
+def _read_failed(settings: Any, e: sqlite3.Error) -> SeqdropError:
+    if storage_fault(e) == STORE_DAMAGED:
+        return _damaged(settings, str(e))
+    return SeqdropError(f"cannot read the queue {settings.queue.path} ({e}) — fix: try again; if it goes on, "
+                        f"check the disk under it")
+
+
+def _damaged(settings: Any, what: str) -> SeqdropError:
+    """A damaged queue, said once with the file and the fix (never a traceback)."""
+    return SeqdropError(f"the queue {settings.queue.path} is damaged ({what}) — fix: restart the daemon "
+                        f"(systemctl restart seqdrop): it sets the damaged queue aside, keeps it, and rebuilds "
+                        f"the queue from the audit journal {journal_path(settings.queue.path)}; "
+                        f"`seqdrop check` says what is wrong")
 
 
 def _queue_error(settings: Any, e: Exception, fix: str) -> ConfigError:
@@ -181,8 +236,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         files: list[dict[str, Any]] = []
         paused = None
     else:
-        counts, files, paused = store.counts(), [r.public() for r in store.files()], store.get_meta("paused")
-        store.close()
+        try:
+            counts, files, paused = store.counts(), [r.public() for r in store.files()], store.get_meta("paused")
+        except sqlite3.DatabaseError as e:     # a damaged page: "database disk image is malformed"
+            raise _read_failed(settings, e) from None
+        finally:
+            store.close()
     if args.json:
         doc: dict[str, Any] = {"counts": counts, "files": files}
         doc["paused"] = paused.get("reason") if paused else None
@@ -218,9 +277,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
         return EXIT_USAGE if args.ids else EXIT_OK    # a named ID cannot be in a queue that does not exist
     states = tuple(s for s, on in (("failed", args.failed), ("rejected", args.rejected)) if on) or \
         ("failed", "rejected")
-    rows = {i: store.get(i) for i in args.ids}
-    n = store.retry(states=states, ids=tuple(args.ids))
-    store.close()
+    try:
+        rows = {i: store.get(i) for i in args.ids}
+        n = store.retry(states=states, ids=tuple(args.ids))
+    except sqlite3.DatabaseError as e:
+        raise _read_failed(settings, e) from None
+    finally:
+        store.close()
     print(f"{n} file{'s' if n != 1 else ''} put back in the queue"
           + ("; the running daemon picks them up within seconds." if n else "."))
     unknown = [i for i, row in rows.items() if row is None]

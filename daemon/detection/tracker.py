@@ -19,8 +19,9 @@ sent: it is recorded under a printable stand-in as `rejected`, with the fix (ren
 Rows a worker holds are left to the worker, which re-checks identity before and
 after sending. Settle checks are kept in a heap of due times; the rows are in the store.
 
-The tracker calls nobody back: what it queued is returned (by `observe_batch`, `run_due` and
-`full_scan`) once the store has committed it, and the caller wakes the workers. What it needs to
+The tracker calls nobody back: what it queued, and the ids of the rows it ended (vanished,
+rejected), are returned (by `observe_batch`, `run_due` and `full_scan`) once the store has
+committed them; the caller wakes the workers and writes the audit journal. What it needs to
 know about the watch folders (the root of a path, its run marker, whether it is gone) it asks a
 `WatchRoots`.
 
@@ -52,10 +53,20 @@ MARKER_RECHECK_S = 5.0
 
 
 @dataclass
-class Scanned:
-    """What a full scan found: how many matching files it looked at, and the paths it queued."""
-    files: int = 0
+class Observed:
+    """What a batch of observations committed: the paths queued and the ids of the rows that ended."""
     queued: list[str] = field(default_factory=list)
+    ended: list[int] = field(default_factory=list)
+
+    def add(self, other: "Observed") -> None:
+        self.queued += other.queued
+        self.ended += other.ended
+
+
+@dataclass
+class Scanned(Observed):
+    """What a full scan found: how many matching files it looked at, and what it committed."""
+    files: int = 0
 
 
 class Tracker:
@@ -83,8 +94,8 @@ class Tracker:
         with self._lock:
             return self._due[0][0] if self._due else None
 
-    def run_due(self) -> list[str]:
-        """Re-observe every path whose settle time has come; returns the paths queued (committed)."""
+    def run_due(self) -> Observed:
+        """Re-observe every path whose settle time has come; returns what was committed."""
         now = self.clock()
         paths = []
         with self._lock:
@@ -93,25 +104,28 @@ class Tracker:
                 if self._scheduled.get(path) == at:
                     del self._scheduled[path]
                     paths.append(path)
-        queued: list[str] = []
+        found = Observed()
         for start in range(0, len(paths), BATCH):
-            queued += self.observe_batch([(path, None) for path in paths[start:start + BATCH]])
-        return queued
+            found.add(self.observe_batch([(path, None) for path in paths[start:start + BATCH]]))
+        return found
 
-    def observe_batch(self, items: list[tuple[str, os.stat_result | None]]) -> list[str]:
+    def observe_batch(self, items: list[tuple[str, os.stat_result | None]]) -> Observed:
         """observe() each (path, stat or None), recorded by one commit (Store.batch); returns the paths
-        queued, once committed. A path whose step fails, or a batch whose commit fails (a full disk),
-        is looked at again later (and nothing of a batch that was not committed counts as queued)."""
+        queued and the rows ended, once committed. A path whose step fails, or a batch whose commit
+        fails (a full disk), is looked at again later (and nothing of a batch that was not committed
+        counts)."""
+        found = Observed()
         if not items:
-            return []
+            return found
         retry_at = lambda: self.clock() + max(1.0, self.settle_s)   # noqa: E731
-        queued: list[str] = []
         try:
             with self.store.batch():
                 for path, st in items:
+                    ended: list[int] = []
                     try:
-                        if self.observe(path, st):
-                            queued.append(path)
+                        if self.observe(path, st, ended=ended):
+                            found.queued.append(path)
+                        found.ended += ended
                     except Exception as e:   # a bug, a passing store error: look again later, not never
                         self.log.error("tracker.observe_failed", path=path, error=repr(e), exc_info=True)
                         self.schedule(path, retry_at())
@@ -119,8 +133,8 @@ class Tracker:
             self.log.error("tracker.batch_not_recorded", files=len(items), error=repr(e))
             for path, _ in items:
                 self.schedule(path, retry_at())
-            return []
-        return queued
+            return Observed()
+        return found
 
     def full_scan(self, matcher: Matcher, *, stop: threading.Event | None = None) -> Scanned:
         """Reconcile the store with every watch root: observe each matching file (skipping versions
@@ -135,7 +149,7 @@ class Tracker:
         gone = [(row.path, None) for row in self.store.rows_in("seen", "queued")
                 if not any(is_within(row.path, m) for m in missing) and not os.path.exists(row.path)]
         for start in range(0, len(gone), BATCH):
-            found.queued += self.observe_batch(gone[start:start + BATCH])
+            found.add(self.observe_batch(gone[start:start + BATCH]))
         return found
 
     def _scan_root(self, root: str, matcher: Matcher, found: Scanned, stop: threading.Event | None) -> bool:
@@ -153,9 +167,9 @@ class Tracker:
                 continue       # uploaded (or refused) and unchanged since: observe would do nothing
             pending.append((path, st))
             if len(pending) >= BATCH:
-                found.queued += self.observe_batch(pending)
+                found.add(self.observe_batch(pending))
                 pending = []
-        found.queued += self.observe_batch(pending)
+        found.add(self.observe_batch(pending))
         return True
 
     def _settled_in(self, folder: str) -> dict[str, Identity]:
@@ -175,8 +189,10 @@ class Tracker:
         self.schedule(path, now + self.settle_s)
 
     # -- the decision --------------------------------------------------------------------------
-    def observe(self, path: str, st: os.stat_result | None = None) -> bool:
-        """Decide on path (stat it unless st is given); True if this moved it to `queued`."""
+    def observe(self, path: str, st: os.stat_result | None = None, *, ended: list[int] | None = None) -> bool:
+        """Decide on path (stat it unless st is given); True if this moved it to `queued`. The ids of
+        rows this ended (vanished, rejected) are appended to `ended`."""
+        ended = ended if ended is not None else []
         if st is None:
             try:
                 st = os.lstat(path)
@@ -191,28 +207,29 @@ class Tracker:
                 st = None
         stand_in = _stand_in(path)
         if stand_in is not None:
-            self._unstorable(path, stand_in, st)
+            self._unstorable(path, stand_in, st, ended)
             return False
         row = self.store.latest_for_path(path)
         if st is None:
             if self.roots.gone(path, row.identity.dev if row else None):
                 return False
             self._since.pop(path, None)
-            self._gone(row)
+            self._gone(row, ended)
             return False
         ident = Identity.of(st)
         if row is None or (row.state in TERMINAL and (row.identity != ident or row.state == "vanished")):
-            if self._moved_here(path, ident):
+            if self._moved_here(path, ident, ended=ended):
                 return False
             self.store.add_seen(path, ident)
             self.log.debug("file.seen", path=path, size=ident.size)
             self._restart_clock(path)
         elif row.state == "seen":
-            return self._settle(row, ident)
+            return self._settle(row, ident, ended)
         elif row.state == "queued" and row.identity != ident:
-            if row.step == STEP_NONE:
-                self.store.set_state(row.id, "vanished", only_from=("queued",),
-                                     error="replaced by a newer version before it was uploaded")
+            if row.step == STEP_NONE and self.store.set_state(
+                    row.id, "vanished", only_from=("queued",),
+                    error="replaced by a newer version before it was uploaded"):
+                ended.append(row.id)
             self.store.add_seen(path, ident)
             self._restart_clock(path)
         elif row.state == "uploading" and row.identity != ident:
@@ -221,7 +238,7 @@ class Tracker:
             self._restart_clock(path)
         return False
 
-    def _settle(self, row: FileRow, ident: Identity) -> bool:
+    def _settle(self, row: FileRow, ident: Identity, ended: list[int]) -> bool:
         now = self.clock()
         since = self._since.get(row.path)
         if row.identity != ident:
@@ -234,7 +251,7 @@ class Tracker:
         if now - since < self.settle_s:
             self.schedule(row.path, since + self.settle_s)
             return False
-        if self._moved_here(row.path, ident, row=row):
+        if self._moved_here(row.path, ident, ended=ended, row=row):
             return False
         if self._moved_mid_upload(row.path, ident):
             self.schedule(row.path, now + MARKER_RECHECK_S)
@@ -251,20 +268,23 @@ class Tracker:
             self.log.info("file.queued", path=row.path, size=row.size)
         return moved
 
-    def _moved_here(self, path: str, ident: Identity, *, row: FileRow | None = None) -> bool:
+    def _moved_here(self, path: str, ident: Identity, *, ended: list[int], row: FileRow | None = None) -> bool:
         """Is this version a done one found under a new path (the same device, inode, size and
         mtime_ns: moved or renamed since it was uploaded)? Then it is recorded here as done, with that
-        version's sample id and MD5, and never uploaded again (issue 10, defect 10). row: its `seen`
-        row, when the version that was being uploaded under its old path was confirmed meanwhile."""
+        version's sample id and MD5, and never uploaded again (issue 10, defect 10); its id goes to
+        `ended` (the audit journal records it). row: its `seen` row, when the version that was being
+        uploaded under its old path was confirmed meanwhile."""
         done = self.store.with_identity(ident, states=("done",))
         if done is None:
             return False
         note = (f"the same file as {done.path}, already uploaded as sample {done.sample_id} (moved or renamed "
                 f"since); not uploaded again")
         if row is None:
-            self.store.add_moved(path, ident, source=done, note=note)
-        elif not self.store.set_state(row.id, "done", error=note, only_from=("seen",), sample_id=done.sample_id,
-                                      md5=done.md5):
+            ended.append(self.store.add_moved(path, ident, source=done, note=note))
+        elif self.store.set_state(row.id, "done", error=note, only_from=("seen",), sample_id=done.sample_id,
+                                  md5=done.md5):
+            ended.append(row.id)
+        else:
             return False
         self._since.pop(path, None)
         self.log.info("file.moved", path=path, moved_from=done.path, sample_id=done.sample_id)
@@ -277,7 +297,7 @@ class Tracker:
         busy = self.store.with_identity(ident, states=("uploading", "queued"))
         return busy is not None and busy.path != path and (busy.state == "uploading" or busy.step != STEP_NONE)
 
-    def _unstorable(self, path: str, stand_in: str, st: os.stat_result | None) -> None:
+    def _unstorable(self, path: str, stand_in: str, st: os.stat_result | None, ended: list[int]) -> None:
         """A file whose name is not UTF-8: once it has settled, one `rejected` row per version under
         the stand-in name. It cannot have a `seen` row (the stand-in is not a path one can stat), so
         its settle clock is kept here, for the few such files being written."""
@@ -302,14 +322,16 @@ class Tracker:
                   f"under the new name")
         file_id = self.store.add_seen(stand_in, ident)
         self.store.set_state(file_id, "rejected", error=reason)
+        ended.append(file_id)
         self.log.warning("file.rejected", path=stand_in, error=reason)
 
-    def _gone(self, row: FileRow | None) -> None:
+    def _gone(self, row: FileRow | None, ended: list[int]) -> None:
         if row is None:
             return
         if row.state == "seen" or (row.state == "queued" and row.step == STEP_NONE):
             if self.store.set_state(row.id, "vanished", only_from=(row.state,),
                                     error="deleted before it was uploaded"):
+                ended.append(row.id)
                 self.log.info("file.vanished", path=row.path)
 
 

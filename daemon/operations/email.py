@@ -332,6 +332,8 @@ _HEADLINES = {
                        "seqdrop has paused all uploads: One Codex refused the API key or the account."),
     "uploads_resumed": ("Uploads resumed", "seqdrop uploads again: One Codex accepts the API key."),
     "daily_summary": ("Daily summary", "What seqdrop's queue holds."),
+    "queue_rebuilt": ("Queue rebuilt", "seqdrop found its queue damaged at start-up and rebuilt it from the "
+                                       "audit journal."),
 }
 _FIXES = {
     "file_failed": "`seqdrop status` shows the server's words for this file. Fix the cause, then "
@@ -344,6 +346,8 @@ _FIXES = {
                       "then `systemctl restart seqdrop` (docs/operations.md, Troubleshooting).",
     "uploads_resumed": "Nothing to do.",
     "daily_summary": "Nothing to do, unless files are failed or rejected: `seqdrop status` names them.",
+    "queue_rebuilt": "Nothing already uploaded is uploaded again. The damaged file is kept (set_aside_as) for "
+                     "inspection; check the disk under the state directory (dmesg, SMART) before it fails again.",
 }
 _FIELD_LABELS = (("path", "File"), ("sample_id", "Sample"), ("error", "Reason"), ("reason", "Reason"))
 

@@ -100,7 +100,8 @@ class SystemdNotifier:
         """Ping WATCHDOG=1 every interval while healthy() is true; None if no watchdog is asked for.
 
         When healthy() turns false the pings stop, so systemd kills and restarts the unit after
-        WatchdogSec: that is the point (a dead observer or a stuck worker must not look alive).
+        WatchdogSec: that is the point (a dead observer, a stuck worker or a queue that records
+        nothing must not look alive).
         """
         interval = interval_s if interval_s is not None else self.watchdog_interval_s
         if interval is None or not self.enabled:
@@ -142,7 +143,8 @@ class WatchdogThread(threading.Thread):
                 self._notifier.watchdog()
             elif was_healthy:
                 self._log.error("notify.watchdog_withheld",
-                                reason="observer or workers not alive; systemd will restart us")
+                                reason="the daemon is not healthy (see the errors before this); "
+                                       "systemd restarts it after WatchdogSec")
             was_healthy = ok
             self._stop_event.wait(self._interval_s)
 

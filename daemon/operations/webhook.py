@@ -28,7 +28,7 @@ import structlog
 
 from daemon.upload.retrying import parse_retry_after
 
-KINDS = ("file_failed", "file_rejected", "uploads_paused", "uploads_resumed", "daily_summary")
+KINDS = ("file_failed", "file_rejected", "uploads_paused", "uploads_resumed", "daily_summary", "queue_rebuilt")
 FORMATS = ("slack", "json")
 _SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
 
@@ -225,6 +225,9 @@ def slack_text(payload: dict[str, Any]) -> str:
         line = f":double_vertical_bar: {where}: uploads paused"
     elif kind == "uploads_resumed":
         line = f":arrow_forward: {where}: uploads resumed"
+    elif kind == "queue_rebuilt":
+        line = (f":rotating_light: {where}: the queue was damaged and has been rebuilt from the audit journal "
+                f"({extra.pop('restored', 0)} uploads kept; the damaged file is kept as {extra.pop('set_aside_as', None)})")
     else:  # daily_summary
         counts = extra.pop("counts", None) or {}
         summary = ", ".join(f"{n} {state}" for state, n in counts.items()) or "nothing to report"

@@ -57,6 +57,8 @@ class FileRow:
     error: str | None
     stable_since: float
     updated_at: float
+    init_at: float | None = None      # when the current sample was initialised (for the audit journal)
+    posted_at: float | None = None    # when S3 last accepted its bytes
 
     @property
     def size(self) -> int:

@@ -10,7 +10,7 @@ daemon upload confirmed files again (issue 10). So:
   records of the audit journal (daemon/queue/journal.py): a version the journal records as done
   that the queue does not hold as done means the queue lost committed transactions;
 - `set_aside(path)` renames the queue and its -wal/-shm to `<name>.damaged-<UTC time>` (kept for
-  inspection, never deleted);
+  inspection, never deleted; mode 0600);
 - `rebuild(path, journal)` makes a new queue through SqliteStore's public verbs in which every
   version the journal saw end is in its final state again: `done` with its sample_id and md5, so
   nothing confirmed is uploaded again. Rows still readable in the set-aside file can be added
@@ -108,6 +108,8 @@ def set_aside(path: str, *, clock: Callable[[], float] = time.time) -> str:
         target = f"{base}-{n}"
     for suffix in present:
         os.rename(path + suffix, target + suffix)
+        if not os.path.islink(target + suffix):
+            os.chmod(target + suffix, 0o600)   # kept for inspection, and it holds S3 POST policies
     _fsync_directory(os.path.dirname(os.path.abspath(path)))
     return target
 
@@ -169,7 +171,7 @@ def _check_file(path: str, journal: str) -> Verdict | None:
     try:
         size = os.stat(path).st_size
     except FileNotFoundError:
-        if _journal_has_records(journal):
+        if journal_has_records(journal):
             return Verdict(MISSING, f"the queue {path} is gone but the audit journal {journal} records uploads: "
                                     "it will be rebuilt from the journal")
         return Verdict(NEW, f"no queue at {path} yet: it will be created")
@@ -235,7 +237,9 @@ def _compare_with_journal(db: sqlite3.Connection, path: str, journal: str, recen
     unmatched: set[tuple[int, int, int, int]] = set()
     first_missing = None
     for vpath, *identity in newest:
-        rows = db.execute("SELECT dev, inode, size, mtime_ns FROM files WHERE path = ? AND state = 'done'",
+        # "+state": look the path up in files_path; by the state index SQLite would walk every done row
+        # (2,000 look-ups in a 100,000-row queue: 43 s instead of 0.1 s at each start)
+        rows = db.execute("SELECT dev, inode, size, mtime_ns FROM files WHERE path = ? AND +state = 'done'",
                           (vpath,)).fetchall()
         if tuple(identity) not in {tuple(r) for r in rows}:
             unmatched.add(tuple(identity))
@@ -250,7 +254,8 @@ def _compare_with_journal(db: sqlite3.Connection, path: str, journal: str, recen
     return Verdict(OK, f"the queue {path} is whole")
 
 
-def _journal_has_records(journal: str) -> bool:
+def journal_has_records(journal: str) -> bool:
+    """Does the audit journal record any version that ended (is there anything to lose)?"""
     return next(read_records(journal, event=FILE_ENDED), None) is not None
 
 
@@ -335,4 +340,4 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-__all__ = ["DAMAGE", "Recovery", "Verdict", "check", "rebuild", "recover", "set_aside"]
+__all__ = ["DAMAGE", "Recovery", "Verdict", "check", "journal_has_records", "rebuild", "recover", "set_aside"]

@@ -7,11 +7,12 @@ A row is *claimed* (state 'uploading', claimed_by set), never popped: a crash le
 it claimed and the next start-up releases it. No transaction is held across a
 network call. WAL mode lets `seqdrop status` read while the daemon writes;
 synchronous=FULL makes each recorded transition survive a power cut.
+The queue holds live S3 POST policies: it is created mode 0600 (SQLite gives its -wal and -shm
+the database's mode) and an existing one is made private when the daemon opens it.
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import sqlite3
@@ -29,8 +30,8 @@ from daemon.queue.base import (
     STEP_POSTED,
     FileRow,
     Identity,
-    StoreLocked,
 )
+from daemon.queue.storage import create_private, take_lock
 
 SCHEMA_VERSION = 1
 
@@ -55,7 +56,9 @@ CREATE TABLE IF NOT EXISTS files (
     claimed_by      TEXT,
     stable_since    REAL    NOT NULL,
     created_at      REAL    NOT NULL,
-    updated_at      REAL    NOT NULL
+    updated_at      REAL    NOT NULL,
+    init_at         REAL,                          -- when the current sample was initialised
+    posted_at       REAL                           -- when S3 last accepted its bytes (audit journal)
 );
 CREATE INDEX IF NOT EXISTS files_path ON files(path, id);
 CREATE INDEX IF NOT EXISTS files_due ON files(state, next_attempt_at);
@@ -64,25 +67,40 @@ CREATE INDEX IF NOT EXISTS files_inode ON files(inode, dev);       -- a done fil
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
+# Columns added after a queue's table was created: (name, declaration), added at open.
+_ADDED_COLUMNS = (("init_at", "REAL"), ("posted_at", "REAL"))
 
 def _row(r: sqlite3.Row) -> FileRow:
     return FileRow(id=r["id"], path=r["path"], identity=Identity(r["dev"], r["inode"], r["size"], r["mtime_ns"]),
                    state=r["state"], step=r["step"], sample_id=r["sample_id"], init=r["init"], md5=r["md5"],
                    attempts=r["attempts"], next_attempt_at=r["next_attempt_at"], error=r["error"],
-                   stable_since=r["stable_since"], updated_at=r["updated_at"])
+                   stable_since=r["stable_since"], updated_at=r["updated_at"],
+                   init_at=_added(r, "init_at"), posted_at=_added(r, "posted_at"))
+
+
+def _added(r: sqlite3.Row, name: str) -> Any:
+    """A column added since (None in a queue an older seqdrop made, opened read-only)."""
+    try:
+        return r[name]
+    except IndexError:
+        return None
 
 
 class SqliteStore:
     """The queue in one SQLite file (WAL, synchronous=FULL): the default backend."""
 
-    def __init__(self, path: str, *, clock: Any = time.time, readonly: bool = False) -> None:
+    def __init__(self, path: str, *, clock: Any = time.time, readonly: bool = False,
+                 lock_fd: int | None = None) -> None:
+        """lock_fd: the one-daemon lock, already taken with take_lock() (start-up checks the queue
+        under it before opening it); the store closes it."""
         self.path = path
         self.clock = clock
         self._lock = threading.RLock()
         self._depth = 0            # > 0 inside batch(): tx() becomes a savepoint
-        self._lockfile: int | None = None
+        self._lockfile: int | None = lock_fd
         if not readonly:
             os.makedirs(os.path.dirname(os.path.abspath(path)) or ".", exist_ok=True)
+            create_private(path)
         uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
         # One connection shared by the daemon's threads behind a lock: transactions are short.
         self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
@@ -92,10 +110,18 @@ class SqliteStore:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = FULL")
             self.db.executescript(_SCHEMA)
+            self._add_columns()
             self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
                             (str(SCHEMA_VERSION),))
         self.db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()   # opens the WAL index now
         self._match_owner()
+
+    def _add_columns(self) -> None:
+        """A queue made by an older seqdrop gains the columns added since (NULL in old rows)."""
+        have = {row[1] for row in self.db.execute("PRAGMA table_info(files)")}
+        for name, declaration in _ADDED_COLUMNS:
+            if name not in have:
+                self.db.execute(f"ALTER TABLE files ADD COLUMN {name} {declaration}")
 
     def _match_owner(self) -> None:
         """Run as root (`seqdrop status` by an admin), give SQLite's side files to the database's
@@ -127,15 +153,10 @@ class SqliteStore:
 
     def lock_exclusive(self) -> None:
         """Hold an flock beside the database for the daemon's lifetime: one daemon per queue, judged by
-        the real file: a second daemon reaching the queue through a symbolic link (to the file or to a
-        folder above it) takes the same lock file, and is refused (issue 10, defect 9)."""
-        fd = os.open(os.path.realpath(self.path) + ".lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StoreLocked(f"another seqdrop daemon is using the queue {self.path}") from None
-        self._lockfile = fd
+        the real file (take_lock resolves symbolic links; issue 10, defect 9). Held already if the
+        store was opened with lock_fd."""
+        if self._lockfile is None:
+            self._lockfile = take_lock(self.path)
 
     @contextmanager
     def tx(self) -> Iterator[sqlite3.Connection]:
@@ -344,21 +365,23 @@ class SqliteStore:
     def save_init(self, file_id: int, sample_id: str, init_json: str, *, step: str = STEP_INITIALIZED) -> None:
         assert step in INIT_STEPS, step
         with self.tx() as db:
-            db.execute("UPDATE files SET step=?, sample_id=?, init=?, md5=NULL, updated_at=?"
-                       " WHERE id=?", (step, sample_id, init_json, self.clock(), file_id))
+            now = self.clock()
+            db.execute("UPDATE files SET step=?, sample_id=?, init=?, md5=NULL, updated_at=?, init_at=?,"
+                       " posted_at=NULL WHERE id=?", (step, sample_id, init_json, now, now, file_id))
 
     def save_posted(self, file_id: int, md5: str, *, step: str = STEP_POSTED) -> None:
         """S3 holds the bytes (standard: 'posted'; multipart: 'mp_complete'): confirm, never re-init."""
         assert step in POSTED_STEPS, step
         with self.tx() as db:
-            db.execute("UPDATE files SET step=?, md5=?, updated_at=? WHERE id=?",
-                       (step, md5, self.clock(), file_id))
+            now = self.clock()
+            db.execute("UPDATE files SET step=?, md5=?, updated_at=?, posted_at=? WHERE id=?",
+                       (step, md5, now, now, file_id))
 
     def clear_init(self, file_id: int) -> None:
         """Its sample was cancelled: the row starts again from nothing sent."""
         with self.tx() as db:
-            db.execute("UPDATE files SET step='', sample_id=NULL, init=NULL, md5=NULL, updated_at=? WHERE id=?",
-                       (self.clock(), file_id))
+            db.execute("UPDATE files SET step='', sample_id=NULL, init=NULL, md5=NULL, init_at=NULL, posted_at=NULL,"
+                       " updated_at=? WHERE id=?", (self.clock(), file_id))
 
     def mark_done(self, file_id: int, *, sample_id: str, md5: str | None, error: str | None = None) -> None:
         with self.tx() as db:
@@ -382,8 +405,8 @@ class SqliteStore:
 
     def retry(self, *, states: tuple[str, ...], ids: tuple[int, ...] = ()) -> int:
         """Put failed/rejected rows back in the queue from scratch (a new sample)."""
-        sql = (f"UPDATE files SET state='queued', step='', init=NULL, sample_id=NULL, error=NULL,"
-               f" next_attempt_at=0, updated_at=? WHERE state IN ({','.join('?' * len(states))})")
+        sql = (f"UPDATE files SET state='queued', step='', init=NULL, sample_id=NULL, error=NULL, init_at=NULL,"
+               f" posted_at=NULL, next_attempt_at=0, updated_at=? WHERE state IN ({','.join('?' * len(states))})")
         args: list[Any] = [self.clock(), *states]
         if ids:
             sql += f" AND id IN ({','.join('?' * len(ids))})"

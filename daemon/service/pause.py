@@ -7,11 +7,21 @@ once the key works. Who tells the gate what happened:
   - the client, of every API answer (its `on_answer` hook)   → `answered(path, status)`: a 2xx during
                                                                a trial ends the pause
   - the prober thread, with the outcome of `client.probe()`  → `probe(ask)`:
-        returns normally → the key works: resumed
+        returns normally → the key works: resumed — unless the request refused was to another
+                           endpoint (see "episodes" below): then a trial
         AuthError        → still refused: the next probe later
         Permanent        → this API has no such endpoint (a 404 from an older server, a proxy, an
                            emulator): one worker may try one real request (a *trial*)
         anything else    → a network problem, not an answer: ask again within 30 s
+A pause is one *episode*, announced once (uploads_paused) and ended once (uploads_resumed). The
+gate remembers which endpoint's refusal began it (the client's hook reports each 401/402/403 with
+its path). A probe that passes proves nothing about another endpoint: a 402 on init_upload while
+`GET /api/v1/samples` answers 200 once made pause/resume flap every 15 s (issue 10, ~5,700
+notifications a day). So the episode ends when that endpoint accepts a real request (during a
+trial, or an upload already under way), or by the probe only if the probe's own endpoint was the
+one refused (or the endpoint is not known: a pause told without it). A refused trial keeps the
+episode quietly.
+
 Probes are spaced FIRST_PROBE_S after the pause, then twice as long each time up to
 api.probe_interval_s, so a short outage of the key (a 402 while billing is fixed) costs seconds,
 not minutes. The pause is recorded in the store's meta 'paused' (status shows it; a restart stays
@@ -36,6 +46,7 @@ from daemon.queue.base import Store
 FIRST_PROBE_S = 15.0
 PROBE_AGAIN_S = 30.0     # after a probe that got no answer (the network, not the key)
 PAUSED_META = "paused"
+AUTH_STATUSES = (401, 402, 403)
 
 
 class Entry(enum.Enum):
@@ -65,6 +76,10 @@ class PauseGate:
         self._probing = False
         self._trial_offered = False
         self._trial_running = False
+        self._refused_path: str | None = None   # the endpoint of the last refusal of a real request
+        self._episode_path: str | None = None   # the endpoint whose refusal began this pause
+        self._prober: int | None = None         # the thread asking the probe (its answers are the probe's)
+        self._probe_path: str | None = None     # the probe's endpoint, as its answers name it
 
     @property
     def reason(self) -> str | None:
@@ -81,6 +96,7 @@ class PauseGate:
         reason = recorded.get("reason", "paused")
         with self._lock:
             self._reason = reason
+            self._episode_path = recorded.get("endpoint")
             self._delay_s, self._next_probe_at = 0.0, self._clock()
         self._log.warning("uploads.still_paused", reason=reason)
 
@@ -108,9 +124,11 @@ class PauseGate:
             if self._reason is not None:
                 return
             self._reason, self._delay_s = reason, 0.0
+            self._episode_path = self._refused_path
             self._schedule_probe()
             try:
-                self._store.set_meta(PAUSED_META, {"reason": reason, "since": self._wall_clock()})
+                self._store.set_meta(PAUSED_META, {"reason": reason, "since": self._wall_clock(),
+                                                   "endpoint": self._episode_path})
             except Exception as e:   # the pause holds in memory; status just cannot show it
                 recorded = e
         if recorded is not None:
@@ -120,13 +138,21 @@ class PauseGate:
         self._emit("uploads_paused", reason=reason)
 
     def answered(self, path: str, status: int) -> None:
-        """The client's on_answer hook (every API answer, never S3's): a 2xx while a worker tries a
-        real request for the paused daemon proves the key works again."""
-        if not 200 <= status < 300:
-            return
+        """The client's on_answer hook (every API answer, never S3's): learns which endpoint refused
+        the key; a 2xx from the endpoint that began the pause (or, if that is not known, any 2xx
+        during a trial) ends it. The prober's own answers are judged by probe()."""
         with self._lock:
-            trial = self._trial_running and self._reason is not None
-        if trial:
+            if self._prober == threading.get_ident():
+                self._probe_path = path
+                return
+            if status in AUTH_STATUSES:
+                self._refused_path = path
+                return
+            if not 200 <= status < 300 or self._reason is None:
+                return
+            known = self._episode_path is not None
+            proof = path == self._episode_path if known else self._trial_running
+        if proof:
             self._resume(proof=path)
 
     # -- the prober -----------------------------------------------------------------------------
@@ -141,6 +167,8 @@ class PauseGate:
 
     def probe(self, ask: Callable[[], None]) -> None:
         """Run one probe (in the prober thread: ask may wait for the network) and act on its outcome."""
+        with self._lock:
+            self._prober = threading.get_ident()
         try:
             ask()
         except AuthError as e:
@@ -152,10 +180,21 @@ class PauseGate:
                 self._next_probe_at = self._clock() + min(PROBE_AGAIN_S, self._cap_s)
             self._log.warning("uploads.probe_failed", error=str(e))
         else:
-            self._resume(proof="probe")
+            self._probe_passed()
         finally:
             with self._lock:
-                self._probing = False
+                self._probing, self._prober = False, None
+
+    def _probe_passed(self) -> None:
+        """The probe's endpoint accepts the key: that ends the pause only if it is the endpoint that
+        refused (or that one is not known); otherwise one real request must show it (a trial)."""
+        with self._lock:
+            refused = self._episode_path
+            by_probe = refused is None or refused == self._probe_path
+        if by_probe:
+            self._resume(proof="probe")
+        else:
+            self._offer_trial(f"the probe passes, but {refused} refused the key")
 
     def _still_refused(self, reason: str) -> None:
         with self._lock:
@@ -167,7 +206,7 @@ class PauseGate:
 
     def _offer_trial(self, error: str) -> None:
         """design.md's other probe, "the next real request": one worker tries one file; an AuthError
-        there keeps the pause (quietly), a 2xx from the API ends it (answered())."""
+        there keeps the pause (quietly), the right 2xx from the API ends it (answered())."""
         with self._lock:
             if self._reason is None:
                 return
@@ -189,7 +228,7 @@ class PauseGate:
             if self._reason is None or self._stop.is_set():
                 return   # resumed already, or shutting down (the store may be closed; the next start probes)
             reason, self._reason = self._reason, None
-            self._trial_offered = False
+            self._trial_offered, self._episode_path = False, None
             try:
                 self._store.set_meta(PAUSED_META, None)
             except Exception as e:   # uploads go on; a restart would find the old pause and probe at once

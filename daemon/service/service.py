@@ -1,8 +1,11 @@
 """`seqdrop run`: the watch → settle → queue → upload service: wiring, the main loop, health, shutdown.
 
 Rooms: the watcher (daemon/detection/watcher.py) turns events into hints; the tracker
-(daemon/detection/tracker.py) decides seen → queued and returns what it queued; the workers
-(worker.py) claim and upload; the pause gate (pause.py) holds uploads while the key is refused.
+(daemon/detection/tracker.py) decides seen → queued and returns what it queued and ended; the
+workers (worker.py) claim and upload; the pause gate (pause.py) holds uploads while the key is
+refused; startup.py checks (and if need be rebuilds) the queue before it is opened; health.py
+watches every store verb (persistent storage errors: no watchdog ping, exit 1); audit.py writes
+the audit journal's record of each version that ended, after the store's commit.
 
 Threads: the watcher's observer (hints into a queue), the main loop (hints, settle checks,
 rescans, health, sd_notify; it rings the workers' doorbell after the tracker's commits),
@@ -26,15 +29,18 @@ from typing import Any
 
 from daemon.config import Settings, load_api_key, parse_listen
 from daemon.detection.roots import WatchRoots
-from daemon.detection.tracker import BATCH, Tracker
+from daemon.detection.tracker import BATCH, Observed, Tracker
 from daemon.detection.watcher import Matcher, Watcher, network_mount_type, scan
 from daemon.errors import ConfigError
 from daemon.operations.logs import register_secret
 from daemon.operations.metrics import Metrics
 from daemon.operations.webhook import WebhookNotifier
 from daemon.queue.base import Store
-from daemon.queue.sqlite import SqliteStore
+from daemon.queue.journal import Journal, journal_path
+from daemon.service.audit import AuditTrail
+from daemon.service.health import StoreHealth, WatchedStore
 from daemon.service.pause import PauseGate
+from daemon.service.startup import Rebuilt, open_queue
 from daemon.service.worker import Doorbell, Worker
 from daemon.upload.build import make_client, make_pipeline
 from daemon.upload.client import OneCodexClient
@@ -46,16 +52,28 @@ WORKER_JOIN_S = 7.0      # how long shutdown waits for in-flight work (a hung co
 STOP_BUDGET_S = 9.0      # SIGTERM to exit: systemd and issue 3 allow 10 s
 WAKE = ""                # a hint that is no path: wakes the main loop (see request_stop)
 HAND_BACK_MAX_S = 60.0   # a row a worker could not hand back is due again after this (or max_backoff_s)
-OBSERVED_EVENTS = ("file_failed", "file_rejected", "uploads_paused", "uploads_resumed", "daily_summary")
+OBSERVED_EVENTS = ("file_failed", "file_rejected", "uploads_paused", "uploads_resumed", "daily_summary",
+                   "queue_rebuilt")
+EXIT_OK, EXIT_STORE_FAILED = 0, 1   # 1: systemd restarts us (Restart=on-failure), and start-up checks the queue
 
 
 class Service:
     def __init__(self, settings: Settings, *, api_key: str, log: Any, store: Store | None = None,
-                 client: OneCodexClient | None = None, notifier: Any = None) -> None:
+                 rebuilt: Rebuilt | None = None, client: OneCodexClient | None = None,
+                 notifier: Any = None) -> None:
+        """store: the queue, opened by startup.open_queue (which says what it rebuilt, if anything);
+        without one the service opens settings.queue.path that way itself."""
         self.settings, self.log = settings, log
         self.stop = threading.Event()
         self._stop_requested_at: float | None = None
-        self.store = store or SqliteStore(settings.queue.path)
+        self.exit_code = EXIT_OK
+        if store is None:
+            store, rebuilt = open_queue(settings.queue.path, log=log)
+        self.rebuilt = rebuilt
+        self.health = StoreHealth()
+        self.store: Store = WatchedStore(store, self.health)   # type: ignore[assignment]
+        self.audit = AuditTrail(store=self.store, journal=Journal(journal_path(store.path)), log=log,
+                                on_failure=self.health.failed)
         self.notifier = notifier
         self.metrics: Metrics | None = None
         self.webhook: WebhookNotifier | None = None
@@ -131,6 +149,8 @@ class Service:
             self.log.info("queue.claims_released", count=released)
         self.gate.restore()
         self._start_optional_parts()
+        if self.rebuilt is not None:
+            self.emit("queue_rebuilt", path=self.store.path, **self.rebuilt.fields())
         self.pipeline = make_pipeline(s, store=self.store, client=self.client, log=self.log, stop=self.stop,
                                       throttle=self._throttle if self.throttle else None, emit=self.emit)
         self._warn_network_shares()
@@ -153,7 +173,7 @@ class Service:
             self._main_loop()
         finally:
             self._shutdown()
-        return 0
+        return self.exit_code
 
     def _main_loop(self) -> None:
         s = self.settings
@@ -161,6 +181,8 @@ class Service:
         next_housekeeping = 0.0
         next_summary = _next_daily(s.notify.daily_summary_at)
         while not self.stop.is_set():
+            if self._store_failed():
+                return
             try:
                 next_rescan, next_housekeeping, next_summary = self._loop_once(
                     next_rescan, next_housekeeping, next_summary)
@@ -169,12 +191,24 @@ class Service:
                 self.log.exception("service.loop_error")
                 self.stop.wait(1.0)
 
+    def _store_failed(self) -> bool:
+        """The store is damaged or has recorded nothing for too long: stop, and exit non-zero so that
+        systemd restarts the daemon (whose start-up checks, and if need be rebuilds, the queue)."""
+        problem = self.health.problem()
+        if problem is None:
+            return False
+        self.log.error("service.queue_failed", problem=problem, path=self.store.path,
+                       fix="check the disk under the queue (dmesg, df); systemd restarts seqdrop, which "
+                           "checks the queue and rebuilds it from the audit journal if it is damaged")
+        self.exit_code = EXIT_STORE_FAILED
+        self.stop.set()
+        return True
+
     def _loop_once(self, next_rescan: float, next_housekeeping: float,
                    next_summary: float | None) -> tuple[float, float, float | None]:
         s = self.settings
         self._observe_hints()
-        if self.tracker.run_due():
-            self.wake_workers()
+        self._committed(self.tracker.run_due())
         now = time.monotonic()
         if now >= next_rescan:
             self._full_scan()
@@ -210,14 +244,19 @@ class Service:
         for start in range(0, len(paths), BATCH):
             if self.stop.is_set():
                 break
-            if self.tracker.observe_batch([(path, None) for path in paths[start:start + BATCH]]):
-                self.wake_workers()
+            self._committed(self.tracker.observe_batch([(path, None) for path in paths[start:start + BATCH]]))
 
     def _full_scan(self) -> int:
         found = self.tracker.full_scan(self.matcher, stop=self.stop)
+        self._committed(found)
+        return found.files
+
+    def _committed(self, found: Observed) -> None:
+        """After the tracker's commit: journal the rows it ended, wake the workers if it queued any."""
+        if found.ended:
+            self.audit.ended(found.ended)
         if found.queued:
             self.wake_workers()
-        return found.files
 
     def _root_state(self, root: str, present: bool) -> None:
         if present:
@@ -261,8 +300,10 @@ class Service:
         return text
 
     def healthy(self) -> bool:
+        """What the watchdog thread asks before each ping: the observer and the workers alive, and the
+        queue's storage working (health.py)."""
         watcher_ok = self.watcher is not None and self.watcher.is_alive()
-        return watcher_ok and all(t.is_alive() for t in self.workers)
+        return watcher_ok and all(t.is_alive() for t in self.workers) and self.health.healthy()
 
     # -- the prober's question -------------------------------------------------------------------
     def _probe_key(self) -> None:
@@ -290,7 +331,7 @@ class Service:
     def _start_worker(self, n: int) -> None:
         assert self.pipeline is not None
         worker = Worker(f"worker-{n}", store=self.store, pipeline=self.pipeline, gate=self.gate,
-                        doorbell=self.doorbell, stop=self.stop, log=self.log,
+                        doorbell=self.doorbell, stop=self.stop, log=self.log, on_ended=self.audit.ended,
                         hand_back_delay_s=min(HAND_BACK_MAX_S, self.settings.upload.max_backoff_s))
         t = threading.Thread(target=worker.run, name=f"seqdrop-worker-{n}", daemon=True)
         if n < len(self.workers):
@@ -337,8 +378,11 @@ class Service:
             # close() may join its thread for a second past the timeout given: keep that in the budget.
             self.webhook.close(timeout_s=max(0.1, min(2.0, budget_end - time.monotonic() - 1.0)))
         if not stuck:
-            self.store.close()
-        self.log.info("service.stopped")
+            try:
+                self.store.close()
+            except Exception as e:    # a failing disk: the process exits all the same
+                self.log.warning("service.store_close_failed", error=repr(e))
+        self.log.info("service.stopped", exit_code=self.exit_code)
 
 
 def _next_daily(hhmm: str | None) -> float | None:

@@ -1,5 +1,8 @@
 """An upload worker: claim a due row → process it → act on the outcome; idle until woken.
 
+A row that ends (done, rejected, failed, vanished) is handed to `on_ended` (the audit journal)
+once the pipeline has committed its final state.
+
 `seqdrop run` starts `upload.workers` of them, each in its own thread. A worker never dies of an
 error: the key refused (AuthError) pauses the gate (the pipeline has put the row back, no attempt
 counted); a bug, or the store failing mid-upload, keeps the row *held* and hands it back to the
@@ -16,7 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from daemon.errors import AuthError
-from daemon.queue.base import FileRow, Store
+from daemon.queue.base import TERMINAL, FileRow, Store
 from daemon.service.pause import Entry, PauseGate
 
 STORE_ERROR_WAIT_S = 2.0   # a worker whose queue write failed (disk full) tries again after this
@@ -27,6 +30,10 @@ IDLE_WAIT_S = 1.0          # an idle worker asks the queue again at least this o
 
 class Processor(Protocol):
     def process(self, row: FileRow) -> str: ...
+
+
+def _nobody(file_ids: list[int]) -> None:
+    pass
 
 
 class Doorbell:
@@ -57,11 +64,12 @@ class Doorbell:
 class Worker:
     def __init__(self, name: str, *, store: Store, pipeline: Processor, gate: PauseGate, doorbell: Doorbell,
                  stop: threading.Event, log: Any, hand_back_delay_s: float,
+                 on_ended: Callable[[list[int]], None] = _nobody,
                  store_error_wait_s: float = STORE_ERROR_WAIT_S, clock: Callable[[], float] = time.time) -> None:
         self.name = name
         self.claim_id = f"{os.getpid()}:{name}"
         self.store, self.pipeline, self.gate, self.doorbell = store, pipeline, gate, doorbell
-        self.stop, self.log = stop, log
+        self.stop, self.log, self.on_ended = stop, log, on_ended
         self.hand_back_delay_s, self.store_error_wait_s = hand_back_delay_s, store_error_wait_s
         self.clock = clock                       # the store's clock (wall time): when rows are due
         self.held: tuple[int, str] | None = None  # (row id, error) the store could not take back yet
@@ -101,12 +109,15 @@ class Worker:
             self._store_failed(e)
             return
         try:
-            self.pipeline.process(row)
+            state = self.pipeline.process(row)
         except AuthError as e:                # the key, not the file: the row is back in the queue
             self.gate.refused(str(e))
         except Exception as e:                # a bug, or the store failing mid-upload: keep the row
             self.log.exception("worker.internal_error", worker=self.name, path=row.path)
             self.held = (row.id, f"internal error: {e!r}; will try again")
+        else:
+            if state in TERMINAL:             # committed by the pipeline: now the journal
+                self.on_ended([row.id])
 
     def _hand_back(self) -> None:
         if self.held is not None:
