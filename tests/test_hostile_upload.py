@@ -9,11 +9,15 @@ the sandbox's hostile faults; the rest drive the client or the pipeline in this 
 from __future__ import annotations
 
 import base64
+import http.server
 import io
 import json
 import os
 import re
+import shutil
 import signal
+import ssl
+import subprocess
 import threading
 import time
 from datetime import datetime
@@ -21,12 +25,21 @@ from pathlib import Path
 
 import pytest
 import structlog
-from harness import Daemon, PipelineDriver, all_in, cli, fastq_bytes, wait_for, write_config
+from harness import (
+    Daemon,
+    PipelineDriver,
+    all_in,
+    cli,
+    fastq_bytes,
+    wait_for,
+    write_config,
+)
 from test_webhook import Receiver
 
+from daemon import config as seqdrop_config
 from daemon import redact
 from daemon.checks.child import ChildValidator, child_environment
-from daemon.errors import Transient
+from daemon.errors import ConfigError, Transient
 from daemon.operations import logs
 from daemon.queue.sqlite import SqliteStore
 from daemon.sandbox import Fault, Sandbox
@@ -64,6 +77,24 @@ def _config(tmp_path: Path, sb: Sandbox, *, api: str = "", upload: str = "", ext
                         validate=validate, upload_extra=upload, extra=extra)
     path.write_text(path.read_text().replace("[api]\n", f"[api]\n{api}", 1))
     return path
+
+
+def test_the_keys_of_the_hostile_world_have_their_defaults_and_land_in_settings(tmp_path):
+    """api.call_deadline_s and upload.stall_timeout_s default to 60 s, allow_missing_etag to false;
+    set, they reach Settings; a deadline under a second is refused with the fix."""
+    (tmp_path / "watch").mkdir()
+    plain = write_config(tmp_path, watch=[tmp_path / "watch"], api_url="http://127.0.0.1:1")
+    settings = seqdrop_config.load(plain)
+    assert (settings.api.call_deadline_s, settings.upload.stall_timeout_s) == (60.0, 60.0)
+    assert settings.upload.allow_missing_etag is False
+    text = plain.read_text().replace("[api]\n", "[api]\ncall_deadline_s = 7\n", 1)
+    plain.write_text(text.replace("[upload]\n", "[upload]\nstall_timeout_s = 9\nallow_missing_etag = true\n", 1))
+    settings = seqdrop_config.load(plain)
+    assert (settings.api.call_deadline_s, settings.upload.stall_timeout_s) == (7.0, 9.0)
+    assert settings.upload.allow_missing_etag is True
+    plain.write_text(text.replace("call_deadline_s = 7", "call_deadline_s = 0.5"))
+    with pytest.raises(ConfigError, match="call_deadline_s"):
+        seqdrop_config.load(plain)
 
 
 def _event_times(daemon: Daemon, names: tuple[str, ...]) -> list[tuple[float, dict]]:
@@ -518,3 +549,48 @@ def test_the_threading_budget_is_per_thread(sb):
         client.probe()
     thread.join(10)
     assert outcome == {"slow": "deadline"}
+
+
+def test_deadlines_hold_over_tls(tmp_path, monkeypatch):
+    """Over https (a throwaway CA-less certificate trusted through REQUESTS_CA_BUNDLE): an answer is
+    read normally, and one trickled byte by byte is cut at the call deadline."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is needed to make a throwaway certificate")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}")
+            for index in range(len(answer)):
+                if "per_page" not in self.path and index:
+                    time.sleep(0.5)       # the server's trickle (this is the hostile server, not a wait)
+                try:
+                    self.wfile.write(answer[index:index + 1])
+                    self.wfile.flush()
+                except OSError:
+                    return
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    server.socket = ctx.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = OneCodexClient(f"https://127.0.0.1:{server.server_address[1]}", KEY, read_timeout_s=5,
+                                call_deadline_s=2)
+        client.probe()                      # per_page: answered at once, through the paced TLS socket
+        started = time.monotonic()
+        with pytest.raises(Transient) as caught:
+            client.sample_state("0123456789abcdef")
+        held_s = time.monotonic() - started
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert caught.value.reason == "deadline" and held_s <= 2.2, (caught.value, held_s)

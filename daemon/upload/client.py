@@ -131,7 +131,8 @@ class _PacedAdapter(HTTPAdapter):
 
     def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
         manager = super().proxy_manager_for(proxy, **kwargs)
-        manager.pool_classes_by_scheme = dict(PACED_POOL_CLASSES)
+        if not proxy.lower().startswith("socks"):      # SOCKS proxies bring connection classes of their own
+            manager.pool_classes_by_scheme = dict(PACED_POOL_CLASSES)
         return manager
 
 
