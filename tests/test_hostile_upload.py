@@ -424,6 +424,20 @@ def test_a_refused_cancel_of_a_confirmed_sample_counts_as_done(h):
     assert [s["state"] for s in h.sb.samples()] == ["confirmed"]
 
 
+def test_a_file_about_to_fail_is_done_when_its_cancel_reveals_a_confirmed_sample(h):
+    """The confirm's answer is lost, the repeat refused (400) and the first question answered 404, so
+    the file would fail; but its cancel is refused, and asked again One Codex says the sample is
+    confirmed: the file is done with that sample, never failed (a `retry --failed` would duplicate it)."""
+    h.sb.add_fault(Fault("confirm_upload", "drop", after_body=True))
+    h.sb.add_fault(Fault("confirm_upload", "status", status=400, message="cannot confirm"))
+    h.sb.add_fault(Fault("samples", "status", status=404, message="no such sample"))
+    file_id = h.queue(h.file("reads.fastq", fastq_bytes(20_000)))
+    assert h.drive(file_id) == "done"
+    row = h.store.get(file_id)
+    assert row.state == "done" and row.sample_id == h.sb.samples()[0]["sample_id"]
+    assert [s["state"] for s in h.sb.samples()] == ["confirmed"] and len(h.requests_to("cancel_upload")) == 1
+
+
 def test_the_daemon_never_fails_nor_duplicates_a_sample_confirmed_behind_an_ambiguous_refusal(sb, tmp_path):
     """Through the real daemon (issue 10's defect 4): lost confirm answer, ambiguous 400 on the repeat →
     the file is done with its one sample; `retry --failed` finds nothing to upload again."""
