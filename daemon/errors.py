@@ -41,20 +41,31 @@ class Transient(UploadError):
       http_NNN        an answer with a transient HTTP status (http_429, http_503...)
       slowdown        S3 asked to slow down (SlowDown, Throttling), whatever the status
       timeout         no answer within the timeout (or S3's RequestTimeout)
+      deadline        no complete answer within the overall deadline (api.call_deadline_s)
+      stall           S3 took no byte of the upload for upload.stall_timeout_s
+      oversized_answer  an answer longer than seqdrop reads (1 MiB from the API, 64 KiB from S3)
       connection      the connection failed or broke
       bad_answer      a 2xx answer without what it must hold
+      bad_sample_id   an answer whose sample_id is not a One Codex sample id
       etag_mismatch   S3's ETag is not the MD5 of the bytes sent
+      etag_missing    S3 answered without an ETag: the bytes it holds cannot be checked
       policy_expired  the upload's S3 policy expired again and again
       file_read       reading the file failed (EIO on a flaky share)
       folder_missing  the file's folder is gone (a share unmounted?)
       validator       the validator child process failed
       internal        seqdrop's own bookkeeping disagrees; the file starts again
+
+    `immediate` False: do not repeat the call at once (the retry policy leaves it to the file's
+    backoff), because each repeat may cost something on the server: an init answer that could not be
+    used may have left a sample behind.
     """
 
-    def __init__(self, message: str, *, reason: str = "other", retry_after_s: float | None = None) -> None:
+    def __init__(self, message: str, *, reason: str = "other", retry_after_s: float | None = None,
+                 immediate: bool = True) -> None:
         super().__init__(message)
         self.reason = reason
         self.retry_after_s = retry_after_s
+        self.immediate = immediate
 
 
 # S3 error codes that say more than their status (SlowDown comes with a 503, RequestTimeout with a 400).

@@ -142,6 +142,14 @@ def escape_control(text: str) -> str:
     return _CONTROL.sub(_escape_one, text)
 
 
+def server_text(text: str, *, also: Iterable[str] = (), limit: int = 300) -> str:
+    """Text a server sent (an error message, an exception's text, a header) as seqdrop may keep and
+    show it: every secret form scrubbed, control characters escaped, at most `limit` characters.
+    The one door for server words into an exception message (daemon/upload/client.py)."""
+    clean = escape_control(scrub(text, also=also))
+    return clean if len(clean) <= limit else clean[:limit] + "..."
+
+
 def looks_like_sample_id(value: object) -> bool:
     """Is `value` a One Codex sample id: exactly 16 lower-case hex digits (the API's
     `^/api/v1/samples/[a-f0-9]{16}$`)?"""
@@ -251,4 +259,4 @@ def _escape_one(match: re.Match[str]) -> str:
 
 
 __all__ = ["MASK", "SECRET_FIELDS", "base64_cores", "escape_control", "forms", "looks_like_sample_id",
-           "register", "reset", "scrub", "scrub_data"]
+           "register", "reset", "scrub", "scrub_data", "server_text"]

@@ -261,11 +261,11 @@ EXACT = [
 
 # The keys each table knows, as an unknown key's fix lists them.
 KNOWN_KEYS = {
-    "api": "api_key_file, base_url, connect_timeout_s, probe_interval_s, read_timeout_s",
+    "api": "api_key_file, base_url, call_deadline_s, connect_timeout_s, probe_interval_s, read_timeout_s",
     "watch": "exclude, include, max_depth, paths, poll_interval_s, rescan_interval_s, settle_seconds",
     "queue": "path",
-    "upload": "block_size, max_backoff_s, max_mbps, multipart_s3_endpoint, multipart_s3_region, "
-              "multipart_threshold_bytes, validate, workers",
+    "upload": "allow_missing_etag, block_size, max_backoff_s, max_mbps, multipart_s3_endpoint, multipart_s3_region, "
+              "multipart_threshold_bytes, stall_timeout_s, validate, workers",
     "log": "format, level",
     "metrics": "enabled, listen",
     "notify": "daily_summary_at, email_from, email_password_file, email_security, email_smtp_host, "

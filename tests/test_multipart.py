@@ -407,6 +407,19 @@ def test_repeated_callback_refused_as_already_imported_counts_as_done(h):
     assert len(h.requests_to("init_multipart_upload")) == 1 and h.retry_reasons() == ["connection"]
 
 
+def test_repeated_callback_refused_ambiguously_is_settled_by_asking_one_codex(h):
+    """The callback's answer is lost and the repeat is refused with a 400 that does not say "already":
+    GET /api/v1/samples/{id} says the sample is confirmed, so the file is done, nothing cancelled."""
+    h.sb.add_fault(Fault("multipart_callback", "drop", after_body=True, times=1))
+    h.sb.add_fault(Fault("multipart_callback", "status", status=400, message="not awaiting an import", times=1))
+    file_id = h.queue(h.file("reads.fastq", fastq_bytes(12 * MiB, seed=19)))
+    assert h.drive(file_id) == "done"
+    row = h.store.get(file_id)
+    assert list(h.samples().values()) == ["confirmed"] and h.samples()[row.sample_id] == "confirmed"
+    assert [r["path"] for r in h.requests_to("samples")] == [f"/api/v1/samples/{row.sample_id}"]
+    assert not h.requests_to("cancel_upload") and len(h.requests_to("init_multipart_upload")) == 1
+
+
 def test_expired_credentials_get_a_new_init_and_the_old_sample_is_cancelled(h, monkeypatch):
     """S3 refuses the temporary credentials (ExpiredToken) mid-upload: the upload is aborted, its sample
     cancelled, a new init_multipart_upload sends the file again; one sample confirmed."""

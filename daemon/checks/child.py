@@ -7,17 +7,32 @@ cache on its own core. The upload cannot complete without it: the standard route
 only sends its closing boundary after finish() has the child's verdict, and the multipart route only
 completes the S3 upload after it; a refusal seen mid-stream stops the sending; and the verdict must
 cover exactly the size being sent (the file is stat'ed again after the upload, as for every upload).
+The child runs with a scrubbed environment: it reads one file and needs no secret.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any
 
 from daemon.errors import ContentRejected, FileChanged, Transient
+
+# What the child must not inherit (design.md, "Rules": child processes do not inherit the key): the
+# key's variable and systemd's credentials folder by name, and anything named like a secret.
+WITHHELD_NAMES = frozenset({"ONE_CODEX_API_KEY", "CREDENTIALS_DIRECTORY"})
+SECRET_NAME_RE = re.compile(r"KEY|TOKEN|SECRET|PASSWORD|PASSWD|CREDENTIAL|AUTH", re.IGNORECASE)
+
+
+def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of a validator child: this process's, without any secret."""
+    source = os.environ if environ is None else environ
+    return {name: value for name, value in source.items()
+            if name.upper() not in WITHHELD_NAMES and not SECRET_NAME_RE.search(name)}
 
 
 class ChildValidator:
@@ -27,7 +42,7 @@ class ChildValidator:
         self.path, self.size = path, size
         self.proc = subprocess.Popen([sys.executable, "-m", "daemon.checks.validate", "--json", path],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                     stderr=subprocess.PIPE, close_fds=True)
+                                     stderr=subprocess.PIPE, close_fds=True, env=child_environment())
         self._verdict: dict[str, Any] | None = None
 
     def _read_verdict(self) -> dict[str, Any]:

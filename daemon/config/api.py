@@ -14,6 +14,7 @@ class ApiSettings:
     api_key_file: str | None = None
     connect_timeout_s: float = 10.0
     read_timeout_s: float = 60.0
+    call_deadline_s: float = 60.0      # each API call end to end, and S3's answer once the body is sent
     probe_interval_s: float = 120.0
 
 
@@ -31,6 +32,8 @@ def parse_api(s: Section) -> ApiSettings:
                                    fix="seconds, e.g. 10"),
         read_timeout_s=s.number("read_timeout_s", ApiSettings.read_timeout_s, minimum=0.1,
                                 fix="seconds, e.g. 60"),
+        call_deadline_s=s.number("call_deadline_s", ApiSettings.call_deadline_s, minimum=1,
+                                 fix="seconds, e.g. 60: the longest one API call (or S3's answer) may take"),
         probe_interval_s=s.number("probe_interval_s", ApiSettings.probe_interval_s, minimum=1,
                                   fix="seconds, at most 300 (design: probe at least every 5 minutes)"),
     )

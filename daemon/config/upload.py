@@ -21,6 +21,8 @@ class UploadSettings:
     validate: bool = True
     max_backoff_s: float = 600.0   # longest wait between two attempts at one file
     block_size: int = 2 << 20      # bytes read from disk and sent per block
+    stall_timeout_s: float = 60.0  # S3 takes no byte of the upload this long: abandoned (transient)
+    allow_missing_etag: bool = False   # rehearsals against an S3 that sends no ETag (moto) only
     multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES   # larger files: the multipart route
     multipart_s3_endpoint: str = ""    # S3 endpoint of the multipart route; "" = AWS (tests: moto)
     multipart_s3_region: str = ""      # its region; "" = botocore's default (us-east-1, S3 redirects)
@@ -37,6 +39,10 @@ def parse_upload(s: Section) -> UploadSettings:
         max_backoff_s=s.number("max_backoff_s", UploadSettings.max_backoff_s, minimum=1, fix="seconds, e.g. 600"),
         block_size=int(s.number("block_size", UploadSettings.block_size, minimum=65536,
                                 fix="bytes, e.g. 4194304")),
+        stall_timeout_s=s.number("stall_timeout_s", UploadSettings.stall_timeout_s, minimum=1,
+                                 fix="seconds, e.g. 60"),
+        allow_missing_etag=s.get("allow_missing_etag", False, bool,
+                                 fix="allow_missing_etag = false (true only to rehearse against moto)"),
         **_multipart_keys(s),
     )
 

@@ -9,33 +9,28 @@ from __future__ import annotations
 
 import logging
 import sys
-import threading
 from typing import Any, TextIO
 
 import structlog
 
-_secrets: set[str] = set()
-_lock = threading.Lock()
-MASK = "***"
+from daemon import redact as redact_module
+
+MASK = redact_module.MASK
 
 
 def register_secret(secret: str) -> None:
-    """Never let this string reach a log line (the API key)."""
-    if secret and len(secret) >= 4:
-        with _lock:
-            _secrets.add(secret)
+    """Never let this string, in any form (its basic-auth base64 too), reach a log line (the API key).
+    The one registry is daemon.redact's: the client's error path and the logs know the same secrets."""
+    redact_module.register(secret)
 
 
 def redact(text: str) -> str:
-    for secret in _secrets:
-        if secret in text:
-            text = text.replace(secret, MASK)
-    return text
+    # shapes=False: a log line's paths and names must survive exactly; the secret-shaped fields of
+    # server text were scrubbed where that text entered seqdrop (daemon/upload/client.py).
+    return redact_module.scrub(text, shapes=False)
 
 
 def _redact_processor(_logger: Any, _name: str, event: dict[str, Any]) -> dict[str, Any]:
-    if not _secrets:
-        return event
     for k, v in event.items():
         if isinstance(v, str):
             event[k] = redact(v)

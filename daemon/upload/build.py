@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from daemon import redact
 from daemon.config import Settings
 from daemon.detection.roots import WatchRoots
 from daemon.queue.base import Store
@@ -17,10 +18,14 @@ from daemon.upload.steps import Emit, no_emit
 
 def make_client(settings: Settings, api_key: str, *, read_timeout_s: float | None = None,
                 on_answer: Callable[[str, int], None] | None = None) -> OneCodexClient:
-    """The API client for settings' base_url (read_timeout_s: a shorter one for interactive checks)."""
-    return OneCodexClient(settings.api.base_url, api_key,
-                          connect_timeout_s=settings.api.connect_timeout_s,
-                          read_timeout_s=settings.api.read_timeout_s if read_timeout_s is None else read_timeout_s,
+    """The API client for settings' base_url (read_timeout_s: a shorter one for interactive checks).
+    The key is registered with daemon.redact before any request can carry it, so no form of it can
+    come back through a server's words (the client registers a key it is given later, too)."""
+    redact.register(api_key)
+    api = settings.api
+    return OneCodexClient(api.base_url, api_key, connect_timeout_s=api.connect_timeout_s,
+                          read_timeout_s=api.read_timeout_s if read_timeout_s is None else read_timeout_s,
+                          call_deadline_s=api.call_deadline_s, stall_timeout_s=settings.upload.stall_timeout_s,
                           on_answer=on_answer)
 
 
@@ -31,6 +36,7 @@ def make_pipeline(settings: Settings, *, store: Store, client: OneCodexClient, l
     up = settings.upload
     return Pipeline(store=store, client=client, log=log, validate=up.validate, block_size=up.block_size,
                     throttle=throttle, stop=stop, emit=emit, max_backoff_s=up.max_backoff_s,
+                    allow_missing_etag=up.allow_missing_etag,
                     multipart_threshold_bytes=up.multipart_threshold_bytes,
                     s3_endpoint_url=up.multipart_s3_endpoint, s3_region=up.multipart_s3_region,
                     roots=WatchRoots.of(settings.watch))

@@ -7,26 +7,31 @@ daemon.errors, so its callers never look at status codes. The API key is sent
 only to base_url (per request, never on a session, so no redirect or second
 host can receive it); the S3 POST carries no Authorization header at all.
 TLS verification is always on.
+
+The boundary for what servers say (design.md, "Rules"): every exchange runs under an overall
+deadline and its answer is read up to a bound (daemon/upload/bounds.py); every piece of server
+text that becomes an exception message passes redact.server_text (secrets scrubbed, control
+characters escaped); a sample_id must look like one before anything keeps it.
 """
 
 from __future__ import annotations
 
-import base64
+import http.client
 import json
 import re
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
 from xml.etree import ElementTree
 
 import requests
+import urllib3
 from requests.adapters import HTTPAdapter
 
-from daemon import __version__
+from daemon import __version__, redact
 from daemon.config import check_url
 from daemon.errors import (
     AlreadyDone,
@@ -37,121 +42,75 @@ from daemon.errors import (
     UploadError,
     status_reason,
 )
+from daemon.upload.bounds import (
+    API_ANSWER_LIMIT_BYTES,
+    PACED_POOL_CLASSES,
+    S3_ANSWER_LIMIT_BYTES,
+    Budget,
+    paced,
+    read_bounded,
+)
 from daemon.upload.formdata import FormDataBody
+from daemon.upload.records import InitResult, MultipartInit, PostResult, policy_expiry
 from daemon.upload.retrying import parse_retry_after
 
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
 TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable",
                       "RequestTimeTooSkewed", "OperationAborted"}
-FILENAME_RE = re.compile(r"^[\w\.]+[\w\-\.\[\]\(\)\{\} ]*\.[\w\.]+$")
 # The client is the one place that reads a server's words (here and S3's "Policy expired" below).
 # Confirming again after a lost answer is the design's rule (design.md, "The One Codex standard
 # upload"): a server refusing that repeat with "already confirmed/uploaded" says the sample exists.
 # A cancel refused with "Upload already successful" says the upload worked (the official client,
 # onecodex/lib/upload.py, reads it so); one refused with "already confirmed" alone does not count.
 ALREADY_RE = re.compile(r"already(?P<successful> successful)?", re.IGNORECASE)
-
-
-def sanitize_filename(name: str) -> str:
-    """A name the API accepts: unchanged if it already matches, else a safe lookalike."""
-    if FILENAME_RE.match(name):
-        return name
-    clean = re.sub(r"[^\w\-\.\[\]\(\)\{\} ]", "_", name, flags=re.ASCII)
-    clean = re.sub(r"^[^\w\.]+", "", clean, flags=re.ASCII)   # must start with a word char or dot
-    if "." not in clean[1:]:
-        clean += ".fastq" if clean else "sample.fastq"
-    if not FILENAME_RE.match(clean):
-        clean = re.sub(r"[^\w\.]", "_", clean, flags=re.ASCII) or "sample.fastq"
-    return clean
+# GET /api/v1/samples/{id}: the published schema's UserFacingDataStatus (and, when a server sends no
+# status, its legacy `visibility`). Every status but awaiting data and deleted says One Codex has the
+# upload (the sample was confirmed); a status not listed here is not guessed at.
+RECEIVED_STATUSES, RECEIVED_VISIBILITIES = {"importing", "validating", "failed_validation", "available"}, \
+    {"importing", "private", "shared", "public"}
+# An answer that may have created a sample we cannot use (an init answer lacking fields, or with a
+# sample_id that is not one) is not asked again at once: each ask could leave one more sample.
+UNUSABLE_INIT_RETRY_S = 60.0
 
 
 @dataclass(frozen=True)
-class InitResult:
-    sample_id: str
-    upload_url: str
-    fields: tuple[tuple[str, str], ...]
-    expires_at: float | None = None      # epoch seconds from the policy, if it could be decoded
+class Answer:
+    """A server's answer, read in full within its bounds."""
+    status: int
+    headers: Any              # requests' case-insensitive mapping
+    body: bytes
+    reason: str = ""
 
-    def to_json(self) -> str:
-        return json.dumps({"sample_id": self.sample_id, "upload_url": self.upload_url,
-                           "fields": [list(f) for f in self.fields], "expires_at": self.expires_at})
-
-    @classmethod
-    def from_json(cls, text: str) -> InitResult:
-        d = json.loads(text)
-        return cls(d["sample_id"], d["upload_url"], tuple((k, v) for k, v in d["fields"]), d.get("expires_at"))
-
-
-def policy_expiry(fields: tuple[tuple[str, str], ...]) -> float | None:
-    """Decode the S3 POST policy's expiration (epoch seconds), None if absent or unreadable."""
-    named = dict(fields)
-    policy = named.get("policy") or named.get("Policy")
-    if not policy:
-        return None
-    try:
-        doc = json.loads(base64.b64decode(policy + "=" * (-len(policy) % 4)))
-        return datetime.fromisoformat(doc["expiration"].replace("Z", "+00:00")).timestamp()
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-@dataclass(frozen=True)
-class MultipartInit:
-    """init_multipart_upload's answer. The temporary S3 credentials are kept apart from what the
-    queue may store (to_json) and out of repr, so neither the queue nor a log line can hold them."""
-    sample_id: str
-    bucket: str
-    key: str                  # One Codex's "file_id": the object's S3 key
-    callback_url: str         # a path on base_url
-    filename: str             # the (sanitised) name given to init and to the callback
-    access_key_id: str = field(default="", repr=False)
-    secret_access_key: str = field(default="", repr=False)
-    session_token: str | None = field(default=None, repr=False)
+    def json(self) -> Any:       # ValueError if it is not JSON
+        return json.loads(self.body)
 
     @property
-    def s3_path(self) -> str:
-        return f"s3://{self.bucket}/{self.key}"
-
-    @property
-    def has_credentials(self) -> bool:
-        return bool(self.access_key_id and self.secret_access_key)
-
-    def to_json(self) -> str:
-        return json.dumps({"route": "multipart", "sample_id": self.sample_id, "bucket": self.bucket,
-                           "key": self.key, "callback_url": self.callback_url, "filename": self.filename})
-
-    @classmethod
-    def from_json(cls, text: str) -> MultipartInit:
-        d = json.loads(text)
-        return cls(d["sample_id"], d["bucket"], d["key"], d["callback_url"], d["filename"])
+    def text(self) -> str:
+        return self.body.decode("utf-8", errors="replace")
 
 
-@dataclass
-class PostResult:
-    etag: str
-    md5: str
-    seconds: float
-    bytes_sent: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _api_message(resp: requests.Response) -> str:
+def _api_message(answer: Answer) -> str:
+    """The API's words in a refusal, as seqdrop may keep and show them."""
     try:
-        body = resp.json()
+        body = answer.json()
         if isinstance(body, dict) and body.get("message"):
-            return str(body["message"])
+            return redact.server_text(str(body["message"]), limit=200)
     except ValueError:
         pass
-    text = resp.text.strip().replace("\n", " ")
-    return text[:200] or resp.reason or "no message"
+    text = answer.text.strip().replace("\n", " ")
+    return redact.server_text(text or answer.reason or "no message", limit=200)
 
 
-def _s3_error(resp: requests.Response) -> tuple[str, str]:
+def _s3_error(answer: Answer, secrets: tuple[str, ...]) -> tuple[str, str]:
+    """S3's <Code> and <Message>, as seqdrop may keep and show them (this upload's policy and
+    signature, which S3 echoes in SignatureDoesNotMatch, scrubbed too)."""
     try:
-        root = ElementTree.fromstring(resp.content)
-        return (root.findtext("Code") or "", root.findtext("Message") or "")
+        root = ElementTree.fromstring(answer.body)
+        code, message = root.findtext("Code") or "", root.findtext("Message") or ""
     except ElementTree.ParseError:
-        return ("", resp.text.strip()[:200])
+        code, message = "", answer.text.strip()
+    return (redact.server_text(code, limit=60),
+            redact.server_text(message, also=secrets, limit=200))
 
 
 class _NoAuth(requests.auth.AuthBase):
@@ -162,19 +121,39 @@ class _NoAuth(requests.auth.AuthBase):
         return r
 
 
+class _PacedAdapter(HTTPAdapter):
+    """requests' adapter whose connections obey the request's Budget (daemon/upload/bounds.py),
+    directly or through a proxy from the environment."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = dict(PACED_POOL_CLASSES)
+
+    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **kwargs)
+        if not proxy.lower().startswith("socks"):      # SOCKS proxies bring connection classes of their own
+            manager.pool_classes_by_scheme = dict(PACED_POOL_CLASSES)
+        return manager
+
+
 class OneCodexClient:
     def __init__(self, base_url: str, api_key: str, *, connect_timeout_s: float = 10.0,
-                 read_timeout_s: float = 60.0, session: requests.Session | None = None,
+                 read_timeout_s: float = 60.0, call_deadline_s: float = 60.0, stall_timeout_s: float = 60.0,
+                 session: requests.Session | None = None,
                  on_answer: Callable[[str, int], None] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
-        self._auth = (api_key, "")
+        self.set_api_key(api_key)
         self.timeout = (connect_timeout_s, read_timeout_s)
+        # call_deadline_s: each API call end to end, and S3's answer once the body is sent;
+        # stall_timeout_s: the longest S3 may take no byte of the body (design.md, "Rules").
+        self.call_deadline_s, self.stall_timeout_s = call_deadline_s, stall_timeout_s
         self.session = session or requests.Session()
         # Large socket writes for multi-GB bodies (urllib3 defaults to 16 KiB blocks).
-        adapter = HTTPAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
+        adapter = _PacedAdapter(pool_connections=4, pool_maxsize=32, max_retries=0)
         self.session.mount("https://", adapter)
         self.session.mount("http://", adapter)
         self.session.headers["User-Agent"] = f"seqdrop/{__version__}"
+        self.session.headers["Accept-Encoding"] = "identity"   # answers are small; nothing to inflate
         self.last_server_date: float | None = None
         # Told of every answer of the API (its path and HTTP status; never of S3's): the pause gate
         # learns from real requests that the key works again.
@@ -184,71 +163,76 @@ class OneCodexClient:
         return self._auth[0] == api_key
 
     def set_api_key(self, api_key: str) -> None:
-        """A new key (re-read by a paused daemon) for the next request."""
+        """A new key (re-read by a paused daemon) for the next request. Registered with daemon.redact
+        first, so no form of it can come back through a server's words."""
+        redact.register(api_key)
         self._auth = (api_key, "")
 
-    def _send(self, what: str, method: str, url: str, **kwargs: Any) -> requests.Response:
-        """One HTTP request; every way the network can fail becomes Transient. Redirects are never
-        followed (a 3xx is the caller's to judge) and TLS verification is never off."""
-        try:
-            return self.session.request(method, url, allow_redirects=False, verify=True, **kwargs)
-        except requests.Timeout as e:
-            raise Transient(f"{what}: no answer within the timeout ({e.__class__.__name__})",
-                            reason="timeout") from None
-        except requests.ConnectionError as e:
-            raise Transient(f"{what}: connection to {_host(url)} failed ({_short(e)})", reason="connection") from None
-        except requests.RequestException as e:
-            raise Transient(f"{what}: request failed ({_short(e)})", reason="connection") from None
+    def _send(self, what: str, method: str, url: str, *, budget: Budget, limit_bytes: int,
+              **kwargs: Any) -> Answer:
+        """One HTTP exchange under `budget`, its answer read up to limit_bytes; every way the network
+        can fail becomes Transient. Redirects are never followed (a 3xx is the caller's to judge) and
+        TLS verification is never off."""
+        connect_s, read_s = self.timeout
+        with paced(budget):
+            try:
+                resp = self.session.request(method, url, allow_redirects=False, verify=True, stream=True,
+                                            timeout=(min(connect_s, budget.deadline_s), read_s), **kwargs)
+                try:
+                    body = read_bounded(resp.raw, resp.headers, limit_bytes, what=what)
+                finally:
+                    resp.close()
+            except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
+                    OSError) as e:
+                raise _network_error(what, url, e, budget) from None
+        return Answer(resp.status_code, resp.headers, body, resp.reason or "")
 
     # -- API calls (authenticated, base_url only) ---------------------------------------------
+    def _call(self, method: str, path: str, **kwargs: Any) -> Answer:
+        """One API call under the call deadline; the answer whatever its status."""
+        answer = self._send(path, method, self.base_url + path, auth=self._auth,
+                            budget=Budget(self.call_deadline_s), limit_bytes=API_ANSWER_LIMIT_BYTES, **kwargs)
+        self._note_date(answer)
+        if self.on_answer is not None:
+            self.on_answer(path, answer.status)
+        return answer
+
     def _api(self, method: str, path: str, *, json_answer: bool = True,
              already: Callable[[UploadError, str], bool] | None = None, **kwargs: Any) -> Any:
         """One API call: its JSON answer, or the exception of daemon.errors its refusal means.
         already(error, server's message): whether that refusal says a repeat found its work done
         (then AlreadyDone, with the same text)."""
-        resp = self._send(path, method, self.base_url + path, auth=self._auth, timeout=self.timeout, **kwargs)
-        self._note_date(resp)
-        status = resp.status_code
-        if self.on_answer is not None:
-            self.on_answer(path, status)
-        if 200 <= status < 300:
-            try:
-                return resp.json()
-            except ValueError:
-                if not json_answer:
-                    return {}
-                raise Transient(f"{path}: the server answered {status} with something that is not JSON",
-                                reason="bad_answer") from None
-        message = _api_message(resp)
-        error = _refusal(path, resp, message)
-        if already is not None and not 300 <= status < 400 and already(error, message):
-            raise AlreadyDone(str(error), answer=message) from None
-        raise error
+        return _judge(path, self._call(method, path, **kwargs), json_answer=json_answer, already=already)
 
-    def _note_date(self, resp: requests.Response) -> None:
-        if date := resp.headers.get("Date"):
+    def _note_date(self, answer: Answer) -> None:
+        if date := answer.headers.get("Date"):
             try:
                 self.last_server_date = parsedate_to_datetime(date).timestamp()
             except (TypeError, ValueError):
                 pass
 
     def init_upload(self, filename: str, size: int) -> InitResult:
+        """A new sample and the S3 POST form for the file. An answer that lacks what the upload needs
+        is Transient and not to be asked again at once (`immediate` False): its sample, if it names a
+        valid one, is cancelled; one whose sample_id is not a sample id is refused unrecorded."""
         body = self._api("POST", "/api/v1/samples/init_upload",
                          json={"filename": filename, "size": size, "upload_type": "standard"})
-        try:
-            fields = body["additional_fields"]
-            sample_id, upload_url = str(body["sample_id"]), str(body["upload_url"])
-            if not isinstance(fields, dict) or not sample_id:
-                raise TypeError
-        except (KeyError, TypeError):
-            raise Transient("init_upload: the answer lacks additional_fields, sample_id or upload_url",
-                            reason="bad_answer") from None
+        answer = body if isinstance(body, dict) else {}
+        sample_id = _checked_sample_id(answer.get("sample_id"), "init_upload")
+        fields, upload_url = answer.get("additional_fields"), answer.get("upload_url")
+        if not isinstance(fields, dict) or not isinstance(upload_url, str) or not upload_url:
+            if sample_id:     # a sample nothing will ever be uploaded to: do not leave it pending
+                self._cancel_quietly(sample_id)
+            raise Transient("init_upload: the answer lacks additional_fields or upload_url"
+                            + ("; its sample was cancelled" if sample_id else "") + "; will ask again later",
+                            reason="bad_answer", retry_after_s=UNUSABLE_INIT_RETRY_S, immediate=False)
+        if not sample_id:
+            raise Transient("init_upload: the answer names no sample_id; will ask again later",
+                            reason="bad_answer", retry_after_s=UNUSABLE_INIT_RETRY_S, immediate=False)
         if reason := check_url(upload_url, what="upload_url", carries="the file"):
-            try:   # nothing will ever be uploaded to this sample: do not leave it pending
-                self.cancel_upload(sample_id)
-            except (Transient, Permanent, AuthError):
-                pass
-            raise Permanent(f"init_upload returned an unsafe {reason}; refusing to send the file there")
+            self._cancel_quietly(sample_id)   # nothing will ever be uploaded to this sample
+            raise Permanent(f"init_upload returned an unsafe {redact.server_text(reason)}; "
+                            f"refusing to send the file there")
         pairs = tuple((str(k), "" if v is None else str(v)) for k, v in fields.items())
         return InitResult(sample_id, upload_url, pairs, policy_expiry(pairs))
 
@@ -261,6 +245,28 @@ class OneCodexClient:
         """Raises AlreadyDone if One Codex refuses it because the sample's upload already succeeded."""
         self._api("POST", "/api/v1/samples/cancel_upload", already=_succeeded_before, json={"sample_id": sample_id})
 
+    def sample_state(self, sample_id: str) -> str:
+        """What One Codex says of a sample (GET /api/v1/samples/{id}): "confirmed" (it has the upload:
+        importing, validating, available...), "pending" (awaiting data) or "gone" (deleted, unknown).
+        Transient when the answer says none of these; AuthError/Permanent as for any call."""
+        if not redact.looks_like_sample_id(sample_id):
+            raise Permanent("asked about a sample_id that is not a One Codex sample id")
+        path = f"/api/v1/samples/{sample_id}"
+        answer = self._call("GET", path)
+        if answer.status == 404:
+            return "gone"
+        body = _judge(path, answer, json_answer=True, already=None)
+        doc = body if isinstance(body, dict) else {}
+        status, visibility = doc.get("status"), doc.get("visibility")
+        if status in RECEIVED_STATUSES or (status is None and visibility in RECEIVED_VISIBILITIES):
+            return "confirmed"
+        if status == "awaiting_data" or (status is None and visibility == "awaiting data"):
+            return "pending"
+        if status == "deleted":
+            return "gone"
+        raise Transient(f"{path}: the answer's status {redact.server_text(str(status), limit=40)!r} is not one "
+                        f"seqdrop knows; will ask again later", reason="bad_answer")
+
     # -- the multipart route (NOT verified against the real One Codex: modelled on the official
     #    client, onecodex/lib/upload.py, and run only against the sandbox and moto) ---------------
     def init_multipart_upload(self, filename: str) -> MultipartInit:
@@ -269,23 +275,25 @@ class OneCodexClient:
         # sample_id/external_sample_id null: a new sample (the official client sends them so).
         body = self._api("POST", path, json={"filename": filename, "sample_id": None, "external_sample_id": None})
         answer = body if isinstance(body, dict) else {}
-        wanted = ("sample_id", "s3_bucket", "file_id", "upload_aws_access_key_id",
-                  "upload_aws_secret_access_key", "callback_url")
+        sample_id = _checked_sample_id(answer.get("sample_id"), "init_multipart_upload")
+        wanted = ("s3_bucket", "file_id", "upload_aws_access_key_id", "upload_aws_secret_access_key", "callback_url")
         missing = [k for k in wanted if not isinstance(answer.get(k), str) or not answer.get(k)]
-        if missing:
+        if missing or not sample_id:
             # This route is unverified: an answer of another shape is a fact to report, not to retry
             # (each retry would create another sample). Cancel the sample it may have created.
-            if isinstance(answer.get("sample_id"), str) and answer["sample_id"]:
-                self._cancel_quietly(answer["sample_id"])
-            raise Permanent(f"init_multipart_upload's answer lacks {', '.join(missing)}: One Codex's multipart "
-                            f"route may have changed (seqdrop's is not verified against it); please report this")
+            if sample_id:
+                self._cancel_quietly(sample_id)
+            raise Permanent(f"init_multipart_upload's answer lacks {', '.join(missing or ['sample_id'])}: One "
+                            f"Codex's multipart route may have changed (seqdrop's is not verified against it); "
+                            f"please report this")
         callback = self._same_host_path(answer["callback_url"])
         if callback is None:
-            self._cancel_quietly(answer["sample_id"])
+            self._cancel_quietly(sample_id)
             raise Permanent(f"init_multipart_upload returned a callback_url off {self.base_url} "
-                            f"({answer['callback_url']!r}); refusing to send the API key there")
+                            f"({redact.server_text(answer['callback_url'], limit=120)!r}); "
+                            f"refusing to send the API key there")
         token = answer.get("upload_aws_session_token")
-        return MultipartInit(sample_id=answer["sample_id"], bucket=answer["s3_bucket"], key=answer["file_id"],
+        return MultipartInit(sample_id=sample_id, bucket=answer["s3_bucket"], key=answer["file_id"],
                              callback_url=callback, filename=filename,
                              access_key_id=answer["upload_aws_access_key_id"],
                              secret_access_key=answer["upload_aws_secret_access_key"],
@@ -323,46 +331,98 @@ class OneCodexClient:
         self._api("GET", "/api/v1/samples", json_answer=False, params={"per_page": 1})
 
     # -- S3 POST (no credentials) ----------------------------------------------------------------
-    def post_to_s3(self, init: InitResult, body: FormDataBody, *, timeout_s: tuple[float, float] | None = None
-                   ) -> PostResult:
+    def post_to_s3(self, init: InitResult, body: FormDataBody) -> PostResult:
+        """Send the form; S3's answer within the call deadline once the body is sent, each wait for S3
+        to take a byte of it at most stall_timeout_s. The ETag ("" when S3 sent none) is for the
+        caller to compare with the MD5 of the bytes sent."""
         started = time.monotonic()
         headers = {"Content-Type": body.content_type, "Content-Length": str(len(body))}
-        resp = self._send("S3 upload", "POST", init.upload_url, data=body, headers=headers, auth=_NoAuth(),
-                          timeout=timeout_s or self.timeout)
-        status = resp.status_code
+        budget = Budget(self.call_deadline_s, stall_s=self.stall_timeout_s, from_answer=True)
+        answer = self._send("S3 upload", "POST", init.upload_url, data=body, headers=headers, auth=_NoAuth(),
+                            budget=budget, limit_bytes=S3_ANSWER_LIMIT_BYTES)
+        status = answer.status
         if 200 <= status < 300:
-            etag = resp.headers.get("ETag", "")
+            etag = answer.headers.get("ETag", "")
             if not etag:
                 try:
-                    etag = ElementTree.fromstring(resp.content).findtext("ETag") or ""
+                    etag = ElementTree.fromstring(answer.body).findtext("ETag") or ""
                 except ElementTree.ParseError:
                     etag = ""
-            return PostResult(etag=etag.strip().strip('"').lower(), md5=body.md5.hexdigest(),
-                              seconds=time.monotonic() - started, bytes_sent=body.file_bytes_sent)
-        code, message = _s3_error(resp)
+            return PostResult(etag=redact.server_text(etag.strip().strip('"').lower(), limit=80),
+                              md5=body.md5.hexdigest(), seconds=time.monotonic() - started,
+                              bytes_sent=body.file_bytes_sent)
+        named = dict(init.fields)
+        secrets = tuple(v for k, v in named.items() if k.lower() in ("policy", "signature", "x-amz-signature"))
+        code, message = _s3_error(answer, secrets)
         text = f"S3 answered HTTP {status} {code or ''}: {message}".replace("  ", " ").strip()
         if code == "AccessDenied" and "expired" in message.lower():
             raise PolicyExpired(text)
         if code in TRANSIENT_S3_CODES or status in TRANSIENT_STATUS or status >= 500:
             raise Transient(text, reason=status_reason(status, code),
-                            retry_after_s=parse_retry_after(resp.headers.get("Retry-After")))
+                            retry_after_s=parse_retry_after(answer.headers.get("Retry-After")))
         raise Permanent(text)
 
 
-def _refusal(path: str, resp: requests.Response, message: str) -> UploadError:
+def _judge(path: str, answer: Answer, *, json_answer: bool,
+           already: Callable[[UploadError, str], bool] | None) -> Any:
+    """An API answer's JSON (2xx), or the exception its refusal means."""
+    status = answer.status
+    if 200 <= status < 300:
+        try:
+            return answer.json()
+        except ValueError:
+            if not json_answer:
+                return {}
+            raise Transient(f"{path}: the server answered {status} with something that is not JSON",
+                            reason="bad_answer") from None
+    message = _api_message(answer)
+    error = _refusal(path, answer, message)
+    if already is not None and not 300 <= status < 400 and already(error, message):
+        raise AlreadyDone(str(error), answer=message) from None
+    raise error
+
+
+def _refusal(path: str, answer: Answer, message: str) -> UploadError:
     """The exception a non-2xx answer of the API means (AuthError, Transient or Permanent)."""
-    status = resp.status_code
+    status = answer.status
     if status in (401, 402, 403):
         what = {401: "API key rejected", 402: "account problem (payment required)",
                 403: "API key not allowed to upload"}[status]
         return AuthError(f"{what}: {message} (HTTP {status})", status=status)
     if status in TRANSIENT_STATUS or status >= 500:
         return Transient(f"{path}: HTTP {status}: {message}", reason=status_reason(status),
-                         retry_after_s=parse_retry_after(resp.headers.get("Retry-After")))
+                         retry_after_s=parse_retry_after(answer.headers.get("Retry-After")))
     if 300 <= status < 400:
-        return Permanent(f"{path}: unexpected redirect (HTTP {status}) to {resp.headers.get('Location')!r}; "
-                         f"check api.base_url")
+        location = redact.server_text(str(answer.headers.get("Location")), limit=120)
+        return Permanent(f"{path}: unexpected redirect (HTTP {status}) to {location!r}; check api.base_url")
     return Permanent(f"{path}: HTTP {status}: {message}")
+
+
+def _checked_sample_id(value: object, what: str) -> str:
+    """A server's sample_id if it looks like one; "" if there is none; Transient (not to be asked again
+    at once) if it is something else, which is neither kept nor shown."""
+    if value is None or value == "":
+        return ""
+    if not redact.looks_like_sample_id(value):
+        raise Transient(f"{what}: the answer's sample_id is not a One Codex sample id (16 hex digits); the "
+                        f"answer is refused; will ask again later", reason="bad_sample_id",
+                        retry_after_s=UNUSABLE_INIT_RETRY_S, immediate=False)
+    return str(value)
+
+
+def _network_error(what: str, url: str, exc: BaseException, budget: Budget) -> Transient:
+    """The Transient a failed exchange means, naming the limit that ended it if one did."""
+    if budget.fired == "deadline":
+        return Transient(f"{what}: no complete answer within the {budget.deadline_s:g} s deadline "
+                         f"(api.call_deadline_s)", reason="deadline")
+    if budget.fired == "stall":
+        return Transient(f"{what}: {_host(url)} took no byte of the upload for {budget.stall_s:g} s "
+                         f"(upload.stall_timeout_s); abandoned", reason="stall")
+    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
+        return Transient(f"{what}: no answer within the timeout ({exc.__class__.__name__})", reason="timeout")
+    if isinstance(exc, (requests.ConnectionError, OSError, urllib3.exceptions.ProtocolError)):
+        return Transient(f"{what}: connection to {_host(url)} failed ({_short(exc)})", reason="connection")
+    return Transient(f"{what}: request failed ({_short(exc)})", reason="connection")
 
 
 def _confirmed_before(error: UploadError, message: str) -> bool:
@@ -376,7 +436,7 @@ def _succeeded_before(error: UploadError, message: str) -> bool:
 
 
 def _host(url: str) -> str:
-    return urlsplit(url).netloc or url
+    return redact.server_text(urlsplit(url).netloc or url, limit=80)
 
 
 def _short(exc: BaseException) -> str:
@@ -386,4 +446,4 @@ def _short(exc: BaseException) -> str:
                       r"timed out|Remote end closed connection without response|Broken pipe|"
                       r"certificate verify failed[^)'\"]*|Temporary failure in name resolution)", text):
         return m.group(1)
-    return text[:160]
+    return redact.server_text(text, limit=160)

@@ -31,7 +31,8 @@ from daemon.errors import (
     Transient,
 )
 from daemon.queue.base import STEP_MP_COMPLETE, STEP_MP_INIT, FileRow
-from daemon.upload.client import MultipartInit, sanitize_filename
+from daemon.redact import looks_like_sample_id
+from daemon.upload.records import MultipartInit, sanitize_filename
 from daemon.upload.steps import Steps
 
 if TYPE_CHECKING:       # for types only: importing s3multipart imports botocore (see _connector)
@@ -112,7 +113,14 @@ class MultipartRoute:
             # As for confirm_upload: a repeat refused with "already ..." means the sample exists.
             log.info("upload.already_confirmed", sample_id=init.sample_id, answer=str(e))
             answer = {}
-        sample_id = str(answer.get("sample_id") or init.sample_id)
+        except Permanent as e:
+            # Refused in other words: this may repeat a callback whose answer was lost. One Codex decides.
+            if not self.steps.confirmed_at_one_codex(init.sample_id, log, refusal=e):
+                raise
+            answer = {}
+        named = answer.get("sample_id")
+        # A server's value is kept only if it looks like a sample id (design.md, "Rules").
+        sample_id = named if looks_like_sample_id(named) else init.sample_id
         return self.steps.done(row, sample_id, md5, log, seconds=seconds, route="multipart")
 
     def _send_with_fresh_credentials(self, row: FileRow, attempt: _Attempt, log: Any,

@@ -41,6 +41,7 @@ from daemon.errors import (
     Transient,
 )
 from daemon.queue.base import (
+    POSTED_STEPS,
     STEP_INITIALIZED,
     STEP_MP_COMPLETE,
     STEP_MP_INIT,
@@ -50,14 +51,10 @@ from daemon.queue.base import (
     Store,
 )
 from daemon.upload import retrying
-from daemon.upload.client import (
-    InitResult,
-    MultipartInit,
-    OneCodexClient,
-    sanitize_filename,
-)
+from daemon.upload.client import OneCodexClient
 from daemon.upload.formdata import FormDataBody
 from daemon.upload.multipart_route import MultipartRoute
+from daemon.upload.records import InitResult, MultipartInit, sanitize_filename
 from daemon.upload.source import open_source
 from daemon.upload.steps import Emit, Steps, no_emit, unreadable
 
@@ -81,10 +78,12 @@ class Pipeline:
                  max_backoff_s: float = 600.0, call_attempts: int = 4, call_max_time_s: float = 90.0,
                  multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES, s3_endpoint_url: str = "",
                  s3_region: str = "", part_size_bytes: int | None = None,
-                 s3_connector: S3Connector | None = None, roots: WatchRoots | None = None) -> None:
+                 s3_connector: S3Connector | None = None, roots: WatchRoots | None = None,
+                 allow_missing_etag: bool = False) -> None:
         self.log = log
         self.stop = stop or threading.Event()
         self.validate, self.block_size = validate, block_size
+        self.allow_missing_etag = allow_missing_etag    # rehearsals against moto only (design.md, "Rules")
         self.max_backoff_s = max_backoff_s
         self.multipart_threshold_bytes = multipart_threshold_bytes
         self.steps = Steps(store=store, client=client, stop=self.stop, emit=emit, throttle=throttle,
@@ -137,9 +136,14 @@ class Pipeline:
             return "queued"
 
     def _end(self, row: FileRow, state: str, e: Exception, log: Any) -> str:
-        """A terminal side exit: cancel any sample begun for it, record why, tell the observers."""
+        """A terminal side exit: cancel any sample begun for it, record why, tell the observers. Should
+        One Codex answer that the sample's upload succeeded after S3 held the verified bytes, the file
+        is done, not failed: a later `retry --failed` would otherwise upload it a second time."""
         self.multipart.drop(row.id, log)
-        self.steps.cancel(row.id, log)
+        current = self.steps.store.get(row.id)
+        if self.steps.cancel(row.id, log) and current is not None and current.step in POSTED_STEPS:
+            return self.steps.done(current, current.sample_id or "", current.md5, log,
+                                   note=f"One Codex has this sample; not {state}")
         self.steps.store.set_state(row.id, state, error=str(e), step=STEP_NONE)
         if state == "vanished":
             log.warning("file.vanished", error=str(e))
@@ -259,10 +263,7 @@ class Pipeline:
                 if child is not None:
                     child.close()
             if not result.etag:
-                # Real S3 always sends the ETag (the MD5 for SSE-S3 objects); some S3-compatible
-                # servers (moto) send none. Nothing to compare is not a mismatch: say so and go on.
-                log.warning("upload.etag_missing", sample_id=init.sample_id,
-                            note="the server sent no ETag; the MD5 could not be checked")
+                self._no_etag(init, log)
             elif result.etag != result.md5:
                 raise Transient(f"S3's ETag {result.etag!r} differs from the MD5 of the bytes sent "
                                 f"({result.md5}): not confirming; sending again", reason="etag_mismatch")
@@ -274,6 +275,19 @@ class Pipeline:
         md5, seconds = self.steps.call("s3_post", attempt, log)
         self.steps.check_identity(row)   # the bytes sent are the bytes of this version
         return md5, seconds
+
+    def _no_etag(self, init: InitResult, log: Any) -> None:
+        """S3 said it stored the file but sent no ETag: what it holds cannot be checked against the
+        bytes sent, so it is never confirmed (design.md, "Rules"), unless a rehearsal against a server
+        that sends none (moto) allows it, loudly, at every upload."""
+        if not self.allow_missing_etag:
+            # Not repeated at once: a server that sends no ETag will not send one a second later.
+            raise Transient("S3 answered without an ETag, so the bytes it stored cannot be checked against "
+                            "the MD5 of the bytes sent: not confirming (a rehearsal against an S3 that sends "
+                            "none, such as moto, sets [upload] allow_missing_etag = true)",
+                            reason="etag_missing", immediate=False)
+        log.warning("upload.etag_missing", sample_id=init.sample_id,
+                    note="the server sent no ETag; the MD5 could not be checked (upload.allow_missing_etag)")
 
     def _body(self, row: FileRow, init: InitResult, child: ChildValidator | None,
               progress: Callable[[int], None] | None) -> FormDataBody:
@@ -298,4 +312,9 @@ class Pipeline:
             # Confirming again after a lost answer is the design's rule; a server that refuses the
             # repeat because the sample is already confirmed is telling us the sample is done.
             log.info("upload.already_confirmed", sample_id=sample_id, answer=str(e))
+        except Permanent as e:
+            # Refused for good, in words that do not say why: this confirm may repeat one whose answer
+            # was lost. One Codex decides (design.md, "Rules"); only a sample it has not got fails.
+            if not self.steps.confirmed_at_one_codex(sample_id, log, refusal=e):
+                raise
         return self.steps.done(row, sample_id, md5, log, seconds=seconds)

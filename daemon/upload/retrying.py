@@ -1,6 +1,7 @@
 """The retry policy, kept apart from the code that calls the network.
 
-Only Transient errors are retried (name what is retryable; nothing by default).
+Only Transient errors are retried (name what is retryable; nothing by default), and not those
+marked not to be repeated at once (Transient.immediate False: the file's backoff decides).
 Backoff is exponential with full jitter, at least the server's Retry-After, and
 capped both in attempts and in total time, so one call never hides an outage for
 long: after the caps the Transient error reaches the worker, which persists a
@@ -84,7 +85,7 @@ def call(fn: Callable[[], T], *, what: str, log: Any, max_attempts: int = 5, max
             on_retry(exc)
 
     retryer = tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(Transient),
+        retry=tenacity.retry_if_exception(lambda e: isinstance(e, Transient) and e.immediate),
         stop=tenacity.stop_after_attempt(max_attempts) | tenacity.stop_after_delay(max_time_s),
         wait=_Wait(initial_s, max_wait_s),
         sleep=lambda s: (sleep or time.sleep)(s if _waits_enabled else 0),

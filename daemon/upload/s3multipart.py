@@ -35,6 +35,7 @@ import botocore.exceptions
 import botocore.session
 from botocore.config import Config
 
+from daemon import redact
 from daemon.errors import (
     Aborted,
     FileChanged,
@@ -128,7 +129,9 @@ def translate(exc: BaseException, what: str) -> BaseException:
     if isinstance(exc, botocore.exceptions.ClientError):
         error = exc.response.get("Error", {}) or {}
         meta = exc.response.get("ResponseMetadata", {}) or {}
-        code, message = str(error.get("Code", "")), str(error.get("Message", "")).strip()
+        # S3's words pass the one door for server text (secrets scrubbed, control characters escaped).
+        code = redact.server_text(str(error.get("Code", "")), limit=60)
+        message = redact.server_text(str(error.get("Message", "")).strip(), limit=200)
         status = int(meta.get("HTTPStatusCode") or 0)
         text = f"S3 {what}: HTTP {status} {code}: {message}".replace(" :", ":").strip()
         if code in RESTART_CODES:
@@ -143,13 +146,12 @@ def translate(exc: BaseException, what: str) -> BaseException:
                         botocore.exceptions.IncompleteReadError)):
         return Transient(f"S3 {what}: {_short(exc)}", reason="connection")
     if isinstance(exc, botocore.exceptions.BotoCoreError):
-        return Permanent(f"S3 {what}: {exc}")
+        return Permanent(f"S3 {what}: {_short(exc)}")
     return exc
 
 
 def _short(exc: BaseException) -> str:
-    text = str(exc)
-    return text if len(text) <= 200 else text[:200] + "..."
+    return redact.server_text(str(exc), limit=200)
 
 
 class RangeReader:
@@ -310,7 +312,7 @@ class S3Upload:
         if reader.hashed != length:
             raise Transient(f"S3 UploadPart {number}: answered before the whole part was read; sending it again",
                             reason="connection")
-        etag = str(answer.get("ETag", "")).strip().strip('"').lower()
+        etag = redact.server_text(str(answer.get("ETag", "")).strip().strip('"').lower(), limit=80)
         md5 = reader.md5.hexdigest()
         if not etag:
             raise Permanent(f"S3 UploadPart {number} answered without an ETag; cannot complete the upload")
@@ -342,7 +344,7 @@ class S3Upload:
                 if translated is e:
                     raise
                 raise translated from None
-        self.completed_etag = str(answer.get("ETag", "")).strip().strip('"').lower()
+        self.completed_etag = redact.server_text(str(answer.get("ETag", "")).strip().strip('"').lower(), limit=80)
         return self.completed_etag
 
     def head_etag(self) -> str | None:

@@ -111,9 +111,25 @@ class Steps:
         except AlreadyDone as e:
             log.warning("upload.cancel_refused_already_done", sample_id=sample_id, error=str(e))
             return True
-        except (Transient, Permanent, AuthError) as e:
+        except Permanent as e:
+            # A refusal may mean the sample is confirmed: One Codex decides, not the refusal's words.
+            try:
+                if self.confirmed_at_one_codex(sample_id, log, refusal=e):
+                    return True
+            except (Transient, Permanent, AuthError) as asked:
+                log.warning("upload.sample_state_unknown", sample_id=sample_id, error=str(asked))
+            log.warning("upload.cancel_failed", sample_id=sample_id, error=str(e))
+        except (Transient, AuthError) as e:
             log.warning("upload.cancel_failed", sample_id=sample_id, error=str(e))
         return False
+
+    def confirmed_at_one_codex(self, sample_id: str, log: Any, *, refusal: Exception) -> bool:
+        """Ask One Codex (GET /api/v1/samples/{id}) whether it has this sample's upload, after an
+        ambiguous refusal (a repeated confirm or callback, a cancel). Transient/AuthError propagate:
+        an unanswered question decides nothing."""
+        state = self.call("sample_state", lambda: self.client.sample_state(sample_id), log)
+        log.info("upload.sample_state_asked", sample_id=sample_id, state=state, refusal=str(refusal))
+        return state == "confirmed"
 
     def done(self, row: FileRow, sample_id: str, md5: str | None, log: Any, *, seconds: float = 0.0,
              **fields: Any) -> str:

@@ -1,0 +1,99 @@
+"""What one upload's steps hand each other: the S3 POST form an init_upload grants (InitResult), the
+multipart upload an init_multipart_upload grants (MultipartInit), what an S3 POST proved (PostResult),
+and the file name the API accepts. What may be stored in the queue is each one's to_json; the
+temporary S3 credentials never are.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+FILENAME_RE = re.compile(r"^[\w\.]+[\w\-\.\[\]\(\)\{\} ]*\.[\w\.]+$")
+
+
+def sanitize_filename(name: str) -> str:
+    """A name the API accepts: unchanged if it already matches, else a safe lookalike."""
+    if FILENAME_RE.match(name):
+        return name
+    clean = re.sub(r"[^\w\-\.\[\]\(\)\{\} ]", "_", name, flags=re.ASCII)
+    clean = re.sub(r"^[^\w\.]+", "", clean, flags=re.ASCII)   # must start with a word char or dot
+    if "." not in clean[1:]:
+        clean += ".fastq" if clean else "sample.fastq"
+    if not FILENAME_RE.match(clean):
+        clean = re.sub(r"[^\w\.]", "_", clean, flags=re.ASCII) or "sample.fastq"
+    return clean
+
+
+@dataclass(frozen=True)
+class InitResult:
+    sample_id: str
+    upload_url: str
+    fields: tuple[tuple[str, str], ...]
+    expires_at: float | None = None      # epoch seconds from the policy, if it could be decoded
+
+    def to_json(self) -> str:
+        return json.dumps({"sample_id": self.sample_id, "upload_url": self.upload_url,
+                           "fields": [list(f) for f in self.fields], "expires_at": self.expires_at})
+
+    @classmethod
+    def from_json(cls, text: str) -> InitResult:
+        d = json.loads(text)
+        return cls(d["sample_id"], d["upload_url"], tuple((k, v) for k, v in d["fields"]), d.get("expires_at"))
+
+
+def policy_expiry(fields: tuple[tuple[str, str], ...]) -> float | None:
+    """Decode the S3 POST policy's expiration (epoch seconds), None if absent or unreadable."""
+    named = dict(fields)
+    policy = named.get("policy") or named.get("Policy")
+    if not policy:
+        return None
+    try:
+        doc = json.loads(base64.b64decode(policy + "=" * (-len(policy) % 4)))
+        return datetime.fromisoformat(doc["expiration"].replace("Z", "+00:00")).timestamp()
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+@dataclass(frozen=True)
+class MultipartInit:
+    """init_multipart_upload's answer. The temporary S3 credentials are kept apart from what the
+    queue may store (to_json) and out of repr, so neither the queue nor a log line can hold them."""
+    sample_id: str
+    bucket: str
+    key: str                  # One Codex's "file_id": the object's S3 key
+    callback_url: str         # a path on base_url
+    filename: str             # the (sanitised) name given to init and to the callback
+    access_key_id: str = field(default="", repr=False)
+    secret_access_key: str = field(default="", repr=False)
+    session_token: str | None = field(default=None, repr=False)
+
+    @property
+    def s3_path(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+    @property
+    def has_credentials(self) -> bool:
+        return bool(self.access_key_id and self.secret_access_key)
+
+    def to_json(self) -> str:
+        return json.dumps({"route": "multipart", "sample_id": self.sample_id, "bucket": self.bucket,
+                           "key": self.key, "callback_url": self.callback_url, "filename": self.filename})
+
+    @classmethod
+    def from_json(cls, text: str) -> MultipartInit:
+        d = json.loads(text)
+        return cls(d["sample_id"], d["bucket"], d["key"], d["callback_url"], d["filename"])
+
+
+@dataclass
+class PostResult:
+    etag: str
+    md5: str
+    seconds: float
+    bytes_sent: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
