@@ -55,7 +55,7 @@ def cfg(tmp_path, sb):
 
 @pytest.mark.parametrize("args,code,words", [
     (["run", "--config", "/nonexistent/seqdrop.toml"], 2, "does not exist"),
-    (["status", "--config", "/nonexistent/seqdrop.toml"], 2, "does not exist"),
+    (["status", "--config", "/nonexistent/seqdrop.toml"], 2, "no config at /nonexistent/seqdrop.toml"),
     (["frobnicate"], 2, "invalid choice"),
     ([], 2, "usage"),
 ])

@@ -7,7 +7,6 @@ get one clear message naming the thing and the fix, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sqlite3
@@ -17,6 +16,7 @@ from typing import Any
 from daemon import __version__
 from daemon import config as config_mod
 from daemon.errors import ConfigError, SeqdropError
+from daemon.commands import status as status_cmd
 from daemon.operations import logs
 from daemon.operations.notify import SystemdNotifier
 from daemon.queue.base import STATES, StoreLocked
@@ -39,8 +39,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"seqdrop {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground (systemd's ExecStart)")
-    st = sub.add_parser("status", parents=[common], help="what the queue holds, one line per file")
-    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st = sub.add_parser("status", parents=[common], help="what the queue holds: counts, files not done, the "
+                                                         "last done")
+    st.add_argument("--json", action="store_true", help="machine-readable output (every file unless filtered)")
+    st.add_argument("--state", type=status_cmd.parse_states, action="extend", metavar="STATE",
+                    help=f"only files in this state ({', '.join(STATES)}; repeat or comma-separate)")
+    st.add_argument("--run", metavar="NAME|PATH", help="only files of this run folder (a name, a glob such as "
+                                                      "'240501_*', or a path: that folder and below)")
+    st.add_argument("--since", type=status_cmd.parse_since, metavar="WHEN",
+                    help="only files changed since then: 30m, 2h, 3d, 1w, or a date/time (2026-11-25T14:00)")
+    st.add_argument("--limit", type=_positive, metavar="N", help="at most N files, the most recently changed")
+    sh = sub.add_parser("show", parents=[common], help="one file's whole story (every version), or a sample's")
+    sh.add_argument("what", metavar="PATH|SAMPLE_ID|ID", help="a file's path, a sample id or a file ID")
+    sh.add_argument("--json", action="store_true", help="machine-readable output")
     rt = sub.add_parser("retry", parents=[common], help="put failed and/or rejected files back in the queue")
     rt.add_argument("--failed", action="store_true", help="retry failed files")
     rt.add_argument("--rejected", action="store_true", help="retry rejected files")
@@ -55,6 +66,12 @@ def _parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("sandbox", add_help=False, help="run the local One Codex + S3 emulator")
     sb.add_argument("rest", nargs=argparse.REMAINDER)
     return p
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _file_id(text: str) -> int:
@@ -79,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     explicit = getattr(args, "config", None) or os.environ.get("SEQDROP_CONFIG")
     args.config_path = explicit or config_mod.DEFAULT_CONFIG_PATH
     args.config_explicit = bool(explicit)
-    handler = {"run": cmd_run, "status": cmd_status, "retry": cmd_retry, "upload": cmd_upload,
+    handler = {"run": cmd_run, "status": cmd_status, "show": cmd_show, "retry": cmd_retry, "upload": cmd_upload,
                "check": cmd_check, "demo": cmd_demo}[args.command]
     try:
         return handler(args)
@@ -175,40 +192,15 @@ def _queue_error(settings: Any, e: Exception, fix: str) -> ConfigError:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    status_cmd.require_config(args.config_path)
     settings, store = _open_store_for_reading(args)
-    if store is None:
-        counts = {s: 0 for s in STATES}
-        files: list[dict[str, Any]] = []
-        paused = None
-    else:
-        counts, files, paused = store.counts(), [r.public() for r in store.files()], store.get_meta("paused")
-        store.close()
-    if args.json:
-        doc: dict[str, Any] = {"counts": counts, "files": files}
-        doc["paused"] = paused.get("reason") if paused else None
-        print(json.dumps(doc, indent=2))
-        return EXIT_OK
-    if store is None:
-        print(f"No queue yet at {settings.queue.path} (the daemon has not run with this config).")
-        return EXIT_OK
-    if paused:
-        print(f"UPLOADS PAUSED: {paused.get('reason')}\n  fix: check the API key with `seqdrop check`; "
-              f"uploads resume by themselves once it works.\n")
-    print("  ".join(f"{s} {counts[s]}" for s in STATES))
-    if files:
-        print()
-        print(f"{'ID':>5}  {'STATE':<9} {'TRIES':>5}  {'SAMPLE':<16}  PATH")
-        for f in files:   # one line per file (the contract); the last error, if any, ends the line
-            error = f"  — {_one_line(f['error'])}" if f["error"] else ""
-            print(f"{f['id']:>5}  {f['state']:<9} {f['attempts']:>5}  {f['sample_id'] or '-':<16}  "
-                  f"{_one_line(f['path'])}{error}")
-    return EXIT_OK
+    return status_cmd.status(settings, store, args)
 
 
-def _one_line(text: str) -> str:
-    """A file name may hold a newline or a tab: show such characters escaped (\\n, \\t), so each file
-    keeps exactly one line; other letters (accents, CJK) are shown as they are."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def cmd_show(args: argparse.Namespace) -> int:
+    status_cmd.require_config(args.config_path)
+    settings, store = _open_store_for_reading(args)
+    return status_cmd.show(settings, store, args.what, as_json=args.json)
 
 
 def cmd_retry(args: argparse.Namespace) -> int:

@@ -31,6 +31,7 @@ from daemon.queue.base import (
     Identity,
     StoreLocked,
 )
+from daemon.queue.sqlite_reads import OperatorReads
 
 SCHEMA_VERSION = 1
 
@@ -71,8 +72,9 @@ def _row(r: sqlite3.Row) -> FileRow:
                    stable_since=r["stable_since"], updated_at=r["updated_at"])
 
 
-class SqliteStore:
-    """The queue in one SQLite file (WAL, synchronous=FULL): the default backend."""
+class SqliteStore(OperatorReads):
+    """The queue in one SQLite file (WAL, synchronous=FULL): the default backend. The read-only verbs of
+    the operator's commands (status filters, show, upload's look-up) are in sqlite_reads.py."""
 
     def __init__(self, path: str, *, clock: Any = time.time, readonly: bool = False) -> None:
         self.path = path
@@ -381,3 +383,6 @@ class SqliteStore:
             else:
                 db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value"
                            " = excluded.value", (key, json.dumps(value)))
+
+    # -- for OperatorReads (sqlite_reads.py): how a database row becomes a FileRow ---------------------
+    _from_db = staticmethod(_row)
