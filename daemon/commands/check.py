@@ -13,6 +13,8 @@ import time
 from typing import Any
 
 from daemon import config as config_mod
+from daemon.commands.queue_owner import ownership_problem
+from daemon.config.api_key import key_file_exposure
 from daemon.detection.watcher import network_mount_type
 from daemon.errors import AuthError, ConfigError, Permanent, Transient
 from daemon.operations import logs
@@ -63,6 +65,9 @@ def run_checks(config_path: str, *, out: Any = None, env: dict[str, str] | None 
 def _check_queue(settings: Any, r: _Report) -> None:
     path = settings.queue.path
     folder = os.path.dirname(path) or "."
+    if trap := ownership_problem(path):      # root ran seqdrop by hand once: the files are root's
+        r.bad("queue", *trap)
+        return
     if os.path.exists(path):
         try:
             db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
@@ -134,7 +139,10 @@ def _check_api(settings: Any, r: _Report, env: dict[str, str] | None) -> None:
         r.bad("API key", e.problem, e.fix or "provide the key")
         return
     logs.register_secret(key)
-    r.ok("API key", "found")
+    if exposed := key_file_exposure(settings):
+        r.warn("API key", *exposed)
+    else:
+        r.ok("API key", "found")
     client = make_client(settings, key, read_timeout_s=min(settings.api.read_timeout_s, 30))
     try:
         client.probe()

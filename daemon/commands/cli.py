@@ -15,8 +15,10 @@ from typing import Any
 
 from daemon import __version__
 from daemon import config as config_mod
-from daemon.errors import ConfigError, SeqdropError
+from daemon.commands import queue_owner
 from daemon.commands import status as status_cmd
+from daemon.config.api_key import key_file_exposure
+from daemon.errors import ConfigError, SeqdropError
 from daemon.operations import logs
 from daemon.operations.notify import SystemdNotifier
 from daemon.queue.base import STATES, StoreLocked
@@ -129,6 +131,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     key = config_mod.load_api_key(settings)
     logs.register_secret(key)
     log = logs.get("seqdrop")
+    if exposed := key_file_exposure(settings):
+        log.warning("config.api_key_file_exposed", problem=exposed[0], fix=exposed[1])
+    if trap := queue_owner.ownership_problem(settings.queue.path):
+        # exit 1, not 2: systemd keeps trying, and the service resumes by itself once the files are chowned
+        log.error("queue.not_writable", problem=trap[0], fix=trap[1])
+        return EXIT_FAILURE
     try:
         store = SqliteStore(settings.queue.path)
     except Exception as e:
@@ -178,8 +186,11 @@ def _open_store_for_reading(args: argparse.Namespace, *, write: bool = False) ->
 
 
 def _queue_error(settings: Any, e: Exception, fix: str) -> ConfigError:
-    """The queue cannot be opened: name the likely mistake (a folder, another file) before permissions."""
+    """The queue cannot be opened: name the likely mistake (a folder, another file, files another user
+    owns) before permissions."""
     path = settings.queue.path
+    if trap := queue_owner.ownership_problem(path):
+        return ConfigError(trap[0], file=settings.source, key="queue.path", fix=trap[1])
     if os.path.isdir(path):
         return ConfigError(f"the queue path {path} is a folder", file=settings.source, key="queue.path",
                            fix=f'name a file in it, e.g. path = "{os.path.join(path, "queue.sqlite3")}"')
@@ -204,6 +215,7 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    status_cmd.require_config(args.config_path)
     settings, store = _open_store_for_reading(args, write=True)
     if store is None:
         print(f"No queue yet at {settings.queue.path}; nothing to retry.")

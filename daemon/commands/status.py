@@ -17,6 +17,7 @@ import time
 from datetime import datetime
 from typing import Any, TextIO
 
+from daemon.commands.queue_owner import ownership_problem
 from daemon.config import Settings
 from daemon.errors import ConfigError
 from daemon.queue.base import STATES, FileRow, Identity, Version, iso_utc
@@ -85,6 +86,8 @@ def status(settings: Settings, store: Any, args: argparse.Namespace, *, out: Tex
     finally:
         if store:
             store.close()
+    if trap := ownership_problem(settings.queue.path):   # readable here, but the daemon cannot write it
+        print(f"WARNING: {trap[0]}\n  fix: {trap[1]}\n", file=out)
     _write_text(out, counts, rows, paused, left_out, filtered)
     return EXIT_OK
 
