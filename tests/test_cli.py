@@ -320,25 +320,30 @@ def test_status_piped_into_a_reader_that_leaves_early(cfg, tmp_path):
 
 
 def test_upload_names_what_it_cannot_send_and_gives_up_after_max_wait(cfg, sb, tmp_path):
-    """In-process `seqdrop upload`: a missing path and a folder are named and skipped; a file the API
-    keeps refusing with 503 is retried, then failed once --max-wait has passed; exit 1."""
+    """In-process `seqdrop upload`: a missing path, a named pipe and a folder without matching files are
+    named and skipped; a file the API keeps refusing with 503 is retried, then failed once --max-wait has
+    passed; exit 1."""
     out = io.StringIO()
     settings = config.load(cfg, check_folders=False)
     missing, sample = tmp_path / "nope.fastq", SAMPLES / "demo_R1.fastq"
+    pipe, empty = tmp_path / "p.fastq", tmp_path / "e"
+    os.mkfifo(pipe)
+    empty.mkdir()
     sb.add_fault(Fault(target="init_upload", kind="status", status=503, times=None))
     retrying.set_waits(False)   # the retries still happen, without their backoff
     try:
-        code = oneshot.upload_files(settings, KEY, [str(missing), str(tmp_path), str(sample)], max_wait_s=0,
-                                    out=out)
+        code = oneshot.upload_files(settings, KEY, [str(missing), str(pipe), str(empty), str(sample)],
+                                    max_wait_s=0, out=out)
     finally:
         retrying.set_waits(True)
         sb.clear_faults()
     lines = out.getvalue().splitlines()
     assert code == 1, lines
-    assert lines[:2] == [f"{missing}: cannot read it (No such file or directory)", f"{tmp_path}: not a regular file"]
-    assert lines[2].startswith(f"{sample}: retrying later: ") and "503" in lines[2], lines
-    assert lines[3].startswith(f"{sample}: failed: gave up after 0 s of retries; last error: "), lines
-    assert len(lines) == 4, lines
+    assert lines[:3] == [f"{missing}: cannot read it (No such file or directory)", f"{pipe}: not a regular file",
+                         f"{empty}: no file in it matches the config's patterns ([watch] include, exclude)"]
+    assert lines[3].startswith(f"{sample}: retrying later: ") and "503" in lines[3], lines
+    assert lines[4].startswith(f"{sample}: failed: gave up after 0 s of retries; last error: "), lines
+    assert len(lines) == 5, lines
 
 
 def _python_for_nobody() -> list[str] | None:

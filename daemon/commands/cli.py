@@ -58,8 +58,11 @@ def _parser() -> argparse.ArgumentParser:
     rt.add_argument("--failed", action="store_true", help="retry failed files")
     rt.add_argument("--rejected", action="store_true", help="retry rejected files")
     rt.add_argument("ids", nargs="*", type=_file_id, metavar="ID", help="only these file ids (see status)")
-    up = sub.add_parser("upload", parents=[common], help="upload the named files now, with a progress bar")
-    up.add_argument("files", nargs="+", metavar="FILE")
+    up = sub.add_parser("upload", parents=[common], help="upload the named files (and folders' matching files) "
+                                                         "now, with a progress bar")
+    up.add_argument("files", nargs="+", metavar="FILE|DIR")
+    up.add_argument("--force", action="store_true", help="also upload files the daemon's queue holds as already "
+                                                         "uploaded or in progress (they become second samples)")
     up.add_argument("--max-wait", type=float, default=900.0, metavar="SECONDS",
                     help="give up on a file after retrying transient errors this long (default 900)")
     sub.add_parser("check", parents=[common], help="validate config, queue, folders and API key")
@@ -247,7 +250,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
                    stream=sys.stderr)
     key = config_mod.load_api_key(settings)
     logs.register_secret(key)
-    return upload_files(settings, key, args.files, max_wait_s=args.max_wait)
+    return upload_files(settings, key, args.files, max_wait_s=args.max_wait, force=args.force)
 
 
 # -- check -------------------------------------------------------------------------------------
