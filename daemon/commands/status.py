@@ -20,7 +20,7 @@ from typing import Any, TextIO
 from daemon.commands.queue_owner import ownership_problem
 from daemon.config import Settings
 from daemon.errors import ConfigError
-from daemon.queue.base import STATES, FileRow, Identity, Version, iso_utc
+from daemon.queue.base import STATES, FileRow, Identity, Listed, Version, iso_utc
 from daemon.redact import escape_control, looks_like_sample_id
 
 EXIT_OK, EXIT_NOT_FOUND = 0, 1
@@ -103,12 +103,12 @@ def _filter_args(args: argparse.Namespace) -> dict[str, Any]:
     return where
 
 
-def _filtered(store: Any, args: argparse.Namespace) -> tuple[list[FileRow], int]:
+def _filtered(store: Any, args: argparse.Namespace) -> tuple[list[Listed], int]:
     """The files the filters select (all with none), at most --limit of them, and how many matched."""
     return store.find_files(**_filter_args(args), limit=args.limit)
 
 
-def _default_view(store: Any, counts: dict[str, int], limit: int | None) -> tuple[list[FileRow], str]:
+def _default_view(store: Any, counts: dict[str, int], limit: int | None) -> tuple[list[Listed], str]:
     """Everything not done, and the last DONE_SHOWN done (the most recent `limit` of these with --limit)."""
     done_shown = DONE_SHOWN if limit is None else min(DONE_SHOWN, limit)
     busy, _ = store.find_files(states=NOT_DONE, limit=limit)
@@ -130,7 +130,7 @@ def _local(ts: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
 
 
-def _write_text(out: TextIO, counts: dict[str, int], rows: list[FileRow], paused: Any, left_out: str,
+def _write_text(out: TextIO, counts: dict[str, int], rows: list[Listed], paused: Any, left_out: str,
                 filtered: bool) -> None:
     if paused:
         print(f"UPLOADS PAUSED: {paused.get('reason')}\n  fix: check the API key with `seqdrop check`; "
@@ -139,14 +139,19 @@ def _write_text(out: TextIO, counts: dict[str, int], rows: list[FileRow], paused
     if rows:
         print(file=out)
         print(f"{'ID':>5}  {'UPDATED (local)':<19}  {'STATE':<9} {'TRIES':>5}  {'SAMPLE':<16}  PATH", file=out)
-        for r in rows:   # one line per file; the last error, if any, ends the line
-            error = f"  — {escape_control(r.error)}" if r.error else ""
-            print(f"{r.id:>5}  {_local(r.updated_at)}  {r.state:<9} {r.attempts:>5}  "
-                  f"{escape_control(r.sample_id or '-'):<16}  {escape_control(r.path)}{error}", file=out)
+        out.write("".join(_line(r) for r in rows))
     elif filtered:
         print("\nNo file matches.", file=out)
     if left_out:
         print(f"\n({left_out})", file=out)
+
+
+def _line(r: Listed) -> str:
+    """One file's line; the last error, if any, ends it. Control characters in a name are shown escaped
+    (a newline in a file name must not make two lines)."""
+    error = f"  — {escape_control(r.error)}" if r.error else ""
+    return (f"{r.id:>5}  {_local(r.updated_at)}  {r.state:<9} {r.attempts:>5}  "
+            f"{escape_control(r.sample_id or '-'):<16}  {escape_control(r.path)}{error}\n")
 
 
 def _write_json(out: TextIO, counts: dict[str, int], entries: list[str], paused: Any) -> None:
