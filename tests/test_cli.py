@@ -395,6 +395,8 @@ def test_a_queue_root_left_behind_names_its_owner_and_the_chown(root_made_queue)
     the folder's owner, not "make its folder writable"; status still reads the queue and warns."""
     config, state, argv = root_made_queue
     chown = f"chown nobody: {state}/*"
+    for name in os.listdir(state):
+        (state / name).chmod(0o644)      # readable by all, as root's umask 022 left them before 0600 state files
 
     def as_nobody(*args: str) -> subprocess.CompletedProcess:
         return subprocess.run([*argv, *args, "--config", str(config)], capture_output=True, text=True, timeout=60)
@@ -407,7 +409,7 @@ def test_a_queue_root_left_behind_names_its_owner_and_the_chown(root_made_queue)
         assert "writable by the seqdrop user" not in text and "Traceback" not in text, (command, text)
     assert "1  " in as_nobody("status").stdout.splitlines()[-1]     # the file is still listed
     for name in os.listdir(state):
-        (state / name).chmod(0o600)      # the state files as the unit's UMask=0077 makes them
+        (state / name).chmod(0o600)      # private state files: the other user cannot even read them
     r = as_nobody("status")
     assert r.returncode == 2 and chown in r.stderr and "Traceback" not in r.stderr, r.stderr
 
