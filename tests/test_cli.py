@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
+import tempfile
 from pathlib import Path
 
 import pytest
-from harness import fastq_bytes, wait_for
+from harness import Daemon, fastq_bytes, wait_for
 
 # All imported here, not first under pyfakefs: its dynamic patching would leave them bound to the
 # fake file system.
@@ -55,7 +58,7 @@ def cfg(tmp_path, sb):
 
 @pytest.mark.parametrize("args,code,words", [
     (["run", "--config", "/nonexistent/seqdrop.toml"], 2, "does not exist"),
-    (["status", "--config", "/nonexistent/seqdrop.toml"], 2, "does not exist"),
+    (["status", "--config", "/nonexistent/seqdrop.toml"], 2, "no config at /nonexistent/seqdrop.toml"),
     (["frobnicate"], 2, "invalid choice"),
     ([], 2, "usage"),
 ])
@@ -317,22 +320,118 @@ def test_status_piped_into_a_reader_that_leaves_early(cfg, tmp_path):
 
 
 def test_upload_names_what_it_cannot_send_and_gives_up_after_max_wait(cfg, sb, tmp_path):
-    """In-process `seqdrop upload`: a missing path and a folder are named and skipped; a file the API
-    keeps refusing with 503 is retried, then failed once --max-wait has passed; exit 1."""
+    """In-process `seqdrop upload`: a missing path, a named pipe and a folder without matching files are
+    named and skipped; a file the API keeps refusing with 503 is retried, then failed once --max-wait has
+    passed; exit 1."""
     out = io.StringIO()
     settings = config.load(cfg, check_folders=False)
     missing, sample = tmp_path / "nope.fastq", SAMPLES / "demo_R1.fastq"
+    pipe, empty = tmp_path / "p.fastq", tmp_path / "e"
+    os.mkfifo(pipe)
+    empty.mkdir()
     sb.add_fault(Fault(target="init_upload", kind="status", status=503, times=None))
     retrying.set_waits(False)   # the retries still happen, without their backoff
     try:
-        code = oneshot.upload_files(settings, KEY, [str(missing), str(tmp_path), str(sample)], max_wait_s=0,
-                                    out=out)
+        code = oneshot.upload_files(settings, KEY, [str(missing), str(pipe), str(empty), str(sample)],
+                                    max_wait_s=0, out=out)
     finally:
         retrying.set_waits(True)
         sb.clear_faults()
     lines = out.getvalue().splitlines()
     assert code == 1, lines
-    assert lines[:2] == [f"{missing}: cannot read it (No such file or directory)", f"{tmp_path}: not a regular file"]
-    assert lines[2].startswith(f"{sample}: retrying later: ") and "503" in lines[2], lines
-    assert lines[3].startswith(f"{sample}: failed: gave up after 0 s of retries; last error: "), lines
-    assert len(lines) == 4, lines
+    assert lines[:3] == [f"{missing}: cannot read it (No such file or directory)", f"{pipe}: not a regular file",
+                         f"{empty}: no file in it matches the config's patterns ([watch] include, exclude)"]
+    assert lines[3].startswith(f"{sample}: retrying later: ") and "503" in lines[3], lines
+    assert lines[4].startswith(f"{sample}: failed: gave up after 0 s of retries; last error: "), lines
+    assert len(lines) == 5, lines
+
+
+def _python_for_nobody() -> list[str] | None:
+    """argv that runs this checkout's seqdrop as user nobody (uid 65534), or None: needs root (to set the
+    user) and setpriv, and an interpreter nobody may execute (a venv under /root is not one: the system's
+    python of the same version is tried next, given the venv's packages)."""
+    if os.geteuid() != 0 or not shutil.which("setpriv"):
+        return None
+    env = ["env", "-i", "HOME=/tmp", f"PYTHONPATH={ROOT}:{sysconfig.get_paths()['purelib']}",
+           f"ONE_CODEX_API_KEY={KEY}"]
+    for exe in (sys.executable, f"/usr/bin/python3.{sys.version_info.minor}"):
+        argv = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *env, exe, "-s", "-m", "daemon"]
+        if subprocess.run([*argv, "--version"], capture_output=True, timeout=60).returncode == 0:
+            return argv
+    return None
+
+
+@pytest.fixture
+def root_made_queue():
+    """A state folder owned by nobody (the service user) holding a queue that root created (as `sudo seqdrop
+    run` would), in a folder every user may traverse; yields (config, state folder, the argv prefix)."""
+    argv = _python_for_nobody()
+    if argv is None:
+        pytest.skip("needs root, setpriv and a python that user nobody can run (to make files another user owns)")
+    top = Path(tempfile.mkdtemp(prefix="seqdrop-owner-", dir="/tmp"))
+    try:
+        top.chmod(0o755)
+        state, watch = top / "state", top / "watch"
+        state.mkdir()
+        watch.mkdir()
+        os.chown(state, 65534, 65534)
+        config = top / "seqdrop.toml"
+        config.write_text(f'[api]\nbase_url = "http://127.0.0.1:9"\n[watch]\npaths = ["{watch}"]\n'
+                          f'[queue]\npath = "{state}/queue.sqlite3"\n[log]\nformat = "json"\n')
+        config.chmod(0o644)
+        store = SqliteStore(str(state / "queue.sqlite3"))
+        store.lock_exclusive()
+        failed = store.add_seen(str(watch / "a.fastq"), Identity(1, 2, 3, 4))
+        store.set_state(failed, "failed", error="400")
+        store.close()
+        yield config, state, argv
+    finally:
+        shutil.rmtree(top)
+
+
+def test_a_queue_root_left_behind_names_its_owner_and_the_chown(root_made_queue):
+    """Root ran seqdrop once by hand, so the queue's files are root's: run (exit 1: systemd tries again and
+    the service resumes once fixed), retry and check say which files belong to root and give the chown for
+    the folder's owner, not "make its folder writable"; status still reads the queue and warns."""
+    config, state, argv = root_made_queue
+    chown = f"chown nobody: {state}/*"
+    for name in os.listdir(state):
+        (state / name).chmod(0o644)      # readable by all, as root's umask 022 left them before 0600 state files
+
+    def as_nobody(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*argv, *args, "--config", str(config)], capture_output=True, text=True, timeout=60)
+
+    for command, code in (("run", 1), ("retry", 2), ("check", 1), ("status", 0)):
+        r = as_nobody(command)
+        text = r.stdout + r.stderr
+        assert r.returncode == code, (command, text)
+        assert f"{state}/queue.sqlite3 belongs to root" in text and chown in text, (command, text)
+        assert "writable by the seqdrop user" not in text and "Traceback" not in text, (command, text)
+    assert "1  " in as_nobody("status").stdout.splitlines()[-1]     # the file is still listed
+    for name in os.listdir(state):
+        (state / name).chmod(0o600)      # private state files: the other user cannot even read them
+    r = as_nobody("status")
+    assert r.returncode == 2 and chown in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+def test_an_api_key_file_others_can_read_draws_a_warning(cfg, sb, tmp_path):
+    """A key file readable by group or others: check warns naming the file and `chmod 600 FILE` (and still
+    passes); the daemon says the same at start-up; a 0600 file draws nothing."""
+    key_file = tmp_path / "api-key"
+    key_file.write_text(KEY + "\n")
+    key_file.chmod(0o644)
+    text = Path(cfg).read_text().replace("[api]\n", f'[api]\napi_key_file = "{key_file}"\n')
+    Path(cfg).write_text(text + '[log]\nformat = "json"\n')
+    r = seqdrop("check", "--config", cfg)
+    assert r.returncode == 0 and "warning  API key" in r.stdout, r.stdout
+    assert f"{key_file} can be read by its group and every user (mode 0644)" in r.stdout
+    assert f"fix: chmod 600 {key_file}" in r.stdout
+    log = tmp_path / "daemon.log"
+    with Daemon(Path(cfg), log_path=log, api_key=None) as daemon:
+        daemon.wait_ready(30)
+        event = next(e for e in daemon.log_events() if e["event"] == "config.api_key_file_exposed")
+        assert event["level"] == "warning" and event["fix"] == f"chmod 600 {key_file}"
+        assert daemon.terminate() == 0
+    key_file.chmod(0o600)
+    r = seqdrop("check", "--config", cfg)
+    assert r.returncode == 0 and "chmod" not in r.stdout and "ok       API key: found" in r.stdout

@@ -242,7 +242,7 @@ EXACT = [
     ("[log]\nlevel = 'LOUD'\n", "log.level", "unknown level 'loud'", "one of debug, info, warning, error"),
     ("[log]\nlevel = 1\n", "log.level", "has the wrong type (int: 1)", 'level = "info"'),
     ("[log]\nformat = 'xml'\n", "log.format", "unknown format 'xml'",
-     "auto (console on a terminal, JSON otherwise), json or console"),
+     "auto (the journal under systemd, console on a terminal, JSON otherwise), journal, json or console"),
     ("[metrics]\nenabled = 1\n", "metrics.enabled", "has the wrong type (int: 1)", "enabled = true"),
     ("[metrics]\nlisten = '9808'\n", "metrics.listen", "listen '9808' must be a loopback HOST:PORT",
      'e.g. "127.0.0.1:9808" (put a reverse proxy in front to expose it)'),

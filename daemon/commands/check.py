@@ -12,6 +12,8 @@ import time
 from typing import Any
 
 from daemon import config as config_mod
+from daemon.commands.queue_owner import ownership_problem
+from daemon.config.api_key import key_file_exposure
 from daemon.detection.files import DepthLimit, sub_folders
 from daemon.detection.mounts import network_mount_type
 from daemon.errors import AuthError, ConfigError, Permanent, Transient
@@ -67,6 +69,9 @@ def _check_queue(settings: Any, r: _Report) -> None:
     and the queue compared with its audit journal (a queue that lost its newest transactions)."""
     path = settings.queue.path
     folder = os.path.dirname(path) or "."
+    if trap := ownership_problem(path):      # root ran seqdrop by hand once: the files are root's
+        r.bad("queue", *trap)
+        return
     verdict = integrity.check(path)
     records = integrity.journal_has_records(journal_path(path))
     if verdict.kind == integrity.NOT_A_DATABASE and not records:
@@ -159,7 +164,10 @@ def _check_api(settings: Any, r: _Report, env: dict[str, str] | None) -> None:
         r.bad("API key", e.problem, e.fix or "provide the key")
         return
     logs.register_secret(key)
-    r.ok("API key", "found")
+    if exposed := key_file_exposure(settings):
+        r.warn("API key", *exposed)
+    else:
+        r.ok("API key", "found")
     client = make_client(settings, key, read_timeout_s=min(settings.api.read_timeout_s, 30))
     try:
         client.probe()

@@ -7,7 +7,6 @@ get one clear message naming the thing and the fix, never a traceback.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import sqlite3
@@ -16,6 +15,9 @@ from typing import Any
 
 from daemon import __version__
 from daemon import config as config_mod
+from daemon.commands import queue_owner
+from daemon.commands import status as status_cmd
+from daemon.config.api_key import key_file_exposure
 from daemon.errors import ConfigError, SeqdropError
 from daemon.operations import logs
 from daemon.operations.notify import SystemdNotifier
@@ -42,14 +44,28 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"seqdrop {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND")
     sub.add_parser("run", parents=[common], help="run the daemon in the foreground (systemd's ExecStart)")
-    st = sub.add_parser("status", parents=[common], help="what the queue holds, one line per file")
-    st.add_argument("--json", action="store_true", help="machine-readable output")
+    st = sub.add_parser("status", parents=[common], help="what the queue holds: counts, files not done, the "
+                                                         "last done")
+    st.add_argument("--json", action="store_true", help="machine-readable output (every file unless filtered)")
+    st.add_argument("--state", type=status_cmd.parse_states, action="extend", metavar="STATE",
+                    help=f"only files in this state ({', '.join(STATES)}; repeat or comma-separate)")
+    st.add_argument("--run", metavar="NAME|PATH", help="only files of this run folder (a name, a glob such as "
+                                                      "'240501_*', or a path: that folder and below)")
+    st.add_argument("--since", type=status_cmd.parse_since, metavar="WHEN",
+                    help="only files changed since then: 30m, 2h, 3d, 1w, or a date/time (2026-11-25T14:00)")
+    st.add_argument("--limit", type=_positive, metavar="N", help="at most N files, the most recently changed")
+    sh = sub.add_parser("show", parents=[common], help="one file's whole story (every version), or a sample's")
+    sh.add_argument("what", metavar="PATH|SAMPLE_ID|ID", help="a file's path, a sample id or a file ID")
+    sh.add_argument("--json", action="store_true", help="machine-readable output")
     rt = sub.add_parser("retry", parents=[common], help="put failed and/or rejected files back in the queue")
     rt.add_argument("--failed", action="store_true", help="retry failed files")
     rt.add_argument("--rejected", action="store_true", help="retry rejected files")
     rt.add_argument("ids", nargs="*", type=_file_id, metavar="ID", help="only these file ids (see status)")
-    up = sub.add_parser("upload", parents=[common], help="upload the named files now, with a progress bar")
-    up.add_argument("files", nargs="+", metavar="FILE")
+    up = sub.add_parser("upload", parents=[common], help="upload the named files (and folders' matching files) "
+                                                         "now, with a progress bar")
+    up.add_argument("files", nargs="+", metavar="FILE|DIR")
+    up.add_argument("--force", action="store_true", help="also upload files the daemon's queue holds as already "
+                                                         "uploaded or in progress (they become second samples)")
     up.add_argument("--max-wait", type=float, default=900.0, metavar="SECONDS",
                     help="give up on a file after retrying transient errors this long (default 900)")
     sub.add_parser("check", parents=[common], help="validate config, queue, folders and API key")
@@ -58,6 +74,12 @@ def _parser() -> argparse.ArgumentParser:
     sb = sub.add_parser("sandbox", add_help=False, help="run the local One Codex + S3 emulator")
     sb.add_argument("rest", nargs=argparse.REMAINDER)
     return p
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive whole number")
+    return int(text)
 
 
 def _file_id(text: str) -> int:
@@ -82,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     explicit = getattr(args, "config", None) or os.environ.get("SEQDROP_CONFIG")
     args.config_path = explicit or config_mod.DEFAULT_CONFIG_PATH
     args.config_explicit = bool(explicit)
-    handler = {"run": cmd_run, "status": cmd_status, "retry": cmd_retry, "upload": cmd_upload,
+    handler = {"run": cmd_run, "status": cmd_status, "show": cmd_show, "retry": cmd_retry, "upload": cmd_upload,
                "check": cmd_check, "demo": cmd_demo}[args.command]
     try:
         return handler(args)
@@ -117,6 +139,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     key = config_mod.load_api_key(settings)
     logs.register_secret(key)
     log = logs.get("seqdrop")
+    if exposed := key_file_exposure(settings):
+        log.warning("config.api_key_file_exposed", problem=exposed[0], fix=exposed[1])
+    if trap := queue_owner.ownership_problem(settings.queue.path):
+        # exit 1, not 2: systemd keeps trying, and the service resumes by itself once the files are chowned
+        log.error("queue.not_writable", problem=trap[0], fix=trap[1])
+        return EXIT_FAILURE
     log.info("service.starting", version=__version__, config=settings.source, queue=settings.queue.path)
     try:
         # Before anything else touches the queue: the lock, the integrity check, a rebuild if need be.
@@ -216,8 +244,11 @@ def _damaged(settings: Any, what: str) -> SeqdropError:
 
 
 def _queue_error(settings: Any, e: Exception, fix: str) -> ConfigError:
-    """The queue cannot be opened: name the likely mistake (a folder, another file) before permissions."""
+    """The queue cannot be opened: name the likely mistake (a folder, another file, files another user
+    owns) before permissions."""
     path = settings.queue.path
+    if trap := queue_owner.ownership_problem(path):
+        return ConfigError(trap[0], file=settings.source, key="queue.path", fix=trap[1])
     if os.path.isdir(path):
         return ConfigError(f"the queue path {path} is a folder", file=settings.source, key="queue.path",
                            fix=f'name a file in it, e.g. path = "{os.path.join(path, "queue.sqlite3")}"')
@@ -230,47 +261,25 @@ def _queue_error(settings: Any, e: Exception, fix: str) -> ConfigError:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
+    status_cmd.require_config(args.config_path)
     settings, store = _open_store_for_reading(args)
-    if store is None:
-        counts = {s: 0 for s in STATES}
-        files: list[dict[str, Any]] = []
-        paused = None
-    else:
-        try:
-            counts, files, paused = store.counts(), [r.public() for r in store.files()], store.get_meta("paused")
-        except sqlite3.DatabaseError as e:     # a damaged page: "database disk image is malformed"
-            raise _read_failed(settings, e) from None
-        finally:
-            store.close()
-    if args.json:
-        doc: dict[str, Any] = {"counts": counts, "files": files}
-        doc["paused"] = paused.get("reason") if paused else None
-        print(json.dumps(doc, indent=2))
-        return EXIT_OK
-    if store is None:
-        print(f"No queue yet at {settings.queue.path} (the daemon has not run with this config).")
-        return EXIT_OK
-    if paused:
-        print(f"UPLOADS PAUSED: {paused.get('reason')}\n  fix: check the API key with `seqdrop check`; "
-              f"uploads resume by themselves once it works.\n")
-    print("  ".join(f"{s} {counts[s]}" for s in STATES))
-    if files:
-        print()
-        print(f"{'ID':>5}  {'STATE':<9} {'TRIES':>5}  {'SAMPLE':<16}  PATH")
-        for f in files:   # one line per file (the contract); the last error, if any, ends the line
-            error = f"  — {_one_line(f['error'])}" if f["error"] else ""
-            print(f"{f['id']:>5}  {f['state']:<9} {f['attempts']:>5}  {f['sample_id'] or '-':<16}  "
-                  f"{_one_line(f['path'])}{error}")
-    return EXIT_OK
+    try:
+        return status_cmd.status(settings, store, args)
+    except sqlite3.DatabaseError as e:     # a damaged page: "database disk image is malformed"
+        raise _read_failed(settings, e) from None
 
 
-def _one_line(text: str) -> str:
-    """A file name may hold a newline or a tab: show such characters escaped (\\n, \\t), so each file
-    keeps exactly one line; other letters (accents, CJK) are shown as they are."""
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+def cmd_show(args: argparse.Namespace) -> int:
+    status_cmd.require_config(args.config_path)
+    settings, store = _open_store_for_reading(args)
+    try:
+        return status_cmd.show(settings, store, args.what, as_json=args.json)
+    except sqlite3.DatabaseError as e:     # a damaged page: "database disk image is malformed"
+        raise _read_failed(settings, e) from None
 
 
 def cmd_retry(args: argparse.Namespace) -> int:
+    status_cmd.require_config(args.config_path)
     settings, store = _open_store_for_reading(args, write=True)
     if store is None:
         print(f"No queue yet at {settings.queue.path}; nothing to retry.")
@@ -306,7 +315,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
                    stream=sys.stderr)
     key = config_mod.load_api_key(settings)
     logs.register_secret(key)
-    return upload_files(settings, key, args.files, max_wait_s=args.max_wait)
+    return upload_files(settings, key, args.files, max_wait_s=args.max_wait, force=args.force)
 
 
 # -- check -------------------------------------------------------------------------------------

@@ -1,14 +1,21 @@
-"""`seqdrop upload FILE...`: the daemon's pipeline, run once over named files.
+"""`seqdrop upload FILE|DIR...`: the daemon's pipeline, run once over named files and folders.
 
 A private temporary queue (not the daemon's) holds the files, so every step is
 the daemon's own code path: validation, init → POST → confirm, retries, the
 policy-expiry dance. A progress bar on a terminal; periodic `upload.progress` log
-events otherwise. Exit 0 only if every file was confirmed.
+events otherwise. Exit 0 only if every file was confirmed (now, or before: see below).
+
+The daemon's queue (the config's queue.path, opened read-only) is consulted first: a file version it
+already confirmed (the same path, size and mtime, or the same device, inode, size and mtime at
+another path) is skipped with its sample id, and so is one the daemon is uploading now; `--force`
+sends them anyway. A folder stands for its matching files, found as the daemon's scan finds them
+(the config's patterns, recursively, hidden and temporary names left out).
 """
 
 from __future__ import annotations
 
 import os
+import sqlite3
 import sys
 import tempfile
 import threading
@@ -18,7 +25,8 @@ from typing import Any
 from tqdm import tqdm
 
 from daemon.config import Settings
-from daemon.errors import AuthError
+from daemon.detection.watcher import Matcher, scan
+from daemon.errors import AuthError, ConfigError
 from daemon.operations import logs
 from daemon.queue.base import FileRow, Identity
 from daemon.queue.sqlite import SqliteStore
@@ -29,6 +37,9 @@ from daemon.upload.throttle import TokenBucket
 
 PROGRESS_LOG_S = 5.0
 EXIT_INTERRUPTED = 1     # design.md: `upload` exits 0 only if every file was confirmed, 1 otherwise (also Ctrl-C)
+IN_PROGRESS = ("seen", "queued", "uploading")
+# The pipeline's log events whose words the outcome line of each file says already (_report).
+REPORTED_EVENTS = frozenset({"file.rejected", "file.failed"})
 
 
 class _Progress:
@@ -56,33 +67,60 @@ class _Progress:
                           mb_s=round(rate / 1e6, 1),
                           eta_s=round((self.size - self.done) / rate, 0) if rate else None)
 
-    def close(self) -> None:
+    def close(self, *, confirmed: bool = True) -> None:
+        """A bar stays on screen for a confirmed file; for any other it is wiped: all bytes sent is no
+        success when the file was then rejected, and its outcome line says what happened."""
         if self.bar is not None:
+            self.bar.leave = confirmed
             self.bar.close()
 
 
+class _OutcomesSaidOnce:
+    """The pipeline's log for a one-shot upload, less the events whose message the outcome line of the
+    file prints anyway (a refusal said twice reads as two problems)."""
+
+    def __init__(self, log: Any) -> None:
+        self._log = log
+
+    def bind(self, **values: Any) -> "_OutcomesSaidOnce":
+        return _OutcomesSaidOnce(self._log.bind(**values))
+
+    def error(self, event: str, **values: Any) -> None:
+        if event not in REPORTED_EVENTS:
+            self._log.error(event, **values)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._log, name)
+
+
 def upload_files(settings: Settings, api_key: str, files: list[str], *, max_wait_s: float = 900.0,
-                 client: OneCodexClient | None = None, out: Any = None) -> int:
-    """Upload files now, through the daemon's pipeline and a private queue; 0 only if every one was
-    confirmed, 1 otherwise (a file refused or given up on, a rejected key, Ctrl-C)."""
+                 force: bool = False, client: OneCodexClient | None = None, out: Any = None) -> int:
+    """Upload files (and the matching files of folders) now, through the daemon's pipeline and a private
+    queue; 0 only if every one was confirmed (now, or before by the daemon), 1 otherwise (a file refused,
+    given up on or still in the daemon's hands, a rejected key, Ctrl-C)."""
     out = out or sys.stdout
     log = logs.get("seqdrop")
+    candidates, all_usable = _candidates(files, settings, out)
+    candidates, all_confirmed_before = _not_yet_uploaded(settings, candidates, force=force, out=out)
+    if not candidates:
+        return 0 if all_usable and all_confirmed_before else 1
     client = client or make_client(settings, api_key)
     throttle = TokenBucket.from_mbps(settings.upload.max_mbps).consume if settings.upload.max_mbps else None
     with tempfile.TemporaryDirectory(prefix="seqdrop-upload-") as tmp:
         store = SqliteStore(os.path.join(tmp, "queue.sqlite3"))
-        pipeline = make_pipeline(settings, store=store, client=client, log=log, stop=threading.Event(),
-                                 throttle=throttle)
+        pipeline = make_pipeline(settings, store=store, client=client, log=_OutcomesSaidOnce(log),
+                                 stop=threading.Event(), throttle=throttle)
         try:
-            return _upload(store, pipeline, files, max_wait_s=max_wait_s, log=log, out=out)
+            code = _upload(store, pipeline, candidates, max_wait_s=max_wait_s, log=log, out=out)
         finally:
             pipeline.close()
             store.close()
+    return code if all_usable and all_confirmed_before else 1
 
 
-def _upload(store: SqliteStore, pipeline: Pipeline, files: list[str], *, max_wait_s: float, log: Any,
-            out: Any) -> int:
-    names, all_queued = _queue_files(store, files, out)
+def _upload(store: SqliteStore, pipeline: Pipeline, candidates: list[tuple[str, str, os.stat_result]], *,
+            max_wait_s: float, log: Any, out: Any) -> int:
+    names = _queue_files(store, candidates)
     try:
         _send_all(store, pipeline, names, max_wait_s=max_wait_s, log=log, out=out)
     except AuthError as e:
@@ -93,23 +131,77 @@ def _upload(store: SqliteStore, pipeline: Pipeline, files: list[str], *, max_wai
         _report_interrupted(store, pipeline, names, out)
         print("seqdrop: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    all_confirmed = _report(store, names, out)
-    return 0 if all_queued and all_confirmed else 1
+    return 0 if _report(store, names, out) else 1
 
 
-def _queue_files(store: SqliteStore, files: list[str], out: Any) -> tuple[dict[int, str], bool]:
-    """Queue each file this user can read; name the others. Returns {file id: the name as given},
-    and whether every file was queued."""
-    names: dict[int, str] = {}
-    for path in files:
-        full = os.path.abspath(path)
-        st = _readable_file(path, full, out)
-        if st is None:
+def _candidates(args: list[str], settings: Settings, out: Any) -> tuple[list[tuple[str, str, os.stat_result]], bool]:
+    """(the name as given or found, absolute path, stat) of each file to send: each named file this user
+    can read, and each matching file of each named folder; each file once. Also whether every named
+    thing gave something to send (the others are named with the reason)."""
+    matcher = Matcher(settings.watch.include, settings.watch.exclude)
+    found: dict[str, tuple[str, str, os.stat_result]] = {}
+    all_usable = True
+    for arg in args:
+        full = os.path.abspath(arg)
+        if os.path.isdir(full):
+            files = sorted(scan(full, matcher, log=logs.get("seqdrop")))
+            if not files:
+                print(f"{arg}: no file in it matches the config's patterns ([watch] include, exclude)", file=out)
+                all_usable = False
+            for path, _st in files:
+                if (st := _readable_file(path, path, out)) is not None:
+                    found.setdefault(os.path.realpath(path), (path, path, st))
             continue
+        st = _readable_file(arg, full, out)
+        if st is None:
+            all_usable = False
+            continue
+        found.setdefault(os.path.realpath(full), (arg, full, st))
+    return list(found.values()), all_usable
+
+
+def _not_yet_uploaded(settings: Settings, candidates: list[tuple[str, str, os.stat_result]], *, force: bool,
+                      out: Any) -> tuple[list[tuple[str, str, os.stat_result]], bool]:
+    """The candidates the daemon's queue does not hold as confirmed or in progress (all with --force), and
+    whether every one left out was confirmed. No queue at queue.path: nothing to consult."""
+    path = settings.queue.path
+    if force or not candidates or not os.path.exists(path):
+        return candidates, True
+    try:
+        daemon_queue = SqliteStore(path, readonly=True)
+    except sqlite3.Error as e:
+        raise ConfigError(f"cannot read the daemon's queue {path} ({e}) to skip the files it already uploaded",
+                          file=settings.source, key="queue.path",
+                          fix="run seqdrop upload as the seqdrop user or root, or add --force to upload "
+                              "without looking (files already uploaded then become second samples)") from None
+    try:
+        done = daemon_queue.confirmed_matches([(full, Identity.of(st)) for _, full, st in candidates])
+        busy = {full: daemon_queue.latest_for_path(full) for _, full, _st in candidates if full not in done}
+    finally:
+        daemon_queue.close()
+    left, all_confirmed = [], True
+    for name, full, st in candidates:
+        row = busy.get(full)
+        if full in done:
+            print(f"{name}: already uploaded as sample {done[full].sample_id} (file {done[full].id} in the "
+                  f"daemon's queue); skipped — --force uploads it again", file=out)
+        elif row is not None and row.state in IN_PROGRESS and row.identity == Identity.of(st):
+            all_confirmed = False
+            print(f"{name}: the daemon is uploading it ({row.state}, file {row.id} in its queue); skipped — "
+                  f"`seqdrop show {row.id}` follows it, --force uploads it here too", file=out)
+        else:
+            left.append((name, full, st))
+    return left, all_confirmed
+
+
+def _queue_files(store: SqliteStore, candidates: list[tuple[str, str, os.stat_result]]) -> dict[int, str]:
+    """Queue each file in the private queue. Returns {file id: the name as given}."""
+    names: dict[int, str] = {}
+    for name, full, st in candidates:
         file_id = store.add_seen(full, Identity.of(st))
         store.set_state(file_id, "queued", only_from=("seen",))
-        names[file_id] = path
-    return names, len(names) == len(files)
+        names[file_id] = name
+    return names
 
 
 def _readable_file(path: str, full: str, out: Any) -> os.stat_result | None:
@@ -147,10 +239,11 @@ def _send_all(store: SqliteStore, pipeline: Pipeline, names: dict[int, str], *, 
 def _send(store: SqliteStore, pipeline: Pipeline, row: FileRow, name: str, *, log: Any, out: Any) -> None:
     """One attempt at one file, with its progress bar."""
     progress = _Progress(row.path, row.size, log)
+    state = "queued"
     try:
         state = pipeline.process(row, progress=progress)
     finally:
-        progress.close()
+        progress.close(confirmed=state == "done")
     if state == "queued":
         current = store.get(row.id)
         print(f"{name}: retrying later: {current.error if current else ''}", file=out)

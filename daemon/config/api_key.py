@@ -6,6 +6,7 @@ Kept apart from the settings: the key is read when a command needs it, never sto
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 
 from daemon.config.document import Settings
@@ -44,3 +45,20 @@ def load_api_key(settings: Settings, *, env: dict[str, str] | None = None) -> st
     raise ConfigError("no One Codex API key found", file=settings.source, key="api",
                       fix=f"set {API_KEY_ENV}, or api_key_file = \"/etc/seqdrop/api-key\" in [api], or "
                           f"LoadCredential={CREDENTIAL_NAME}:/path in the systemd unit")
+
+
+def key_file_exposure(settings: Settings) -> tuple[str, str] | None:
+    """(what is wrong, the fix) when api.api_key_file can be read by its group or by everyone: the key
+    opens the lab's One Codex account to whoever reads it."""
+    path = settings.api.api_key_file
+    if not path:
+        return None
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return None     # load_api_key names a missing or unreadable file
+    if not mode & 0o044:
+        return None
+    who = {0o040: "its group", 0o004: "every user", 0o044: "its group and every user"}[mode & 0o044]
+    return (f"the API key file {path} can be read by {who} (mode {stat.S_IMODE(mode):04o})",
+            f"chmod 600 {path}")

@@ -10,7 +10,7 @@ from daemon.config.reader import Section
 @dataclass(frozen=True)
 class LogSettings:
     level: str = "info"
-    format: str = "auto"           # auto | json | console
+    format: str = "auto"           # auto | journal | json | console
 
 
 def parse_log(s: Section) -> LogSettings:
@@ -18,7 +18,8 @@ def parse_log(s: Section) -> LogSettings:
     if level not in ("debug", "info", "warning", "error"):
         raise s.error("level", f"unknown level {level!r}", fix="one of debug, info, warning, error")
     fmt = s.get("format", "auto", str, fix='format = "auto"')
-    if fmt not in ("auto", "json", "console"):
+    if fmt not in ("auto", "journal", "json", "console"):
         raise s.error("format", f"unknown format {fmt!r}",
-                      fix="auto (console on a terminal, JSON otherwise), json or console")
+                      fix="auto (the journal under systemd, console on a terminal, JSON otherwise), "
+                          "journal, json or console")
     return LogSettings(level=level, format=fmt)

@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 STATES = ("seen", "queued", "uploading", "done", "rejected", "failed", "vanished")
 TERMINAL = frozenset({"done", "rejected", "failed", "vanished"})
@@ -124,7 +124,34 @@ class Store(Protocol):
     def get_meta(self, key: str) -> Any: ...
     def set_meta(self, key: str, value: Any) -> None: ...
 
+    # reading for the operator's commands: `status` filters, `show`, `upload`'s look-up (sqlite_reads.py)
+    def find_files(self, *, states: tuple[str, ...] = (), under: str | None = None, run: str | None = None,
+                   since: float | None = None, limit: int | None = None) -> tuple[list[Listed], int]: ...
+    def public_json(self, *, states: tuple[str, ...] = (), under: str | None = None, run: str | None = None,
+                    since: float | None = None, limit: int | None = None) -> list[str]: ...
+    def versions(self, *, path: str | None = None, sample_id: str | None = None,
+                 file_id: int | None = None) -> list[Version]: ...
+    def confirmed_matches(self, files: list[tuple[str, Identity]]) -> dict[str, FileRow]: ...
+
+
+class Listed(NamedTuple):
+    """A file version as a `status` line shows it (a plain tuple: 100,000 of them are cheap to make)."""
+    id: int
+    path: str
+    state: str
+    attempts: int
+    sample_id: str | None
+    error: str | None
+    updated_at: float
+
+
+@dataclass(frozen=True)
+class Version:
+    """One file version as `seqdrop show` tells it: its row and when it was first seen."""
+    row: FileRow
+    created_at: float
+
 
 __all__ = ["STATES", "TERMINAL", "STEP_NONE", "STEP_INITIALIZED", "STEP_POSTED", "STEP_MP_INIT",
            "STEP_MP_COMPLETE", "INIT_STEPS", "POSTED_STEPS", "Identity", "FileRow", "StoreLocked", "Store",
-           "iso_utc", "Iterator"]
+           "iso_utc", "Iterator", "Listed", "Version"]

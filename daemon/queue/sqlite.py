@@ -32,6 +32,7 @@ from daemon.queue.base import (
     Identity,
 )
 from daemon.queue.storage import create_private, take_lock
+from daemon.queue.sqlite_reads import OperatorReads
 
 SCHEMA_VERSION = 1
 
@@ -86,8 +87,9 @@ def _added(r: sqlite3.Row, name: str) -> Any:
         return None
 
 
-class SqliteStore:
-    """The queue in one SQLite file (WAL, synchronous=FULL): the default backend."""
+class SqliteStore(OperatorReads):
+    """The queue in one SQLite file (WAL, synchronous=FULL): the default backend. The read-only verbs of
+    the operator's commands (status filters, show, upload's look-up) are in sqlite_reads.py."""
 
     def __init__(self, path: str, *, clock: Any = time.time, readonly: bool = False,
                  lock_fd: int | None = None) -> None:
@@ -427,3 +429,6 @@ class SqliteStore:
             else:
                 db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value"
                            " = excluded.value", (key, json.dumps(value)))
+
+    # -- for OperatorReads (sqlite_reads.py): how a database row becomes a FileRow ---------------------
+    _from_db = staticmethod(_row)
