@@ -349,70 +349,80 @@ class _FastqChecker(_Checker):
         return len(lines)
 
     def _one(self, line: bytes) -> None:
+        """One line through the state machine (the definition of the format): title, sequence, quality."""
         self.line += 1
         no = self.line
         rec = self.records + 1
         if self.state is _TITLE:
-            if not line:
-                self.blank_line = self.blank_line or no
-                return
-            if self.blank_line:
-                raise self._reject(
-                    f"line {self.blank_line:,} is blank but more records follow — blank lines "
-                    f"are only allowed at the end of a FASTQ file.", no, rec)
-            if line[0] != 64:
-                raise self._reject(f"expected a title line starting with '@' but found "
-                                   f"{_snip(line)} — the file is corrupt or not FASTQ.", no, rec)
-            if b"\0" in line:
-                raise self._reject("the title contains a NUL byte (0x00) — the file is corrupt "
-                                   "(zero-filled after a crash?).", no, rec)
-            self.title, self.title_line, self.seq_len = line, no, 0
-            self.state = _SEQ
+            self._title_line(line, no, rec)
         elif self.state is _SEQ:
-            first = line[:1]
-            if first == b"+":
-                if line != b"+" and line[1:] != self.title[1:]:
-                    if no == self.last_line and self.title[1:].startswith(line[1:]):
-                        raise self._reject("the file ends inside this record's '+' line — the file "
-                                           "is truncated.", no, rec)
-                    raise self._reject(
-                        f"the '+' line repeats a different title ({_snip(line)} after "
-                        f"{_snip(self.title)}) — the file is corrupt.", no, rec)
-                self.state, self.qual_len, self.qual_lines = _QUAL, 0, 0
-                self.short_at = None
-            elif first == b"@":
+            self._seq_line(line, no, rec)
+        else:
+            self._qual_line(line, no, rec)
+
+    def _title_line(self, line: bytes, no: int, rec: int) -> None:
+        if not line:
+            self.blank_line = self.blank_line or no
+            return
+        if self.blank_line:
+            raise self._reject(
+                f"line {self.blank_line:,} is blank but more records follow — blank lines "
+                f"are only allowed at the end of a FASTQ file.", no, rec)
+        if line[0] != 64:
+            raise self._reject(f"expected a title line starting with '@' but found "
+                               f"{_snip(line)} — the file is corrupt or not FASTQ.", no, rec)
+        if b"\0" in line:
+            raise self._reject("the title contains a NUL byte (0x00) — the file is corrupt "
+                               "(zero-filled after a crash?).", no, rec)
+        self.title, self.title_line, self.seq_len = line, no, 0
+        self.state = _SEQ
+
+    def _seq_line(self, line: bytes, no: int, rec: int) -> None:
+        first = line[:1]
+        if first == b"+":
+            if line != b"+" and line[1:] != self.title[1:]:
+                if no == self.last_line and self.title[1:].startswith(line[1:]):
+                    raise self._reject("the file ends inside this record's '+' line — the file "
+                                       "is truncated.", no, rec)
                 raise self._reject(
-                    f"a new title line starts before this record's '+' line (title on line "
-                    f"{self.title_line:,}) — the '+' and quality lines are missing.", no, rec)
-            else:
-                if line.translate(None, SEQ_CHARS):
-                    col, c = _first_bad(line, SEQ_CHARS)
-                    raise self._reject(f"the sequence contains {_char(c)} at column {col:,} — "
-                                       f"sequence lines may hold only letters, '*', '-' and '.'.",
-                                       no, rec)
-                self.seq_len += len(line)
-        else:  # quality
-            total = self.qual_len + len(line)
-            if self.qual_lines and line[:1] == b"@" and self.short_at is None:
-                self.short_at = (self.qual_len, no - 1)
-            if total > self.seq_len and self.short_at:
-                # The '@' line was more likely the next record's title after a short quality.
-                raise self._reject(f"quality has {self.short_at[0]:,} characters but the sequence "
-                                   f"has {self.seq_len:,} — the file is truncated or corrupt.",
-                                   self.short_at[1], rec)
-            if line.translate(None, QUAL_CHARS):
-                col, c = _first_bad(line, QUAL_CHARS)
-                raise self._reject(f"the quality contains {_char(c)} at column {col:,} — quality "
-                                   f"characters must be '!' to '~'.", no, rec)
-            self.qual_len = total
-            self.qual_lines += 1
-            if total > self.seq_len:
-                raise self._reject(f"quality has {total:,} characters but the sequence has "
-                                   f"{self.seq_len:,} — the file is truncated or corrupt.", no, rec)
-            if total == self.seq_len:
-                self.records += 1
-                self.bases += self.seq_len
-                self.state = _TITLE
+                    f"the '+' line repeats a different title ({_snip(line)} after "
+                    f"{_snip(self.title)}) — the file is corrupt.", no, rec)
+            self.state, self.qual_len, self.qual_lines = _QUAL, 0, 0
+            self.short_at = None
+        elif first == b"@":
+            raise self._reject(
+                f"a new title line starts before this record's '+' line (title on line "
+                f"{self.title_line:,}) — the '+' and quality lines are missing.", no, rec)
+        else:
+            if line.translate(None, SEQ_CHARS):
+                col, c = _first_bad(line, SEQ_CHARS)
+                raise self._reject(f"the sequence contains {_char(c)} at column {col:,} — "
+                                   f"sequence lines may hold only letters, '*', '-' and '.'.",
+                                   no, rec)
+            self.seq_len += len(line)
+
+    def _qual_line(self, line: bytes, no: int, rec: int) -> None:
+        total = self.qual_len + len(line)
+        if self.qual_lines and line[:1] == b"@" and self.short_at is None:
+            self.short_at = (self.qual_len, no - 1)
+        if total > self.seq_len and self.short_at:
+            # The '@' line was more likely the next record's title after a short quality.
+            raise self._reject(f"quality has {self.short_at[0]:,} characters but the sequence "
+                               f"has {self.seq_len:,} — the file is truncated or corrupt.",
+                               self.short_at[1], rec)
+        if line.translate(None, QUAL_CHARS):
+            col, c = _first_bad(line, QUAL_CHARS)
+            raise self._reject(f"the quality contains {_char(c)} at column {col:,} — quality "
+                               f"characters must be '!' to '~'.", no, rec)
+        self.qual_len = total
+        self.qual_lines += 1
+        if total > self.seq_len:
+            raise self._reject(f"quality has {total:,} characters but the sequence has "
+                               f"{self.seq_len:,} — the file is truncated or corrupt.", no, rec)
+        if total == self.seq_len:
+            self.records += 1
+            self.bases += self.seq_len
+            self.state = _TITLE
 
     def _end(self) -> None:
         rec = self.records + 1
