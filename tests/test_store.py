@@ -262,3 +262,43 @@ def test_steps_record_their_times_and_an_older_queue_gains_the_columns(tmp_path)
     assert (s.get(a).init_at, s.get(a).posted_at) == (None, None)
     assert s.get(1).path == "/old" and s.get(1).init_at is None
     s.close()
+
+
+def test_an_older_queue_is_migrated_forward(tmp_path):
+    """A queue of format 1 (no init_at/posted_at) gains the new columns and says format 2 once opened."""
+    import sqlite3
+
+    from daemon.queue.sqlite import SCHEMA_VERSION, SqliteStore
+    path = str(tmp_path / "q.sqlite3")
+    old = SqliteStore(path)
+    old.add_seen("/a", IDENT)
+    old.close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    assert store.get_meta("schema_version") == SCHEMA_VERSION == 2
+    assert store.get(1).path == "/a"
+    store.close()
+
+
+def test_a_newer_queue_is_refused_by_an_older_seqdrop(tmp_path):
+    """A queue written by a newer seqdrop is refused with both formats and the fix, and left untouched."""
+    import sqlite3
+
+    from daemon.queue.base import QueueTooNew
+    from daemon.queue.sqlite import SqliteStore
+    path = str(tmp_path / "q.sqlite3")
+    SqliteStore(path).close()
+    db = sqlite3.connect(path)
+    db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.commit()
+    db.close()
+    with pytest.raises(QueueTooNew) as e:
+        SqliteStore(path)
+    assert "queue format 99" in str(e.value) and "restore the copy" in str(e.value)
+    with pytest.raises(QueueTooNew):
+        SqliteStore(path, readonly=True)
+    db = sqlite3.connect(path)
+    assert db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "99"

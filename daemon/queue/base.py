@@ -16,6 +16,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from daemon.errors import ConfigError
+
 STATES = ("seen", "queued", "uploading", "done", "rejected", "failed", "vanished")
 TERMINAL = frozenset({"done", "rejected", "failed", "vanished"})
 
@@ -73,6 +75,10 @@ class FileRow:
 
 def iso_utc(ts: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
+class QueueTooNew(ConfigError):
+    """The queue was written by a newer seqdrop: refused (exit 2) rather than misread."""
 
 
 class StoreLocked(Exception):

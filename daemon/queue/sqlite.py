@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+from daemon import __version__
 from daemon.queue.base import (
     INIT_STEPS,
     POSTED_STEPS,
@@ -30,11 +31,15 @@ from daemon.queue.base import (
     STEP_POSTED,
     FileRow,
     Identity,
+    QueueTooNew,
 )
 from daemon.queue.storage import create_private, take_lock
 from daemon.queue.sqlite_reads import OperatorReads
 
-SCHEMA_VERSION = 1
+# The queue's format. 2: the columns init_at and posted_at, the index files_inode (turn 2). A newer
+# seqdrop migrates an older queue forward when it opens it; an older seqdrop refuses a newer queue
+# (QueueTooNew) instead of writing rows it does not understand.
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS files (
@@ -108,15 +113,34 @@ class SqliteStore(OperatorReads):
         self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout = 30000")
+        self._refuse_newer()
         if not readonly:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = FULL")
             self.db.executescript(_SCHEMA)
             self._add_columns()
-            self.db.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                            (str(SCHEMA_VERSION),))
+            self.db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE"
+                            " SET value = excluded.value", (str(SCHEMA_VERSION),))
         self.db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()   # opens the WAL index now
         self._match_owner()
+
+    def _refuse_newer(self) -> None:
+        """A queue written by a newer seqdrop (after a rollback): refuse it, name both versions and the fix."""
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        except sqlite3.OperationalError:        # no meta table yet: a new queue
+            return
+        try:
+            found = int(row[0]) if row else 0
+        except ValueError:
+            found = 0
+        if found > SCHEMA_VERSION:
+            self.db.close()
+            raise QueueTooNew(
+                f"the queue {self.path} was written by a newer seqdrop (queue format {found}; this seqdrop "
+                f"{__version__} knows formats up to {SCHEMA_VERSION})", file=self.path, key="queue.path",
+                fix="upgrade seqdrop to the version that wrote it, or restore the copy of the queue made "
+                    "before the upgrade (docs/operations.md, 'Roll back')")
 
     def _add_columns(self) -> None:
         """A queue made by an older seqdrop gains the columns added since (NULL in old rows)."""
