@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from .samplesheet import SheetRow
 
@@ -183,7 +184,7 @@ def to_datetime(value: Any) -> str | None:
     if isinstance(value, dt.datetime):
         return (value if value.tzinfo else value.astimezone()).isoformat(timespec="seconds")
     if isinstance(value, dt.date):
-        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.timezone.utc).isoformat()
+        return dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).isoformat()
     return None
 
 

@@ -15,9 +15,9 @@ from __future__ import annotations
 import csv
 import io
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
 
 # A sample sheet is a few kilobytes; anything bigger than this is not one (read nothing more).
 MAX_SHEET_BYTES = 4 * 1024 * 1024

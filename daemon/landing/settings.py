@@ -25,15 +25,16 @@ key) of the more specific layer win; a layer's `tags` replace the list of the la
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from daemon.errors import ConfigError
 
 from .metadata import DATES, METADATA_KEYS, PLACEHOLDERS, Layer, check_value, unknown_placeholders
 
-LAYER_KEYS = ("project", "tags", "metadata")
+LAYER_KEYS = ("project", "tags", "metadata")   # what a watch path's table may hold for landing
 PLACEHOLDER_HELP = "the placeholders are " + ", ".join(f"{{{name}}}" for name in PLACEHOLDERS)
 
 

@@ -15,7 +15,8 @@ import json
 import re
 import secrets
 import threading
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import parse_qs
 
 from .errors import ApiError
@@ -231,7 +232,7 @@ def _metadata_problem(key: str, value: Any) -> str | None:
 def _date_problem(value: Any) -> str | None:
     """`format: date-time` (RFC 3339): a date, a time and a zone."""
     try:
-        parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00")) if isinstance(value, str) else None
+        parsed = dt.datetime.fromisoformat(value) if isinstance(value, str) else None
     except ValueError:
         parsed = None
     if parsed is None or "T" not in value.upper() or parsed.tzinfo is None:
