@@ -15,6 +15,7 @@ from typing import Any, Callable
 from urllib.parse import parse_qs
 
 from .base import BaseHandler
+from .errors import ApiError
 from .external_s3 import ExternalS3Error
 from .faults import Fault, fault_from_dict
 from .hostile import ambiguous_message, echo_message, public_sample, tampered_init
@@ -28,12 +29,6 @@ MAX_JSON_BYTES = 1024 * 1024
 PER_PAGE_MAX = 200
 
 Reply = tuple[int, Any]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status, self.message = status, message
 
 
 class ApiHandler(BaseHandler):
@@ -123,7 +118,7 @@ class ApiHandler(BaseHandler):
         match = re.fullmatch(r"/api/v1/samples/([0-9a-f]{16})", path)
         if match and self.command == "GET":
             return "samples", lambda owner, body, query: self._get_sample(owner, match.group(1))
-        return "other", None
+        return self.sb.landing.route(path, self.command, self.sb._samples.all) or ("other", None)
 
     def _perform(self, action: Callable[..., Reply] | None, body: bytes, query: str) -> tuple[int, Any, list]:
         if action is None:
@@ -173,7 +168,9 @@ class ApiHandler(BaseHandler):
             raise ApiError(400, f"Invalid size {size!r}: it must be an integer from 1 to {MAX_SAMPLE_BYTES} bytes.")
         if data.get("upload_type") != "standard":
             raise ApiError(400, f"Invalid upload_type {data.get('upload_type')!r}: only 'standard' is supported.")
+        landing = self.sb.landing.check_init(data)
         sample = self.sb._samples.create(owner=owner, filename=filename, size=size)
+        self.sb._samples.set_fields(sample["sample_id"], **landing)
         prefix = f"{owner}/file_{sample['sample_id']}/"
         signed = make_policy(self.sb._secret, key_prefix=prefix, max_size=size,
                              lifetime_s=self.sb.policy_lifetime_s)
@@ -223,8 +220,10 @@ class ApiHandler(BaseHandler):
             s3.ensure_bucket()
         except ExternalS3Error as exc:
             raise ApiError(503, f"The multipart S3 is unavailable: {exc}") from None
+        landing = self.sb.landing.check_init(data)
         sample = self.sb._samples.create(owner=owner, filename=filename, size=None, route="multipart")
         sample_id = sample["sample_id"]
+        self.sb._samples.set_fields(sample_id, **landing)
         key = f"{owner}/multipart_{sample_id}/{filename}"
         access_key_id = "ASIASANDBOX" + secrets.token_hex(5).upper()
         secret = secrets.token_urlsafe(30)
@@ -338,6 +337,8 @@ class ApiHandler(BaseHandler):
             return 200, [f.to_dict() for f in sb._faults.active()]
         if path == "/_sandbox/faults" and method == "DELETE":
             return 200, {"cleared": sb.clear_faults()}
+        if path == "/_sandbox/projects" or path.startswith("/_sandbox/projects/"):
+            return self._projects_admin(path, method, body)
         if path == "/_sandbox/samples" and method == "GET":
             return 200, sb.samples()
         if path == "/_sandbox/requests" and method == "GET":
@@ -363,6 +364,23 @@ class ApiHandler(BaseHandler):
         if path == "/_sandbox/config" and method == "GET":
             return 200, sb._config_view()
         raise ApiError(404, "Unknown sandbox admin endpoint.")
+
+
+    def _projects_admin(self, path: str, method: str, body: bytes) -> Reply:
+        """GET / PUT (replace all) / POST (add one) /_sandbox/projects; DELETE /_sandbox/projects/<id>."""
+        landing = self.sb.landing
+        if path == "/_sandbox/projects":
+            if method == "GET":
+                return 200, landing.projects()
+            if method == "PUT":
+                return 200, landing.set_projects(_json_any(body))
+            if method == "POST":
+                return 201, landing.add_project(_json_any(body))
+        elif method == "DELETE":
+            project_id = path.rsplit("/", 1)[1]
+            return (200, {"deleted": project_id}) if landing.remove_project(project_id) else (
+                404, {"message": f"no project {project_id}", "status": 404})
+        raise ApiError(405, f"{method} {path} is not a sandbox admin call.")
 
 
 def _json_any(body: bytes) -> Any:

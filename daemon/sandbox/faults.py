@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 TARGETS = ("init_upload", "s3", "confirm_upload", "cancel_upload", "samples", "init_multipart_upload",
-           "multipart_callback", "any")
+           "multipart_callback", "projects", "any")
 # The hostile kinds (issue 10) come after the outage kinds; docs/sandbox.md describes each.
 KINDS = ("status", "drop", "delay", "trickle", "endless", "echo_secret", "no_etag", "alter", "stall",
          "ambiguous_repeat", "partial_init", "hostile_sample_id")

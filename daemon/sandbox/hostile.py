@@ -11,6 +11,7 @@ import hashlib
 import time
 
 from .faults import Fault
+from .landing import sample_landing
 from .multipart import Form
 
 # What hostile_sample_id appends to the real id by default: a line break and ANSI escapes that,
@@ -48,7 +49,7 @@ def public_sample(sample: dict, import_delay_s: float) -> dict:
         "updated_at": sample.get("updated_at"), "filename": sample["filename"], "size": sample["size"],
         "metadata": {"$ref": f"/api/v1/metadata/{hashlib.sha256(sample_id.encode()).hexdigest()[:16]}"},
         "owner": {"$ref": f"/api/v1/users/{sample['owner'].removeprefix('user_')}"},
-        "primary_classification": None, "project": None, "tags": [], "error_msg": error,
+        "primary_classification": None, **sample_landing(sample), "error_msg": error,
         "status": status, "visibility": visibility,
     }
 

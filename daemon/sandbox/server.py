@@ -14,6 +14,7 @@ from .api import ApiHandler
 from .base import SandboxServer
 from .external_s3 import ExternalS3
 from .faults import Fault, FaultBook
+from .landing import Landing
 from .state import RequestLog, Samples
 
 log = logging.getLogger("seqdrop.sandbox")
@@ -46,6 +47,7 @@ class Sandbox:
         self._secret = secrets.token_bytes(32)  # the "AWS secret key": only the sandbox knows it
         self._faults = FaultBook()
         self._samples = Samples()
+        self.landing = Landing()   # projects and tags (init_upload's landing fields)
         self._log = RequestLog()
         self._stopping = threading.Event()
         self._servers: list[SandboxServer] = []
