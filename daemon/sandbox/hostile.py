@@ -12,6 +12,7 @@ import time
 
 from .faults import Fault
 from .multipart import Form
+from .paired import public_pair
 
 # What hostile_sample_id appends to the real id by default: a line break and ANSI escapes that,
 # printed raw, would forge a "done" line in a terminal and then erase the rest of the line.
@@ -49,7 +50,7 @@ def public_sample(sample: dict, import_delay_s: float) -> dict:
         "metadata": {"$ref": f"/api/v1/metadata/{hashlib.sha256(sample_id.encode()).hexdigest()[:16]}"},
         "owner": {"$ref": f"/api/v1/users/{sample['owner'].removeprefix('user_')}"},
         "primary_classification": None, "project": None, "tags": [], "error_msg": error,
-        "status": status, "visibility": visibility,
+        "status": status, "visibility": visibility, **public_pair(sample),
     }
 
 
