@@ -59,6 +59,9 @@ class Sample:
     warnings: tuple[str, ...] = ()
     needs_pair_check: bool = False     # generic `_1/_2`: pair only once the first read names agree
     late: bool = False
+    # A file that is a sample by itself (no pattern, pairing off, late, a failed guess) keeps its
+    # own name: dropping its lane token could give a late lane its first sample's name.
+    own_name: bool = False
 
     @property
     def members(self) -> tuple[Member, ...]:
@@ -67,6 +70,8 @@ class Sample:
     @property
     def upload_names(self) -> tuple[str, ...]:
         """The names sent to One Codex: the first member's of each read, lane token removed."""
+        if self.own_name:
+            return (self.r1[0].name.name,)
         return tuple(part[0].name.upload_name for part in (self.r1, self.r2) if part)
 
     @property
@@ -136,7 +141,8 @@ def _key(folder: str, parsed: FileName) -> SampleKey:
 def _lone(member: Member) -> Sample:
     """A file that is a sample by itself, complete at once."""
     parsed = member.name
-    return Sample(key=(member.folder, parsed.name, "none"), name=parsed.stem, kind="single", r1=(member,))
+    return Sample(key=(member.folder, parsed.name, "none"), name=parsed.stem, kind="single", r1=(member,),
+                  own_name=True)
 
 
 def _assemble(key: SampleKey, members: list[Member], *, now_s: float, group_wait_s: float,

@@ -144,8 +144,8 @@ def names_agree(r1: PairDigest, r2: PairDigest, *, count: int = GUESS_NAMES) -> 
     their first read names agree, otherwise a sentence."""
     a, b = r1.first_names[:count], r2.first_names[:count]
     if len(a) != len(b):
-        return (f"{r1.name} has {len(a):,} records among its first {count:,} and {r2.name} has "
-                f"{len(b):,}: not a pair.")
+        return (f"among the first {count:,} records, {r1.name} has {len(a):,} records and {r2.name} "
+                f"{len(b):,} records: not a pair.")
     for index, (x, y) in enumerate(zip(a, b)):
         if x != y:
             return f"read #{index + 1} is {_show(x)} in {r1.name} and {_show(y)} in {r2.name}: not a pair."
