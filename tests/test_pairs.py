@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import bz2
 import gzip
+import hashlib
 import random
 
 import pytest
 
+from daemon.assembly.concat import LaneStream
 from daemon.assembly.pairs import NameDigest, compare, digest_path, head_digest, names_agree
+from daemon.checks.validate import StreamValidator
+from daemon.errors import ContentRejected, FileChanged
 
 
 def fastq(names: list[str], read: int, *, seed: int = 1) -> bytes:
@@ -122,3 +126,81 @@ def test_guess_check_refuses_a_shorter_mate(tmp_path):
     one = write(tmp_path / "r_1.fq", fastq(names, 1), "none")
     two = write(tmp_path / "r_2.fq", fastq(names[:10], 2), "none")
     assert "10 records" in names_agree(head_digest(one), head_digest(two))
+
+
+# -- lane concatenation while streaming (assembly/concat.py) -----------------------------------------
+# (kept in this file: the task's file list has no test module of its own for concat.py)
+
+def lanes(tmp_path, compression: str, count: int = 4) -> tuple[list, bytes]:
+    """`count` lane files of one read and the plain text of their concatenation."""
+    names = library(400 * count)
+    paths, text = [], b""
+    for lane in range(count):
+        data = fastq(names[lane * 400:(lane + 1) * 400], 1, seed=lane)
+        text += data
+        paths.append(write(tmp_path / f"X_S1_L00{lane + 1}_R1_001.fastq", data, compression))
+    return paths, text
+
+
+def read_all(stream, block: int) -> bytes:
+    out = []
+    while chunk := stream.read(block):
+        assert len(chunk) <= block
+        out.append(chunk)
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("compression", ["none", "gz", "bz2"])
+def test_lane_stream_is_the_concatenation_and_stays_valid(tmp_path, compression):
+    """Four lanes read as one stream: size known up front, bytes = cat, one MD5, valid for the validator."""
+    paths, text = lanes(tmp_path, compression)
+    expected = b"".join(p.read_bytes() for p in paths)
+    with LaneStream([str(p) for p in paths]) as stream:
+        assert stream.size == len(expected)                    # before the first read
+        validator, digest = StreamValidator("X_S1_R1_001.fastq"), NameDigest("X")
+        data = b""
+        while chunk := stream.read(4096):
+            data += chunk
+            validator.feed(chunk)
+        assert data == expected and stream.md5 == hashlib.md5(expected).hexdigest()
+    summary = validator.finish()
+    assert summary.records == 1600
+    digest.feed(text)
+    assert digest.finish().records == 1600
+
+
+def test_lane_stream_reads_in_bounded_blocks(tmp_path):
+    """No read returns more than asked, however small, and never spans two members."""
+    paths, text = lanes(tmp_path, "none", count=3)
+    with LaneStream([str(p) for p in paths]) as stream:
+        assert read_all(stream, 7) == text
+
+
+def test_plain_member_without_final_newline_is_refused_naming_it(tmp_path):
+    """A plain lane file (not the last) that does not end with a newline cannot be joined."""
+    first = tmp_path / "X_L001_R1_001.fastq"
+    first.write_bytes(b"@a\nAC\n+\nII")
+    last = tmp_path / "X_L002_R1_001.fastq"
+    last.write_bytes(b"@b\nAC\n+\nII")                         # the last may end without one
+    with pytest.raises(ContentRejected, match="X_L001_R1_001.fastq does not end with a newline"):
+        LaneStream([str(first), str(last)])
+    with LaneStream([str(last)]) as stream:
+        assert read_all(stream, 100) == b"@b\nAC\n+\nII"
+
+
+def test_mixed_compression_members_are_refused(tmp_path):
+    """A gzip lane followed by a plain lane would not be one valid stream: refused naming both."""
+    a = write(tmp_path / "X_L001_R1_001.fastq.gz", b"@a\nAC\n+\nII\n", "gz")
+    b = write(tmp_path / "X_L002_R1_001.fastq.gz", b"@b\nAC\n+\nII\n", "none")
+    with pytest.raises(ContentRejected, match="X_L002_R1_001.fastq.gz is plain but X_L001_R1_001.fastq.gz is gzip"):
+        LaneStream([str(a), str(b)])
+
+
+def test_member_that_grows_while_read_raises_file_changed(tmp_path):
+    """A lane file appended to after the stream opened it: FileChanged naming it, not a silent mix."""
+    paths, _ = lanes(tmp_path, "none", count=2)
+    with LaneStream([str(p) for p in paths]) as stream:
+        with open(paths[0], "ab") as f:
+            f.write(b"@late\nA\n+\nI\n")
+        with pytest.raises(FileChanged, match="X_S1_L001_R1_001.fastq changed"):
+            read_all(stream, 1 << 16)
