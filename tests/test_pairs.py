@@ -108,6 +108,20 @@ def test_blocks_cut_anywhere_give_the_same_digest():
     assert a.first_names == (b"r1", b"r2", b"r3", b"r4")
 
 
+def test_four_line_fast_path_equals_the_per_line_path():
+    """Plain four-line records digested in big blocks equal the same text fed byte by byte
+    (names, count, digest and every checkpoint)."""
+    text = fastq(library(1100), 1)
+    big, small = NameDigest("big"), NameDigest("small")
+    for i in range(0, len(text), 5000):
+        big.feed(text[i:i + 5000])
+    for i in range(len(text)):
+        small.feed(text[i:i + 1])
+    a, b = big.finish(), small.finish()
+    assert (a.records, a.digest, a.first_names, a.checkpoints) == (b.records, b.digest, b.first_names, b.checkpoints)
+    assert [count for count, _ in a.checkpoints] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
+
+
 def test_guess_check_on_the_first_1000_names(tmp_path):
     """`_1/_2` guess: SRA mates agree on their first 1,000 names; two unrelated runs do not."""
     names = library(1500)

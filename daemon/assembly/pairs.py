@@ -59,8 +59,26 @@ class NameDigest:
         """The next decompressed bytes, cut anywhere."""
         lines = (self._carry + text).split(b"\n")
         self._carry = lines.pop()
-        for line in lines:
+        i = 0
+        while i < len(lines) and self._phase != "header":
+            self._line(lines[i])
+            i += 1
+        i += self._four_line_records(lines, i)
+        for line in lines[i:]:
             self._line(line)
+
+    def _four_line_records(self, lines: list[bytes], start: int) -> int:
+        """Digest `lines[start:]`'s whole four-line records at once if they all are plain
+        (unwrapped) records; return how many lines were taken (0: the per-line path does it all).
+        The per-line path is ~4x slower; most FASTQ is unwrapped."""
+        usable = (len(lines) - start) // 4 * 4
+        end = start + usable
+        heads, seqs, pluses, quals = (lines[start + k:end:4] for k in range(4))
+        if not (all(h[:1] == b"@" for h in heads) and all(p[:1] == b"+" for p in pluses)
+                and all(map(_same_length, seqs, quals))):
+            return 0
+        self._add([_read_name(h.rstrip(b"\r")) for h in heads])
+        return usable
 
     def finish(self) -> PairDigest:
         """The digest of everything fed (a last line without a newline counts)."""
@@ -91,17 +109,32 @@ class NameDigest:
                 self._phase = "header"
 
     def _record(self, header: bytes) -> None:
-        words = header[1:].split(None, 1)
-        name = words[0] if words else b""
-        if name.endswith((b"/1", b"/2")):
-            name = name[:-2]
-        self._hash.update(name + b"\n")
-        self._records += 1
-        if len(self._first) < self._keep:
-            self._first.append(name)
-        if self._records == self._next_checkpoint:
-            self._checkpoints.append((self._records, self._hash.hexdigest()))
-            self._next_checkpoint *= 2
+        self._add([_read_name(header)])
+
+    def _add(self, names: list[bytes]) -> None:
+        """Digest these read names, in order, stopping at each checkpoint to snapshot the digest."""
+        i = 0
+        while i < len(names):
+            part = names[i:i + self._next_checkpoint - self._records]
+            self._hash.update(b"\n".join(part) + b"\n")
+            if len(self._first) < self._keep:
+                self._first.extend(part[:self._keep - len(self._first)])
+            self._records += len(part)
+            i += len(part)
+            if self._records == self._next_checkpoint:
+                self._checkpoints.append((self._records, self._hash.hexdigest()))
+                self._next_checkpoint *= 2
+
+
+def _read_name(header: bytes) -> bytes:
+    """The first word of a header line (without its '@'), a trailing /1 or /2 removed."""
+    words = header[1:].split(None, 1)
+    name = words[0] if words else b""
+    return name[:-2] if name.endswith((b"/1", b"/2")) else name
+
+
+def _same_length(sequence: bytes, quality: bytes) -> bool:
+    return len(sequence) == len(quality)
 
 
 def compare(r1: PairDigest, r2: PairDigest) -> str | None:
