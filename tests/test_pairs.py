@@ -10,7 +10,13 @@ import random
 import pytest
 
 from daemon.assembly.concat import LaneStream
-from daemon.assembly.pairs import NameDigest, compare, digest_path, head_digest, names_agree
+from daemon.assembly.pairs import (
+    NameDigest,
+    compare,
+    digest_path,
+    head_digest,
+    names_agree,
+)
 from daemon.checks.validate import StreamValidator
 from daemon.errors import ContentRejected, FileChanged
 

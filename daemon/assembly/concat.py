@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import hashlib
 import os
-from typing import BinaryIO, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import BinaryIO, Self
 
 from ..errors import ContentRejected, FileChanged
 
@@ -49,7 +50,7 @@ class LaneStream:
         self._read_in_member = 0
         self.position = 0
 
-    def __enter__(self) -> LaneStream:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import os
 from collections import defaultdict
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field, replace
-from typing import Callable, Hashable, Iterable, Literal
+from functools import cached_property
+from typing import Literal
 
 from .names import FileName, parse
 
@@ -40,8 +42,9 @@ class Member:
     def folder(self) -> str:
         return os.path.dirname(self.path)
 
-    @property
+    @cached_property
     def name(self) -> FileName:
+        """What the file's name says (parsed once per member)."""
         return parse(os.path.basename(self.path))
 
 
@@ -108,9 +111,9 @@ def group(members: Iterable[Member], *, now_s: float, group_wait_s: float = DEFA
         elif not parsed.pairable:
             lone.append(_lone(member))
         elif key_of(member) in started_keys:
-            lone.append(replace(_lone(member), late=True, warnings=(
-                f"{parsed.name} arrived after its sample {parsed.stem} was uploaded: sent as a sample "
-                f"of its own.",)))
+            warning = (f"{parsed.name} arrived after its sample {parsed.stem} was uploaded: sent as a "
+                       f"sample of its own.")
+            lone.append(replace(_lone(member), late=True, warnings=(warning,)))
         else:
             buckets[key_of(member)].append(member)
     pending_by_key: dict[SampleKey, list[str]] = defaultdict(list)
