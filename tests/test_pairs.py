@@ -224,3 +224,15 @@ def test_member_that_grows_while_read_raises_file_changed(tmp_path):
             f.write(b"@late\nA\n+\nI\n")
         with pytest.raises(FileChanged, match="X_S1_L001_R1_001.fastq changed"):
             read_all(stream, 1 << 16)
+
+
+def test_gzip_lane_without_final_newline_is_caught_by_the_validator(tmp_path):
+    """A gzip lane whose text lacks its final newline joins badly; the validator on the joined
+    stream refuses it (concat cannot see inside the member without decompressing it)."""
+    a = write(tmp_path / "X_L001_R1_001.fastq.gz", b"@a\nAC\n+\nII", "gz")
+    b = write(tmp_path / "X_L002_R1_001.fastq.gz", b"@b\nAC\n+\nII\n", "gz")
+    validator = StreamValidator("X_R1_001.fastq.gz")
+    with LaneStream([str(a), str(b)]) as stream, pytest.raises(ContentRejected):
+        while chunk := stream.read(1 << 16):
+            validator.feed(chunk)
+        validator.finish()
