@@ -19,6 +19,7 @@ from .errors import ApiError
 from .external_s3 import ExternalS3Error
 from .faults import Fault, fault_from_dict
 from .hostile import ambiguous_message, echo_message, public_sample, tampered_init
+from .paired import PairedError, paired_filename, paired_ticket
 from .policy import ACCESS_KEY_ID, make_policy
 
 # One Codex's filename rule (its API docs and the official client's upload code).
@@ -169,6 +170,7 @@ class ApiHandler(BaseHandler):
         if data.get("upload_type") != "standard":
             raise ApiError(400, f"Invalid upload_type {data.get('upload_type')!r}: only 'standard' is supported.")
         landing = self.sb.landing.check_init(data)
+        paired = self._paired_end_filename(data)
         sample = self.sb._samples.create(owner=owner, filename=filename, size=size)
         self.sb._samples.set_fields(sample["sample_id"], **landing)
         prefix = f"{owner}/file_{sample['sample_id']}/"
@@ -183,7 +185,22 @@ class ApiHandler(BaseHandler):
             "success_action_status": "201",
             "x-amz-server-side-encryption": "AES256",
         }
-        return 200, {"additional_fields": fields, "sample_id": sample["sample_id"], "upload_url": self.sb.s3_url}
+        answer = {"additional_fields": fields, "sample_id": sample["sample_id"], "upload_url": self.sb.s3_url}
+        if paired is not None:
+            answer.update(self._paired_end_ticket(owner, sample["sample_id"], paired))
+        return 200, answer
+
+    def _paired_end_filename(self, data: dict) -> str | None:
+        try:
+            return paired_filename(data)
+        except PairedError as exc:
+            raise ApiError(400, str(exc)) from None
+
+    def _paired_end_ticket(self, owner: str, sample_id: str, paired_end_filename: str) -> dict:
+        """The R2's upload URL and fields (docs/sandbox.md, "Paired-end")."""
+        self.sb._samples.set_fields(sample_id, paired_end_filename=paired_end_filename)
+        return paired_ticket(self.sb._secret, owner=owner, sample_id=sample_id, s3_url=self.sb.s3_url,
+                             lifetime_s=self.sb.policy_lifetime_s)
 
     def _confirm_upload(self, owner: str, body: bytes, query: str) -> Reply:
         data = _json_object(body)

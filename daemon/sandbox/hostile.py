@@ -13,6 +13,7 @@ import time
 from .faults import Fault
 from .landing import sample_landing
 from .multipart import Form
+from .paired import public_pair
 
 # What hostile_sample_id appends to the real id by default: a line break and ANSI escapes that,
 # printed raw, would forge a "done" line in a terminal and then erase the rest of the line.
@@ -50,7 +51,7 @@ def public_sample(sample: dict, import_delay_s: float) -> dict:
         "metadata": {"$ref": f"/api/v1/metadata/{hashlib.sha256(sample_id.encode()).hexdigest()[:16]}"},
         "owner": {"$ref": f"/api/v1/users/{sample['owner'].removeprefix('user_')}"},
         "primary_classification": None, **sample_landing(sample), "error_msg": error,
-        "status": status, "visibility": visibility,
+        "status": status, "visibility": visibility, **public_pair(sample),
     }
 
 

@@ -22,6 +22,7 @@ from .multipart import (
     boundary_from_content_type,
     read_form,
 )
+from .paired import PAIRED_KEY_RE
 from .policy import BUCKET, S3_POST_MAX_BYTES, PolicyError, check_post
 
 _SAMPLE_KEY_RE = re.compile(r"^user_[0-9a-f]{16}/file_([0-9a-f]{16})/")
@@ -243,6 +244,9 @@ class S3Handler(BaseHandler):
         match = _SAMPLE_KEY_RE.match(key)
         if match:
             self.sb._samples.mark_uploaded(match.group(1), key=key, md5=md5, object_path=stored)
+        elif paired := PAIRED_KEY_RE.match(key):
+            self.sb._samples.mark_paired_uploaded(paired.group(1), key=key, md5=md5, object_path=stored,
+                                                  size=form.file_size)
         quoted_md5 = f'"{md5}"'
         location = f"{self.sb.s3_url}/{quote(key)}"
         headers = [("ETag", quoted_md5), ("Location", location)] if etag else [("Location", location)]

@@ -8,6 +8,7 @@ import secrets
 import threading
 import time
 
+from .paired import missing_objects, not_received_message
 from .policy import iso_utc
 
 SAMPLE_STATES = ("initialized", "uploaded", "confirmed", "cancelled")
@@ -54,8 +55,25 @@ class Samples:
                 return
             sample.update(key=key, md5=md5, object_path=object_path, upload_count=sample["upload_count"] + 1,
                           updated_at=iso_utc(time.time()))
-            if sample["state"] == "initialized":
-                sample["state"] = "uploaded"
+            self._uploaded_if_complete(sample)
+
+    def mark_paired_uploaded(self, sample_id: str, *, key: str, md5: str, object_path: str | None,
+                             size: int) -> None:
+        """S3 stored a paired sample's R2 (docs/sandbox.md, "Paired-end"); a re-POST overwrites."""
+        with self._lock:
+            sample = self._by_id.get(sample_id)
+            if sample is None or sample.get("paired_end_filename") is None:
+                return
+            sample.update(paired_key=key, paired_md5=md5, paired_object_path=object_path, paired_size=size,
+                          paired_upload_count=sample.get("paired_upload_count", 0) + 1,
+                          updated_at=iso_utc(time.time()))
+            self._uploaded_if_complete(sample)
+
+    @staticmethod
+    def _uploaded_if_complete(sample: dict) -> None:
+        """initialized → uploaded once every object of the sample (R1, and R2 if paired) is stored."""
+        if sample["state"] == "initialized" and not missing_objects(sample):
+            sample["state"] = "uploaded"
 
     def confirm(self, sample_id: str, owner: str) -> tuple[int, str]:
         """Confirm; returns (HTTP status, message). Idempotent for an already confirmed sample."""
@@ -66,8 +84,7 @@ class Samples:
             if sample["state"] == "cancelled":
                 return 400, f"Sample {sample_id} was cancelled and cannot be confirmed."
             if sample["state"] == "initialized":
-                return 400, (f"The upload of sample {sample_id} has not been received: "
-                             "POST the file to upload_url before confirming.")
+                return 400, not_received_message(sample)
             if sample["state"] != "confirmed":
                 sample.update(confirmed_at=time.time(), updated_at=iso_utc(time.time()))
             sample["state"] = "confirmed"
