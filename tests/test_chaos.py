@@ -254,16 +254,15 @@ def _verify(chaos: Chaos, daemon: Daemon) -> dict[str, Any]:
     per_name = collections.Counter(s["filename"] for s in confirmed)
     duplicates = {n: c for n, c in per_name.items() if c > 1}
     losses = sorted(set(chaos.files) - set(per_name))
+    assert not duplicates and not losses, f"confirmed more than once: {duplicates}; never confirmed: {losses}"
+    assert len(confirmed) == len(chaos.files), sorted(per_name)
     by_file = by_name(json.loads(chaos.outputs["status --json (final)"])["files"])
     for name, path in chaos.files.items():
         source_md5 = md5_file(path)
-        [sample] = [s for s in confirmed if s["filename"] == name] or [None]
-        assert sample is not None, f"{name} lost"
+        [sample] = [s for s in confirmed if s["filename"] == name]
         assert sample["md5"] == source_md5 and md5_file(sample["object_path"]) == source_md5, f"{name}: bytes differ"
         assert [r["state"] for r in by_file[name]] == ["done"], by_file[name]
         assert by_file[name][0]["sample_id"] == sample["sample_id"], name
-    assert not duplicates and not losses, (duplicates, losses)
-    assert len(confirmed) == len(chaos.files)
     _assert_no_secret(chaos, daemon)
     _assert_journal_names_the_samples(chaos, by_file)
     events = [e.get("event") for e in daemon.log_events()]
