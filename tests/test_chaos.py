@@ -274,7 +274,7 @@ def _verify(chaos: Chaos, daemon: Daemon) -> dict[str, Any]:
             "requests": len(chaos.sb.requests()), "duplicates": len(duplicates), "losses": len(losses),
             "orphans_cancelled": sum(s["state"] == "cancelled" for s in samples),
             "orphans_left": sum(s["state"] in ("initialized", "uploaded") for s in samples),
-            "queue_rebuilt": events.count("queue.rebuilt")}
+            "failed_then_retried": events.count("file.failed"), "queue_rebuilt": events.count("queue.rebuilt")}
 
 
 def _assert_journal_names_the_samples(chaos: Chaos, by_file: dict[str, list[dict[str, Any]]]) -> None:
