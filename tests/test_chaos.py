@@ -312,3 +312,32 @@ def test_chaos_soak(tmp_path: Path) -> None:
     rounds = int(os.environ.get("SEQDROP_CHAOS_ROUNDS", "16"))
     figures = run_chaos(tmp_path, seed=SEED + 1, n_small=40, n_large=4, rounds=rounds)
     assert figures["kills"] == rounds + 1 and figures["duplicates"] == 0 and figures["losses"] == 0
+
+
+@pytest.mark.xfail(strict=True, reason="known gap, reported to the lead: the journal records a sample only "
+                   "when it ends, so a WAL lost after kill -9 also loses the ids of samples One Codex has "
+                   "confirmed but seqdrop has not yet recorded as done; the rebuilt queue uploads them again")
+def test_a_lost_wal_does_not_duplicate_a_sample_confirmed_behind_a_lost_answer(tmp_path: Path) -> None:
+    """Confirms performed by One Codex whose answers are lost (the rows wait at `posted`), kill -9, the
+    WAL removed: after the rebuild, each file must still end with exactly one confirmed sample."""
+    with Sandbox(api_keys=(KEY,)) as sb:
+        chaos = Chaos(tmp_path, sb, SEED)
+        daemon = Daemon(_config(tmp_path, sb), api_key=KEY)
+        try:
+            chaos.drop_files(6, 0, "a")
+            sb.add_fault(Fault("confirm_upload", "drop", after_body=True, times=None))
+            daemon.start()
+            daemon.wait_ready(30)
+            wait_for(lambda: sum(s["state"] == "confirmed" for s in sb.samples()) >= 3, 60,
+                     lambda: f"3 samples confirmed behind lost answers\n{daemon.log_tail()}")
+            daemon.kill()
+            Path(f"{chaos.queue}-wal").unlink()
+            chaos.faults_off()
+            daemon.start()
+            daemon.wait_ready(30)
+            daemon.wait_files(all_in("done", chaos.files), 60, "every file done after the rebuild")
+            assert daemon.terminate() == 0
+        finally:
+            daemon.__exit__()
+        per_name = collections.Counter(s["filename"] for s in sb.samples() if s["state"] == "confirmed")
+    assert all(n == 1 for n in per_name.values()), f"confirmed twice after the lost WAL: {per_name}"
