@@ -24,7 +24,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Daemon, all_in, by_name, cli, fastq_bytes, md5_file, wait_for, write_config
+from harness import (
+    Daemon,
+    all_in,
+    by_name,
+    cli,
+    fastq_bytes,
+    md5_file,
+    wait_for,
+    write_config,
+)
 
 from daemon import redact
 from daemon.queue.journal import FILE_ENDED, journal_path, read_records
