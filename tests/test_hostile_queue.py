@@ -677,3 +677,28 @@ def test_a_second_daemon_is_refused_before_it_checks_or_touches_the_queue(tmp_pa
         assert second.returncode == 1 and "another seqdrop daemon" in second.stderr, second.stderr
         assert first.terminate() == 0
     assert not [n for n in os.listdir(tmp_path / "state") if ".damaged-" in n]
+
+
+def test_every_sample_the_store_saves_is_journaled_without_the_post_form(tmp_path: Path) -> None:
+    """WatchedStore tells the AuditTrail after save_init / save_posted: the journal then holds the
+    version's sample (a rebuilt queue resumes it); never the signed POST form, but a multipart init."""
+    inner = SqliteStore(str(tmp_path / "queue.sqlite3"))
+    store = WatchedStore(inner, StoreHealth())
+    journal = Journal(str(tmp_path / "journal.jsonl"), host="h")
+    store.on_sample = AuditTrail(store=store, journal=journal, log=structlog.get_logger()).sample_saved
+    a = store.add_seen("/srv/a.fastq", Identity(1, 2, 3, 4))
+    b = store.add_seen("/srv/b.fastq", Identity(1, 5, 6, 7))
+    store.save_init(a, "00000000000000aa", json.dumps({"fields": {"policy": "P0L1CY", "x-amz-signature": "S1G"}}))
+    store.save_posted(a, "m" * 32)
+    mp = {"route": "multipart", "sample_id": "00000000000000bb", "bucket": "bk", "key": "k/b",
+          "callback_url": "/cb", "filename": "b.fastq"}
+    store.save_init(b, "00000000000000bb", json.dumps(mp), step="mp_initialized")
+    inner.close()
+    records = [r for r in journal.records() if r["event"].startswith("sample.")]
+    assert [(r["event"], r["path"], r["step"], r["sample_id"], r["md5"], r["init"]) for r in records] == [
+        ("sample.initialized", "/srv/a.fastq", "initialized", "00000000000000aa", None, None),
+        ("sample.posted", "/srv/a.fastq", "posted", "00000000000000aa", "m" * 32, None),
+        ("sample.initialized", "/srv/b.fastq", "mp_initialized", "00000000000000bb", None, mp)]
+    assert (records[0]["device"], records[0]["inode"], records[0]["size"], records[0]["mtime_ns"]) == (1, 2, 3, 4)
+    text = (tmp_path / "journal.jsonl").read_text()
+    assert "P0L1CY" not in text and "S1G" not in text

@@ -224,3 +224,21 @@ def test_processes_append_whole_lines(tmp_path):
     records = list(read_records(path, on_bad_line=lambda n, raw: bad.append(raw)))
     assert not bad and len(records) == 180
     assert {json.dumps(sorted(r)) for r in records} == {json.dumps(sorted(records[0]))}
+
+
+def test_a_sample_record_names_the_version_its_step_and_its_sample(journal):
+    """sample_saved writes sample.posted (or sample.initialized) with the version's identity; a record
+    without a sample id is refused before anything is written."""
+    ident = Identity(2049, 1001, 11, 7 * 10**18 + 1)
+    journal.sample_saved(path="/srv/run/s1_R1.fastq.gz", identity=ident, step="posted",
+                         sample_id="0123456789abcdef", posted=True, md5="d" * 32)
+    with pytest.raises(ValueError):
+        journal.sample_saved(path="/srv/run/s2.fastq", identity=ident, step="initialized", sample_id="",
+                             posted=False)
+    [record] = list(journal.records())
+    assert record == {
+        "v": 1, "event": "sample.posted", "time": "2030-03-17T17:46:40.000Z", "path": "/srv/run/s1_R1.fastq.gz",
+        "device": 2049, "inode": 1001, "size": 11, "mtime_ns": 7 * 10**18 + 1, "step": "posted",
+        "sample_id": "0123456789abcdef", "md5": "d" * 32, "init": None, "host": "seq-pc",
+        "version": daemon.__version__}
+    assert list(journal.records(event=FILE_ENDED)) == []

@@ -17,6 +17,13 @@ One line per record, one record per file version that ends (done, rejected, fail
 Readers must ignore fields they do not know (later: samples, runs). `append` writes any event the
 same way (e.g. "queue.rebuilt").
 
+A version in flight also leaves a record each time a sample id is stored for it ("sample.initialized"
+after init, "sample.posted" once S3 holds the bytes), with `step`, `sample_id`, `md5` and, for the
+multipart route, `init` (bucket, key, callback; never credentials). A confirm whose answer is lost
+leaves the version at `posted` with no ending: without this record a queue rebuilt after a lost WAL
+would not know the sample and would upload the file again (design.md: "nothing already confirmed is
+uploaded again"). The standard route's init (a signed S3 POST policy) is never journaled.
+
 Durability: each record is one write(2) to a descriptor opened O_APPEND, then fsync(2); the
 directory is fsynced when the file is created, so a record that `append` returned survives a
 power cut. A power cut mid-write can leave a torn last line: the reader skips it, and the next
@@ -47,6 +54,9 @@ JOURNAL_NAME = "journal.jsonl"
 RECORD_VERSION = 1
 FILE_ENDED = "file.ended"
 ENDED_STATES = ("done", "rejected", "failed", "vanished")
+SAMPLE_INITIALIZED = "sample.initialized"    # a sample id stored for a version, nothing confirmable yet
+SAMPLE_POSTED = "sample.posted"              # S3 holds the version's bytes: confirm this sample, never another
+IN_FLIGHT_EVENTS = (SAMPLE_INITIALIZED, SAMPLE_POSTED)
 # Names a local file system chose, which the rebuild must get back exactly: only registered
 # secrets are masked in them, never the shape heuristics that could mangle an odd file name.
 _LOCAL_NAME_FIELDS = frozenset({"path", "run"})
@@ -113,6 +123,17 @@ class Journal:
             init_at=_iso_or_none(init_at), posted_at=_iso_or_none(posted_at),
             confirmed_at=_iso_or_none(confirmed_at), sample_name=sample_name, project=project,
             tags=list(tags or []), run=run, **later)
+
+    def sample_saved(self, *, path: str, identity: Identity, step: str, sample_id: str, posted: bool,
+                     md5: str | None = None, init: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Record that a sample id was stored for this version at `step` (posted: S3 holds its bytes);
+        init: the multipart route's stored init, as an object (it holds no credentials). Raises OSError if it
+        could not be made durable."""
+        if not sample_id:
+            raise ValueError("a sample record needs its sample_id")
+        return self.append(SAMPLE_POSTED if posted else SAMPLE_INITIALIZED, path=path, device=identity.dev,
+                           inode=identity.inode, size=identity.size, mtime_ns=identity.mtime_ns, step=step,
+                           sample_id=sample_id, md5=md5, init=init)
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one record (`v`, `event`, `time`, the fields, `host`, `version`) durably."""
@@ -229,4 +250,5 @@ def _fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-__all__ = ["ENDED_STATES", "FILE_ENDED", "JOURNAL_NAME", "Journal", "iso_utc", "journal_path", "read_records"]
+__all__ = ["ENDED_STATES", "FILE_ENDED", "IN_FLIGHT_EVENTS", "JOURNAL_NAME", "SAMPLE_INITIALIZED", "SAMPLE_POSTED",
+           "Journal", "iso_utc", "journal_path", "read_records"]

@@ -29,6 +29,8 @@ STORE_FAILURE_LIMIT_S = 60.0     # continuous store failure before the daemon ex
 _WRITES = frozenset({"add_seen", "touch_seen", "save_init", "save_posted", "clear_init", "mark_done",
                      "reschedule", "set_meta"})
 _WRITES_IF_TRUE = frozenset({"set_state", "claim_next", "release_stale_claims", "retry"})
+# Verbs that stored a sample id for a row (their first argument): the audit journal is told (`on_sample`).
+_SAMPLE_SAVED = frozenset({"save_init", "save_posted"})
 
 
 class StoreHealth:
@@ -79,10 +81,15 @@ class WatchedStore:
     """A Store whose every verb tells a StoreHealth how it went; otherwise the store itself.
 
     A verb inside `batch()` is a savepoint, not a commit: only the batch's commit counts as a
-    write (on the thread that holds the batch)."""
+    write (on the thread that holds the batch).
 
-    def __init__(self, store: Any, health: StoreHealth) -> None:
+    on_sample(file_id), if set, is called after save_init or save_posted returned (the service
+    journals the row's sample: daemon/service/audit.py). It must not raise."""
+
+    def __init__(self, store: Any, health: StoreHealth,
+                 on_sample: Callable[[int], None] | None = None) -> None:
         self._store, self._health = store, health
+        self.on_sample = on_sample
         self._local = threading.local()
 
     @property
@@ -102,6 +109,8 @@ class WatchedStore:
                 raise
             if name in _WRITES or (name in _WRITES_IF_TRUE and result):
                 self._wrote()
+            if name in _SAMPLE_SAVED and self.on_sample is not None:
+                self.on_sample(args[0] if args else kwargs["file_id"])
             return result
         return verb
 

@@ -74,6 +74,7 @@ class Service:
         self.store: Store = WatchedStore(store, self.health)   # type: ignore[assignment]
         self.audit = AuditTrail(store=self.store, journal=Journal(journal_path(store.path)), log=log,
                                 on_failure=self.health.failed)
+        self.store.on_sample = self.audit.sample_saved   # type: ignore[attr-defined]
         self.notifier = notifier
         self.metrics: Metrics | None = None
         self.webhook: WebhookNotifier | None = None
