@@ -323,9 +323,6 @@ def test_chaos_soak(tmp_path: Path) -> None:
     assert figures["kills"] == rounds + 1 and figures["duplicates"] == 0 and figures["losses"] == 0
 
 
-@pytest.mark.xfail(strict=True, reason="known gap, reported to the lead: the journal records a sample only "
-                   "when it ends, so a WAL lost after kill -9 also loses the ids of samples One Codex has "
-                   "confirmed but seqdrop has not yet recorded as done; the rebuilt queue uploads them again")
 def test_a_lost_wal_does_not_duplicate_a_sample_confirmed_behind_a_lost_answer(tmp_path: Path) -> None:
     """Confirms performed by One Codex whose answers are lost (the rows wait at `posted`), kill -9, the
     WAL removed: after the rebuild, each file must still end with exactly one confirmed sample."""

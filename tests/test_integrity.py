@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -319,3 +320,96 @@ def test_rebuild_skips_done_records_without_a_real_sample_id(paths):
     Journal(journal_file, host="h").file_ended(path=path, identity=ident, state="done",
                                                sample_id="0123456789abcdef\n\x1b[2J", md5="m")
     assert integrity.rebuild(queue, journal_file) == 0
+
+
+# -- samples in flight ------------------------------------------------------------------------------
+
+MP_INIT = {"route": "multipart", "sample_id": "00000000000000b3", "bucket": "b", "key": "k/3",
+           "callback_url": "/api/v1/samples/00000000000000b3/callback", "filename": "f.fastq.gz"}
+
+
+def test_rebuild_resumes_a_version_whose_sample_is_in_flight_with_that_sample(paths):
+    """A version whose latest record is a sample (a confirm with a lost answer) is queued at its step
+    with its sample and md5 (and the multipart init), never as a new upload; a later ending wins."""
+    queue, journal_file = paths
+    journal = Journal(journal_file, host="h")
+    v = [version(i) for i in range(6)]
+    journal.sample_saved(path=v[0][0], identity=v[0][1], step="initialized", sample_id="00000000000000a0",
+                         posted=False)
+    journal.sample_saved(path=v[1][0], identity=v[1][1], step="posted", sample_id="00000000000000a1",
+                         posted=True, md5="d1")
+    journal.sample_saved(path=v[2][0], identity=v[2][1], step="posted", sample_id="00000000000000a2",
+                         posted=True, md5="d2")
+    journal.file_ended(path=v[2][0], identity=v[2][1], state="done", sample_id="00000000000000a2", md5="d2")
+    journal.sample_saved(path=v[3][0], identity=v[3][1], step="mp_complete", sample_id="00000000000000b3",
+                         posted=True, md5="d3", init=MP_INIT)
+    journal.sample_saved(path=v[4][0], identity=v[4][1], step="mp_complete", sample_id="00000000000000b4",
+                         posted=True, md5="d4")                       # no init: it cannot be called back
+    journal.sample_saved(path=v[5][0], identity=v[5][1], step="posted", sample_id="not-a-sample-id",
+                         posted=True, md5="d5")
+    assert integrity.rebuild(queue, journal_file) == 5
+    store = SqliteStore(queue, readonly=True)
+    found = {r.path: r for r in store.files()}
+    store.close()
+    got = {p: (found[p].state, found[p].step, found[p].sample_id, found[p].md5) for p, _ in v[:5]}
+    assert got == {v[0][0]: ("queued", "initialized", "00000000000000a0", None),
+                   v[1][0]: ("queued", "posted", "00000000000000a1", "d1"),
+                   v[2][0]: ("done", "", "00000000000000a2", "d2"),
+                   v[3][0]: ("queued", "mp_complete", "00000000000000b3", "d3"),
+                   v[4][0]: ("queued", "mp_initialized", "00000000000000b4", None)}
+    assert json.loads(found[v[3][0]].init) == MP_INIT and not found[v[1][0]].init
+    assert found[v[1][0]].identity == v[1][1] and v[5][0] not in found
+    assert integrity.check(queue).kind == "ok"
+
+
+def test_a_queue_that_lost_a_posted_sample_is_behind_its_journal(paths):
+    """A checkpointed queue without the sample the journal saw posted (its WAL lost) is damage; a
+    queue holding that sample (in flight or done, even at a new path) is whole."""
+    queue, journal_file = paths
+    store, journal = SqliteStore(queue), Journal(journal_file, host="h")
+    path, ident = version(1)
+    file_id = store.add_seen(path, ident)
+    store.set_state(file_id, "queued")
+    journal.sample_saved(path=path, identity=ident, step="initialized", sample_id="00000000000000c1", posted=False)
+    assert integrity.check(queue).kind == "ok"          # nothing of an initialized sample can be confirmed
+    journal.sample_saved(path=path, identity=ident, step="posted", sample_id="00000000000000c1", posted=True,
+                         md5="d")
+    assert integrity.check(queue).kind == "behind_journal"
+    store.save_init(file_id, "00000000000000c1", "{}")
+    store.save_posted(file_id, "d")
+    assert integrity.check(queue).kind == "ok"
+    store.mark_done(file_id, sample_id="00000000000000c1", md5="d")
+    store.close()
+    db = sqlite3.connect(queue)
+    db.execute("UPDATE files SET path = '/srv/archive/moved.fastq.gz'")
+    db.commit()
+    db.close()
+    assert integrity.check(queue).kind == "ok"
+
+
+def test_a_sample_record_alone_means_the_journal_has_something_to_lose(paths):
+    """A missing queue whose journal holds only samples in flight is rebuilt, not started empty."""
+    queue, journal_file = paths
+    path, ident = version(2)
+    Journal(journal_file, host="h").sample_saved(path=path, identity=ident, step="posted",
+                                                 sample_id="00000000000000c2", posted=True, md5="d")
+    assert integrity.journal_has_records(journal_file)
+    recovery = integrity.recover(queue)
+    assert recovery.verdict.kind == "missing" and recovery.restored == 1
+    assert rows(queue)[path][:2] == ("queued", "00000000000000c2")
+
+
+def test_a_salvaged_ending_beats_an_older_sample_record(paths):
+    """The queue commits an ending before the journal hears of it: a done row still readable in the
+    set-aside queue wins over the journal's sample in flight for that version."""
+    queue, journal_file = paths
+    path, ident = version(3)
+    Journal(journal_file, host="h").sample_saved(path=path, identity=ident, step="posted",
+                                                 sample_id="00000000000000c3", posted=True, md5="d")
+    store = SqliteStore(queue)
+    file_id = store.add_seen(path, ident)
+    store.mark_done(file_id, sample_id="00000000000000c3", md5="d")
+    store.close()
+    aside = integrity.set_aside(queue)
+    assert integrity.rebuild(queue, journal_file, salvage_from=aside) == 1
+    assert rows(queue)[path][:2] == ("done", "00000000000000c3")

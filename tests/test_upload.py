@@ -554,3 +554,17 @@ def test_tls_verification_is_on_and_the_key_never_reaches_an_unverified_host(tmp
     finally:
         server.shutdown()
     assert seen == []
+
+
+def test_an_initialized_row_without_its_post_form_cancels_that_sample_and_starts_one(h):
+    """A queue rebuilt from the journal holds an initialized row's sample id but never its signed POST
+    form: that sample is cancelled (never left behind) and a new one is confirmed."""
+    path = h.file("reads.fastq", fastq_bytes())
+    file_id = h.queue(path)
+    lost = h.client.init_upload("reads.fastq", path.stat().st_size)
+    h.store.save_init(file_id, lost.sample_id, "")
+    assert h.drive(file_id) == "done"
+    states = {s["sample_id"]: s["state"] for s in h.sb.samples()}
+    assert states[lost.sample_id] == "cancelled"
+    assert states[h.store.get(file_id).sample_id] == "confirmed"
+    assert len(h.confirmed()) == 1

@@ -8,20 +8,26 @@ daemon upload confirmed files again (issue 10). So:
 - `check(path)` reads the file's header, runs `PRAGMA integrity_check` (which, unlike quick_check,
   compares every index with its table), checks the schema, and compares the queue with the newest
   records of the audit journal (daemon/queue/journal.py): a version the journal records as done
-  that the queue does not hold as done means the queue lost committed transactions;
+  that the queue does not hold as done, or whose latest record is "sample.posted" (S3 holds its
+  bytes, its confirm may be performed) with a sample the queue does not hold for it, means the
+  queue lost committed transactions;
 - `set_aside(path)` renames the queue and its -wal/-shm to `<name>.damaged-<UTC time>` (kept for
   inspection, never deleted; mode 0600);
 - `rebuild(path, journal)` makes a new queue through SqliteStore's public verbs in which every
   version the journal saw end is in its final state again: `done` with its sample_id and md5, so
-  nothing confirmed is uploaded again. Rows still readable in the set-aside file can be added
-  (`salvage_from`): ended versions the journal lacks (a queue older than its journal).
+  nothing confirmed is uploaded again; and every version whose latest record is a sample in flight
+  ("sample.initialized" / "sample.posted") `queued` at that step with that sample id and md5, so
+  its upload resumes with that sample (a posted one is confirmed again, never sent as a new
+  sample). Rows still readable in the set-aside file can be added (`salvage_from`): ended versions
+  the journal lacks (a queue older than its journal).
 - `recover(path)` does the three in order and says what it did.
 
-Versions that had not ended are not rebuilt: the start-up scan finds their files again.
+Versions with no sample yet are not rebuilt: the start-up scan finds their files again.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -30,8 +36,24 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from daemon.queue.base import TERMINAL, Identity
-from daemon.queue.journal import FILE_ENDED, journal_path, read_records
+from daemon.queue.base import (
+    INIT_STEPS,
+    POSTED_STEPS,
+    STEP_INITIALIZED,
+    STEP_MP_COMPLETE,
+    STEP_MP_INIT,
+    STEP_NONE,
+    STEP_POSTED,
+    TERMINAL,
+    Identity,
+)
+from daemon.queue.journal import (
+    FILE_ENDED,
+    IN_FLIGHT_EVENTS,
+    SAMPLE_POSTED,
+    journal_path,
+    read_records,
+)
 from daemon.queue.sqlite import SqliteStore
 from daemon.redact import looks_like_sample_id
 
@@ -51,6 +73,8 @@ REQUIRED_COLUMNS = frozenset({"id", "path", "dev", "inode", "size", "mtime_ns", 
                               "stable_since", "created_at", "updated_at"})
 
 Version = tuple[str, int, int, int, int]     # (path, dev, inode, size, mtime_ns)
+_INIT_STEP_OF = {STEP_POSTED: STEP_INITIALIZED, STEP_MP_COMPLETE: STEP_MP_INIT}
+_MULTIPART_INIT_KEYS = ("sample_id", "bucket", "key", "callback_url", "filename")
 
 
 @dataclass(frozen=True)
@@ -121,24 +145,23 @@ def rebuild(path: str, journal: str, *, salvage_from: str | None = None, batch_s
     Raises FileExistsError if a queue is still at `path` (set it aside first)."""
     if any(os.path.lexists(path + suffix) for suffix in ("", "-wal", "-shm")):
         raise FileExistsError(f"a queue is still at {path}: set it aside before rebuilding")
-    ended = _ended_in_journal(journal)
+    ended = _latest_in_journal(journal)
     if salvage_from is not None:
         for version, row in _salvage(salvage_from):
-            ended.setdefault(version, row)
-    rows = sorted(ended.items(), key=lambda item: item[1][4])     # by end time: ids follow history
+            known = ended.get(version)
+            # The queue commits an ending before the journal hears of it: an ending the journal lost
+            # may be newer than the sample record it holds.
+            if known is None or (known.state == "queued" and (row.state == "done" or row.at >= known.at)):
+                ended[version] = row
+    rows = sorted(ended.items(), key=lambda item: item[1].at)     # by time: ids follow history
     now = [time.time()]
     store = SqliteStore(path, clock=lambda: now[0])
     try:
         for start in range(0, len(rows), batch_size):
             with store.batch():
-                for (vpath, dev, inode, size, mtime_ns), (state, sample_id, md5, error, ended_at) in (
-                        rows[start:start + batch_size]):
-                    now[0] = ended_at
-                    file_id = store.add_seen(vpath, Identity(dev, inode, size, mtime_ns))
-                    if state == "done":
-                        store.mark_done(file_id, sample_id=sample_id, md5=md5, error=error)
-                    else:
-                        store.set_state(file_id, state, error=error, sample_id=sample_id, md5=md5)
+                for (vpath, dev, inode, size, mtime_ns), entry in rows[start:start + batch_size]:
+                    now[0] = entry.at
+                    _restore(store, store.add_seen(vpath, Identity(dev, inode, size, mtime_ns)), entry)
         now[0] = time.time()
         store.set_meta("rebuilt", {"at": now[0], "from_journal": journal, "salvaged_from": salvage_from,
                                    "versions": len(rows)})
@@ -148,6 +171,20 @@ def rebuild(path: str, journal: str, *, salvage_from: str | None = None, batch_s
         if os.path.exists(path + suffix):
             os.chmod(path + suffix, 0o600)
     return len(rows)
+
+
+def _restore(store: SqliteStore, file_id: int, entry: _Entry) -> None:
+    """Put a new row into the entry's state (a version in flight: queued at its step, with its sample)."""
+    if entry.state == "done":
+        store.mark_done(file_id, sample_id=entry.sample_id or "", md5=entry.md5, error=entry.error)
+    elif entry.state != "queued":
+        store.set_state(file_id, entry.state, error=entry.error, sample_id=entry.sample_id, md5=entry.md5)
+    else:
+        init_step = _INIT_STEP_OF.get(entry.step, entry.step)
+        store.save_init(file_id, entry.sample_id or "", entry.init or "", step=init_step)
+        if entry.step in POSTED_STEPS and entry.md5:
+            store.save_posted(file_id, entry.md5, step=entry.step)
+        store.set_state(file_id, "queued")
 
 
 def recover(path: str, *, journal: str | None = None, clock: Callable[[], float] = time.time) -> Recovery:
@@ -227,26 +264,31 @@ def _sqlite_verdict(path: str, exc: sqlite3.Error) -> Verdict:
 
 
 def _compare_with_journal(db: sqlite3.Connection, path: str, journal: str, recent: int) -> Verdict:
-    """The queue is behind if it does not hold as done a version the journal's newest records
-    saw done. A version is matched by path and identity, or by identity alone (a file moved)."""
-    newest: deque[Version] = deque(maxlen=recent)
-    for record in read_records(journal, event=FILE_ENDED):
-        version = _version(record)
-        if version is not None and record.get("state") == "done":
-            newest.append(version)
-    unmatched: set[tuple[int, int, int, int]] = set()
+    """The queue is behind if it does not hold as done a version the journal's newest records saw
+    done, or does not hold with its sample a version whose latest record is "sample.posted" (its
+    confirm may be performed). A version is matched by path and identity, or by identity alone (a
+    file moved)."""
+    unmatched: dict[tuple[int, int, int, int], str | None] = {}    # identity → the sample it must have
     first_missing = None
-    for vpath, *identity in newest:
+    for (vpath, *identity), sample_id in _expected(journal, recent).items():
         # "+state": look the path up in files_path; by the state index SQLite would walk every done row
         # (2,000 look-ups in a 100,000-row queue: 43 s instead of 0.1 s at each start)
-        rows = db.execute("SELECT dev, inode, size, mtime_ns FROM files WHERE path = ? AND +state = 'done'",
-                          (vpath,)).fetchall()
+        if sample_id is None:
+            rows = db.execute("SELECT dev, inode, size, mtime_ns FROM files WHERE path = ? AND +state = 'done'",
+                              (vpath,)).fetchall()
+        else:
+            rows = db.execute("SELECT dev, inode, size, mtime_ns FROM files WHERE path = ? AND +sample_id = ?",
+                              (vpath, sample_id)).fetchall()
         if tuple(identity) not in {tuple(r) for r in rows}:
-            unmatched.add(tuple(identity))
+            unmatched[tuple(identity)] = sample_id
             first_missing = first_missing or vpath
     if unmatched:
-        for row in db.execute("SELECT dev, inode, size, mtime_ns FROM files WHERE state = 'done'"):
-            unmatched.discard(tuple(row))
+        for *identity, state, sample_id in db.execute(
+                "SELECT dev, inode, size, mtime_ns, state, sample_id FROM files WHERE state = 'done' OR "
+                "sample_id IS NOT NULL"):
+            wanted = unmatched.get(tuple(identity), "")
+            if (wanted is None and state == "done") or (wanted and wanted == sample_id):
+                del unmatched[tuple(identity)]
     if unmatched:
         return Verdict(BEHIND_JOURNAL, f"the queue {path} is older than its audit journal: {len(unmatched)} "
                                        f"uploaded version(s) are missing from it (e.g. {first_missing}); "
@@ -254,29 +296,88 @@ def _compare_with_journal(db: sqlite3.Connection, path: str, journal: str, recen
     return Verdict(OK, f"the queue {path} is whole")
 
 
+def _expected(journal: str, recent: int) -> dict[Version, str | None]:
+    """Among the journal's newest `recent` endings and posted samples, each version's latest: None
+    if it ended done, its sample id if it is posted (a version ended otherwise expects nothing)."""
+    newest: deque[tuple[Version, dict]] = deque(maxlen=recent)
+    for record in read_records(journal):
+        if record.get("event") in (FILE_ENDED, SAMPLE_POSTED):
+            version = _version(record)
+            if version is not None:
+                newest.append((version, record))
+    latest = dict(newest)           # a later record replaces an earlier one
+    expected: dict[Version, str | None] = {}
+    for version, record in latest.items():
+        if record.get("event") == FILE_ENDED and record.get("state") == "done":
+            expected[version] = None
+        elif record.get("event") == SAMPLE_POSTED and looks_like_sample_id(record.get("sample_id")):
+            expected[version] = record["sample_id"]
+    return expected
+
+
 def journal_has_records(journal: str) -> bool:
-    """Does the audit journal record any version that ended (is there anything to lose)?"""
-    return next(read_records(journal, event=FILE_ENDED), None) is not None
+    """Does the audit journal record any version that ended or has a sample (is there anything to lose)?"""
+    kinds = (FILE_ENDED, *IN_FLIGHT_EVENTS)
+    return next((r for r in read_records(journal) if r.get("event") in kinds), None) is not None
 
 
 # -- rebuilding -----------------------------------------------------------------------------------
 
-Ending = tuple[str, str | None, str | None, str | None, float]   # state, sample_id, md5, error, ended_at
+@dataclass(frozen=True)
+class _Entry:
+    """What a rebuilt row holds: a final state, or `queued` for a version whose sample is in flight
+    (then `step`, and for the multipart route `init`, say where its upload resumes)."""
+
+    state: str
+    sample_id: str | None
+    md5: str | None
+    error: str | None
+    at: float                       # when it ended (or its sample was recorded): rows follow history
+    step: str = STEP_NONE
+    init: str | None = None
 
 
-def _ended_in_journal(journal: str) -> dict[Version, Ending]:
-    """Each version's last ending in the journal (a failed version retried and then done: done)."""
-    ended: dict[Version, Ending] = {}
-    for record in read_records(journal, event=FILE_ENDED):
+def _latest_in_journal(journal: str) -> dict[Version, _Entry]:
+    """Each version's latest ending or sample in flight in the journal (a failed version retried and
+    then done: done; a version whose confirm's answer was lost: queued at `posted` with its sample)."""
+    latest: dict[Version, _Entry] = {}
+    for record in read_records(journal):
         version = _version(record)
-        ending = _ending(record.get("state"), record.get("sample_id"), record.get("md5"), record.get("error"),
-                         datetime.fromisoformat(record["time"]).timestamp())
-        if version is not None and ending is not None:
-            ended[version] = ending        # a later line replaces an earlier ending
-    return ended
+        if version is None:
+            continue
+        at = datetime.fromisoformat(record["time"]).timestamp()
+        if record.get("event") == FILE_ENDED:
+            entry = _ending(record.get("state"), record.get("sample_id"), record.get("md5"), record.get("error"), at)
+        elif record.get("event") in IN_FLIGHT_EVENTS:
+            entry = _in_flight(record, at)
+        else:
+            continue
+        if entry is not None:
+            latest[version] = entry        # a later line replaces an earlier one
+    return latest
 
 
-def _salvage(aside: str) -> Iterator[tuple[Version, Ending]]:
+def _in_flight(record: dict, at: float) -> _Entry | None:
+    """A sample record as a row to resume, or None if it is not a valid one. A multipart step without
+    a usable init resumes at mp_initialized (its sample is cancelled, or found done, never called
+    back blind); a posted step without its MD5 at its init step."""
+    step, sample_id, md5, init = (record.get(k) for k in ("step", "sample_id", "md5", "init"))
+    if step not in INIT_STEPS + POSTED_STEPS or not looks_like_sample_id(sample_id):
+        return None
+    md5 = md5 if isinstance(md5, str) and md5 else None
+    init_json = None
+    if step in (STEP_MP_INIT, STEP_MP_COMPLETE):
+        if isinstance(init, dict) and all(isinstance(init.get(k), str) for k in _MULTIPART_INIT_KEYS) \
+                and init["sample_id"] == sample_id:
+            init_json = json.dumps(init)
+        else:
+            step = STEP_MP_INIT
+    if step in POSTED_STEPS and md5 is None:
+        step = _INIT_STEP_OF[step]
+    return _Entry("queued", sample_id, md5 if step in POSTED_STEPS else None, None, at, step, init_json)
+
+
+def _salvage(aside: str) -> Iterator[tuple[Version, _Entry]]:
     """Ended rows still readable in a damaged queue, one row at a time (a bad page costs only the
     rows on it). Ids come from the state index if it can be read, else from a table scan."""
     try:
@@ -313,14 +414,14 @@ def _salvage_ids(db: sqlite3.Connection) -> list[int]:
     return ids
 
 
-def _ending(state: object, sample_id: object, md5: object, error: object, ended_at: float) -> Ending | None:
+def _ending(state: object, sample_id: object, md5: object, error: object, ended_at: float) -> _Entry | None:
     """A valid final state, or None (a done version must carry a real sample id)."""
     if state not in TERMINAL:
         return None
     if state == "done" and not looks_like_sample_id(sample_id):
         return None
     text = [v if isinstance(v, str) else None for v in (sample_id, md5, error)]
-    return str(state), text[0], text[1], text[2], ended_at
+    return _Entry(str(state), text[0], text[1], text[2], ended_at)
 
 
 def _version(record: dict) -> Version | None:

@@ -8,8 +8,9 @@ Every step that talks to the network persists its result before the next step
 starts, so a crash anywhere resumes from the last persisted step:
   step ''            nothing sent yet (or nothing that can be confirmed)
   step 'initialized' sample_id and the POST form are stored: POST again to the same
-                     key (S3 overwrites), or, if the policy has expired, init again and
-                     cancel the abandoned sample
+                     key (S3 overwrites), or, if the policy has expired (or the form is
+                     gone: a queue rebuilt from the journal), init again and cancel the
+                     abandoned sample
   step 'posted'      S3 holds exactly the validated bytes (MD5 == ETag): confirm the
                      same sample_id, never start a new sample
 (the multipart route's steps are described in its module).
@@ -218,6 +219,13 @@ class Pipeline:
     def _standard(self, row: FileRow, log: Any, progress: Callable[[int], None] | None) -> str:
         steps = self.steps
         init = InitResult.from_json(row.init) if row.step == STEP_INITIALIZED and row.init else None
+        if init is None and row.step == STEP_INITIALIZED and row.sample_id:
+            # Rebuilt from the audit journal, which never holds the signed POST form: cancel that sample
+            # (nothing of it was confirmed, unless One Codex says otherwise) and init again.
+            log.info("upload.init_form_lost", sample_id=row.sample_id)
+            if steps.cancel(row.id, log, sample_id=row.sample_id):
+                return steps.done(row, row.sample_id, None, log, note="One Codex says this sample's upload "
+                                                                      "already succeeded")
         if init and not self._policy_fits(init, row.size):
             log.info("upload.policy_stale", sample_id=init.sample_id)
             steps.cancel(row.id, log, sample_id=init.sample_id)
