@@ -12,7 +12,13 @@ import pytest
 import structlog
 
 from daemon import __version__
-from daemon.operations.webhook import KINDS, WebhookNotifier, duration_text, slack_text, strip_secrets
+from daemon.operations.webhook import (
+    KINDS,
+    WebhookNotifier,
+    duration_text,
+    slack_text,
+    strip_secrets,
+)
 
 EVENTS = {
     "file_failed": {"path": "/srv/run1/a.fastq.gz", "error": "HTTP 413: file too large",

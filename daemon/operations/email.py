@@ -335,8 +335,8 @@ _HEADLINES = {
     "queue_rebuilt": ("Queue rebuilt", "seqdrop found its queue damaged at start-up and rebuilt it from the "
                                        "audit journal."),
     "watch_folder_missing": ("Watch folder missing: {path}",
-                             "A watch folder has been missing for {missing}: files written there are not "
-                             "uploaded until it is back."),
+                             ("A watch folder has been missing for {missing}: files written there are not "
+                              "uploaded until it is back.")),
 }
 _FIXES = {
     "file_failed": "`seqdrop status` shows the server's words for this file. Fix the cause, then "
