@@ -285,6 +285,24 @@ def test_a_file_name_cannot_inject_headers_and_every_field_is_shown() -> None:
     assert "done:      12" in summary and "failed:    1" in summary
 
 
+def test_a_missing_folder_and_a_rebuilt_queue_name_the_folder_or_the_queue_and_the_fix() -> None:
+    """watch_folder_missing names the folder and how long; queue_rebuilt names the queue file and where
+    the damaged one is kept; both say what to do, and every mail carries the version it came from."""
+    missing = compose({"event": "watch_folder_missing", "host": "h", "time": "t", "version": "1.2.3",
+                       "path": "/mnt/nas/run-output", "missing_s": 612}, sender=SENDER, recipients=RECIPIENTS)
+    assert missing["Subject"] == "[seqdrop h] Watch folder missing: /mnt/nas/run-output"
+    assert missing["X-Seqdrop-Version"] == "1.2.3"
+    body = missing.get_content()
+    assert "Folder:  /mnt/nas/run-output" in body and "missing for 10 min" in body
+    assert "Mount the share" in body and "seqdrop 1.2.3 on h" in body and "missing_s" not in body
+    rebuilt = compose({"event": "queue_rebuilt", "host": "h", "time": "t", "path": "/var/lib/seqdrop/q.sqlite3",
+                       "damage": "empty", "restored": 5, "set_aside_as": "/var/lib/seqdrop/q.sqlite3.damaged-x"},
+                      sender=SENDER, recipients=RECIPIENTS)
+    body = rebuilt.get_content()
+    assert "Queue:   /var/lib/seqdrop/q.sqlite3" in body and "set_aside_as: /var/lib/seqdrop/q.sqlite3.damaged-x" in body
+    assert "check the disk" in body and f"seqdrop {__version__} on h" in body
+
+
 def test_the_password_comes_from_the_configured_file_or_the_credential(tmp_path: Path) -> None:
     """email_password_file first, then $CREDENTIALS_DIRECTORY/smtp-password; only the line break is cut."""
     own = tmp_path / "smtp-password"

@@ -37,7 +37,7 @@ needs_promtool = pytest.mark.skipif(PROMTOOL is None, reason="promtool is not in
 PROMETHEUS_OWN = {"up"}
 #: Metrics with a setter that the service does not call yet (the lead wires them into its
 #: housekeeping); test_the_running_daemon_exports_what_awaits_wiring says when that is done.
-AWAITING_WIRING = {"seqdrop_watch_folder_present"}
+AWAITING_WIRING: set[str] = set()
 _KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right",
              "bool", "offset", "inf", "nan"}
 
@@ -176,8 +176,6 @@ def test_a_running_daemon_exports_every_metric_the_ops_files_name(daemon_scrape:
     assert "seqdrop_build_info" in daemon_scrape
 
 
-@pytest.mark.xfail(strict=True, reason="the service does not call Metrics.set_watch_folders_present yet; "
-                   "once it does, this passes: then empty AWAITING_WIRING and remove this mark")
 def test_the_running_daemon_exports_what_awaits_wiring(daemon_scrape: set[str]) -> None:
     """The metrics whose setter the service has yet to call are in a running daemon's scrape too."""
     assert AWAITING_WIRING <= daemon_scrape

@@ -78,32 +78,33 @@ def _browser(url: str, tmp_path: Path, *args: str) -> subprocess.CompletedProces
 @needs_chromium
 def test_the_browser_shows_a_confirmed_sample_and_a_rejected_file_with_its_reason(
         tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
-    """During a real daemon run against the sandbox, chromium renders the page with the confirmed
-    file's sample id and the truncated file's rejection reason in its run; a screenshot is kept."""
+    """`seqdrop run` with [status_page] enabled serves the page itself: during the run chromium renders
+    it with the confirmed file's sample id and the truncated file's rejection reason in its run (a
+    screenshot is kept); SIGTERM stops the page with the daemon."""
     run = watch_dir / "run_0001"
     run.mkdir()
     (run / "good_R1.fastq").write_bytes(fastq_bytes(30_000, seed=1))
     broken = fastq_bytes(20_000, seed=2)
     (run / "broken_R1.fastq").write_bytes(broken[: len(broken) // 2 + 7])     # cut inside a record
-    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, workers=1)
-    settings = config.load(str(cfg))
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, workers=1,
+                       extra='\n[status_page]\nenabled = true\nlisten = "127.0.0.1:0"\n')
     with Daemon(cfg) as d:
         files = d.wait_files(all_in("done", ["good_R1.fastq"]), 60, "good_R1.fastq done")
         files = d.wait_files(all_in("rejected", ["broken_R1.fastq"]), 60, "broken_R1.fastq rejected")
         sample_id = by_name(files)["good_R1.fastq"][-1]["sample_id"]
         reason = by_name(files)["broken_R1.fastq"][-1]["error"]
         assert sample_id and reason
-        page = StatusPage(settings.queue.path, "127.0.0.1:0", log=LOG, roots=[str(watch_dir)])
-        port = page.start()
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            dom = _browser(url, tmp_path, "--dump-dom")
-            ARTIFACTS.mkdir(exist_ok=True)
-            shot = ARTIFACTS / "statuspage.png"
-            taken = _browser(url, tmp_path, "--window-size=1280,1200", f"--screenshot={shot}")
-        finally:
-            page.stop()
+        [listening] = [e for e in d.log_events() if e.get("event") == "status_page.listening"]
+        url = listening["url"]
+        assert url.startswith("http://127.0.0.1:") and listening["auth"] is False
+        dom = _browser(url, tmp_path, "--dump-dom")
+        ARTIFACTS.mkdir(exist_ok=True)
+        shot = ARTIFACTS / "statuspage.png"
+        taken = _browser(url, tmp_path, "--window-size=1280,1200", f"--screenshot={shot}")
         assert d.alive()
+        assert d.terminate() == 0
+    with pytest.raises(requests.ConnectionError):      # the page went with the daemon
+        requests.get(url, timeout=5)
     assert dom.returncode == 0, dom.stderr[-2000:]
     parser = Rows()
     parser.feed(dom.stdout)

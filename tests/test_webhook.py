@@ -11,7 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import structlog
 
-from daemon.operations.webhook import KINDS, WebhookNotifier, slack_text, strip_secrets
+from daemon import __version__
+from daemon.operations.webhook import (
+    KINDS,
+    WebhookNotifier,
+    duration_text,
+    slack_text,
+    strip_secrets,
+)
 
 EVENTS = {
     "file_failed": {"path": "/srv/run1/a.fastq.gz", "error": "HTTP 413: file too large",
@@ -20,7 +27,9 @@ EVENTS = {
     "uploads_paused": {"error": "the API key was refused (401)"},
     "uploads_resumed": {},
     "daily_summary": {"counts": {"done": 12, "failed": 1, "rejected": 0, "queued": 3}},
-    "queue_rebuilt": {"damage": "empty", "restored": 5, "set_aside_as": "/var/lib/seqdrop/queue.sqlite3.damaged-x"},
+    "queue_rebuilt": {"path": "/var/lib/seqdrop/queue.sqlite3", "damage": "empty", "restored": 5,
+                      "set_aside_as": "/var/lib/seqdrop/queue.sqlite3.damaged-x"},
+    "watch_folder_missing": {"path": "/mnt/nas/run-output", "missing_s": 600},
 }
 
 
@@ -99,7 +108,8 @@ def test_json_format_delivers_every_kind_in_order(receiver):
     for body, (kind, fields) in zip(bodies, EVENTS.items()):
         assert body["host"] == "seq-pc-1"
         assert body["time"].endswith("+00:00")
-        assert {k: v for k, v in body.items() if k not in ("event", "host", "time")} == fields
+        assert body["version"] == __version__
+        assert {k: v for k, v in body.items() if k not in ("event", "host", "time", "version")} == fields
     assert all(h["Content-Type"] == "application/json" for h in receiver.headers)
     assert all("Authorization" not in h for h in receiver.headers)
     assert w.delivered == len(EVENTS) and w.dropped == 0
@@ -121,7 +131,11 @@ def test_slack_format_is_one_readable_line_per_event(receiver):
     assert "uploads paused — the API key was refused (401)" in texts[2]
     assert "uploads resumed" in texts[3]
     assert "daily summary: 12 done, 1 failed, 0 rejected, 3 queued" in texts[4]
-    assert all("seqdrop@seq-pc-1" in t for t in texts)
+    assert "the queue /var/lib/seqdrop/queue.sqlite3 was damaged" in texts[5]
+    assert "kept as /var/lib/seqdrop/queue.sqlite3.damaged-x" in texts[5] and "check the disk" in texts[5]
+    assert "the watch folder /mnt/nas/run-output has been missing for 10 min" in texts[6]
+    assert "mount the share or create the folder" in texts[6] and "missing_s" not in texts[6]
+    assert all(f"seqdrop {__version__}@seq-pc-1" in t for t in texts)
 
 
 def test_server_down_then_up_is_delivered_after_retries():
@@ -243,4 +257,5 @@ def test_helpers():
     """strip_secrets keeps ordinary fields; slack_text handles an empty summary."""
     assert strip_secrets({"path": "/a", "monkey": 1}) == {"path": "/a"}  # "monkey" contains "key"
     line = slack_text({"event": "daily_summary", "host": "h", "time": "t", "counts": {}})
-    assert line == ":bar_chart: seqdrop@h: daily summary: nothing to report"
+    assert line == f":bar_chart: seqdrop {__version__}@h: daily summary: nothing to report"
+    assert (duration_text(600), duration_text(59.6), duration_text(None)) == ("10 min", "60 s", "0 s")

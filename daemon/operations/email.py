@@ -38,7 +38,7 @@ from daemon.config.notify import EMAIL_SECURITY as SECURITY
 from daemon.config.notify import NotifySettings
 from daemon.errors import ConfigError
 from daemon.operations import logs
-from daemon.operations.webhook import KINDS, strip_secrets
+from daemon.operations.webhook import KINDS, duration_text, strip_secrets
 
 # SECURITY and DEFAULT_PORTS (what email_security may be, and the port each implies) are defined
 # with the [notify] keys, in daemon/config/notify.py.
@@ -83,7 +83,7 @@ class EmailNotifier:
             raise ValueError(f"unknown notification kind {kind!r}; known: {', '.join(KINDS)}")
         payload = {"event": kind, "host": self._hostname,
                    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                   **strip_secrets(fields)}
+                   "version": __version__, **strip_secrets(fields)}
         with self._cond:
             if self._closing:
                 return
@@ -334,6 +334,9 @@ _HEADLINES = {
     "daily_summary": ("Daily summary", "What seqdrop's queue holds."),
     "queue_rebuilt": ("Queue rebuilt", "seqdrop found its queue damaged at start-up and rebuilt it from the "
                                        "audit journal."),
+    "watch_folder_missing": ("Watch folder missing: {path}",
+                             ("A watch folder has been missing for {missing}: files written there are not "
+                              "uploaded until it is back.")),
 }
 _FIXES = {
     "file_failed": "`seqdrop status` shows the server's words for this file. Fix the cause, then "
@@ -348,8 +351,13 @@ _FIXES = {
     "daily_summary": "Nothing to do, unless files are failed or rejected: `seqdrop status` names them.",
     "queue_rebuilt": "Nothing already uploaded is uploaded again. The damaged file is kept (set_aside_as) for "
                      "inspection; check the disk under the state directory (dmesg, SMART) before it fails again.",
+    "watch_folder_missing": "Mount the share (or create the folder) named above; seqdrop waits for it and scans it "
+                            "as soon as it appears. If the folder is gone for good, remove it from [watch] paths "
+                            "and `systemctl restart seqdrop`.",
 }
 _FIELD_LABELS = (("path", "File"), ("sample_id", "Sample"), ("error", "Reason"), ("reason", "Reason"))
+# The field named "path" is a file for most events; for these it is something else.
+_PATH_LABELS = {"queue_rebuilt": "Queue", "watch_folder_missing": "Folder"}
 
 
 def compose(payload: dict[str, Any], *, sender: str, recipients: Sequence[str]) -> EmailMessage:
@@ -357,9 +365,12 @@ def compose(payload: dict[str, Any], *, sender: str, recipients: Sequence[str]) 
     kind, host = payload["event"], payload["host"]
     subject, opening = _HEADLINES[kind]
     name = os.path.basename(str(payload.get("path", ""))) or "a file"
-    lines = [opening, ""]
-    rest = {k: v for k, v in payload.items() if k not in ("event", "host", "time")}
+    words = {"name": name, "path": payload.get("path", ""), "missing": duration_text(payload.get("missing_s"))}
+    lines = [opening.format(**words), ""]
+    rest = {k: v for k, v in payload.items() if k not in ("event", "host", "time", "version", "missing_s")}
     for field, label in _FIELD_LABELS:
+        if field == "path":
+            label = _PATH_LABELS.get(kind, label)
         if rest.get(field) not in (None, ""):
             lines.append(f"{label + ':':<8} {_one_line(str(rest.pop(field)))}")
         rest.pop(field, None)
@@ -368,16 +379,17 @@ def compose(payload: dict[str, Any], *, sender: str, recipients: Sequence[str]) 
         lines += [f"{state + ':':<10} {n}" for state, n in counts.items()] or ["The queue is empty."]
     lines += [f"{k}: {_one_line(str(v))}" for k, v in rest.items()]
     lines += ["", "What to do: " + _FIXES[kind], "", "-- ",
-              f"seqdrop {__version__} on {host}, {payload['time']} (event {kind}).",
+              f"seqdrop {payload.get('version', __version__)} on {host}, {payload['time']} (event {kind}).",
               "An automatic message: replies are not read."]
     message = EmailMessage()
-    message["Subject"] = logs.redact(_one_line(f"[seqdrop {host}] " + subject.format(name=name)))[:200]
+    message["Subject"] = logs.redact(_one_line(f"[seqdrop {host}] " + subject.format(**words)))[:200]
     message["From"] = sender
     message["To"] = ", ".join(recipients)
     message["Date"] = formatdate(localtime=True)
     message["Message-ID"] = make_msgid(domain=sender.rsplit("@", 1)[1])
     message["Auto-Submitted"] = "auto-generated"     # RFC 3834: no vacation replies to a daemon
     message["X-Seqdrop-Event"] = kind
+    message["X-Seqdrop-Version"] = str(payload.get("version", __version__))
     message.set_content(logs.redact("\n".join(lines)) + "\n")
     return message
 

@@ -26,9 +26,12 @@ from urllib.parse import urlsplit
 import requests
 import structlog
 
+from daemon import __version__
 from daemon.upload.retrying import parse_retry_after
 
-KINDS = ("file_failed", "file_rejected", "uploads_paused", "uploads_resumed", "daily_summary", "queue_rebuilt")
+KINDS = ("file_failed", "file_rejected", "uploads_paused", "uploads_resumed", "daily_summary", "queue_rebuilt",
+         "watch_folder_missing")
+_ENVELOPE = ("event", "host", "time", "version")   # every payload's own fields; the rest is the event's
 FORMATS = ("slack", "json")
 _SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
 
@@ -75,7 +78,7 @@ class WebhookNotifier:
             raise ValueError(f"unknown webhook event kind {kind!r}; known: {', '.join(KINDS)}")
         payload = {"event": kind, "host": self._host,
                    "time": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-                   **strip_secrets(fields)}
+                   "version": __version__, **strip_secrets(fields)}
         with self._cond:
             if self._closing:
                 return
@@ -212,10 +215,17 @@ def strip_secrets(fields: dict[str, Any]) -> dict[str, Any]:
     return clean
 
 
+def duration_text(seconds: Any) -> str:
+    """"12 min" (or "40 s" under a minute: tests shorten the 10 minutes) for a person to read."""
+    s = float(seconds or 0)
+    return f"{round(s / 60)} min" if s >= 60 else f"{round(s)} s"
+
+
 def slack_text(payload: dict[str, Any]) -> str:
     """One readable line for a person in a Slack channel."""
-    kind, where = payload["event"], f"seqdrop@{payload['host']}"
-    extra = {k: v for k, v in payload.items() if k not in ("event", "host", "time")}
+    kind = payload["event"]
+    where = f"seqdrop {payload.get('version', __version__)}@{payload['host']}"
+    extra = {k: v for k, v in payload.items() if k not in _ENVELOPE}
     path, error = extra.pop("path", None), extra.pop("error", None)
     if kind == "file_failed":
         line = f":x: {where}: upload failed for {path}"
@@ -226,8 +236,14 @@ def slack_text(payload: dict[str, Any]) -> str:
     elif kind == "uploads_resumed":
         line = f":arrow_forward: {where}: uploads resumed"
     elif kind == "queue_rebuilt":
-        line = (f":rotating_light: {where}: the queue was damaged and has been rebuilt from the audit journal "
-                f"({extra.pop('restored', 0)} uploads kept; the damaged file is kept as {extra.pop('set_aside_as', None)})")
+        line = (f":rotating_light: {where}: the queue {path} was damaged and has been rebuilt from the audit "
+                f"journal ({extra.pop('restored', 0)} uploads kept; the damaged file is kept as "
+                f"{extra.pop('set_aside_as', None)}); nothing is uploaded twice: check the disk under it "
+                f"(dmesg, SMART)")
+    elif kind == "watch_folder_missing":
+        line = (f":file_folder: {where}: the watch folder {path} has been missing for "
+                f"{duration_text(extra.pop('missing_s', 0))}; mount the share or create the folder: seqdrop "
+                f"scans it when it appears")
     else:  # daily_summary
         counts = extra.pop("counts", None) or {}
         summary = ", ".join(f"{n} {state}" for state, n in counts.items()) or "nothing to report"
@@ -237,4 +253,3 @@ def slack_text(payload: dict[str, Any]) -> str:
     if extra:
         line += " (" + ", ".join(f"{k}={v}" for k, v in extra.items()) + ")"
     return " ".join(line.splitlines())
-

@@ -326,6 +326,12 @@ class SqliteStore(OperatorReads):
             return self.db.execute("SELECT COUNT(*) FROM files WHERE state = 'done' AND updated_at >= ?",
                                    (ts,)).fetchone()[0]
 
+    def oldest_waiting_since(self) -> float | None:
+        """When the longest-waiting seen or queued version was first seen (Unix time); None: none waits."""
+        with self._lock:
+            r = self.db.execute("SELECT MIN(created_at) FROM files WHERE state IN ('seen', 'queued')").fetchone()
+        return r[0] if r and r[0] is not None else None
+
     # -- writing -------------------------------------------------------------------------------
     def add_seen(self, path: str, ident: Identity) -> int:
         now = self.clock()

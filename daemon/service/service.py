@@ -15,30 +15,32 @@ the main loop does the work. Shutdown order (written down, because it matters):
   1. stop claiming; in-flight POSTs abort at their next block; rows go back to `queued`
   2. stop the watcher
   3. join the workers (bounded: the process exits within 10 s of SIGTERM)
-  4. tell systemd STOPPING=1; stop metrics and flush notifications (bounded)
+  4. tell systemd STOPPING=1; stop the status page and metrics, flush the webhook and e-mail side by
+     side (observers.py; bounded)
   5. close the store (the lock file goes with it)
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 import queue
 import threading
 import time
 from typing import Any
 
-from daemon.config import Settings, load_api_key, parse_listen
-from daemon.detection.roots import WatchRoots
+from daemon import __version__
+from daemon.config import Settings, load_api_key
+from daemon.detection.roots import MISSING_ALERT_S, WatchRoots
 from daemon.detection.tracker import BATCH, Observed, Tracker
 from daemon.detection.watcher import Matcher, Watcher, network_mount_type, scan
 from daemon.errors import ConfigError
 from daemon.operations.logs import register_secret
-from daemon.operations.metrics import Metrics
-from daemon.operations.webhook import WebhookNotifier
 from daemon.queue.base import Store
 from daemon.queue.journal import Journal, journal_path
 from daemon.service.audit import AuditTrail
 from daemon.service.health import StoreHealth, WatchedStore
+from daemon.service.observers import Observers
 from daemon.service.pause import PauseGate
 from daemon.service.startup import Rebuilt, open_queue
 from daemon.service.worker import Doorbell, Worker
@@ -52,8 +54,9 @@ WORKER_JOIN_S = 7.0      # how long shutdown waits for in-flight work (a hung co
 STOP_BUDGET_S = 9.0      # SIGTERM to exit: systemd and issue 3 allow 10 s
 WAKE = ""                # a hint that is no path: wakes the main loop (see request_stop)
 HAND_BACK_MAX_S = 60.0   # a row a worker could not hand back is due again after this (or max_backoff_s)
-OBSERVED_EVENTS = ("file_failed", "file_rejected", "uploads_paused", "uploads_resumed", "daily_summary",
-                   "queue_rebuilt")
+# The tests' way to shorten the 10 minutes a watch folder may be missing before anyone is told:
+# the daemon runs as a subprocess there, and the 10 minutes are no setting a lab needs to change.
+MISSING_ALERT_ENV = "SEQDROP_MISSING_ALERT_S"
 EXIT_OK, EXIT_STORE_FAILED = 0, 1   # 1: systemd restarts us (Restart=on-failure), and start-up checks the queue
 
 
@@ -62,8 +65,10 @@ class Service:
                  rebuilt: Rebuilt | None = None, client: OneCodexClient | None = None,
                  notifier: Any = None) -> None:
         """store: the queue, opened by startup.open_queue (which says what it rebuilt, if anything);
-        without one the service opens settings.queue.path that way itself."""
+        without one the service opens settings.queue.path that way itself.
+        Raises ConfigError (before the queue is opened) for an SMTP or status-page password not found."""
         self.settings, self.log = settings, log
+        self.observers = Observers(settings, log=log)
         self.stop = threading.Event()
         self._stop_requested_at: float | None = None
         self.exit_code = EXIT_OK
@@ -76,8 +81,6 @@ class Service:
                                 on_failure=self.health.failed)
         self.store.on_sample = self.audit.sample_saved   # type: ignore[attr-defined]
         self.notifier = notifier
-        self.metrics: Metrics | None = None
-        self.webhook: WebhookNotifier | None = None
         self.throttle: TokenBucket | None = None
         self.hints: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.doorbell = Doorbell()
@@ -90,7 +93,8 @@ class Service:
         self.matcher = Matcher(include=settings.watch.include, exclude=settings.watch.exclude,
                                max_depth=settings.watch.max_depth)
         self.tracker = Tracker(store=self.store, settle_s=settings.watch.settle_seconds, log=log,
-                               roots=WatchRoots((f.path, f.marker) for f in settings.watch.folders))
+                               roots=WatchRoots(((f.path, f.marker) for f in settings.watch.folders),
+                                                alert_after_s=_missing_alert_s(log)))
         self.watcher: Watcher | None = None
         self.pipeline: Pipeline | None = None
         self.workers: list[threading.Thread] = []
@@ -100,34 +104,16 @@ class Service:
         self.doorbell.ring()
 
     def emit(self, event: str, **fields: Any) -> None:
-        """Pipeline and gate events → metrics and webhook (neither may ever block an upload)."""
+        """Pipeline, gate and service events → metrics, webhook and e-mail (none may block an upload)."""
         try:
-            if self.metrics is not None:
-                if event == "file_done":
-                    self.metrics.file_uploaded(fields.get("size", 0), fields.get("seconds", 0.0))
-                elif event == "retry":
-                    self.metrics.retry(fields.get("reason", "other"))
-                elif event == "file_failed":
-                    self.metrics.file_failed()
-                elif event == "file_rejected":
-                    self.metrics.file_rejected()
-            if self.webhook is not None and event in OBSERVED_EVENTS:
-                self.webhook.event(event, **fields)
+            self.observers.emit(event, **fields)
         except Exception as e:  # observers must not break uploads
             self.log.warning("service.emit_failed", event_name=event, error=str(e))
 
     def _start_optional_parts(self) -> None:
-        s = self.settings
-        if s.upload.max_mbps:
-            self.throttle = TokenBucket.from_mbps(s.upload.max_mbps)
-        if s.metrics.enabled:
-            self.metrics = Metrics()
-            host, port = parse_listen(s.metrics.listen)
-            bound = self.metrics.start_server(host, port)
-            self.log.info("metrics.listening", address=f"{host}:{bound}")
-        if s.notify.webhook_url:
-            self.webhook = WebhookNotifier(s.notify.webhook_url, fmt=s.notify.format, log=self.log)
-            self.webhook.start()
+        if self.settings.upload.max_mbps:
+            self.throttle = TokenBucket.from_mbps(self.settings.upload.max_mbps)
+        self.observers.start()
 
     def _throttle(self, n: int) -> None:
         if self.throttle is not None:
@@ -163,8 +149,9 @@ class Service:
         self.tracker.resume()
         started = time.monotonic()
         files = self._full_scan()
-        self.log.info("service.ready", files_seen=files, scan_s=round(time.monotonic() - started, 2),
-                      workers=s.upload.workers, folders=list(s.watch.paths))
+        self.log.info("service.ready", version=__version__, files_seen=files,
+                      scan_s=round(time.monotonic() - started, 2), workers=s.upload.workers,
+                      folders=list(s.watch.paths))
         for n in range(s.upload.workers):
             self._start_worker(n)
         if self.notifier is not None:
@@ -279,13 +266,16 @@ class Service:
             self.log.warning("watch.root_still_missing", path=root, missing_s=round(missing_s),
                              fix="mount the share or create the folder; seqdrop scans it when it appears")
             self.emit("watch_folder_missing", path=root, missing_s=round(missing_s))
-        if self.metrics is None and (self.notifier is None or not getattr(self.notifier, "enabled", True)):
+        metrics = self.observers.metrics is not None
+        if not metrics and (self.notifier is None or not getattr(self.notifier, "enabled", True)):
             return   # nobody to tell: idle costs nothing (counting 100k rows every 5 s is not free)
         counts = self.store.counts()
-        if self.metrics is not None:
-            self.metrics.set_files_by_state(counts)
-            self.metrics.set_paused(self.gate.reason is not None)
-            self.metrics.set_watcher_healthy(self.watcher is not None and self.watcher.is_alive())
+        if metrics:
+            missing = set(self.tracker.roots.missing())
+            self.observers.publish(counts=counts, paused=self.gate.reason is not None,
+                                   watcher_healthy=self.watcher is not None and self.watcher.is_alive(),
+                                   folders_present={p: p not in missing for p in self.tracker.roots.paths},
+                                   oldest_waiting=self.store.oldest_waiting_since)
         if self.notifier is not None:
             self.notifier.status(self.status_line(counts))
 
@@ -373,17 +363,30 @@ class Service:
             self.pipeline.close()     # multipart uploads waiting for their next attempt: no network
         if self.notifier is not None:
             self.notifier.close()
-        if self.metrics is not None:
-            self.metrics.stop_server(timeout_s=max(0.1, min(1.0, budget_end - time.monotonic())))
-        if self.webhook is not None:
-            # close() may join its thread for a second past the timeout given: keep that in the budget.
-            self.webhook.close(timeout_s=max(0.1, min(2.0, budget_end - time.monotonic() - 1.0)))
+        self.observers.close(budget_end)
         if not stuck:
             try:
                 self.store.close()
             except Exception as e:    # a failing disk: the process exits all the same
                 self.log.warning("service.store_close_failed", error=repr(e))
         self.log.info("service.stopped", exit_code=self.exit_code)
+
+
+def _missing_alert_s(log: Any) -> float:
+    """How long a watch folder may be missing before anyone is told: MISSING_ALERT_S, unless the
+    environment (a test) says otherwise."""
+    text = os.environ.get(MISSING_ALERT_ENV)
+    if not text:
+        return MISSING_ALERT_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        log.warning("watch.missing_alert_ignored", variable=MISSING_ALERT_ENV, value=text,
+                    fix=f"a number of seconds above 0, or unset it for the default {MISSING_ALERT_S:g} s")
+        return MISSING_ALERT_S
+    return value
 
 
 def _next_daily(hhmm: str | None) -> float | None:
