@@ -22,7 +22,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from daemon import __version__
 from daemon.queue.base import (
     INIT_STEPS,
     POSTED_STEPS,
@@ -31,50 +30,10 @@ from daemon.queue.base import (
     STEP_POSTED,
     FileRow,
     Identity,
-    QueueTooNew,
 )
+from daemon.queue.schema import SCHEMA_VERSION, migrate, refuse_newer  # noqa: F401  (SCHEMA_VERSION re-exported)
 from daemon.queue.storage import create_private, take_lock
 from daemon.queue.sqlite_reads import OperatorReads
-
-# The queue's format. 2: the columns init_at and posted_at, the index files_inode (turn 2). A newer
-# seqdrop migrates an older queue forward when it opens it; an older seqdrop refuses a newer queue
-# (QueueTooNew) instead of writing rows it does not understand.
-SCHEMA_VERSION = 2
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS files (
-    id              INTEGER PRIMARY KEY,
-    path            TEXT    NOT NULL,
-    dev             INTEGER NOT NULL,
-    inode           INTEGER NOT NULL,
-    size            INTEGER NOT NULL,
-    mtime_ns        INTEGER NOT NULL,
-    state           TEXT    NOT NULL,
-    step            TEXT    NOT NULL DEFAULT '',   -- '', 'initialized', 'posted' (standard route);
-                                                   -- 'mp_initialized', 'mp_complete' (multipart route)
-    sample_id       TEXT,
-    init            TEXT,                          -- JSON: upload_url, fields, expiry / bucket, key,
-                                                   -- callback_url (never the API key or S3 credentials)
-    md5             TEXT,
-    attempts        INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL    NOT NULL DEFAULT 0,
-    error           TEXT,
-    claimed_by      TEXT,
-    stable_since    REAL    NOT NULL,
-    created_at      REAL    NOT NULL,
-    updated_at      REAL    NOT NULL,
-    init_at         REAL,                          -- when the current sample was initialised
-    posted_at       REAL                           -- when S3 last accepted its bytes (audit journal)
-);
-CREATE INDEX IF NOT EXISTS files_path ON files(path, id);
-CREATE INDEX IF NOT EXISTS files_due ON files(state, next_attempt_at);
-CREATE INDEX IF NOT EXISTS files_state_updated ON files(state, updated_at);
-CREATE INDEX IF NOT EXISTS files_inode ON files(inode, dev);       -- a done file found under a new path
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-"""
-
-# Columns added after a queue's table was created: (name, declaration), added at open.
-_ADDED_COLUMNS = (("init_at", "REAL"), ("posted_at", "REAL"))
 
 def _row(r: sqlite3.Row) -> FileRow:
     return FileRow(id=r["id"], path=r["path"], identity=Identity(r["dev"], r["inode"], r["size"], r["mtime_ns"]),
@@ -113,41 +72,13 @@ class SqliteStore(OperatorReads):
         self.db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False, timeout=30)
         self.db.row_factory = sqlite3.Row
         self.db.execute("PRAGMA busy_timeout = 30000")
-        self._refuse_newer()
+        refuse_newer(self.db, self.path)
         if not readonly:
             self.db.execute("PRAGMA journal_mode = WAL")
             self.db.execute("PRAGMA synchronous = FULL")
-            self.db.executescript(_SCHEMA)
-            self._add_columns()
-            self.db.execute("INSERT INTO meta(key, value) VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE"
-                            " SET value = excluded.value", (str(SCHEMA_VERSION),))
+            migrate(self.db)
         self.db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()   # opens the WAL index now
         self._match_owner()
-
-    def _refuse_newer(self) -> None:
-        """A queue written by a newer seqdrop (after a rollback): refuse it, name both versions and the fix."""
-        try:
-            row = self.db.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
-        except sqlite3.OperationalError:        # no meta table yet: a new queue
-            return
-        try:
-            found = int(row[0]) if row else 0
-        except ValueError:
-            found = 0
-        if found > SCHEMA_VERSION:
-            self.db.close()
-            raise QueueTooNew(
-                f"the queue {self.path} was written by a newer seqdrop (queue format {found}; this seqdrop "
-                f"{__version__} knows formats up to {SCHEMA_VERSION})", file=self.path, key="queue.path",
-                fix="upgrade seqdrop to the version that wrote it, or restore the copy of the queue made "
-                    "before the upgrade (docs/operations.md, 'Roll back')")
-
-    def _add_columns(self) -> None:
-        """A queue made by an older seqdrop gains the columns added since (NULL in old rows)."""
-        have = {row[1] for row in self.db.execute("PRAGMA table_info(files)")}
-        for name, declaration in _ADDED_COLUMNS:
-            if name not in have:
-                self.db.execute(f"ALTER TABLE files ADD COLUMN {name} {declaration}")
 
     def _match_owner(self) -> None:
         """Run as root (`seqdrop status` by an admin), give SQLite's side files to the database's
