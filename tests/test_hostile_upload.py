@@ -525,7 +525,12 @@ def test_the_validator_child_inherits_no_secret(tmp_path, monkeypatch):
     data = fastq_bytes(10_000)
     child = ChildValidator(str(fifo), len(data))
     try:
-        environ = Path(f"/proc/{child.proc.pid}/environ").read_bytes().split(b"\0")
+        proc = Path(f"/proc/{child.proc.pid}")
+        # Right after fork, before exec, /proc shows the parent's (or an empty) environment: wait until
+        # the child is the validator itself, then read what it runs with.
+        wait_for(lambda: b"daemon.checks.validate" in (proc / "cmdline").read_bytes(), 10.0,
+                 "the validator child to exec")
+        environ = (proc / "environ").read_bytes().split(b"\0")
         names = {entry.split(b"=", 1)[0].decode() for entry in environ if entry}
         with open(fifo, "wb") as writer:
             writer.write(data)
