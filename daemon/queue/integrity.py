@@ -51,6 +51,7 @@ from daemon.queue.journal import (
     FILE_ENDED,
     IN_FLIGHT_EVENTS,
     SAMPLE_POSTED,
+    fsync_directory,
     journal_path,
     read_records,
 )
@@ -134,7 +135,7 @@ def set_aside(path: str, *, clock: Callable[[], float] = time.time) -> str:
         os.rename(path + suffix, target + suffix)
         if not os.path.islink(target + suffix):
             os.chmod(target + suffix, 0o600)   # kept for inspection, and it holds S3 POST policies
-    _fsync_directory(os.path.dirname(os.path.abspath(path)))
+    fsync_directory(os.path.dirname(os.path.abspath(path)))
     return target
 
 
@@ -431,14 +432,6 @@ def _version(record: dict) -> Version | None:
                                                  for v in values[1:]):
         return None
     return values  # type: ignore[return-value]
-
-
-def _fsync_directory(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["DAMAGE", "Recovery", "Verdict", "check", "journal_has_records", "rebuild", "recover", "set_aside"]

@@ -178,7 +178,7 @@ class Journal:
         finally:
             os.close(fd)
         if created:
-            _fsync_directory(directory)
+            fsync_directory(directory)
 
 
 def _line(record: dict[str, Any]) -> bytes:
@@ -241,7 +241,7 @@ def _iso_or_none(ts: float | None) -> str | None:
     return None if ts is None else iso_utc(ts)
 
 
-def _fsync_directory(directory: str) -> None:
+def fsync_directory(directory: str) -> None:
     """Make a new file's directory entry durable (a fsynced file can still vanish without it)."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:

@@ -32,8 +32,9 @@ from daemon.queue.base import (
     Identity,
 )
 from daemon.queue.schema import SCHEMA_VERSION, migrate, refuse_newer  # noqa: F401  (SCHEMA_VERSION re-exported)
-from daemon.queue.storage import create_private, take_lock
 from daemon.queue.sqlite_reads import OperatorReads
+from daemon.queue.storage import create_private, take_lock
+
 
 def _row(r: sqlite3.Row) -> FileRow:
     return FileRow(id=r["id"], path=r["path"], identity=Identity(r["dev"], r["inode"], r["size"], r["mtime_ns"]),
