@@ -103,7 +103,8 @@ def test_public_row_has_the_status_fields_and_no_upload_secrets(store):
     a = store.add_seen("/a", IDENT)
     store.save_init(a, "s1", '{"fields": [["signature", "SECRET"]]}')
     doc = store.get(a).public()
-    assert set(doc) == {"id", "path", "state", "size", "sample_id", "attempts", "error", "updated_at"}
+    assert set(doc) == {"id", "path", "state", "size", "sample_id", "attempts", "error", "updated_at",
+                        "sample", "role", "lane"}     # design.md turn 2: each file names its sample
     assert "SECRET" not in repr(doc)
 
 
@@ -278,8 +279,68 @@ def test_an_older_queue_is_migrated_forward(tmp_path):
     db.commit()
     db.close()
     store = SqliteStore(path)
-    assert store.get_meta("schema_version") == SCHEMA_VERSION == 2
+    assert store.get_meta("schema_version") == SCHEMA_VERSION == 3
     assert store.get(1).path == "/a"
+    store.close()
+
+
+def test_a_format_2_queue_gains_samples_and_its_rows_stay_single_files(tmp_path):
+    """A queue as seqdrop of format 2 wrote it (no samples table, no member columns) is migrated: its
+    rows keep working as one-file uploads (no sample), and new samples mirror their lead's state."""
+    import sqlite3
+
+    from daemon.queue.sqlite import SqliteStore
+    path = str(tmp_path / "q.sqlite3")
+    db = sqlite3.connect(path)
+    db.executescript("""
+        CREATE TABLE files (id INTEGER PRIMARY KEY, path TEXT NOT NULL, dev INTEGER NOT NULL, inode INTEGER NOT NULL,
+          size INTEGER NOT NULL, mtime_ns INTEGER NOT NULL, state TEXT NOT NULL, step TEXT NOT NULL DEFAULT '',
+          sample_id TEXT, init TEXT, md5 TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+          next_attempt_at REAL NOT NULL DEFAULT 0, error TEXT, claimed_by TEXT, stable_since REAL NOT NULL,
+          created_at REAL NOT NULL, updated_at REAL NOT NULL, init_at REAL, posted_at REAL);
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', '2');
+        INSERT INTO files(path, dev, inode, size, mtime_ns, state, stable_since, created_at, updated_at)
+          VALUES ('/run/old.fastq', 1, 7, 10, 1, 'queued', 0, 0, 0);""")
+    db.commit()
+    db.close()
+    store = SqliteStore(path)
+    old = store.claim_next("w")
+    assert old is not None and old.path == "/run/old.fastq" and old.sample is None and store.sample_of(old.id) is None
+    assert old.public()["sample"] is None and old.public()["role"] is None
+    r1, r2 = store.add_seen("/run/A_R1.fastq", IDENT), store.add_seen("/run/A_R2.fastq", IDENT)
+    sample = store.add_sample(key="k", folder="/run", name="A", run="run", paired=True,
+                              files=[(r1, "R1", None), (r2, "R2", None)])
+    assert sample is not None
+    assert store.claim_next("w").id == r1 and store.claim_next("w") is None     # only the lead is claimed
+    store.save_init(r1, "0123456789abcdef", "{}")
+    store.mark_done(r1, sample_id="0123456789abcdef", md5=None)
+    assert (store.get(r2).state, store.get(r2).sample_id) == ("done", "0123456789abcdef")
+    assert store.sample(sample).public()["state"] == "done"
+    store.close()
+
+
+def test_a_write_aimed_at_a_member_moves_the_whole_sample(tmp_path):
+    """A member deleted before upload (the tracker marks it vanished) vanishes its sample, lead
+    included; retry by a member's id puts the whole sample back; a member changed meanwhile stops
+    add_sample from recording a half-sample."""
+    from daemon.queue.sqlite import SqliteStore
+    store = SqliteStore(str(tmp_path / "q.sqlite3"))
+    r1, r2 = store.add_seen("/run/A_R1.fastq", IDENT), store.add_seen("/run/A_R2.fastq", IDENT)
+    sample = store.add_sample(key="k", folder="/run", name="A", run="run", paired=True,
+                              files=[(r1, "R1", 1), (r2, "R2", 1)])
+    assert store.set_state(r2, "vanished", error="A_R2.fastq was deleted", only_from=("queued",))
+    assert [store.get(i).state for i in (r1, r2)] == ["vanished", "vanished"]
+    assert store.get(r1).error == "A_R2.fastq was deleted"
+    assert store.retry(states=("vanished",), ids=(r2,)) == 1
+    assert [store.get(i).state for i in (r1, r2)] == ["queued", "queued"]
+    assert store.sample_keys("/run") == {"k"}
+    b1, b2 = store.add_seen("/run/B_R1.fastq", IDENT), store.add_seen("/run/B_R2.fastq", IDENT)
+    store.set_state(b2, "vanished")
+    assert store.add_sample(key="b", folder="/run", name="B", run="run", paired=True,
+                            files=[(b1, "R1", None), (b2, "R2", None)]) is None
+    assert store.get(b1).state == "seen" and store.get(b1).sample is None and len(store.samples()) == 1
+    assert store.sample(sample).files[0].lane == 1
     store.close()
 
 

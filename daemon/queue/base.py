@@ -27,8 +27,14 @@ STEP_INITIALIZED = "initialized"    # standard route: sample_id and the POST for
 STEP_POSTED = "posted"              # standard route: S3 holds the validated bytes (md5 == ETag)
 STEP_MP_INIT = "mp_initialized"     # multipart route: sample_id, bucket, key, callback stored
 STEP_MP_COMPLETE = "mp_complete"    # multipart route: CompleteMultipartUpload's ETag checked
+# A paired sample (design.md, "Samples") is sent as two reads under one sample_id; each read's upload is
+# persisted before the next, so a crash between them resends only the read S3 does not hold yet.
+STEP_POSTED_R1 = "posted_r1"        # paired standard route: R1's POST verified (md5 == ETag); R2 next
+STEP_MP_R2_COMPLETE = "mp_r2_complete"   # paired multipart route: R2 completed and checked; R1 next
 INIT_STEPS = (STEP_INITIALIZED, STEP_MP_INIT)
 POSTED_STEPS = (STEP_POSTED, STEP_MP_COMPLETE)
+HALF_POSTED_STEPS = (STEP_POSTED_R1, STEP_MP_R2_COMPLETE)   # one read of a pair held by S3: never confirmable
+ROLES = ("R1", "R2", "single")
 
 
 @dataclass(frozen=True)
@@ -61,6 +67,11 @@ class FileRow:
     updated_at: float
     init_at: float | None = None      # when the current sample was initialised (for the audit journal)
     posted_at: float | None = None    # when S3 last accepted its bytes
+    sample: int | None = None         # the local sample (SampleRow.id) it belongs to, once assembled
+    role: str | None = None           # "R1", "R2" or "single" within that sample
+    lane: int | None = None           # its lane number, if its name has one
+    follower: bool = False            # a member other than the sample's lead: its state mirrors the lead's
+    flags: str | None = None          # comma-separated marks for people: "partial", "late"
 
     @property
     def size(self) -> int:
@@ -70,7 +81,53 @@ class FileRow:
         """The row as `status --json` shows it (nothing secret: no upload fields)."""
         return {"id": self.id, "path": self.path, "state": self.state, "size": self.size,
                 "sample_id": self.sample_id, "attempts": self.attempts, "error": self.error,
-                "updated_at": iso_utc(self.updated_at)}
+                "updated_at": iso_utc(self.updated_at), "sample": self.sample,
+                "role": self.role or ("single" if self.sample is not None else None), "lane": self.lane}
+
+
+@dataclass(frozen=True)
+class SampleRow:
+    """A sample as the queue holds it (design.md, "Samples"): its members and what it lands with.
+
+    The upload's state lives on the lead member (the first R1 lane, or the only file): the lead is
+    claimed, stepped and confirmed like any file row, and the store mirrors its state, step, sample_id,
+    error and attempts onto the other members in the same transaction. A write aimed at a follower
+    (a member deleted, replaced) is applied to the lead, so a sample always moves as one."""
+    id: int
+    key: str                          # folder + stem + name family: a later member of it is "late"
+    folder: str
+    name: str
+    run: str | None                   # the run folder's name (design.md, "Runs")
+    paired: bool
+    lead: int                         # the file id that carries the upload's state
+    late: bool
+    warnings: tuple[str, ...]
+    landing: dict[str, Any] | None    # project, tags, metadata as sent, and what was left out (issue 12)
+    created_at: float
+    files: tuple[FileRow, ...] = ()   # the members: R1 (or single) lanes in lane order, then R2's
+
+    @property
+    def r1(self) -> tuple[FileRow, ...]:
+        return tuple(f for f in self.files if f.role in ("R1", "single"))
+
+    @property
+    def r2(self) -> tuple[FileRow, ...]:
+        return tuple(f for f in self.files if f.role == "R2")
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def public(self, lead: FileRow | None = None) -> dict[str, Any]:
+        """The sample as `status --json`'s "samples" list shows it (design.md): its state is its lead's."""
+        lead = lead or next((f for f in self.files if f.id == self.lead), None)
+        landing = self.landing or {}
+        return {"id": self.id, "name": self.name, "run": self.run, "paired": self.paired,
+                "files": [f.id for f in self.files], "state": lead.state if lead else None,
+                "sample_id": lead.sample_id if lead else None, "project": landing.get("project"),
+                "tags": landing.get("tags") or [], "error": lead.error if lead else None,
+                "updated_at": iso_utc(lead.updated_at if lead else self.created_at),
+                "late": self.late, "warnings": list(self.warnings)}
 
 
 def iso_utc(ts: float) -> str:
@@ -127,6 +184,18 @@ class Store(Protocol):
     def release_stale_claims(self) -> int: ...
     def retry(self, *, states: tuple[str, ...], ids: tuple[int, ...] = ()) -> int: ...
 
+    # samples (sqlite_samples.py; design.md, "Samples")
+    def add_sample(self, *, key: str, folder: str, name: str, run: str | None, paired: bool,
+                   files: list[tuple[int, str, int | None]], warnings: tuple[str, ...] = (), late: bool = False,
+                   state: str = "queued", error: str | None = None) -> int | None: ...
+    def sample(self, sample: int) -> SampleRow | None: ...
+    def sample_of(self, file_id: int) -> SampleRow | None: ...
+    def sample_keys(self, folder: str) -> set[str]: ...
+    def samples(self, *, states: tuple[str, ...] = (), limit: int | None = None) -> list[SampleRow]: ...
+    def save_member_md5s(self, md5s: dict[int, str]) -> None: ...
+    def set_landing(self, sample: int, landing: dict[str, Any]) -> None: ...
+    def add_flag(self, file_id: int, flag: str, *, note: str | None = None) -> None: ...
+
     # meta (small JSON values: the pause, the schema version)
     def get_meta(self, key: str) -> Any: ...
     def set_meta(self, key: str, value: Any) -> None: ...
@@ -160,5 +229,6 @@ class Version:
 
 
 __all__ = ["STATES", "TERMINAL", "STEP_NONE", "STEP_INITIALIZED", "STEP_POSTED", "STEP_MP_INIT",
-           "STEP_MP_COMPLETE", "INIT_STEPS", "POSTED_STEPS", "Identity", "FileRow", "StoreLocked", "Store",
+           "STEP_MP_COMPLETE", "INIT_STEPS", "POSTED_STEPS", "STEP_POSTED_R1", "STEP_MP_R2_COMPLETE",
+           "HALF_POSTED_STEPS", "ROLES", "SampleRow", "Identity", "FileRow", "StoreLocked", "Store",
            "iso_utc", "Iterator", "Listed", "Version"]

@@ -33,6 +33,7 @@ from daemon.queue.base import (
 )
 from daemon.queue.schema import SCHEMA_VERSION, migrate, refuse_newer  # noqa: F401  (SCHEMA_VERSION re-exported)
 from daemon.queue.sqlite_reads import OperatorReads
+from daemon.queue.sqlite_samples import SampleVerbs
 from daemon.queue.storage import create_private, take_lock
 
 
@@ -41,7 +42,15 @@ def _row(r: sqlite3.Row) -> FileRow:
                    state=r["state"], step=r["step"], sample_id=r["sample_id"], init=r["init"], md5=r["md5"],
                    attempts=r["attempts"], next_attempt_at=r["next_attempt_at"], error=r["error"],
                    stable_since=r["stable_since"], updated_at=r["updated_at"],
-                   init_at=_added(r, "init_at"), posted_at=_added(r, "posted_at"))
+                   init_at=_added(r, "init_at"), posted_at=_added(r, "posted_at"), sample=_added(r, "sample"),
+                   role=_added(r, "role"), lane=_added(r, "lane"), follower=bool(_added(r, "follower")),
+                   flags=_added(r, "flags"))
+
+
+# The row a write aimed at file id ? lands on: the lead of its sample if it is a follower (a sample moves
+# as one: the trigger sample_mirror copies the lead's state onto the members), else itself. Two ?s.
+_LEAD_OF = ("COALESCE((SELECT s.lead FROM files f JOIN samples s ON s.id = f.sample"
+            " WHERE f.id = ? AND f.follower = 1), ?)")
 
 
 def _added(r: sqlite3.Row, name: str) -> Any:
@@ -52,7 +61,7 @@ def _added(r: sqlite3.Row, name: str) -> Any:
         return None
 
 
-class SqliteStore(OperatorReads):
+class SqliteStore(OperatorReads, SampleVerbs):
     """The queue in one SQLite file (WAL, synchronous=FULL): the default backend. The read-only verbs of
     the operator's commands (status filters, show, upload's look-up) are in sqlite_reads.py."""
 
@@ -304,8 +313,8 @@ class SqliteStore(OperatorReads):
             assert k in ("step", "sample_id", "init", "md5", "attempts", "next_attempt_at"), k
             sets.append(f"{k} = ?")
             args.append(v)
-        sql = f"UPDATE files SET {', '.join(sets)} WHERE id = ?"
-        args.append(file_id)
+        sql = f"UPDATE files SET {', '.join(sets)} WHERE id = {_LEAD_OF}"
+        args += [file_id, file_id]
         if only_from:
             sql += f" AND state IN ({','.join('?' * len(only_from))})"
             args.extend(only_from)
@@ -315,14 +324,15 @@ class SqliteStore(OperatorReads):
     def note(self, file_id: int, error: str | None) -> None:
         """Change only the message shown in status (e.g. 'waiting for run marker')."""
         with self.tx() as db:
-            db.execute("UPDATE files SET error = ? WHERE id = ? AND (error IS NOT ? )", (error, file_id, error))
+            db.execute(f"UPDATE files SET error = ? WHERE id = {_LEAD_OF} AND (error IS NOT ? )",
+                       (error, file_id, file_id, error))
 
     def claim_next(self, worker: str) -> FileRow | None:
         now = self.clock()
         with self.tx() as db:
             r = db.execute(
                 "UPDATE files SET state='uploading', claimed_by=?, updated_at=? WHERE id = ("
-                " SELECT id FROM files WHERE state='queued' AND next_attempt_at <= ?"
+                " SELECT id FROM files WHERE state='queued' AND next_attempt_at <= ? AND follower = 0"
                 " ORDER BY next_attempt_at, id LIMIT 1) RETURNING *", (worker, now, now)).fetchone()
         return _row(r) if r else None
 
@@ -370,10 +380,14 @@ class SqliteStore(OperatorReads):
     def retry(self, *, states: tuple[str, ...], ids: tuple[int, ...] = ()) -> int:
         """Put failed/rejected rows back in the queue from scratch (a new sample)."""
         sql = (f"UPDATE files SET state='queued', step='', init=NULL, sample_id=NULL, error=NULL, init_at=NULL,"
-               f" posted_at=NULL, next_attempt_at=0, updated_at=? WHERE state IN ({','.join('?' * len(states))})")
+               f" posted_at=NULL, next_attempt_at=0, updated_at=? WHERE follower = 0"
+               f" AND state IN ({','.join('?' * len(states))})")
         args: list[Any] = [self.clock(), *states]
-        if ids:
-            sql += f" AND id IN ({','.join('?' * len(ids))})"
+        if ids:      # a member's id retries its whole sample (the lead's row carries the upload)
+            marks = ",".join("?" * len(ids))
+            sql += (f" AND (id IN ({marks}) OR id IN (SELECT s.lead FROM samples s JOIN files f ON f.sample = s.id"
+                    f" WHERE f.id IN ({marks})))")
+            args.extend(ids)
             args.extend(ids)
         with self.tx() as db:
             return db.execute(sql, args).rowcount

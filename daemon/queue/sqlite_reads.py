@@ -22,7 +22,9 @@ _LISTED = "id, path, state, attempts, sample_id, error, updated_at"     # Listed
 # functions: a 100,000-file queue is written in ~0.3 s instead of ~3 s through FileRow objects.
 _PUBLIC_JSON = ("json_object('id', id, 'path', path, 'state', state, 'size', size, 'sample_id', sample_id,"
                 " 'attempts', attempts, 'error', error,"
-                " 'updated_at', strftime('%Y-%m-%dT%H:%M:%SZ', CAST(updated_at AS INTEGER), 'unixepoch'))")
+                " 'updated_at', strftime('%Y-%m-%dT%H:%M:%SZ', CAST(updated_at AS INTEGER), 'unixepoch'),"
+                " 'sample', sample, 'role', CASE WHEN role IS NULL AND sample IS NOT NULL THEN 'single' ELSE role END,"
+                " 'lane', lane)")
 
 
 def _filters(states: tuple[str, ...], under: str | None, run: str | None,
