@@ -191,7 +191,7 @@ EXACT = [
      'must be a folder path or {path = "...", marker = "...", polling = true}',
      'e.g. paths = ["/srv/out", {path = "/mnt/nas", polling = true}]'),
     ("[watch]\npaths = [{path = 'runs', mark = 'x'}]\n", "watch.paths[0]", "unknown key(s) mark",
-     "a watch entry takes path, marker and polling"),
+     "a watch entry takes path, marker, polling, pairing, merge_lanes, group_wait_seconds, project, tags, metadata"),
     ("[watch]\npaths = [{path = 'runs', marker = 1}]\n", "watch.paths[0]", "marker must be a string",
      'marker = "illumina" | "bclconvert" | "nanopore" | "glob:<pattern>"'),
     ("[watch]\npaths = [{path = 'runs', marker = 'glob:'}]\n", "watch.paths[0]", "unknown run marker 'glob:'",
@@ -255,7 +255,7 @@ EXACT = [
     ("[notify]\ndaily_summary_at = 8\n", "notify.daily_summary_at", "has the wrong type (int: 8)",
      'daily_summary_at = "08:00"'),
     ("api = 1\n", "api", "must be a [table]", "write it as [api]"),
-    ("x = 1\n", "x", "unknown section or key 'x'", "the sections are: api, log, metrics, notify, queue, status_page, upload, watch"),
+    ("x = 1\n", "x", "unknown section or key 'x'", "the sections are: api, log, metrics, notify, queue, samples, status_page, upload, watch"),
 ]
 
 

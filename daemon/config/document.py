@@ -16,6 +16,7 @@ from daemon.config.metrics import MetricsSettings, parse_metrics
 from daemon.config.notify import NotifySettings, parse_notify
 from daemon.config.queue import QueueSettings, parse_queue
 from daemon.config.reader import Section
+from daemon.config.samples import SamplesSettings, parse_samples
 from daemon.config.status_page import StatusPageSettings, parse_status_page
 from daemon.config.upload import UploadSettings, parse_upload
 from daemon.config.watch import WatchSettings, parse_watch
@@ -38,6 +39,7 @@ class Settings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     notify: NotifySettings = field(default_factory=NotifySettings)
     status_page: StatusPageSettings = field(default_factory=StatusPageSettings)
+    samples: SamplesSettings = field(default_factory=SamplesSettings)
 
 
 # The tables a config file may hold: one per field of Settings but its source.
@@ -86,8 +88,9 @@ def parse(raw: dict[str, Any], *, file: str, check_folders: bool = True) -> Sett
     metrics = _read(raw, "metrics", file, parse_metrics)
     notify = _read(raw, "notify", file, parse_notify)
     status_page = _read(raw, "status_page", file, parse_status_page)
+    samples = _read(raw, "samples", file, parse_samples)
     return Settings(source=file, api=api, watch=watch, queue=queue, upload=upload, log=log,
-                    metrics=metrics, notify=notify, status_page=status_page)
+                    metrics=metrics, notify=notify, status_page=status_page, samples=samples)
 
 
 def _check_tables(raw: dict[str, Any], file: str) -> None:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from daemon.config.reader import Section
+from daemon.config.samples import ASSEMBLY_KEYS, FolderSamples, folder_overrides
+from daemon.landing.settings import LAYER_KEYS
 from daemon.paths import is_within
 
 DEFAULT_INCLUDE = tuple(
@@ -31,6 +33,7 @@ class WatchFolder:
     path: str                 # absolute
     marker: str | None = None  # None, a preset name, or "glob:<pattern>"
     polling: bool = False
+    samples: FolderSamples | None = None   # its own pairing, lanes, wait, project, tags, metadata
 
 
 @dataclass(frozen=True)
@@ -116,10 +119,12 @@ def _folder(s: Section, index: int, entry: Any, *, check_folders: bool) -> Watch
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         raise s.error(key, "must be a folder path or {path = \"...\", marker = \"...\", polling = true}",
                       fix='e.g. paths = ["/srv/out", {path = "/mnt/nas", polling = true}]')
-    extra = set(entry) - {"path", "marker", "polling"}
+    extra = set(entry) - {"path", "marker", "polling", *ASSEMBLY_KEYS, *LAYER_KEYS}
     if extra:
         raise s.error(key, f"unknown key(s) {', '.join(sorted(extra))}",
-                      fix="a watch entry takes path, marker and polling")
+                      fix=f"a watch entry takes path, marker, polling, {', '.join(ASSEMBLY_KEYS + LAYER_KEYS)}")
+    own = set(entry) & {*ASSEMBLY_KEYS, *LAYER_KEYS}
+    samples = folder_overrides(entry, file=s.file, key=f"{s.name}.{key}") if own else None
     marker = _marker(s, key, entry.get("marker"))
     polling = entry.get("polling", False)
     if not isinstance(polling, bool):
@@ -127,7 +132,7 @@ def _folder(s: Section, index: int, entry: Any, *, check_folders: bool) -> Watch
     folder = s.path(entry["path"])
     if check_folders:
         _check_folder(s, key, folder)
-    return WatchFolder(path=folder, marker=marker, polling=polling)
+    return WatchFolder(path=folder, marker=marker, polling=polling, samples=samples)
 
 
 def _marker(s: Section, key: str, marker: Any) -> str | None:
