@@ -165,7 +165,7 @@ class Publisher:
         self.queue_path = os.path.realpath(queue_path)
         self.interval_s, self.heartbeat_s = interval_s, heartbeat_s
         self.clock, self.wall = clock, wall
-        self._written_version: int | None = None
+        self._written_version = board.version     # an empty board is not written: idle costs nothing
         self._written_at = float("-inf")
         self._in_flight = False             # the last file written named some upload
         self._failed = False
@@ -197,6 +197,8 @@ class Publisher:
         return True
 
     def start(self) -> None:
+        """Remove what an earlier daemon left (killed: nobody removed it), then publish from a thread."""
+        self._remove()
         self._thread = threading.Thread(target=self._run, name="seqdrop-progress", daemon=True)
         self._thread.start()
 
@@ -212,6 +214,9 @@ class Publisher:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
+        self._remove()
+
+    def _remove(self) -> None:
         try:
             os.unlink(self.path)
         except OSError:
