@@ -8,6 +8,7 @@ the last ones run `seqdrop run` against the sandbox and read it with `seqdrop st
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import stat
@@ -140,7 +141,7 @@ def test_the_publisher_writes_at_most_once_per_interval_and_never_fsyncs(tmp_pat
             sent(1000)
             clock.now += 0.25
             pub.publish()
-        assert len(writes) == 5 and all(b - a >= 1.0 for a, b in zip(writes, writes[1:]))
+        assert len(writes) == 5 and all(b - a >= 1.0 for a, b in itertools.pairwise(writes))
         doc = json.loads(path.read_text())
         assert doc["pid"] == os.getpid() and doc["files"]["1"]["bytes_sent"] >= 17_000
         clock.now += 1
@@ -179,7 +180,7 @@ def test_the_publisher_thread_keeps_its_interval_and_removes_its_file(tmp_path: 
             wait_for(four_writes, 10, "four writes", interval_s=0.001)
     finally:
         pub.close()
-    assert all(b - a >= 0.2 - 0.01 for a, b in zip(writes, writes[1:])), writes
+    assert all(b - a >= 0.2 - 0.01 for a, b in itertools.pairwise(writes)), writes
     assert fsyncs == [] and not path.exists()
 
 

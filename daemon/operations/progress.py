@@ -57,9 +57,13 @@ class _Live:
         self.waiting = False                # a failed attempt's wait before the next one
         self.marks: deque[tuple[float, int]] = deque([(now, 0)])   # (when, bytes_sent): the rate's window
 
-    def rate_bps(self, now: float) -> float | None:
+    def trim(self, now: float) -> None:
+        """Keep the marks of the window, and the last one before it."""
         while len(self.marks) > 1 and self.marks[1][0] <= now - RATE_WINDOW_S:
             self.marks.popleft()
+
+    def rate_bps(self, now: float) -> float | None:
+        self.trim(now)
         since, sent_then = self.marks[0]
         if self.phase not in SENDING or self.waiting or now - since < MIN_RATE_SPAN_S:
             return None
@@ -106,8 +110,10 @@ class Board:
             live = self._files.get(file_id)
             if live is None:
                 return
+            now = self.clock()
             live.bytes_sent += nbytes
-            live.marks.append((self.clock(), live.bytes_sent))
+            live.marks.append((now, live.bytes_sent))
+            live.trim(now)
             self.version += 1
 
     def step(self, what: str, attempt: int, failure: BaseException | None) -> None:
