@@ -283,12 +283,12 @@ def uploading_progress(config: Path, name: str) -> dict[str, Any] | None:
 
 def test_status_in_another_process_shows_bytes_rate_and_eta_growing(tmp_path: Path, sandbox: Sandbox,
                                                                       watch_dir: Path) -> None:
-    """2 Mbit/s in 64 KiB blocks: a 2.5 MB POST takes about 10 s; a status every second or so sees it grow.
+    """2 Mbit/s in 64 KiB blocks: a 3.5 MB POST takes about 14 s; a status every second or so sees it grow.
     RUNTIME_DIRECTORY is the daemon's alone (as under systemd): status finds the file through the queue."""
     runtime = tmp_path / "run"
     runtime.mkdir(mode=0o700)
     path = watch_dir / "big.fastq"
-    path.write_bytes(fastq_bytes(2_500_000, seed=31))
+    path.write_bytes(fastq_bytes(3_500_000, seed=31))
     size = path.stat().st_size
     cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, max_mbps=2, block_size=65536)
     with Daemon(cfg, env={"RUNTIME_DIRECTORY": str(runtime)}) as d:
@@ -307,6 +307,8 @@ def test_status_in_another_process_shows_bytes_rate_and_eta_growing(tmp_path: Pa
         assert "big.fastq" in text and "sending" in text and " MB/s" in text, text
         shown = cli(cfg, "show", str(path)).stdout
         assert "right now     sending" in shown, shown
+        [version] = json.loads(cli(cfg, "show", str(path), "--json").stdout)
+        assert version["progress"]["phase"] == "s3_post" and version["progress"]["total"] == size
         files = d.wait_files(all_in("done", ["big.fastq"]), DEADLINE_S, "big.fastq done")
         assert "progress" not in files[0]
         assert d.terminate() == 0
