@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from daemon.commands.queue_owner import ownership_problem
 from daemon.config import Settings
 from daemon.errors import ConfigError
+from daemon.operations import progress
 from daemon.queue.base import STATES, FileRow, Identity, Listed, Version, iso_utc
 from daemon.redact import escape_control, looks_like_sample_id
 
@@ -70,9 +71,10 @@ def status(settings: Settings, store: Any, args: argparse.Namespace, *, out: Tex
         counts = store.counts() if store else {s: 0 for s in STATES}
         paused = store.get_meta("paused") if store else None
         filtered = bool(args.state or args.run or args.since is not None)
+        live = progress.read_live(store) if store else {}     # the uploads in flight, from the daemon
         if args.json:   # all files, unless filtered (the contract)
             entries = store.public_json(**_filter_args(args), limit=args.limit) if store else []
-            _write_json(out, counts, entries, paused)
+            _write_json(out, counts, progress.merge_json(entries, live), paused)
             return EXIT_OK
         if store is None:
             print(f"No queue yet at {settings.queue.path} (the daemon has not run with this config).", file=out)
@@ -88,7 +90,7 @@ def status(settings: Settings, store: Any, args: argparse.Namespace, *, out: Tex
             store.close()
     if trap := ownership_problem(settings.queue.path):   # readable here, but the daemon cannot write it
         print(f"WARNING: {trap[0]}\n  fix: {trap[1]}\n", file=out)
-    _write_text(out, counts, rows, paused, left_out, filtered)
+    _write_text(out, counts, rows, paused, left_out, filtered, live)
     return EXIT_OK
 
 
@@ -131,7 +133,7 @@ def _local(ts: float) -> str:
 
 
 def _write_text(out: TextIO, counts: dict[str, int], rows: list[Listed], paused: Any, left_out: str,
-                filtered: bool) -> None:
+                filtered: bool, live: dict[int, dict[str, Any]]) -> None:
     if paused:
         print(f"UPLOADS PAUSED: {paused.get('reason')}\n  fix: check the API key with `seqdrop check`; "
               f"uploads resume by themselves once it works.\n", file=out)
@@ -139,17 +141,20 @@ def _write_text(out: TextIO, counts: dict[str, int], rows: list[Listed], paused:
     if rows:
         print(file=out)
         print(f"{'ID':>5}  {'UPDATED (local)':<19}  {'STATE':<9} {'TRIES':>5}  {'SAMPLE':<16}  PATH", file=out)
-        out.write("".join(_line(r) for r in rows))
+        out.write("".join(_line(r, live.get(r.id)) for r in rows))
     elif filtered:
         print("\nNo file matches.", file=out)
     if left_out:
         print(f"\n({left_out})", file=out)
 
 
-def _line(r: Listed) -> str:
-    """One file's line; the last error, if any, ends it. Control characters in a name are shown escaped
-    (a newline in a file name must not make two lines)."""
-    error = f"  — {escape_control(r.error)}" if r.error else ""
+def _line(r: Listed, live: dict[str, Any] | None = None) -> str:
+    """One file's line; what its upload is doing (live), else the last error, if any, ends it. Control
+    characters in a name are shown escaped (a newline in a file name must not make two lines)."""
+    if live and r.state == "uploading":
+        error = f"  — {progress.describe(live)}"
+    else:
+        error = f"  — {escape_control(r.error)}" if r.error else ""
     return (f"{r.id:>5}  {_local(r.updated_at)}  {r.state:<9} {r.attempts:>5}  "
             f"{escape_control(r.sample_id or '-'):<16}  {escape_control(r.path)}{error}\n")
 
@@ -172,6 +177,7 @@ def show(settings: Settings, store: Any, what: str, *, as_json: bool = False, ou
         return EXIT_NOT_FOUND
     try:
         stories, note = _lookup(store, what)
+        live = progress.read_live(store)
     finally:
         store.close()
     if not stories:
@@ -180,14 +186,15 @@ def show(settings: Settings, store: Any, what: str, *, as_json: bool = False, ou
         return EXIT_NOT_FOUND
     if as_json:
         doc = [{**v.row.public(), "created_at": iso_utc(v.created_at), "md5": v.row.md5, "step": v.row.step,
-                "mtime_ns": v.row.identity.mtime_ns, "device": v.row.identity.dev, "inode": v.row.identity.inode}
+                "mtime_ns": v.row.identity.mtime_ns, "device": v.row.identity.dev, "inode": v.row.identity.inode,
+                **_live_of(v.row, live)}
                for versions in stories.values() for v in versions]
         print(json.dumps(doc, indent=2, ensure_ascii=False), file=out)
         return EXIT_OK
     if note:
         print(note, file=out)
     for path, versions in stories.items():
-        _write_story(out, path, versions)
+        _write_story(out, path, versions, live)
     return EXIT_OK
 
 
@@ -212,7 +219,12 @@ def _lookup(store: Any, what: str) -> tuple[dict[str, list[Version]], str]:
     return {p: store.versions(path=p) for p in paths}, note
 
 
-def _write_story(out: TextIO, path: str, versions: list[Version]) -> None:
+def _live_of(row: FileRow, live: dict[int, dict[str, Any]]) -> dict[str, Any]:
+    """{"progress": ...} for a file the daemon is uploading now, else nothing."""
+    return {"progress": live[row.id]} if row.state == "uploading" and row.id in live else {}
+
+
+def _write_story(out: TextIO, path: str, versions: list[Version], live: dict[int, dict[str, Any]]) -> None:
     count = f"{len(versions)} version{'s' if len(versions) != 1 else ''}"
     print(f"{escape_control(path)} — {count} (times are local)", file=out)
     for n, v in enumerate(versions, 1):
@@ -229,6 +241,8 @@ def _write_story(out: TextIO, path: str, versions: list[Version]) -> None:
         print(f"    attempts      {r.attempts}", file=out)
         if r.step and r.state != "done":
             print(f"    upload step   {_STEP_WORDS.get(r.step, r.step)}", file=out)
+        if doing := _live_of(r, live).get("progress"):
+            print(f"    right now     {progress.describe(doing)}", file=out)
         if r.state == "queued" and r.next_attempt_at > time.time():
             print(f"    next attempt  {_local(r.next_attempt_at)}", file=out)
         if r.error:

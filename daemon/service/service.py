@@ -15,6 +15,7 @@ the main loop does the work. Shutdown order (written down, because it matters):
   1. stop claiming; in-flight POSTs abort at their next block; rows go back to `queued`
   2. stop the watcher
   3. join the workers (bounded: the process exits within 10 s of SIGTERM)
+     and stop the live-progress publisher (its file is removed)
   4. tell systemd STOPPING=1; stop the status page and metrics, flush the webhook and e-mail side by
      side (observers.py; bounded)
   5. close the store (the lock file goes with it)
@@ -36,6 +37,8 @@ from daemon.detection.tracker import BATCH, Observed, Tracker
 from daemon.detection.watcher import Matcher, Watcher, network_mount_type, scan
 from daemon.errors import ConfigError
 from daemon.operations.logs import register_secret
+from daemon.operations.progress import META_KEY as PROGRESS_META
+from daemon.operations.progress import Board, Publisher, progress_path
 from daemon.queue.base import Store
 from daemon.queue.journal import Journal, journal_path
 from daemon.service.audit import AuditTrail
@@ -98,6 +101,8 @@ class Service:
         self.watcher: Watcher | None = None
         self.pipeline: Pipeline | None = None
         self.workers: list[threading.Thread] = []
+        self.board = Board()                          # live progress of the uploads in flight
+        self.progress: Publisher | None = None
 
     # -- wiring helpers ------------------------------------------------------------------------
     def wake_workers(self) -> None:
@@ -118,6 +123,14 @@ class Service:
     def _throttle(self, n: int) -> None:
         if self.throttle is not None:
             self.throttle.consume(n, cancel=self.stop)
+
+    def _start_progress(self) -> None:
+        """Live progress for `seqdrop status` in other processes (daemon/operations/progress.py): the
+        file's path into the queue's meta (once), then the publisher thread."""
+        path = progress_path(self.store.path)
+        self.store.set_meta(PROGRESS_META, path)
+        self.progress = Publisher(self.board, path, queue_path=self.store.path, log=self.log)
+        self.progress.start()
 
     def _warn_network_shares(self) -> None:
         for folder in self.settings.watch.folders:
@@ -140,6 +153,8 @@ class Service:
             self.emit("queue_rebuilt", path=self.store.path, **self.rebuilt.fields())
         self.pipeline = make_pipeline(s, store=self.store, client=self.client, log=self.log, stop=self.stop,
                                       throttle=self._throttle if self.throttle else None, emit=self.emit)
+        self.pipeline.steps.watch = self.board.step
+        self._start_progress()
         self._warn_network_shares()
         self.watcher = Watcher(list(s.watch.paths), matcher=self.matcher, on_hint=self.hints.put,
                                on_root_state=self._root_state,
@@ -323,7 +338,8 @@ class Service:
         assert self.pipeline is not None
         worker = Worker(f"worker-{n}", store=self.store, pipeline=self.pipeline, gate=self.gate,
                         doorbell=self.doorbell, stop=self.stop, log=self.log, on_ended=self.audit.ended,
-                        hand_back_delay_s=min(HAND_BACK_MAX_S, self.settings.upload.max_backoff_s))
+                        hand_back_delay_s=min(HAND_BACK_MAX_S, self.settings.upload.max_backoff_s),
+                        board=self.board)
         t = threading.Thread(target=worker.run, name=f"seqdrop-worker-{n}", daemon=True)
         if n < len(self.workers):
             self.workers[n] = t
@@ -359,6 +375,8 @@ class Service:
         if stuck:
             self.log.warning("service.workers_still_busy", workers=stuck,
                              note="their rows are released at the next start")
+        if self.progress is not None:
+            self.progress.close()
         if self.pipeline is not None and not stuck:
             self.pipeline.close()     # multipart uploads waiting for their next attempt: no network
         if self.notifier is not None:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from daemon.errors import AuthError
+from daemon.operations.progress import Board
 from daemon.queue.base import TERMINAL, FileRow, Store
 from daemon.service.pause import Entry, PauseGate
 
@@ -29,7 +30,7 @@ IDLE_WAIT_S = 1.0          # an idle worker asks the queue again at least this o
 
 
 class Processor(Protocol):
-    def process(self, row: FileRow) -> str: ...
+    def process(self, row: FileRow, *, progress: Callable[[int], None] | None = None) -> str: ...
 
 
 def _nobody(file_ids: list[int]) -> None:
@@ -65,7 +66,8 @@ class Worker:
     def __init__(self, name: str, *, store: Store, pipeline: Processor, gate: PauseGate, doorbell: Doorbell,
                  stop: threading.Event, log: Any, hand_back_delay_s: float,
                  on_ended: Callable[[list[int]], None] = _nobody,
-                 store_error_wait_s: float = STORE_ERROR_WAIT_S, clock: Callable[[], float] = time.time) -> None:
+                 store_error_wait_s: float = STORE_ERROR_WAIT_S, clock: Callable[[], float] = time.time,
+                 board: Board | None = None) -> None:
         self.name = name
         self.claim_id = f"{os.getpid()}:{name}"
         self.store, self.pipeline, self.gate, self.doorbell = store, pipeline, gate, doorbell
@@ -73,6 +75,7 @@ class Worker:
         self.hand_back_delay_s, self.store_error_wait_s = hand_back_delay_s, store_error_wait_s
         self.clock = clock                       # the store's clock (wall time): when rows are due
         self.held: tuple[int, str] | None = None  # (row id, error) the store could not take back yet
+        self.board = board                       # live progress (`seqdrop status` from another process)
 
     def run(self) -> None:
         while not self.stop.is_set():
@@ -109,7 +112,7 @@ class Worker:
             self._store_failed(e)
             return
         try:
-            state = self.pipeline.process(row)
+            state = self._process(row)
         except AuthError as e:                # the key, not the file: the row is back in the queue
             self.gate.refused(str(e))
         except Exception as e:                # a bug, or the store failing mid-upload: keep the row
@@ -118,6 +121,12 @@ class Worker:
         else:
             if state in TERMINAL:             # committed by the pipeline: now the journal
                 self.on_ended([row.id])
+
+    def _process(self, row: FileRow) -> str:
+        if self.board is None:
+            return self.pipeline.process(row)
+        with self.board.uploading(row.id, row.size) as progress:
+            return self.pipeline.process(row, progress=progress)
 
     def _hand_back(self) -> None:
         if self.held is not None:

@@ -34,6 +34,13 @@ def no_emit(event: str, **fields: Any) -> None:
     """The observer that is told nothing (no metrics, no webhook)."""
 
 
+StepWatch = Callable[[str, int, BaseException | None], None]
+
+
+def unwatched(what: str, attempt: int, failure: BaseException | None) -> None:
+    """The step watcher that is told nothing (no progress board: `seqdrop upload`, tests)."""
+
+
 def reason_of(exc: BaseException) -> str:
     """The retries metric's label for an error about to be retried."""
     return exc.reason if isinstance(exc, Transient) else "other"
@@ -70,16 +77,28 @@ class Steps:
         self.throttle = throttle
         self.call_attempts, self.call_max_time_s = call_attempts, call_max_time_s
         self.rate = RateEstimate()
+        # Told of each attempt of a step (what, number, None) and of each failure about to be retried
+        # (what, number, error), in the worker's thread: `seqdrop run` points it at its progress board.
+        self.watch: StepWatch = unwatched
 
     def call(self, what: str, fn: Callable[[], Any], log: Any) -> Any:
-        """fn under the retry policy (daemon.upload.retrying); Aborted once a stop is requested."""
+        """fn under the retry policy (daemon.upload.retrying); Aborted once a stop is requested.
+        self.watch hears of each attempt and each retried failure (the live progress board)."""
+        tries = 0
+
         def guarded() -> Any:
+            nonlocal tries
             if self.stop.is_set():
                 raise Aborted("shutdown requested")
+            tries += 1
+            self.watch(what, tries, None)
             return fn()
+
+        def retried(exc: BaseException) -> None:
+            self.emit("retry", reason=reason_of(exc))
+            self.watch(what, tries, exc)
         return retrying.call(guarded, what=what, log=log, max_attempts=self.call_attempts,
-                             max_time_s=self.call_max_time_s, sleep=self.stop.wait,
-                             on_retry=lambda exc: self.emit("retry", reason=reason_of(exc)))
+                             max_time_s=self.call_max_time_s, sleep=self.stop.wait, on_retry=retried)
 
     def check_identity(self, row: FileRow) -> None:
         """The file at row.path is still the version queued; else FileChanged (or Transient when its
