@@ -32,6 +32,7 @@ from harness import (
 )
 from test_webhook import Receiver
 from watchdog.observers.inotify_c import InotifyConstants as C
+from watchdog.observers.inotify_c import InotifyEvent
 
 from daemon.detection.tracker import WRITING_NOTE, Tracker
 from daemon.detection.watcher import Matcher, Watcher
@@ -193,6 +194,19 @@ def test_a_writer_killed_without_closing_is_closed_by_the_kernel(tmp_path: Path,
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
     wait_for(lambda: not w.writing(str(path)), 5, "the mark dropped when the writer died")
+
+
+def test_lost_events_forget_every_mark(tmp_path: Path, watcher) -> None:
+    """A kernel queue overflow may have dropped a close: the marks go, settle time decides again."""
+    w = watcher()
+    path = tmp_path / "local" / "o.fastq"
+    with open(path, "wb", buffering=0) as f:
+        f.write(b"@r1\nACGT\n+\nIIII\n")
+        wait_for(lambda: w.writing(str(path)), 5, "o.fastq marked")
+        w._inotify.handle_event(InotifyEvent(-1, C.IN_Q_OVERFLOW, 0, b""))   # as test_watcher simulates it
+        assert not w.writing(str(path))
+        f.write(b"@r2\nACGT\n+\nIIII\n")                                   # the next write marks it again
+        wait_for(lambda: w.writing(str(path)), 5, "o.fastq marked again")
 
 
 def test_a_polled_root_marks_nothing(tmp_path: Path, watcher) -> None:
