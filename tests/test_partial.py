@@ -112,6 +112,7 @@ def test_a_writer_pausing_on_a_polled_folder_has_the_earlier_sample_flagged_part
                              DEADLINE_S, "both versions of p.fastq done")
         bodies = receiver.wait_for(1)
         text = cli(cfg, "status").stdout
+        shown = cli(cfg, "show", by_name(files)["p.fastq"][0]["sample_id"]).stdout
         assert d.terminate() == 0
     part, whole = by_name(files)["p.fastq"]
     by_id = {s["sample_id"]: s for s in confirmed(sandbox)}
@@ -122,6 +123,7 @@ def test_a_writer_pausing_on_a_polled_folder_has_the_earlier_sample_flagged_part
     assert f"delete sample {part['sample_id']} in One Codex" in part["error"]
     assert whole["error"] is None
     assert "partial: " in text and part["sample_id"] in text
+    assert f"delete sample {part['sample_id']} in One Codex" in shown
     assert [b["event"] for b in receiver.bodies] == ["sample_partial"]
     assert bodies[0]["sample_id"] == part["sample_id"] and bodies[0]["whole_sample_id"] == whole["sample_id"]
     assert bodies[0]["path"] == str(path)
