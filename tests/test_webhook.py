@@ -30,6 +30,8 @@ EVENTS = {
     "queue_rebuilt": {"path": "/var/lib/seqdrop/queue.sqlite3", "damage": "empty", "restored": 5,
                       "set_aside_as": "/var/lib/seqdrop/queue.sqlite3.damaged-x"},
     "watch_folder_missing": {"path": "/mnt/nas/run-output", "missing_s": 600},
+    "sample_partial": {"path": "/srv/run1/c.fastq", "sample_id": "part0123", "whole_sample_id": "whole456",
+                       "error": "partial: ...; delete sample part0123 in One Codex"},
 }
 
 
@@ -134,6 +136,8 @@ def test_slack_format_is_one_readable_line_per_event(receiver):
     assert "the queue /var/lib/seqdrop/queue.sqlite3 was damaged" in texts[5]
     assert "kept as /var/lib/seqdrop/queue.sqlite3.damaged-x" in texts[5] and "check the disk" in texts[5]
     assert "the watch folder /mnt/nas/run-output has been missing for 10 min" in texts[6]
+    assert ("sample part0123 held only the start of /srv/run1/c.fastq, uploaded again whole as sample whole456; "
+            "delete the partial one in One Codex") in texts[7]
     assert "mount the share or create the folder" in texts[6] and "missing_s" not in texts[6]
     assert all(f"seqdrop {__version__}@seq-pc-1" in t for t in texts)
 

@@ -51,7 +51,7 @@ _FILE_EVENTS = (_C.IN_CREATE | _C.IN_MODIFY | _C.IN_ATTRIB | _C.IN_CLOSE_WRITE |
 # of a rename inside the tree arrive together; a move out of the tree never pairs, hence the bound.
 PENDING_MOVES = 256
 
-OnFile = Callable[[str], None]                      # path of a file created/written/moved/deleted
+OnFile = Callable[[str, int], None]                 # a file created/written/closed/moved/deleted, the event mask
 OnFolder = Callable[[str, int, str], None]          # folder that appeared, its depth, where it was ("")
 
 
@@ -136,7 +136,7 @@ class WatchTree:
         path = os.path.join(folder, os.fsdecode(event.name))
         if not event.is_directory:
             if event.mask & _FILE_EVENTS:
-                self._on_file(path)
+                self._on_file(path, event.mask)
             return
         if event.is_moved_from:
             with self._lock:

@@ -48,6 +48,7 @@ from daemon.detection.watcher import Matcher, scan
 from daemon.paths import is_within
 from daemon.queue.base import STEP_NONE, TERMINAL, FileRow, Identity, Store
 
+WRITING_NOTE = "still open for writing (a program is writing it); uploaded once it is closed"
 BATCH = 256               # files per commit when many are found or settle at once (see Store.batch)
 MARKER_RECHECK_S = 5.0
 
@@ -80,6 +81,7 @@ class Tracker:
         self._scheduled: dict[str, float] = {}
         self._settling: dict[str, tuple[Identity, float]] = {}   # only names that are not UTF-8
         self._lock = threading.Lock()
+        self.writing: Callable[[str], bool] = lambda path: False   # the watcher's close events (service)
 
     # -- scheduling ----------------------------------------------------------------------------
     def schedule(self, path: str, at: float) -> None:
@@ -250,6 +252,11 @@ class Tracker:
             return False
         if now - since < self.settle_s:
             self.schedule(row.path, since + self.settle_s)
+            return False
+        if self.writing(row.path):       # a local writer holds it open: not finished whatever its settle time
+            if row.error != WRITING_NOTE:
+                self.store.note(row.id, WRITING_NOTE)
+            self.schedule(row.path, now + self.settle_s)    # its close is a hint too; this is the safety net
             return False
         if self._moved_here(row.path, ident, ended=ended, row=row):
             return False

@@ -7,8 +7,8 @@ in files.py, network mounts in mounts.py). What it promises the tracker:
   stats it and decides (new, growing, finished, gone). A hint may come twice, late, or for a file
   that no longer exists. The scan (``scan()``) is the guarantee; hints only make things quick.
 - Hints are given only for paths the ``Matcher`` accepts, outside hidden folders.
-- The watcher keeps no per-file state: memory does not grow with the number of files (one
-  inotify watch, and one path, per folder).
+- Per file, the watcher keeps only the paths a local writer holds open (``writing(path)``, close
+  events, detection/writing.py); otherwise one inotify watch, and one path, per folder.
 - No folder shape stops it: folders deeper than ``[watch] max_depth`` below a root are neither
   watched nor scanned (one warning names each), and no walk recurses (issue 10, defect 5).
 
@@ -18,8 +18,7 @@ Deliberately *not* subscribed: opened and closed-without-writing, so that our ow
 (which read the files) cause no events at all (watchdog >= 2.3 reports opens; see
 https://github.com/gorakhargosh/watchdog/issues/949). The watches are ours, one per folder
 (inotify_tree.WatchTree), on watchdog's InotifyFD: one reader thread serves every root. A folder
-created or moved in is scanned
-and every matching file under it is hinted, because inotify says nothing about files that were
+created or moved in is scanned and every matching file under it is hinted, because inotify says nothing about files that were
 already inside a folder renamed into place (a run folder copied elsewhere, then moved in).
 
 Polling (per root) is for network shares: SMB/NFS mounts deliver no inotify events for changes
@@ -53,6 +52,7 @@ from daemon.config import DEFAULT_INCLUDE  # noqa: F401  (re-exported: the defau
 from daemon.detection.files import TEMP_PATTERNS, Matcher, scan  # noqa: F401  (re-exported)
 from daemon.detection.inotify_tree import WatchTree
 from daemon.detection.mounts import NETWORK_FS_TYPES, network_mount_type  # noqa: F401  (re-exported)
+from daemon.detection.writing import WritingSet
 from daemon.paths import is_within
 
 INOTIFY_SYSCTL_DROPIN = "systemd/99-seqdrop-inotify.conf"
@@ -155,6 +155,7 @@ class Watcher:
         self._started = False
         self._stopped = False
         self._overflowed = False                  # the kernel's inotify queue overflowed
+        self._writing = WritingSet()              # files written since their last close (inotify roots)
         self._roots: list[_Root] = []
         for raw in roots:
             path = os.path.abspath(raw)
@@ -200,6 +201,10 @@ class Watcher:
         for poller in pollers:
             if poller is not threading.current_thread():
                 poller.join(timeout_s)
+
+    def writing(self, path: str) -> bool:
+        """Has a local writer written to path since its last close? (False when events cannot tell.)"""
+        return self._writing.holds(path)
 
     def is_alive(self) -> bool:
         """True if every present root is watched by a live thread (False: ensure_alive has work)."""
@@ -280,7 +285,7 @@ class Watcher:
         if not root.polling:
             try:
                 tree = WatchTree(self._ensure_inotify(), root.real, limit=self.matcher.depth,
-                                 on_file=lambda path: self._on_file(root, path),
+                                 on_file=lambda path, mask: self._on_file(root, path, mask),
                                  on_folder=lambda path, depth, old: self._on_folder(root, path, depth, old),
                                  on_overflow=self._on_overflow, log=self._log)
                 root.tree = tree
@@ -303,6 +308,7 @@ class Watcher:
                        interval_s=self.poll_interval_s)
 
     def _detach(self, root: _Root) -> None:
+        self._writing.forget_under(root.path)
         tree, root.tree = root.tree, None
         if tree is not None:
             tree.close()
@@ -346,6 +352,7 @@ class Watcher:
 
     def _drop_inotify(self) -> None:
         inotify, self._inotify = self._inotify, None
+        self._writing.clear()     # closes may have gone unreported
         for root in self._roots:
             root.tree = None      # their watches died with the instance
         if inotify is not None:
@@ -362,9 +369,10 @@ class Watcher:
 
     # -- events (from the inotify reader thread) -------------------------------------------------
 
-    def _on_file(self, root: _Root, real_path: str) -> None:
+    def _on_file(self, root: _Root, real_path: str, mask: int) -> None:
         path = self._outer(root, real_path)
         if self._wanted(root, path):
+            self._writing.event(path, mask)     # before the hint: the tracker may ask at once
             self._hint(path)
 
     def _on_folder(self, root: _Root, real_folder: str, depth: int, real_moved_from: str) -> None:
@@ -374,6 +382,7 @@ class Watcher:
     def _on_overflow(self) -> None:
         # The kernel dropped events (IN_Q_OVERFLOW): ensure_alive() rebuilds the watches and asks for
         # a rescan. A flag, not a call: this runs in the reader thread, which must not block on _lock.
+        self._writing.clear()     # a close may be among the events dropped
         self._overflowed = True
 
     def _hint_tree(self, root: _Root, folder: str, depth: int, *, moved_from: str = "") -> None:

@@ -337,6 +337,9 @@ _HEADLINES = {
     "watch_folder_missing": ("Watch folder missing: {path}",
                              ("A watch folder has been missing for {missing}: files written there are not "
                               "uploaded until it is back.")),
+    "sample_partial": ("Partial sample: {name}",
+                       ("A sample seqdrop uploaded held only the start of a file: the file grew after it seemed "
+                        "finished, and was uploaded again whole.")),
 }
 _FIXES = {
     "file_failed": "`seqdrop status` shows the server's words for this file. Fix the cause, then "
@@ -354,6 +357,8 @@ _FIXES = {
     "watch_folder_missing": "Mount the share (or create the folder) named above; seqdrop waits for it and scans it "
                             "as soon as it appears. If the folder is gone for good, remove it from [watch] paths "
                             "and `systemctl restart seqdrop`.",
+    "sample_partial": "Delete the partial sample (Sample above) in One Codex; the whole file is the other sample. "
+                      "If the writer pauses this long often, raise [watch] settle_seconds or use a run marker.",
 }
 _FIELD_LABELS = (("path", "File"), ("sample_id", "Sample"), ("error", "Reason"), ("reason", "Reason"))
 # The field named "path" is a file for most events; for these it is something else.

@@ -30,7 +30,7 @@ from daemon import __version__
 from daemon.upload.retrying import parse_retry_after
 
 KINDS = ("file_failed", "file_rejected", "uploads_paused", "uploads_resumed", "daily_summary", "queue_rebuilt",
-         "watch_folder_missing")
+         "watch_folder_missing", "sample_partial")
 _ENVELOPE = ("event", "host", "time", "version")   # every payload's own fields; the rest is the event's
 FORMATS = ("slack", "json")
 _SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
@@ -244,6 +244,11 @@ def slack_text(payload: dict[str, Any]) -> str:
         line = (f":file_folder: {where}: the watch folder {path} has been missing for "
                 f"{duration_text(extra.pop('missing_s', 0))}; mount the share or create the folder: seqdrop "
                 f"scans it when it appears")
+    elif kind == "sample_partial":
+        line = (f":scissors: {where}: sample {extra.pop('sample_id', None)} held only the start of {path}, "
+                f"uploaded again whole as sample {extra.pop('whole_sample_id', None)}; delete the partial one "
+                f"in One Codex")
+        error = None      # the same words, as a sentence, for status and e-mail
     else:  # daily_summary
         counts = extra.pop("counts", None) or {}
         summary = ", ".join(f"{n} {state}" for state, n in counts.items()) or "nothing to report"

@@ -160,6 +160,7 @@ class Service:
                                on_root_state=self._root_state,
                                polling={f.path: f.polling for f in s.watch.folders},
                                poll_interval_s=s.watch.poll_interval_s, log=self.log)
+        self.tracker.writing = self.watcher.writing    # close events: a file held open is not finished
         self.watcher.start()          # events first, then the scan: nothing falls between them
         self.tracker.resume()
         started = time.monotonic()

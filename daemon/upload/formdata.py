@@ -45,7 +45,8 @@ class FormDataBody:
                  throttle: Callable[[int], None] | None = None,
                  progress: Callable[[int], None] | None = None,
                  should_abort: Callable[[], bool] | None = None,
-                 check: Callable[[], None] | None = None) -> None:
+                 check: Callable[[], None] | None = None,
+                 md5_at: int | None = None) -> None:
         self.boundary = "seqdrop-" + uuid.uuid4().hex
         self.path, self.size, self.block_size = path, size, block_size
         self.tap, self.finish, self.throttle = tap, finish, throttle
@@ -64,6 +65,9 @@ class FormDataBody:
         self._tail = CRLF + b"--" + b + b"--" + CRLF
         self.md5 = hashlib.md5()
         self.file_bytes_sent = 0
+        # The prefix check (daemon/upload/prefix.py): the MD5 of the file's first md5_at bytes, taken
+        # from the running MD5 on the way past, so it costs no second read.
+        self.md5_at, self.md5_at_hex = md5_at, None
 
     @property
     def content_type(self) -> str:
@@ -76,7 +80,7 @@ class FormDataBody:
         """Head, file blocks, tail. Three stages overlap on separate cores: a reader thread reads
         and hashes (hashlib and read() release the GIL), a validator thread checks the content, and
         the caller's thread sends. A bounded queue between them keeps memory constant."""
-        self.md5 = hashlib.md5()
+        self.md5, self.md5_at_hex = hashlib.md5(), None
         self.file_bytes_sent = 0
         yield self._head
         fd = open_source(self.path)   # read-only, no atime, never a FIFO or a link (daemon.upload.source)
@@ -100,6 +104,17 @@ class FormDataBody:
         finally:
             stages.close()
         yield self._tail
+
+    def _hash(self, block: bytes, offset: int) -> None:
+        """Add the block read at offset to the running MD5, noting its digest after md5_at bytes."""
+        cut = -1 if self.md5_at is None or self.md5_at_hex is not None else self.md5_at - offset
+        if not 0 <= cut <= len(block):
+            self.md5.update(block)
+            return
+        view = memoryview(block)
+        self.md5.update(view[:cut])
+        self.md5_at_hex = self.md5.hexdigest()
+        self.md5.update(view[cut:])
 
 
 _END = object()
@@ -146,8 +161,8 @@ class _Stages:
                 if not block:
                     raise FileChanged(f"{body.path} became shorter while it was being sent "
                                       f"({body.size - remaining} of {body.size} bytes)")
+                body._hash(block, body.size - remaining)
                 remaining -= len(block)
-                body.md5.update(block)
                 if self.to_check is not None and not self._put(self.to_check, block):
                     return
                 if not self._put(self.blocks, block):

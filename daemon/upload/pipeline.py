@@ -55,6 +55,7 @@ from daemon.upload import retrying
 from daemon.upload.client import OneCodexClient
 from daemon.upload.formdata import FormDataBody
 from daemon.upload.multipart_route import MultipartRoute
+from daemon.upload.prefix import PrefixCheck
 from daemon.upload.records import InitResult, MultipartInit, sanitize_filename
 from daemon.upload.source import open_source
 from daemon.upload.steps import Emit, Steps, no_emit, unreadable
@@ -93,6 +94,7 @@ class Pipeline:
         self.multipart = MultipartRoute(self.steps, validate=validate, s3_endpoint_url=s3_endpoint_url,
                                         s3_region=s3_region, part_size_bytes=part_size_bytes,
                                         s3_connector=s3_connector)
+        self.prefix = PrefixCheck(store, emit=emit)    # an earlier confirmed version that was only a prefix
 
     def close(self) -> None:
         """Forget multipart uploads in flight (no network: shutdown has a budget)."""
@@ -308,9 +310,10 @@ class Pipeline:
         elif self.validate:
             validator = StreamValidator(name=name)
             tap, finish = validator.feed, validator.finish
-        return FormDataBody(init.fields, path=row.path, filename=sanitize_filename(name), size=row.size,
+        body = FormDataBody(init.fields, path=row.path, filename=sanitize_filename(name), size=row.size,
                             block_size=self.block_size, tap=tap, finish=finish, check=check,
                             throttle=self.steps.throttle, progress=progress, should_abort=self.stop.is_set)
+        return self.prefix.watch(row, body)
 
     def _confirm(self, row: FileRow, sample_id: str, md5: str | None, log: Any, *, seconds: float = 0.0) -> str:
         client = self.steps.client
@@ -325,4 +328,6 @@ class Pipeline:
             # was lost. One Codex decides (design.md, "Rules"); only a sample it has not got fails.
             if not self.steps.confirmed_at_one_codex(sample_id, log, refusal=e):
                 raise
-        return self.steps.done(row, sample_id, md5, log, seconds=seconds)
+        state = self.steps.done(row, sample_id, md5, log, seconds=seconds)
+        self.prefix.confirmed(row, sample_id, log)
+        return state
