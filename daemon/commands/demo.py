@@ -1,9 +1,10 @@
 """`seqdrop demo`: the whole product in one minute, with no setup and no credentials.
 
 Starts the local sandbox (a strict One Codex + S3 emulator), a temporary watch
-folder and the real daemon, then behaves like a sequencer: one file already
-there, one copied in, one written slowly, one broken, one that is not sequence
-data at all. Every file's way through the states is shown as it happens.
+folder and the real daemon, then behaves like a sequencer: a paired-end library in
+two lanes (R1 and R2 of lane 1 already there, lane 2 copied in), one file written
+slowly, one broken, one that is not sequence data at all. Every file's way through
+the states is shown as it happens; the four lane files become one paired sample.
 """
 
 from __future__ import annotations
@@ -25,16 +26,34 @@ from daemon.sandbox import Sandbox
 from daemon.service.service import Service
 
 SETTLE_S = 2.0
+GROUP_WAIT_S = 3.0      # the demo's folder has no run marker: files of one sample are awaited this long
 DEADLINE_S = 90.0
+LIBRARY = "Demo_S1_L00{lane}_R{read}_001.fastq"
+_COMPLEMENT = bytes.maketrans(b"ACGTNacgtn", b"TGCANtgcan")
 
 
 def _sample(name: str) -> bytes:
     return resources.files("daemon").joinpath("samples", name).read_bytes()
 
 
+def _library() -> dict[str, bytes]:
+    """A paired-end library in two lanes, made from demo_R1.fastq: its records split into two lanes
+    for read 1, and a mate for each (the same read name, read 2: the reverse complement) for read 2."""
+    lines = _sample("demo_R1.fastq").split(b"\n")
+    records = [lines[i:i + 4] for i in range(0, len(lines) - 3, 4)]
+    half = len(records) // 2
+    out = {}
+    for lane, part in ((1, records[:half]), (2, records[half:])):
+        r1 = b"".join(b"\n".join(rec) + b"\n" for rec in part)
+        r2 = b"".join(b"%s\n%s\n+\n%s\n" % (head.replace(b" 1:N:", b" 2:N:"), seq.translate(_COMPLEMENT)[::-1],
+                                              qual[::-1]) for head, seq, _plus, qual in part)
+        out[LIBRARY.format(lane=lane, read=1)], out[LIBRARY.format(lane=lane, read=2)] = r1, r2
+    return out
+
+
 def run_demo(*, keep: bool = False, out: Any = None) -> int:
     out = out or sys.stdout
-    say = lambda text="": print(text, file=out, flush=True)  # noqa: E731
+    say = lambda text="": print(text, file=out, flush=True)
     tmp = tempfile.mkdtemp(prefix="seqdrop-demo-")
     watch = os.path.join(tmp, "sequencer-output")
     run_dir = os.path.join(watch, "run_0001")
@@ -45,14 +64,17 @@ def run_demo(*, keep: bool = False, out: Any = None) -> int:
         cfg = os.path.join(tmp, "config.toml")
         with open(cfg, "w") as f:
             f.write(f'[api]\nbase_url = "{sb.api_url}"\n\n[watch]\npaths = ["{watch}"]\n'
-                    f"settle_seconds = {SETTLE_S}\n\n[queue]\npath = \"{tmp}/queue.sqlite3\"\n")
+                    f"settle_seconds = {SETTLE_S}\n\n[queue]\npath = \"{tmp}/queue.sqlite3\"\n\n"
+                    f"[samples]\ngroup_wait_seconds = {GROUP_WAIT_S}\n")
         say(f"  sandbox API   {sb.api_url}   (S3 at {sb.s3_url})")
         say(f"  watch folder  {watch}")
         say(f"  config        {cfg}")
         say(f"  daemon log    {log_path}\n")
-        # A file already there before the daemon starts.
-        with open(os.path.join(run_dir, "demo_R1.fastq"), "wb") as f:
-            f.write(_sample("demo_R1.fastq"))
+        # Lane 1 of the library is already there before the daemon starts.
+        for name, data in _library().items():
+            if "_L001_" in name:
+                with open(os.path.join(run_dir, name), "wb") as f:
+                    f.write(data)
         settings = config_mod.load(cfg)
         logs.configure("info", "json", stream=log_file)
         service = Service(settings, api_key="demo-key", log=logs.get("seqdrop"))
@@ -97,8 +119,8 @@ def _snapshot(folder: str) -> dict[str, str]:
 
 
 # How each file must end for the demo to succeed (notes.txt must not be queued at all).
-EXPECTED = {"demo_R1.fastq": "done", "demo_R2.fastq.gz": "done", "demo_contigs.fasta": "done",
-            "broken_R1.fastq": "rejected"}
+EXPECTED = {**{LIBRARY.format(lane=lane, read=read): "done" for lane in (1, 2) for read in (1, 2)},
+            "demo_contigs.fasta": "done", "broken_R1.fastq": "rejected"}
 
 
 def _drive(say: Any, run_dir: str, store: Any, sb: Any) -> bool:
@@ -134,17 +156,21 @@ class _Changes:
                 extra = ""
                 if row.state == "done":
                     extra = f"  sample {row.sample_id}"
+                    if row.role in ("R1", "R2"):
+                        extra += f" ({row.role}{f', lane {row.lane}' if row.lane else ''})"
                 elif row.state in ("rejected", "failed", "vanished") and row.error:
                     extra = f"  — {row.error}"
-                self.say(f"    {name:<22} {row.state:<9}{extra}")
+                self.say(f"    {name:<30} {row.state:<9}{extra}")
 
 
 def _write_like_a_sequencer(say: Any, run_dir: str, changes: _Changes) -> None:
-    """A file copied in, one that is not sequence data, a crashed copy, and one written slowly."""
-    say("  - demo_R1.fastq was already there when the daemon started")
-    say("  - demo_R2.fastq.gz is copied in")
-    with open(os.path.join(run_dir, "demo_R2.fastq.gz"), "wb") as f:
-        f.write(_sample("demo_R2.fastq.gz"))
+    """Lane 2 copied in, one that is not sequence data, a crashed copy, and one written slowly."""
+    say(f"  - {LIBRARY.format(lane=1, read='1|2')} (lane 1 of a paired-end library) were already there")
+    say(f"  - {LIBRARY.format(lane=2, read='1|2')} (lane 2) are copied in: with lane 1, one sample")
+    for name, data in _library().items():
+        if "_L002_" in name:
+            with open(os.path.join(run_dir, name), "wb") as f:
+                f.write(data)
     say("  - notes.txt is not sequence data: ignored")
     with open(os.path.join(run_dir, "notes.txt"), "w") as f:
         f.write("run notes\n")
@@ -181,8 +207,10 @@ def _verdict(say: Any, states: dict[str, str], sb: Any, *, unchanged: bool) -> b
         say("The watch folder's contents changed during the demo: that must never happen.")
         ok = False
     if ok:
-        say(f"Done: {len(confirmed)} samples confirmed by the sandbox, 1 file rejected with its reason, "
-            f"1 ignored. The watch folder is byte-for-byte as the 'sequencer' wrote it.")
+        paired = [s for s in confirmed if s.get("paired_end_filename")]
+        say(f"Done: {len(confirmed)} samples confirmed by the sandbox ({len(paired)} paired-end, its 2 lanes "
+            f"joined while sending), 1 file rejected with its reason, 1 ignored. The watch folder is "
+            f"byte-for-byte as the 'sequencer' wrote it.")
         say("Next: `seqdrop check --config /etc/seqdrop/config.toml`, then `systemctl enable --now seqdrop` "
             "(see README).")
     else:
