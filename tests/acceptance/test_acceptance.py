@@ -23,7 +23,9 @@ from harness import PYTHON, ROOT, Daemon, by_name, daemon_env, fastq_bytes, wait
 
 KEY = "oc-accept-" + secrets.token_hex(12)
 STATES = {"seen", "queued", "uploading", "done", "rejected", "failed", "vanished"}
-FILE_KEYS = {"id", "path", "state", "size", "sample_id", "attempts", "error", "updated_at"}
+# design.md turn 2: each file entry also names its local sample, its role and its lane.
+FILE_KEYS = {"id", "path", "state", "size", "sample_id", "attempts", "error", "updated_at",
+             "sample", "role", "lane"}
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------
@@ -182,7 +184,7 @@ def test_files_end_byte_identical_in_one_sample_each(tmp_path: Path, emu: Emulat
 
         # status --json: the schema of design.md (plus the documented `paused`).
         doc = status(cfg)
-        assert {"counts", "files"} <= set(doc) <= {"counts", "files", "paused"}
+        assert {"counts", "files"} <= set(doc) <= {"counts", "files", "samples", "paused"}
         assert set(doc["counts"]) == STATES
         for f in doc["files"]:
             assert set(f) == FILE_KEYS, f
