@@ -28,6 +28,7 @@ from daemon.queue.base import (
     STATES,
     STEP_INITIALIZED,
     STEP_POSTED,
+    STEP_POSTED_R1,
     FileRow,
     Identity,
 )
@@ -344,8 +345,9 @@ class SqliteStore(OperatorReads, SampleVerbs):
                        " posted_at=NULL WHERE id=?", (step, sample_id, init_json, now, now, file_id))
 
     def save_posted(self, file_id: int, md5: str, *, step: str = STEP_POSTED) -> None:
-        """S3 holds the bytes (standard: 'posted'; multipart: 'mp_complete'): confirm, never re-init."""
-        assert step in POSTED_STEPS, step
+        """S3 holds the bytes (standard: 'posted'; multipart: 'mp_complete'): confirm, never re-init. A
+        paired sample's 'posted_r1': S3 holds its R1 (md5 is the R1's); only the R2 is left to send."""
+        assert step in POSTED_STEPS or step == STEP_POSTED_R1, step
         with self.tx() as db:
             now = self.clock()
             db.execute("UPDATE files SET step=?, md5=?, updated_at=?, posted_at=? WHERE id=?",

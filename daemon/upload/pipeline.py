@@ -55,7 +55,13 @@ from daemon.upload import retrying
 from daemon.upload.client import OneCodexClient
 from daemon.upload.formdata import FormDataBody
 from daemon.upload.multipart_route import MultipartRoute
-from daemon.upload.records import InitResult, MultipartInit, sanitize_filename
+from daemon.upload.records import (
+    InitResult,
+    MultipartInit,
+    PostResult,
+    sanitize_filename,
+)
+from daemon.upload.sample_route import Plan, SampleRoute
 from daemon.upload.source import open_source
 from daemon.upload.steps import Emit, Steps, no_emit, unreadable
 
@@ -80,7 +86,7 @@ class Pipeline:
                  multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES, s3_endpoint_url: str = "",
                  s3_region: str = "", part_size_bytes: int | None = None,
                  s3_connector: S3Connector | None = None, roots: WatchRoots | None = None,
-                 allow_missing_etag: bool = False) -> None:
+                 allow_missing_etag: bool = False, plan: Plan | None = None) -> None:
         self.log = log
         self.stop = stop or threading.Event()
         self.validate, self.block_size = validate, block_size
@@ -93,6 +99,11 @@ class Pipeline:
         self.multipart = MultipartRoute(self.steps, validate=validate, s3_endpoint_url=s3_endpoint_url,
                                         s3_region=s3_region, part_size_bytes=part_size_bytes,
                                         s3_connector=s3_connector)
+        # A sample of several files (lanes, a pair); plan: its landing fields (daemon/landing).
+        self.samples = SampleRoute(self.steps, validate=validate, block_size=block_size,
+                                   multipart_threshold_bytes=multipart_threshold_bytes,
+                                   policy_fits=self._policy_fits, confirm=self._confirm,
+                                   check_etag=self._check_etag, plan=plan)
 
     def close(self) -> None:
         """Forget multipart uploads in flight (no network: shutdown has a budget)."""
@@ -154,6 +165,9 @@ class Pipeline:
         return state
 
     def _process(self, row: FileRow, log: Any, progress: Callable[[int], None] | None) -> str:
+        sample = self.steps.store.sample_of(row.id)
+        if sample is not None and len(sample.files) > 1:
+            return self.samples.process(row, sample, log, progress)
         if row.step == STEP_POSTED and row.sample_id:
             return self._confirm(row, row.sample_id, row.md5, log)
         if row.step == STEP_MP_COMPLETE and row.init:
@@ -250,7 +264,10 @@ class Pipeline:
     def _init(self, row: FileRow, log: Any) -> InitResult:
         client = self.steps.client
         name = sanitize_filename(os.path.basename(row.path))
-        init = self.steps.call("init_upload", lambda: client.init_upload(name, row.size), log)
+        landing = {}
+        if self.samples.plan is not None:
+            landing = {"extra": self.samples.landing(self.steps.store.sample_of(row.id), row, log)}
+        init = self.steps.call("init_upload", lambda: client.init_upload(name, row.size, **landing), log)
         self.steps.store.save_init(row.id, init.sample_id, init.to_json())
         log.info("upload.initialized", sample_id=init.sample_id)
         return init
@@ -270,11 +287,7 @@ class Pipeline:
             finally:
                 if child is not None:
                     child.close()
-            if not result.etag:
-                self._no_etag(init, log)
-            elif result.etag != result.md5:
-                raise Transient(f"S3's ETag {result.etag!r} differs from the MD5 of the bytes sent "
-                                f"({result.md5}): not confirming; sending again", reason="etag_mismatch")
+            self._check_etag(result, init, log)
             self.steps.rate.add(result.bytes_sent, result.seconds)
             log.info("upload.posted", sample_id=init.sample_id, seconds=round(result.seconds, 3),
                      mb_s=round(result.bytes_sent / 1e6 / max(result.seconds, 1e-6), 1))
@@ -283,6 +296,14 @@ class Pipeline:
         md5, seconds = self.steps.call("s3_post", attempt, log)
         self.steps.check_identity(row)   # the bytes sent are the bytes of this version
         return md5, seconds
+
+    def _check_etag(self, result: PostResult, init: InitResult, log: Any) -> None:
+        """S3 holds exactly the bytes sent (its ETag is their MD5), else Transient: send again."""
+        if not result.etag:
+            self._no_etag(init, log)
+        elif result.etag != result.md5:
+            raise Transient(f"S3's ETag {result.etag!r} differs from the MD5 of the bytes sent "
+                            f"({result.md5}): not confirming; sending again", reason="etag_mismatch")
 
     def _no_etag(self, init: InitResult, log: Any) -> None:
         """S3 said it stored the file but sent no ETag: what it holds cannot be checked against the

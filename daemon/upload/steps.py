@@ -21,7 +21,7 @@ from daemon.errors import (
     Transient,
 )
 from daemon.detection.roots import WatchRoots
-from daemon.queue.base import INIT_STEPS, POSTED_STEPS, FileRow, Identity, Store
+from daemon.queue.base import HALF_POSTED_STEPS, INIT_STEPS, POSTED_STEPS, FileRow, Identity, Store
 from daemon.upload import retrying
 from daemon.upload.client import OneCodexClient
 
@@ -102,7 +102,7 @@ class Steps:
         if sample_id is None:
             row = self.store.get(file_id)
             if (not row or not row.sample_id or row.state == "done"
-                    or row.step not in INIT_STEPS + POSTED_STEPS):
+                    or row.step not in INIT_STEPS + HALF_POSTED_STEPS + POSTED_STEPS):
                 return False
             sample_id = row.sample_id
         try:
