@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import json
 import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +20,10 @@ import structlog
 from harness import PipelineDriver
 from moto.server import ThreadedMotoServer
 
+from daemon.assembly.concat import LaneStream
+from daemon.assembly.pairs import digest_path
+from daemon.checks.child import digest_from_json
+from daemon.checks.validate import StreamValidator
 from daemon.queue.base import STEP_POSTED_R1, Identity
 from daemon.queue.sqlite import SqliteStore
 from daemon.sandbox import Fault, Sandbox
@@ -113,9 +120,12 @@ def test_four_lane_pair_is_one_sample_of_the_lane_concatenations(h, compress):
     concatenations (gzip lanes as one multi-member gzip), uploaded without the lane token; each
     member's MD5 kept; every member done."""
     files = four_lanes(compress)
+    events = []
+    h.pipeline.steps.emit = lambda event, **fields: events.append((event, fields))
     lead = h.sample(files)
     assert h.drive(lead) == "done"
     [s] = h.sb.samples()
+    assert [f["size"] for e, f in events if e == "file_done"] == [sum(map(len, files.values()))]
     ext = ".fastq.gz" if compress else ".fastq"
     assert s["state"] == "confirmed"
     assert (s["filename"], s["paired_end_filename"]) == (f"Liver_S3_R1_001{ext}", f"Liver_S3_R2_001{ext}")
@@ -344,3 +354,51 @@ def test_paired_lanes_reach_moto_byte_for_byte(tmp_path):
         h.store.close()
     finally:
         server.stop()
+
+
+# -- the pieces: the validator's text hook, the child's --pair-digest, per-lane MD5s ---------------
+
+def test_validator_hands_the_decompressed_text_to_on_text():
+    """StreamValidator(on_text=...) sees exactly the decompressed text, in order, however fed."""
+    text = lane_fastq(1, 1) + lane_fastq(2, 1)
+    raw = gzip.compress(lane_fastq(1, 1)) + gzip.compress(lane_fastq(2, 1))
+    seen: list[bytes] = []
+    v = StreamValidator("x.fastq.gz", on_text=seen.append)
+    for i in range(0, len(raw), 777):
+        v.feed(raw[i:i + 777])
+    assert v.finish().records == 100 and b"".join(seen) == text
+
+
+def test_child_validates_lanes_as_one_read_and_returns_the_name_digest(tmp_path):
+    """`python -m daemon.checks.child --json --pair-digest LANE...`: one verdict for the joined lanes,
+    its digest the same as a whole-file digest of their concatenation; a missing lane is an io_error."""
+    lanes = []
+    for lane in (1, 2):
+        lanes.append(tmp_path / f"A_L00{lane}_R1.fastq.gz")
+        lanes[-1].write_bytes(gzip.compress(lane_fastq(lane, 1)))
+    whole = tmp_path / "whole.fastq.gz"
+    whole.write_bytes(b"".join(p.read_bytes() for p in lanes))
+    run = subprocess.run([sys.executable, "-m", "daemon.checks.child", "--json", "--pair-digest", *map(str, lanes)],
+                         capture_output=True, text=True, timeout=60, check=False)
+    verdict = json.loads(run.stdout)
+    assert run.returncode == 0 and verdict["ok"] and verdict["records"] == 100
+    assert verdict["raw_bytes"] == whole.stat().st_size
+    digest, expected = digest_from_json(verdict["pair_digest"]), digest_path(whole)
+    assert (digest.records, digest.digest, digest.first_names) == (expected.records, expected.digest,
+                                                                   expected.first_names)
+    gone = subprocess.run([sys.executable, "-m", "daemon.checks.child", "--json", str(lanes[0]),
+                           str(tmp_path / "missing.fastq.gz")], capture_output=True, text=True, timeout=60, check=False)
+    assert gone.returncode == 1 and json.loads(gone.stdout)["io_error"] is True
+
+
+def test_lane_stream_keeps_one_md5_per_member(tmp_path):
+    paths = []
+    for lane in (1, 2, 3):
+        paths.append(tmp_path / f"L{lane}.fastq")
+        paths[-1].write_bytes(lane_fastq(lane, 1))
+    with LaneStream([str(p) for p in paths], whole_md5=False, member_md5s=True) as stream:
+        while stream.read(1000):
+            pass
+    assert stream.member_md5s == tuple(hashlib.md5(p.read_bytes()).hexdigest() for p in paths)
+    with pytest.raises(ValueError):
+        _ = stream.md5

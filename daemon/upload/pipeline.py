@@ -333,7 +333,8 @@ class Pipeline:
                             block_size=self.block_size, tap=tap, finish=finish, check=check,
                             throttle=self.steps.throttle, progress=progress, should_abort=self.stop.is_set)
 
-    def _confirm(self, row: FileRow, sample_id: str, md5: str | None, log: Any, *, seconds: float = 0.0) -> str:
+    def _confirm(self, row: FileRow, sample_id: str, md5: str | None, log: Any, *, seconds: float = 0.0,
+                 size: int | None = None) -> str:
         client = self.steps.client
         try:
             self.steps.call("confirm_upload", lambda: client.confirm_upload(sample_id), log)
@@ -346,4 +347,4 @@ class Pipeline:
             # was lost. One Codex decides (design.md, "Rules"); only a sample it has not got fails.
             if not self.steps.confirmed_at_one_codex(sample_id, log, refusal=e):
                 raise
-        return self.steps.done(row, sample_id, md5, log, seconds=seconds)
+        return self.steps.done(row, sample_id, md5, log, seconds=seconds, size=size)

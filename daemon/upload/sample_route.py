@@ -103,7 +103,7 @@ class SampleRoute:
         log = log.bind(sample=sample.id, paired=sample.paired)
         reads = reads_of(sample)
         if row.step == STEP_POSTED and row.sample_id:
-            return self.confirm(row, row.sample_id, row.md5, log)
+            return self.confirm(row, row.sample_id, row.md5, log, size=sample.size)
         self._admit(sample, reads)
         return self._standard(row, sample, reads, log, progress)
 
@@ -155,7 +155,7 @@ class SampleRoute:
                                                                       "already succeeded")
         r2_only = init is not None and row.step == STEP_POSTED_R1
         left = reads[-1].size if r2_only else sum(r.size for r in reads)
-        if init is not None and (init.paired != sample.paired or not self.policy_fits(init, left)):
+        if init is not None and (init.paired != (len(reads) == 2) or not self.policy_fits(init, left)):
             log.info("upload.policy_stale", sample_id=init.sample_id)
             steps.cancel(row.id, log, sample_id=init.sample_id)
             init, r2_only = None, False
@@ -175,7 +175,7 @@ class SampleRoute:
             raise Transient("the upload policy expired three times in a row; will start again later",
                             reason="policy_expired")
         steps.store.save_posted(row.id, lead_md5)
-        return self.confirm(row, init.sample_id, lead_md5, log)
+        return self.confirm(row, init.sample_id, lead_md5, log, size=sample.size)
 
     def _init(self, row: FileRow, sample: SampleRow, reads: list[Read], log: Any) -> InitResult:
         extra = self.landing(sample, row, log)

@@ -132,9 +132,10 @@ class Steps:
         return state == "confirmed"
 
     def done(self, row: FileRow, sample_id: str, md5: str | None, log: Any, *, seconds: float = 0.0,
-             **fields: Any) -> str:
-        """The sample is confirmed: record it, tell the observers."""
+             size: int | None = None, **fields: Any) -> str:
+        """The sample is confirmed: record it, tell the observers (size: a sample's bytes, all members)."""
         self.store.mark_done(row.id, sample_id=sample_id, md5=md5)
-        log.info("upload.confirmed", sample_id=sample_id, size=row.size, **fields)
-        self.emit("file_done", path=row.path, sample_id=sample_id, size=row.size, seconds=seconds)
+        size = row.size if size is None else size
+        log.info("upload.confirmed", sample_id=sample_id, size=size, **fields)
+        self.emit("file_done", path=row.path, sample_id=sample_id, size=size, seconds=seconds)
         return "done"
