@@ -262,6 +262,22 @@ def test_member_deleted_mid_upload_vanishes_the_sample(h):
     assert not h.requests_to("confirm_upload") and [s["state"] for s in h.sb.samples()] == ["cancelled"]
 
 
+def test_member_grown_after_admission_vanishes_before_its_bytes_are_sent(sb, tmp_path):
+    """A lane appended to between the checks and the POST: vanished, no POST of that read, nothing
+    confirmed (the planner runs between the two, so it does the appending here)."""
+    def plan(sample, row):
+        with open(tmp_path / "watch" / "Liver_S3_L002_R1_001.fastq", "ab") as f:
+            f.write(lane_fastq(9, 1, n=1))
+        return {}, None
+
+    h = Harness(sb, tmp_path, plan=plan)
+    lead = h.sample(four_lanes())
+    assert h.drive(lead) == "vanished"
+    assert "Liver_S3_L002_R1_001.fastq changed" in h.store.get(lead).error
+    assert h.posts() == [] and [s["state"] for s in sb.samples()] == ["cancelled"]
+    h.store.close()
+
+
 def test_paired_read_over_the_post_limit_fails_honestly(sb, tmp_path):
     """A read over the multipart threshold: paired multipart is not there yet, said so, nothing sent."""
     h = Harness(sb, tmp_path, multipart_threshold_bytes=1000)

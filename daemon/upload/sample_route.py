@@ -28,7 +28,7 @@ from daemon.assembly.names import parse
 from daemon.assembly.pairs import NameDigest, PairDigest, compare
 from daemon.checks.child import ChildValidator, lane_label, open_member
 from daemon.checks.validate import StreamValidator, sniff
-from daemon.errors import ContentRejected, Permanent, PolicyExpired, Transient
+from daemon.errors import ContentRejected, FileChanged, Permanent, PolicyExpired, Transient
 from daemon.queue.base import (
     STEP_INITIALIZED,
     STEP_POSTED,
@@ -235,6 +235,11 @@ class SampleRoute:
                 stream = LaneStream(read.paths, opener=open_member, whole_md5=False,
                                     member_md5s=len(read.members) > 1)
                 streams.append(stream)
+                for member, size in zip(read.members, stream.sizes):
+                    if size != member.size:
+                        stream.close()
+                        raise FileChanged(f"{os.path.basename(member.path)} changed after it was queued "
+                                          f"({size:,} bytes, {member.size:,} queued)")
                 return stream
 
             child = (ChildValidator(read.paths, read.size, pair_digest=digest)
