@@ -278,12 +278,17 @@ def test_member_grown_after_admission_vanishes_before_its_bytes_are_sent(sb, tmp
     h.store.close()
 
 
-def test_paired_read_over_the_post_limit_fails_honestly(sb, tmp_path):
-    """A read over the multipart threshold: paired multipart is not there yet, said so, nothing sent."""
+@pytest.mark.parametrize("paired", [True, False], ids=["paired", "single_end_lanes"])
+def test_read_over_the_multipart_threshold_fails_honestly(sb, tmp_path, paired):
+    """A read over the multipart threshold: multipart for pairs and joined lanes is not there yet,
+    said so, nothing sent."""
     h = Harness(sb, tmp_path, multipart_threshold_bytes=1000)
-    lead = h.sample(four_lanes())
+    files = four_lanes() if paired else {f"Gut_S1_L00{n}_R1_001.fastq": lane_fastq(n, 1) for n in (1, 2)}
+    lead = h.sample(files, paired=paired)
     assert h.drive(lead) == "failed"
-    assert "not supported yet" in h.store.get(lead).error and not sb.requests()
+    error = h.store.get(lead).error
+    assert ("paired samples" if paired else "several lane files") in error and "not supported yet" in error
+    assert not sb.requests()
     h.store.close()
 
 

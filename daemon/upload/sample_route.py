@@ -124,11 +124,14 @@ class SampleRoute:
                 # The multipart route sends one file by parts at offsets; it cannot yet take lanes
                 # read as one stream, nor a pair (issue 11: paired multipart is still to come).
                 what = "paired samples" if sample.paired else "samples made of several lane files"
-                raise Permanent(f"{read.label} is {read.size / 2**30:.1f} GiB, over the "
-                                f"{self.multipart_threshold_bytes / 2**30:.1f} GiB that one S3 POST takes; "
-                                f"{what} over it per read are not supported yet (upload the files with "
-                                f"samples.pairing = \"off\" / merge_lanes = false meanwhile).")
-            LaneStream(read.paths, opener=open_member, whole_md5=False).close()   # joins: ContentRejected
+                raise Permanent(f"{read.label} is {read.size:,} bytes, over the multipart threshold "
+                                f"({self.multipart_threshold_bytes:,} bytes; S3 takes at most 5 GiB in one POST): "
+                                f"{what} with a read over it are not supported yet; meanwhile upload these "
+                                f"files as separate samples ([samples] pairing = \"off\", merge_lanes = false).")
+            try:
+                LaneStream(read.paths, opener=open_member, whole_md5=False).close()   # joins: ContentRejected
+            except PermissionError:
+                raise unreadable(read.label) from None
             if self.validate:
                 for member in read.members:
                     self._sniff(member)
