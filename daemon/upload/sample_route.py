@@ -28,7 +28,13 @@ from daemon.assembly.names import parse
 from daemon.assembly.pairs import NameDigest, PairDigest, compare
 from daemon.checks.child import ChildValidator, lane_label, open_member
 from daemon.checks.validate import StreamValidator, sniff
-from daemon.errors import ContentRejected, FileChanged, Permanent, PolicyExpired, Transient
+from daemon.errors import (
+    ContentRejected,
+    FileChanged,
+    Permanent,
+    PolicyExpired,
+    Transient,
+)
 from daemon.queue.base import (
     STEP_INITIALIZED,
     STEP_POSTED,
