@@ -310,6 +310,36 @@ def test_landing_plan_is_sent_and_recorded(sb, tmp_path):
     h.store.close()
 
 
+def test_without_validation_a_pair_still_goes_as_one_sample(sb, tmp_path):
+    """validate=False (benchmarks): no validator and so no pair check, but the same two POSTs."""
+    h = Harness(sb, tmp_path, validate=False)
+    files = four_lanes()
+    lead = h.sample(files)
+    assert h.drive(lead) == "done"
+    [s] = sb.samples()
+    assert Path(s["paired_object_path"]).read_bytes() == joined(files, "R2")
+    h.store.close()
+
+
+def test_a_file_without_a_sample_is_planned_as_a_one_file_sample(sb, tmp_path):
+    """The planner is asked for a lone file too (sample None); its fields reach init_upload."""
+    calls = []
+
+    def plan(sample, row):
+        calls.append(sample)
+        return {"tags": [{"name": "lone"}]}, None
+
+    h = Harness(sb, tmp_path, plan=plan)
+    file_id = h.queue(h.file("lone.fastq", lane_fastq(1, 1)))
+    assert h.drive(file_id) == "done"
+    assert calls == [None]
+    init = h.requests_to("init_upload")
+    assert len(init) == 1 and [s["state"] for s in sb.samples()] == ["confirmed"]
+    [s] = sb.samples()
+    assert len(s["tags"]) == 1, s
+    h.store.close()
+
+
 def test_a_one_file_sample_takes_the_file_route(h):
     """A sample of one member is uploaded exactly as a file: its own name, no paired fields."""
     lead = h.sample({"Solo_S9_L001_R1_001.fastq": lane_fastq(1, 1)}, paired=False, name="Solo_S9")
