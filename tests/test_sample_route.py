@@ -180,6 +180,39 @@ def test_crash_after_r1_posted_resumes_with_r2_only(sb, tmp_path):
     again.store.close()
 
 
+@pytest.mark.parametrize("crash_at,posts_before", [("initialized", []),
+                                               ("posted", ["Liver_S3_R1_001.fastq", "Liver_S3_R2_001.fastq"])])
+def test_crash_at_the_other_steps_resumes_without_a_second_sample(sb, tmp_path, crash_at, posts_before):
+    """kill -9 right after 'initialized' (resume: both POSTs to the same sample) or 'posted' (resume:
+    confirm only): one sample, one init, each read stored once, confirmed once."""
+    h = Harness(sb, tmp_path)
+    lead = h.sample(four_lanes())
+    save_init, save_posted = h.store.save_init, h.store.save_posted
+
+    def crash_init(*args: Any, **kwargs: Any) -> None:
+        save_init(*args, **kwargs)
+        if crash_at == "initialized":
+            raise Crash()
+
+    def crash_posted(file_id: int, md5: str, *, step: str = "posted") -> None:
+        save_posted(file_id, md5, step=step)
+        if crash_at == step:
+            raise Crash()
+
+    h.store.save_init, h.store.save_posted = crash_init, crash_posted
+    with pytest.raises(Crash):
+        h.drive(lead)
+    assert h.store.get(lead).step == crash_at and h.posts() == posts_before
+    h.store.close()
+    again = Harness(sb, tmp_path)
+    again.store.release_stale_claims()
+    assert again.drive(lead) == "done"
+    assert again.posts() == ["Liver_S3_R1_001.fastq", "Liver_S3_R2_001.fastq"]
+    assert len(again.requests_to("init_upload")) == 1 and len(again.requests_to("confirm_upload")) == 1
+    assert [s["state"] for s in sb.samples()] == ["confirmed"]
+    again.store.close()
+
+
 def test_policy_expired_between_the_posts_starts_the_sample_again(h):
     """S3 refuses the R2 for an expired policy: that sample is cancelled, a new one is initialised and
     both reads are sent again; only the new one is confirmed."""
