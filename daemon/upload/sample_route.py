@@ -160,8 +160,8 @@ class SampleRoute:
             # Rebuilt from the audit journal, which never holds the signed POST forms: cancel, init again.
             log.info("upload.init_form_lost", sample_id=row.sample_id)
             if steps.cancel(row.id, log, sample_id=row.sample_id):
-                return steps.done(row, row.sample_id, None, log, note="One Codex says this sample's upload "
-                                                                      "already succeeded")
+                return steps.done(row, row.sample_id, None, log, size=sample.size,
+                                  note="One Codex says this sample's upload already succeeded")
         r2_only = init is not None and row.step == STEP_POSTED_R1
         left = reads[-1].size if r2_only else sum(r.size for r in reads)
         if init is not None and (init.paired != (len(reads) == 2) or not self.policy_fits(init, left)):
