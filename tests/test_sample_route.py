@@ -29,6 +29,7 @@ from daemon.queue.sqlite import SqliteStore
 from daemon.sandbox import Fault, Sandbox
 from daemon.upload import retrying
 from daemon.upload.client import OneCodexClient
+from daemon.upload.multipart_route import MultipartRoute
 from daemon.upload.pipeline import Pipeline
 from daemon.upload.records import InitResult
 
@@ -311,6 +312,8 @@ def test_member_grown_after_admission_vanishes_before_its_bytes_are_sent(sb, tmp
     h.store.close()
 
 
+@pytest.mark.skipif(hasattr(MultipartRoute, "send_sample"),
+                    reason="the multipart route takes samples here: tests/test_multipart_paired.py covers them")
 @pytest.mark.parametrize("paired", [True, False], ids=["paired", "single_end_lanes"])
 def test_read_over_the_multipart_threshold_fails_honestly(sb, tmp_path, paired):
     """A read over the multipart threshold: multipart for pairs and joined lanes is not there yet,
@@ -322,6 +325,33 @@ def test_read_over_the_multipart_threshold_fails_honestly(sb, tmp_path, paired):
     error = h.store.get(lead).error
     assert ("paired samples" if paired else "several lane files") in error and "not supported yet" in error
     assert not sb.requests()
+    h.store.close()
+
+
+class SampleTaker:
+    """Stands for the multipart route's send_sample (helper mpair's branch): records what it is given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, int, dict]] = []
+
+    def send_sample(self, row, sample, log, progress, *, landing):
+        self.calls.append((row.id, sample.id, landing()))
+        return "done"
+
+
+def test_reads_over_the_threshold_go_to_the_multipart_routes_send_sample(sb, tmp_path):
+    """Over the threshold: admitted here (a lane that cannot be joined is rejected first), then handed
+    to send_sample with the landing fields; nothing sent on the standard route."""
+    h = Harness(sb, tmp_path, multipart_threshold_bytes=1000,
+                plan=lambda sample, row: ({"tags": [{"name": "big"}]}, None))
+    h.pipeline.samples.multipart = taker = SampleTaker()
+    lead = h.sample(four_lanes())
+    assert h.drive(lead) == "done"
+    assert taker.calls == [(lead, h.store.sample_of(lead).id, {"tags": [{"name": "big"}]})]
+    assert not sb.requests()
+    files = {f"Gut_S1_L00{n}_R1_001.fastq": lane_fastq(n, 1).rstrip(b"\n") for n in (1, 2)}
+    bad = h.sample(files, paired=False, name="Gut_S1")
+    assert h.drive(bad) == "rejected" and len(taker.calls) == 1
     h.store.close()
 
 

@@ -103,7 +103,7 @@ class Pipeline:
         self.samples = SampleRoute(self.steps, validate=validate, block_size=block_size,
                                    multipart_threshold_bytes=multipart_threshold_bytes,
                                    policy_fits=self._policy_fits, confirm=self._confirm,
-                                   check_etag=self._check_etag, plan=plan)
+                                   check_etag=self._check_etag, plan=plan, multipart=self.multipart)
 
     def close(self) -> None:
         """Forget multipart uploads in flight (no network: shutdown has a budget)."""

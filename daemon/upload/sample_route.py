@@ -14,6 +14,9 @@ The pair check (design.md, "Pair check") rides the validator's pass over each re
 in process, `--pair-digest` in the child); R2 is POSTed last and a mismatch cancels the sample:
 nothing of a half or mismatched pair is ever confirmed. Each member's MD5 is kept for the audit
 journal; the lead's row holds its own file's MD5 (for a one-lane read, the read's).
+A sample whose largest read is over the multipart threshold goes to the multipart route's
+send_sample (R2 first, then R1, one callback: daemon/upload/multipart_route.py) where this seqdrop
+has it; where it does not, the sample fails with a sentence saying so, nothing sent.
 """
 
 from __future__ import annotations
@@ -37,6 +40,10 @@ from daemon.errors import (
 )
 from daemon.queue.base import (
     STEP_INITIALIZED,
+    STEP_MP_COMPLETE,
+    STEP_MP_INIT,
+    STEP_MP_R2_COMPLETE,
+    STEP_NONE,
     STEP_POSTED,
     STEP_POSTED_R1,
     FileRow,
@@ -51,6 +58,7 @@ MAX_POST_BYTES = 5 * 1024**3         # S3's limit for one POST: per read
 SNIFF_BYTES = 64 * 1024
 CHILD_VALIDATION_BYTES = 64 << 20    # from this size on a read is validated in a child process
 MAX_POLICY_INITS = 3
+MULTIPART_STEPS = (STEP_MP_INIT, STEP_MP_R2_COMPLETE, STEP_MP_COMPLETE)
 
 Plan = Callable[[SampleRow | None, FileRow], tuple[dict[str, Any], dict[str, Any] | None]]
 Confirm = Callable[..., str]
@@ -98,8 +106,10 @@ class SampleRoute:
 
     def __init__(self, steps: Steps, *, validate: bool, block_size: int, multipart_threshold_bytes: int,
                  policy_fits: Callable[[InitResult, int], bool], confirm: Confirm,
-                 check_etag: Callable[[Any, InitResult, Any], None], plan: Plan | None = None) -> None:
+                 check_etag: Callable[[Any, InitResult, Any], None], plan: Plan | None = None,
+                 multipart: Any = None) -> None:
         self.steps, self.validate, self.block_size = steps, validate, block_size
+        self.multipart = multipart      # the MultipartRoute: reads over the threshold (its send_sample)
         self.multipart_threshold_bytes = multipart_threshold_bytes
         self.policy_fits, self.confirm, self.check_etag, self.plan = policy_fits, confirm, check_etag, plan
         self.child_validation_bytes = CHILD_VALIDATION_BYTES
@@ -110,13 +120,37 @@ class SampleRoute:
         reads = reads_of(sample)
         if row.step == STEP_POSTED and row.sample_id:
             return self.confirm(row, row.sample_id, row.md5, log, size=sample.size)
+        # The route: a started upload keeps its own; otherwise the size of its largest read decides.
+        if row.step in MULTIPART_STEPS or (row.step == STEP_NONE and
+                                           max(r.size for r in reads) > self.multipart_threshold_bytes):
+            return self._multipart(row, sample, reads, log, progress)
         self._admit(sample, reads)
+        for read in reads:
+            if read.size > MAX_POST_BYTES:
+                raise Permanent(f"{read.label} is {read.size / 2**30:.1f} GiB, over S3's 5 GiB limit for one "
+                                f"POST, and its upload was begun as one; `seqdrop retry --failed` starts it "
+                                f"again through the multipart route.")
         return self._standard(row, sample, reads, log, progress)
+
+    def _multipart(self, row: FileRow, sample: SampleRow, reads: list[Read], log: Any,
+                   progress: Callable[[int], None] | None) -> str:
+        """Reads over the multipart threshold: the multipart route's samples (MultipartRoute.send_sample,
+        R2 first, then R1, one callback), where this seqdrop has them."""
+        send_sample = getattr(self.multipart, "send_sample", None)
+        if send_sample is None:
+            what = "paired samples" if sample.paired else "samples made of several lane files"
+            raise Permanent(f"{max(reads, key=lambda r: r.size).label} is over the multipart threshold "
+                            f"({self.multipart_threshold_bytes:,} bytes; S3 takes at most 5 GiB in one POST): "
+                            f"{what} with a read over it are not supported yet; meanwhile upload these "
+                            f"files as separate samples ([samples] pairing = \"off\", merge_lanes = false).")
+        if row.step != STEP_MP_COMPLETE:     # S3 holds it all: only the callback is left
+            self._admit(sample, reads)
+        return send_sample(row, sample, log, progress, landing=lambda: self.landing(sample, row, log))
 
     # -- before anything is sent -----------------------------------------------------------------
     def _admit(self, sample: SampleRow, reads: list[Read]) -> None:
-        """Every member still the version queued; the limits (20 GB a sample, 5 GiB a POST: a read);
-        lanes that can be joined; each member's first bytes."""
+        """Every member still the version queued; the 20 GB limit of a sample; lanes that can be
+        joined; each member's first bytes."""
         for member in sample.files:
             self.steps.check_identity(member)
             if member.size == 0:
@@ -126,14 +160,6 @@ class SampleRoute:
             raise ContentRejected(f"sample {sample.name} is {sample.size / 1e9:.1f} GB, over One Codex's 20 GB "
                                   f"limit for one sample; split it and drop the parts in separately.")
         for read in reads:
-            if read.size > min(self.multipart_threshold_bytes, MAX_POST_BYTES):
-                # The multipart route sends one file by parts at offsets; it cannot yet take lanes
-                # read as one stream, nor a pair (issue 11: paired multipart is still to come).
-                what = "paired samples" if sample.paired else "samples made of several lane files"
-                raise Permanent(f"{read.label} is {read.size:,} bytes, over the multipart threshold "
-                                f"({self.multipart_threshold_bytes:,} bytes; S3 takes at most 5 GiB in one POST): "
-                                f"{what} with a read over it are not supported yet; meanwhile upload these "
-                                f"files as separate samples ([samples] pairing = \"off\", merge_lanes = false).")
             try:
                 LaneStream(read.paths, opener=open_member, whole_md5=False).close()   # joins: ContentRejected
             except PermissionError:
