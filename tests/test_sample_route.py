@@ -181,6 +181,31 @@ def test_crash_after_r1_posted_resumes_with_r2_only(sb, tmp_path):
     again.store.close()
 
 
+def test_a_stale_policy_at_posted_r1_starts_the_sample_again(tmp_path):
+    """Resumed at 'posted_r1' with a policy too short to outlive the R2's upload: that sample is
+    cancelled and a new one gets both reads (the R1 S3 holds belongs to the old sample)."""
+    with Sandbox(api_keys=(KEY,), policy_lifetime_s=30) as sb:    # under the 60 s margin: stale at once
+        h = Harness(sb, tmp_path)
+        lead = h.sample(four_lanes())
+        real = h.store.save_posted
+
+        def crash_after_r1(file_id: int, md5: str, *, step: str = "posted") -> None:
+            real(file_id, md5, step=step)
+            if step == STEP_POSTED_R1:
+                raise Crash()
+
+        h.store.save_posted = crash_after_r1
+        with pytest.raises(Crash):
+            h.drive(lead)
+        h.store.close()
+        again = Harness(sb, tmp_path)
+        again.store.release_stale_claims()
+        assert again.drive(lead) == "done"
+        assert [s["state"] for s in sb.samples()] == ["cancelled", "confirmed"]
+        assert again.posts() == ["Liver_S3_R1_001.fastq", "Liver_S3_R1_001.fastq", "Liver_S3_R2_001.fastq"]
+        again.store.close()
+
+
 @pytest.mark.parametrize("crash_at,posts_before", [("initialized", []),
                                                ("posted", ["Liver_S3_R1_001.fastq", "Liver_S3_R2_001.fastq"])])
 def test_crash_at_the_other_steps_resumes_without_a_second_sample(sb, tmp_path, crash_at, posts_before):
