@@ -2,7 +2,8 @@
 S3 POST (a multipart/form-data body, daemon/upload/formdata.py) → confirm_upload. Files over
 multipart_threshold_bytes (5 GiB) take the multipart route instead (daemon/upload/multipart_route.py:
 init_multipart_upload → S3 multipart upload → callback); the steps both share are in
-daemon/upload/steps.py.
+daemon/upload/steps.py. A sample of several files (lanes, an R1+R2 pair) takes
+daemon/upload/sample_route.py; a sample of one file is uploaded here exactly as a file.
 
 Every step that talks to the network persists its result before the next step
 starts, so a crash anywhere resumes from the last persisted step:
