@@ -31,7 +31,10 @@ def _open_read_only(path: str) -> BinaryIO:
 class LaneStream:
     """Read `paths` (in the order given: the caller's lane order) as one file."""
 
-    def __init__(self, paths: Sequence[str], *, opener: Callable[[str], BinaryIO] = _open_read_only) -> None:
+    def __init__(self, paths: Sequence[str], *, opener: Callable[[str], BinaryIO] = _open_read_only,
+                 whole_md5: bool = True, member_md5s: bool = False) -> None:
+        """whole_md5: keep the stream's MD5 (`md5`; off when the caller hashes the bytes itself);
+        member_md5s: also one MD5 per member (`member_md5s`, the audit journal's per-file MD5s)."""
         if not paths:
             raise ValueError("LaneStream needs at least one file")
         self.paths = tuple(os.fspath(p) for p in paths)
@@ -45,7 +48,8 @@ class LaneStream:
             self.close()
             raise
         self.size = sum(self.sizes)
-        self._md5 = hashlib.md5()
+        self._md5 = hashlib.md5() if whole_md5 else None
+        self._member_md5s = [hashlib.md5() for _ in self.paths] if member_md5s else None
         self._index = 0
         self._read_in_member = 0
         self.position = 0
@@ -63,7 +67,16 @@ class LaneStream:
     @property
     def md5(self) -> str:
         """The hex MD5 of the bytes read so far (of the whole stream once `read` returned b"")."""
+        if self._md5 is None:
+            raise ValueError("this LaneStream keeps no MD5 of the whole stream (whole_md5=False)")
         return self._md5.hexdigest()
+
+    @property
+    def member_md5s(self) -> tuple[str, ...]:
+        """The hex MD5 of each member's bytes read so far, in order (member_md5s=True)."""
+        if self._member_md5s is None:
+            raise ValueError("this LaneStream keeps no per-member MD5s (member_md5s=False)")
+        return tuple(h.hexdigest() for h in self._member_md5s)
 
     @property
     def current_path(self) -> str:
@@ -79,7 +92,10 @@ class LaneStream:
             if data:
                 self._read_in_member += len(data)
                 self.position += len(data)
-                self._md5.update(data)
+                if self._md5 is not None:
+                    self._md5.update(data)
+                if self._member_md5s is not None:
+                    self._member_md5s[self._index].update(data)
                 return data
             self._end_member(left)
         return b""

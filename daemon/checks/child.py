@@ -1,5 +1,9 @@
 """Validation of a large file in a child process: `python -m daemon.checks.validate --json FILE`,
-whose one JSON line (written by validate.main()) this module reads.
+whose one JSON line (written by validate.main()) this module reads. A sample's read made of several
+lane files, or one whose read names the pair check needs, runs this module instead
+(`python -m daemon.checks.child --json [--pair-digest] LANE...`): the lanes validated as one stream
+(daemon/assembly/concat.py) and, with --pair-digest, the read-name digest (daemon/assembly/pairs.py)
+computed in the same pass and carried in the JSON verdict.
 
 In one process the validator and the sending thread take turns on the GIL, and validation made a
 large upload 1.4-1.9x slower (docs/benchmarks.md). The child reads the same file from the page
@@ -17,10 +21,16 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, BinaryIO
 
+from daemon.assembly.concat import LaneStream
+from daemon.assembly.pairs import NameDigest, PairDigest
+from daemon.checks.validate import StreamValidator
 from daemon.errors import ContentRejected, FileChanged, Transient
+from daemon.upload.source import open_source
+
+BLOCK_BYTES = 4 << 20
 
 # What the child must not inherit (design.md, "Rules": child processes do not inherit the key): the
 # key's variable and systemd's credentials folder by name, and anything named like a secret.
@@ -36,14 +46,26 @@ def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str
 
 
 class ChildValidator:
-    """One child process validating one file version of `size` bytes (started at once)."""
+    """One child process validating one file version of `size` bytes (started at once), or the lane
+    files of one read (`path` a sequence, `size` their sum), with the pair check's digest if asked."""
 
-    def __init__(self, path: str, size: int) -> None:
-        self.path, self.size = path, size
-        self.proc = subprocess.Popen([sys.executable, "-m", "daemon.checks.validate", "--json", path],
+    def __init__(self, path: str | Sequence[str], size: int, *, pair_digest: bool = False) -> None:
+        paths = [path] if isinstance(path, str) else list(path)
+        self.path, self.size = paths[0], size
+        if len(paths) == 1 and not pair_digest:
+            command = ["-m", "daemon.checks.validate", "--json", *paths]
+        else:
+            command = ["-m", "daemon.checks.child", "--json", *(["--pair-digest"] if pair_digest else []), *paths]
+        self.proc = subprocess.Popen([sys.executable, *command],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, close_fds=True, env=child_environment())
         self._verdict: dict[str, Any] | None = None
+
+    @property
+    def pair_digest(self) -> PairDigest | None:
+        """The read-name digest the child computed (after finish(), with pair_digest=True)."""
+        found = self._read_verdict().get("pair_digest")
+        return digest_from_json(found) if isinstance(found, dict) else None
 
     def _read_verdict(self) -> dict[str, Any]:
         if self._verdict is None:
@@ -82,3 +104,63 @@ class ChildValidator:
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()
+
+
+def lane_label(paths: Sequence[str]) -> str:
+    """How messages name a read: its file, or its first lane file and how many more."""
+    first = os.path.basename(paths[0])
+    return first if len(paths) == 1 else f"{first} (+{len(paths) - 1} more lane files, read as one)"
+
+
+def open_member(path: str) -> BinaryIO:
+    """A lane file opened the way seqdrop opens what it uploads (daemon/upload/source.py)."""
+    return os.fdopen(open_source(path), "rb", buffering=0)
+
+
+def digest_to_json(d: PairDigest) -> dict[str, Any]:
+    # Read names are bytes: latin-1 maps each byte to one code point, so JSON carries them exactly.
+    return {"name": d.name, "records": d.records, "digest": d.digest,
+            "first_names": [n.decode("latin-1") for n in d.first_names], "checkpoints": list(d.checkpoints)}
+
+
+def digest_from_json(doc: dict[str, Any]) -> PairDigest:
+    return PairDigest(name=str(doc["name"]), records=int(doc["records"]), digest=str(doc["digest"]),
+                      first_names=tuple(n.encode("latin-1") for n in doc["first_names"]),
+                      checkpoints=tuple((int(c), str(h)) for c, h in doc["checkpoints"]))
+
+
+def validate_lanes(paths: Sequence[str], *, pair_digest: bool = False) -> dict[str, Any]:
+    """Validate the lane files of one read as one stream: the verdict main() prints."""
+    label = lane_label(paths)
+    names = NameDigest(label) if pair_digest else None
+    validator = StreamValidator(label, on_text=names.feed if names is not None else None)
+    try:
+        with LaneStream(paths, opener=open_member, whole_md5=False) as stream:
+            while chunk := stream.read(BLOCK_BYTES):
+                validator.feed(chunk)
+        summary = validator.finish()
+    except ContentRejected as e:
+        return {"path": paths[0], "ok": False, "error": str(e)}
+    except (OSError, FileChanged) as e:
+        return {"path": paths[0], "ok": False, "io_error": True, "error": f"cannot read {label}: {e}"}
+    result = {"path": paths[0], "ok": True, "format": summary.format, "compression": summary.compression,
+              "records": summary.records, "bases": summary.bases, "raw_bytes": summary.raw_bytes}
+    if names is not None:
+        result["pair_digest"] = digest_to_json(names.finish())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m daemon.checks.child --json [--pair-digest] LANE...`: one JSON verdict line; exit 0 if valid."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    paths = [a for a in args if a not in ("--json", "--pair-digest")]
+    if not paths:
+        print("usage: python -m daemon.checks.child --json [--pair-digest] LANE...", file=sys.stderr)
+        return 2
+    result = validate_lanes(paths, pair_digest="--pair-digest" in args)
+    print(json.dumps(result), flush=True)
+    return 0 if result["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -60,6 +60,7 @@ import os
 import re
 import sys
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from operator import itemgetter
@@ -700,8 +701,11 @@ class _Bzip2(_Compressed):
 class StreamValidator:
     """Validate a FASTA/FASTQ file from its raw bytes, fed in order, in blocks of any size."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, on_text: Callable[[bytes], None] | None = None) -> None:
         self.name = name
+        # on_text: handed every decompressed block before it is checked, so that one pass over the
+        # data also feeds e.g. the pair check's read-name digest (daemon/assembly/pairs.py).
+        self._on_text = on_text
         self._raw_bytes = 0
         self._head = b""
         self._decoder: _Plain | _Gzip | _Bzip2 | None = None
@@ -771,6 +775,8 @@ class StreamValidator:
             self._decoder = _Plain(self.name)
 
     def _text(self, text: bytes) -> None:
+        if self._on_text is not None:
+            self._on_text(text)
         if self._checker is None:
             # Decide the format on the same bytes however the text was cut: 16 bytes for
             # FASTA/FASTQ (SAM check), 512 to tell binary from text otherwise.

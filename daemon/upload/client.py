@@ -51,7 +51,7 @@ from daemon.upload.bounds import (
     read_bounded,
 )
 from daemon.upload.formdata import FormDataBody
-from daemon.upload.records import InitResult, MultipartInit, PostResult, policy_expiry
+from daemon.upload.records import InitResult, MultipartInit, PostResult
 from daemon.upload.retrying import parse_retry_after
 
 TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
@@ -211,30 +211,33 @@ class OneCodexClient:
             except (TypeError, ValueError):
                 pass
 
-    def init_upload(self, filename: str, size: int) -> InitResult:
-        """A new sample and the S3 POST form for the file. An answer that lacks what the upload needs
-        is Transient and not to be asked again at once (`immediate` False): its sample, if it names a
-        valid one, is cancelled; one whose sample_id is not a sample id is refused unrecorded."""
-        body = self._api("POST", "/api/v1/samples/init_upload",
-                         json={"filename": filename, "size": size, "upload_type": "standard"})
+    def init_upload(self, filename: str, size: int, *, paired_end_filename: str | None = None,
+                    extra: dict[str, Any] | None = None) -> InitResult:
+        """A new sample and the S3 POST form (the R2's too for a paired_end_filename); extra: project, tags,
+        metadata. An unusable answer is Transient, not asked again at once; its sample is cancelled."""
+        paired = {"paired_end_filename": paired_end_filename} if paired_end_filename is not None else {}
+        body = self._api("POST", "/api/v1/samples/init_upload", json={
+            **(extra or {}), "filename": filename, "size": size, "upload_type": "standard", **paired})
         answer = body if isinstance(body, dict) else {}
         sample_id = _checked_sample_id(answer.get("sample_id"), "init_upload")
-        fields, upload_url = answer.get("additional_fields"), answer.get("upload_url")
-        if not isinstance(fields, dict) or not isinstance(upload_url, str) or not upload_url:
+        forms = [("upload_url", "additional_fields"),
+                 ("paired_end_upload_url", "paired_end_additional_fields")][:1 + len(paired)]
+        if any(not isinstance(answer.get(f), dict) or not isinstance(answer.get(u), str) or not answer.get(u)
+               for u, f in forms):
             if sample_id:     # a sample nothing will ever be uploaded to: do not leave it pending
                 self._cancel_quietly(sample_id)
-            raise Transient("init_upload: the answer lacks additional_fields or upload_url"
-                            + ("; its sample was cancelled" if sample_id else "") + "; will ask again later",
+            raise Transient(f"init_upload: the answer lacks {' or '.join(n for form in forms for n in form)}"
+                            f"{'; its sample was cancelled' if sample_id else ''}; will ask again later",
                             reason="bad_answer", retry_after_s=UNUSABLE_INIT_RETRY_S, immediate=False)
         if not sample_id:
             raise Transient("init_upload: the answer names no sample_id; will ask again later",
                             reason="bad_answer", retry_after_s=UNUSABLE_INIT_RETRY_S, immediate=False)
-        if reason := check_url(upload_url, what="upload_url", carries="the file"):
-            self._cancel_quietly(sample_id)   # nothing will ever be uploaded to this sample
-            raise Permanent(f"init_upload returned an unsafe {redact.server_text(reason)}; "
-                            f"refusing to send the file there")
-        pairs = tuple((str(k), "" if v is None else str(v)) for k, v in fields.items())
-        return InitResult(sample_id, upload_url, pairs, policy_expiry(pairs))
+        for url, _ in forms:
+            if reason := check_url(answer[url], what=url, carries="the file"):
+                self._cancel_quietly(sample_id)   # nothing will ever be uploaded to this sample
+                raise Permanent(f"init_upload returned an unsafe {redact.server_text(reason)}; "
+                                f"refusing to send the file there")
+        return InitResult.from_answer(sample_id, answer, paired=bool(paired))
 
     def confirm_upload(self, sample_id: str) -> dict[str, Any]:
         """Raises AlreadyDone if One Codex refuses it because the sample is already confirmed."""

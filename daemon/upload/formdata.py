@@ -22,6 +22,7 @@ import queue
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
+from typing import BinaryIO
 
 from daemon.errors import Aborted, FileChanged
 from daemon.upload.source import open_source
@@ -46,7 +47,11 @@ class FormDataBody:
                  progress: Callable[[int], None] | None = None,
                  should_abort: Callable[[], bool] | None = None,
                  check: Callable[[], None] | None = None,
-                 md5_at: int | None = None) -> None:
+                 md5_at: int | None = None,
+                 opener: Callable[[], BinaryIO] | None = None) -> None:
+        # opener: where the file part's bytes come from when they are not one file at `path` (a
+        # sample's lanes read as one stream, daemon/assembly/concat.py); it must give exactly `size` bytes.
+        self.opener = opener
         self.boundary = "seqdrop-" + uuid.uuid4().hex
         self.path, self.size, self.block_size = path, size, block_size
         self.tap, self.finish, self.throttle = tap, finish, throttle
@@ -83,8 +88,9 @@ class FormDataBody:
         self.md5, self.md5_at_hex = hashlib.md5(), None
         self.file_bytes_sent = 0
         yield self._head
-        fd = open_source(self.path)   # read-only, no atime, never a FIFO or a link (daemon.upload.source)
-        stages = _Stages(fd, self)
+        # read-only, no atime, never a FIFO or a link (daemon.upload.source)
+        source = self.opener() if self.opener is not None else os.fdopen(open_source(self.path), "rb", buffering=0)
+        stages = _Stages(source, self)
         try:
             while True:
                 if self.should_abort is not None and self.should_abort():
@@ -124,9 +130,9 @@ QUEUE_BLOCKS = 2
 class _Stages:
     """The reader and validator threads behind one FormDataBody iteration."""
 
-    def __init__(self, fd: int, body: FormDataBody) -> None:
+    def __init__(self, source: BinaryIO, body: FormDataBody) -> None:
         self.body = body
-        self.file = os.fdopen(fd, "rb", buffering=0)
+        self.file = source
         self.cancelled = threading.Event()
         self.error: BaseException | None = None
         self.blocks: queue.Queue[object] = queue.Queue(maxsize=QUEUE_BLOCKS)

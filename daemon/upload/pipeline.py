@@ -2,7 +2,8 @@
 S3 POST (a multipart/form-data body, daemon/upload/formdata.py) → confirm_upload. Files over
 multipart_threshold_bytes (5 GiB) take the multipart route instead (daemon/upload/multipart_route.py:
 init_multipart_upload → S3 multipart upload → callback); the steps both share are in
-daemon/upload/steps.py.
+daemon/upload/steps.py. A sample of several files (lanes, an R1+R2 pair) takes
+daemon/upload/sample_route.py; a sample of one file is uploaded here exactly as a file.
 
 Every step that talks to the network persists its result before the next step
 starts, so a crash anywhere resumes from the last persisted step:
@@ -56,7 +57,13 @@ from daemon.upload.client import OneCodexClient
 from daemon.upload.formdata import FormDataBody
 from daemon.upload.multipart_route import MultipartRoute
 from daemon.upload.prefix import PrefixCheck
-from daemon.upload.records import InitResult, MultipartInit, sanitize_filename
+from daemon.upload.records import (
+    InitResult,
+    MultipartInit,
+    PostResult,
+    sanitize_filename,
+)
+from daemon.upload.sample_route import Plan, SampleRoute
 from daemon.upload.source import open_source
 from daemon.upload.steps import Emit, Steps, no_emit, unreadable
 
@@ -81,7 +88,7 @@ class Pipeline:
                  multipart_threshold_bytes: int = MULTIPART_THRESHOLD_BYTES, s3_endpoint_url: str = "",
                  s3_region: str = "", part_size_bytes: int | None = None,
                  s3_connector: S3Connector | None = None, roots: WatchRoots | None = None,
-                 allow_missing_etag: bool = False) -> None:
+                 allow_missing_etag: bool = False, plan: Plan | None = None) -> None:
         self.log = log
         self.stop = stop or threading.Event()
         self.validate, self.block_size = validate, block_size
@@ -95,6 +102,11 @@ class Pipeline:
                                         s3_region=s3_region, part_size_bytes=part_size_bytes,
                                         s3_connector=s3_connector)
         self.prefix = PrefixCheck(store, emit=emit)    # an earlier confirmed version that was only a prefix
+        # A sample of several files (lanes, a pair); plan: its landing fields (daemon/landing).
+        self.samples = SampleRoute(self.steps, validate=validate, block_size=block_size,
+                                   multipart_threshold_bytes=multipart_threshold_bytes,
+                                   policy_fits=self._policy_fits, confirm=self._confirm,
+                                   check_etag=self._check_etag, plan=plan, multipart=self.multipart)
 
     def close(self) -> None:
         """Forget multipart uploads in flight (no network: shutdown has a budget)."""
@@ -156,6 +168,9 @@ class Pipeline:
         return state
 
     def _process(self, row: FileRow, log: Any, progress: Callable[[int], None] | None) -> str:
+        sample = self.steps.store.sample_of(row.id)
+        if sample is not None and len(sample.files) > 1:
+            return self.samples.process(row, sample, log, progress)
         if row.step == STEP_POSTED and row.sample_id:
             return self._confirm(row, row.sample_id, row.md5, log)
         if row.step == STEP_MP_COMPLETE and row.init:
@@ -252,7 +267,10 @@ class Pipeline:
     def _init(self, row: FileRow, log: Any) -> InitResult:
         client = self.steps.client
         name = sanitize_filename(os.path.basename(row.path))
-        init = self.steps.call("init_upload", lambda: client.init_upload(name, row.size), log)
+        landing = {}
+        if self.samples.plan is not None:
+            landing = {"extra": self.samples.landing(self.steps.store.sample_of(row.id), row, log)}
+        init = self.steps.call("init_upload", lambda: client.init_upload(name, row.size, **landing), log)
         self.steps.store.save_init(row.id, init.sample_id, init.to_json())
         log.info("upload.initialized", sample_id=init.sample_id)
         return init
@@ -272,11 +290,7 @@ class Pipeline:
             finally:
                 if child is not None:
                     child.close()
-            if not result.etag:
-                self._no_etag(init, log)
-            elif result.etag != result.md5:
-                raise Transient(f"S3's ETag {result.etag!r} differs from the MD5 of the bytes sent "
-                                f"({result.md5}): not confirming; sending again", reason="etag_mismatch")
+            self._check_etag(result, init, log)
             self.steps.rate.add(result.bytes_sent, result.seconds)
             log.info("upload.posted", sample_id=init.sample_id, seconds=round(result.seconds, 3),
                      mb_s=round(result.bytes_sent / 1e6 / max(result.seconds, 1e-6), 1))
@@ -285,6 +299,14 @@ class Pipeline:
         md5, seconds = self.steps.call("s3_post", attempt, log)
         self.steps.check_identity(row)   # the bytes sent are the bytes of this version
         return md5, seconds
+
+    def _check_etag(self, result: PostResult, init: InitResult, log: Any) -> None:
+        """S3 holds exactly the bytes sent (its ETag is their MD5), else Transient: send again."""
+        if not result.etag:
+            self._no_etag(init, log)
+        elif result.etag != result.md5:
+            raise Transient(f"S3's ETag {result.etag!r} differs from the MD5 of the bytes sent "
+                            f"({result.md5}): not confirming; sending again", reason="etag_mismatch")
 
     def _no_etag(self, init: InitResult, log: Any) -> None:
         """S3 said it stored the file but sent no ETag: what it holds cannot be checked against the
@@ -315,7 +337,8 @@ class Pipeline:
                             throttle=self.steps.throttle, progress=progress, should_abort=self.stop.is_set)
         return self.prefix.watch(row, body)
 
-    def _confirm(self, row: FileRow, sample_id: str, md5: str | None, log: Any, *, seconds: float = 0.0) -> str:
+    def _confirm(self, row: FileRow, sample_id: str, md5: str | None, log: Any, *, seconds: float = 0.0,
+                 size: int | None = None) -> str:
         client = self.steps.client
         try:
             self.steps.call("confirm_upload", lambda: client.confirm_upload(sample_id), log)
@@ -328,6 +351,6 @@ class Pipeline:
             # was lost. One Codex decides (design.md, "Rules"); only a sample it has not got fails.
             if not self.steps.confirmed_at_one_codex(sample_id, log, refusal=e):
                 raise
-        state = self.steps.done(row, sample_id, md5, log, seconds=seconds)
+        state = self.steps.done(row, sample_id, md5, log, seconds=seconds, size=size)
         self.prefix.confirmed(row, sample_id, log)
         return state

@@ -35,15 +35,43 @@ class InitResult:
     upload_url: str
     fields: tuple[tuple[str, str], ...]
     expires_at: float | None = None      # epoch seconds from the policy, if it could be decoded
+    # A paired sample's R2 (init_upload with paired_end_filename): its own URL and signed fields.
+    paired_end_upload_url: str | None = None
+    paired_end_fields: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def paired(self) -> bool:
+        return self.paired_end_upload_url is not None
 
     def to_json(self) -> str:
-        return json.dumps({"sample_id": self.sample_id, "upload_url": self.upload_url,
-                           "fields": [list(f) for f in self.fields], "expires_at": self.expires_at})
+        doc = {"sample_id": self.sample_id, "upload_url": self.upload_url,
+               "fields": [list(f) for f in self.fields], "expires_at": self.expires_at}
+        if self.paired:
+            doc.update(paired_end_upload_url=self.paired_end_upload_url,
+                       paired_end_fields=[list(f) for f in self.paired_end_fields])
+        return json.dumps(doc)
 
     @classmethod
     def from_json(cls, text: str) -> InitResult:
         d = json.loads(text)
-        return cls(d["sample_id"], d["upload_url"], tuple((k, v) for k, v in d["fields"]), d.get("expires_at"))
+        return cls(d["sample_id"], d["upload_url"], tuple((k, v) for k, v in d["fields"]), d.get("expires_at"),
+                   d.get("paired_end_upload_url"), tuple((k, v) for k, v in d.get("paired_end_fields") or ()))
+
+    @classmethod
+    def from_answer(cls, sample_id: str, answer: dict[str, Any], *, paired: bool) -> InitResult:
+        """From init_upload's answer (checked by the client): the R1's form, and the R2's when paired."""
+        forms = [tuple((str(k), "" if v is None else str(v)) for k, v in answer[f].items())
+                 for f in ("additional_fields", "paired_end_additional_fields")[:1 + paired]]
+        expiry = min((e for e in map(policy_expiry, forms) if e is not None), default=None)
+        if not paired:
+            return cls(sample_id, answer["upload_url"], forms[0], expiry)
+        return cls(sample_id, answer["upload_url"], forms[0], expiry, answer["paired_end_upload_url"], forms[1])
+
+    def for_r2(self) -> InitResult:
+        """The form that sends the R2: the paired-end URL and fields under the same sample."""
+        assert self.paired_end_upload_url is not None
+        return InitResult(self.sample_id, self.paired_end_upload_url, self.paired_end_fields,
+                          policy_expiry(self.paired_end_fields) or self.expires_at)
 
 
 def policy_expiry(fields: tuple[tuple[str, str], ...]) -> float | None:

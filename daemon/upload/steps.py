@@ -21,7 +21,7 @@ from daemon.errors import (
     Transient,
 )
 from daemon.detection.roots import WatchRoots
-from daemon.queue.base import INIT_STEPS, POSTED_STEPS, FileRow, Identity, Store
+from daemon.queue.base import HALF_POSTED_STEPS, INIT_STEPS, POSTED_STEPS, FileRow, Identity, Store
 from daemon.upload import retrying
 from daemon.upload.client import OneCodexClient
 
@@ -121,7 +121,7 @@ class Steps:
         if sample_id is None:
             row = self.store.get(file_id)
             if (not row or not row.sample_id or row.state == "done"
-                    or row.step not in INIT_STEPS + POSTED_STEPS):
+                    or row.step not in INIT_STEPS + HALF_POSTED_STEPS + POSTED_STEPS):
                 return False
             sample_id = row.sample_id
         try:
@@ -151,9 +151,10 @@ class Steps:
         return state == "confirmed"
 
     def done(self, row: FileRow, sample_id: str, md5: str | None, log: Any, *, seconds: float = 0.0,
-             **fields: Any) -> str:
-        """The sample is confirmed: record it, tell the observers."""
+             size: int | None = None, **fields: Any) -> str:
+        """The sample is confirmed: record it, tell the observers (size: a sample's bytes, all members)."""
         self.store.mark_done(row.id, sample_id=sample_id, md5=md5)
-        log.info("upload.confirmed", sample_id=sample_id, size=row.size, **fields)
-        self.emit("file_done", path=row.path, sample_id=sample_id, size=row.size, seconds=seconds)
+        size = row.size if size is None else size
+        log.info("upload.confirmed", sample_id=sample_id, size=size, **fields)
+        self.emit("file_done", path=row.path, sample_id=sample_id, size=size, seconds=seconds)
         return "done"
