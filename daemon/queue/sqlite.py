@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from daemon.queue.base import (
+    HALF_POSTED_STEPS,
     INIT_STEPS,
     POSTED_STEPS,
     STATES,
@@ -344,8 +345,9 @@ class SqliteStore(OperatorReads, SampleVerbs):
                        " posted_at=NULL WHERE id=?", (step, sample_id, init_json, now, now, file_id))
 
     def save_posted(self, file_id: int, md5: str, *, step: str = STEP_POSTED) -> None:
-        """S3 holds the bytes (standard: 'posted'; multipart: 'mp_complete'): confirm, never re-init."""
-        assert step in POSTED_STEPS, step
+        """S3 holds the bytes (standard: 'posted'; multipart: 'mp_complete'): confirm, never re-init.
+        A pair's first read held by S3 (HALF_POSTED_STEPS): md5 is that read's; the other is next."""
+        assert step in POSTED_STEPS + HALF_POSTED_STEPS, step
         with self.tx() as db:
             now = self.clock()
             db.execute("UPDATE files SET step=?, md5=?, updated_at=?, posted_at=? WHERE id=?",
