@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +20,13 @@ import pytest
 import requests
 import structlog
 from harness import API_KEY, PipelineDriver, fastq_bytes
-from test_multipart import Moto, moto, no_waits, sb  # noqa: F401  (fixtures)
+from test_multipart import Moto
 
-from daemon.errors import FileChanged, Permanent, Transient
+from daemon.errors import FileChanged, Permanent, PolicyExpired, Transient
 from daemon.queue.base import STEP_MP_R2_COMPLETE, Identity
 from daemon.queue.sqlite import SqliteStore
 from daemon.sandbox import Sandbox
+from daemon.upload import retrying
 from daemon.upload.client import OneCodexClient
 from daemon.upload.pipeline import Pipeline
 from daemon.upload.s3multipart import Members, MiB, RangeReader, S3Connector, S3Upload
@@ -33,6 +35,29 @@ THRESHOLD = 1 * MiB
 PART = 5 * MiB
 LANE = int(3.5 * MiB)
 R1_NAME, R2_NAME = "Liver_S3_R1_001.fastq", "Liver_S3_R2_001.fastq"
+
+
+@pytest.fixture(autouse=True)
+def no_waits():
+    retrying.set_waits(False)
+    yield
+    retrying.set_waits(True)
+
+
+@pytest.fixture
+def moto():
+    m = Moto()
+    m.start()
+    yield m
+    requests.post(f"{m.endpoint}/moto-api/reset", timeout=10)   # moto's memory is per process
+    m.stop()
+
+
+@pytest.fixture
+def sb(moto):
+    with Sandbox(api_keys=(API_KEY,), multipart_s3_endpoint=moto.endpoint,
+                 multipart_bucket=f"seqdrop-mp-{secrets.token_hex(4)}") as sandbox:
+        yield sandbox
 
 
 class Crash(BaseException):
@@ -221,6 +246,28 @@ def test_s3_failing_during_the_r1_resumes_at_its_next_part_in_the_same_process(h
     assert [op for op, _ in h.s3_calls].count("UploadPart") == 4     # no part sent twice
     [s] = h.samples().values()
     assert h.moto.object(h.bucket, s["key"]) == joined(files, "R1")
+
+
+def test_credentials_refused_during_the_r1_start_a_new_sample_r2_first(h, monkeypatch):
+    """S3 refuses the credentials once the R2 is complete: that sample is cancelled (its R2 orphaned) and a
+    new one sends both reads again, R2 first, with one callback."""
+    real, refused = S3Upload.send_part, []
+
+    def expiring(self, **kwargs):
+        if "_paired_end/" not in self.key and not refused:
+            refused.append(self.key)
+            raise PolicyExpired("S3 UploadPart 1/2: HTTP 403 ExpiredToken")
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(S3Upload, "send_part", expiring)
+    files = two_lane_pair()
+    lead = h.sample(files)
+    assert h.drive(lead) == "done"
+    assert sorted(s["state"] for s in h.samples().values()) == ["cancelled", "confirmed"]
+    assert h.reads_in_order() == ["R2"] * 3 + ["R2"] * 3 + ["R1"] * 3
+    done = h.samples()[h.store.get(lead).sample_id]
+    assert h.moto.object(h.bucket, done["key"]) == joined(files, "R1") and len(h.callbacks()) == 1
+    assert not h.moto.open_uploads(h.bucket)
 
 
 # -- never call back what is not the bytes queued --------------------------------------------------
