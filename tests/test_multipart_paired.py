@@ -210,6 +210,10 @@ def test_crash_after_r2_completed_cancels_and_starts_again_in_a_new_process(sb, 
     first = h.store.get(lead)
     assert first.step == STEP_MP_R2_COMPLETE and first.md5 == hashlib.md5(joined(files, "R2")).hexdigest()
     assert "R1" not in h.reads_in_order() and not h.requests_to("multipart_callback")
+    begun = h.samples()[first.sample_id]            # the step stores both keys, never the credentials
+    assert begun["key"] in first.init and begun["paired_key"] in first.init
+    assert begun["upload_aws_secret_access_key"] not in first.init and begun["upload_aws_access_key_id"] not in \
+        first.init
     h.close()
 
     again = Harness(sb, moto, tmp_path)          # a new process: the same queue, nothing in memory
