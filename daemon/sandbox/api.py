@@ -19,7 +19,13 @@ from .errors import ApiError
 from .external_s3 import ExternalS3Error
 from .faults import Fault, fault_from_dict
 from .hostile import ambiguous_message, echo_message, public_sample, tampered_init
-from .paired import PairedError, paired_filename, paired_ticket
+from .paired import (
+    PairedError,
+    multipart_missing_message,
+    multipart_pair,
+    paired_filename,
+    paired_ticket,
+)
 from .policy import ACCESS_KEY_ID, make_policy
 
 # One Codex's filename rule (its API docs and the official client's upload code).
@@ -238,15 +244,18 @@ class ApiHandler(BaseHandler):
         except ExternalS3Error as exc:
             raise ApiError(503, f"The multipart S3 is unavailable: {exc}") from None
         landing = self.sb.landing.check_init(data)
+        paired = self._paired_end_filename(data)
         sample = self.sb._samples.create(owner=owner, filename=filename, size=None, route="multipart")
         sample_id = sample["sample_id"]
-        self.sb._samples.set_fields(sample_id, **landing)
+        pair = multipart_pair(owner, sample_id, paired)
+        self.sb._samples.set_fields(sample_id, **landing, **pair)
         key = f"{owner}/multipart_{sample_id}/{filename}"
         access_key_id = "ASIASANDBOX" + secrets.token_hex(5).upper()
         secret = secrets.token_urlsafe(30)
         self.sb._samples.set_fields(sample_id, key=key, s3_path=f"s3://{s3.bucket}/{key}",
                                     upload_aws_access_key_id=access_key_id, upload_aws_secret_access_key=secret)
         return 200, {"sample_id": sample_id, "s3_bucket": s3.bucket, "file_id": key,
+                     "paired_end_file_id": pair.get("paired_key"),
                      "upload_aws_access_key_id": access_key_id, "upload_aws_secret_access_key": secret,
                      "callback_url": f"/api/v1/samples/{sample_id}/multipart_callback"}
 
@@ -261,13 +270,14 @@ class ApiHandler(BaseHandler):
             raise ApiError(400, "filename is required.")
         try:
             found = self.sb.multipart_s3.head(sample["key"])
+            pair = self.sb.multipart_s3.head(sample["paired_key"]) if sample.get("paired_key") else None
         except ExternalS3Error as exc:
             raise ApiError(503, f"The multipart S3 is unavailable: {exc}") from None
-        if found is None:
-            raise ApiError(400, f"No file at {sample['s3_path']}: upload it before calling back.")
+        if found is None or (sample.get("paired_key") and pair is None):
+            raise ApiError(400, multipart_missing_message(sample, r1=found is not None, r2=pair is not None))
         size, etag = found
         status, message = self.sb._samples.called_back(sample_id, owner, s3_path=sample["s3_path"], size=size,
-                                                       etag=etag)
+                                                       etag=etag, pair=pair)
         if status != 200:
             raise ApiError(status, message)
         return 200, {"message": message, "sample_id": sample_id}

@@ -8,6 +8,10 @@ size by what one S3 POST may carry (5 GiB). The R2 goes under its own key prefix
 
 A paired sample is "uploaded" (confirmable) only once both objects are stored; each was checked
 against its own policy by the S3 emulator before it was stored.
+
+The multipart route (SampleInitMultipartUploadResponse) answers `paired_end_file_id`: the R2's key
+on the external S3, `<owner>/multipart_<sample id>_paired_end/<paired_end_filename>`. Its callback
+names only the R1 (as the official client's does) and succeeds only once both objects are there.
 """
 
 from __future__ import annotations
@@ -79,3 +83,21 @@ def public_pair(sample: dict) -> dict:
     if sample.get("paired_end_filename") is None:
         return {}
     return {"paired_end_filename": sample["paired_end_filename"], "paired_end_size": sample.get("paired_size")}
+
+
+def multipart_pair(owner: str, sample_id: str, paired_end_filename: str | None) -> dict:
+    """The sample fields of a paired init_multipart_upload (none for a single-end one)."""
+    if paired_end_filename is None:
+        return {}
+    return {"paired_end_filename": paired_end_filename,
+            "paired_key": f"{owner}/multipart_{sample_id}_paired_end/{paired_end_filename}"}
+
+
+def multipart_missing_message(sample: dict, *, r1: bool, r2: bool) -> str:
+    """Why a multipart callback is refused: the objects not in S3 yet."""
+    if sample.get("paired_key") is None:
+        return f"No file at {sample['s3_path']}: upload it before calling back."
+    where = {"R1": f"R1 ({sample['filename']}) to file_id", "R2": f"R2 ({sample['paired_end_filename']}) to "
+             f"paired_end_file_id"}
+    todo = " and ".join(where[read] for read, there in (("R1", r1), ("R2", r2)) if not there)
+    return f"The paired upload of sample {sample['sample_id']} is incomplete: upload {todo} before calling back."

@@ -96,8 +96,10 @@ class Samples:
             if sample_id in self._by_id:
                 self._by_id[sample_id].update(fields)
 
-    def called_back(self, sample_id: str, owner: str, *, s3_path: str, size: int, etag: str) -> tuple[int, str]:
-        """A multipart sample's callback: the object is in S3 → confirmed. Repeats are answered the same."""
+    def called_back(self, sample_id: str, owner: str, *, s3_path: str, size: int, etag: str,
+                    pair: tuple[int, str] | None = None) -> tuple[int, str]:
+        """A multipart sample's callback: the object (and a paired sample's R2: pair, its size and ETag)
+        is in S3 → confirmed. Repeats are answered the same."""
         with self._lock:
             sample = self._by_id.get(sample_id)
             if sample is None or sample["owner"] != owner or sample["route"] != "multipart":
@@ -107,6 +109,8 @@ class Samples:
             if sample["state"] != "confirmed":
                 sample.update(confirmed_at=time.time(), updated_at=iso_utc(time.time()))
             sample.update(state="confirmed", size=size, etag=etag, confirm_count=sample["confirm_count"] + 1)
+            if pair is not None:
+                sample.update(paired_size=pair[0], paired_etag=pair[1])
             return 200, "Import started."
 
     def cancel(self, sample_id: str, owner: str) -> tuple[int, str]:

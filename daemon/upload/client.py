@@ -272,15 +272,18 @@ class OneCodexClient:
 
     # -- the multipart route (NOT verified against the real One Codex: modelled on the official
     #    client, onecodex/lib/upload.py, and run only against the sandbox and moto) ---------------
-    def init_multipart_upload(self, filename: str) -> MultipartInit:
-        """A new sample, an S3 bucket and key for it, and temporary credentials to upload there."""
+    def init_multipart_upload(self, filename: str, *, paired_end_filename: str | None = None,
+                              extra: dict[str, Any] | None = None) -> MultipartInit:
+        """A new sample, an S3 bucket and key for it (and for a paired_end_filename's R2, its
+        paired_end_file_id), and temporary credentials to upload there; extra: the landing fields."""
         path = "/api/v1/samples/init_multipart_upload"
         # sample_id/external_sample_id null: a new sample (the official client sends them so).
-        body = self._api("POST", path, json={"filename": filename, "sample_id": None, "external_sample_id": None})
+        paired = {} if paired_end_filename is None else {"paired_end_filename": paired_end_filename}
+        body = self._api("POST", path, json={**(extra or {}), "filename": filename, "sample_id": None,
+                                             "external_sample_id": None, **paired})
         answer = body if isinstance(body, dict) else {}
         sample_id = _checked_sample_id(answer.get("sample_id"), "init_multipart_upload")
-        wanted = ("s3_bucket", "file_id", "upload_aws_access_key_id", "upload_aws_secret_access_key", "callback_url")
-        missing = [k for k in wanted if not isinstance(answer.get(k), str) or not answer.get(k)]
+        missing = MultipartInit.missing(answer, paired=bool(paired))
         if missing or not sample_id:
             # This route is unverified: an answer of another shape is a fact to report, not to retry
             # (each retry would create another sample). Cancel the sample it may have created.
@@ -295,12 +298,8 @@ class OneCodexClient:
             raise Permanent(f"init_multipart_upload returned a callback_url off {self.base_url} "
                             f"({redact.server_text(answer['callback_url'], limit=120)!r}); "
                             f"refusing to send the API key there")
-        token = answer.get("upload_aws_session_token")
-        return MultipartInit(sample_id=sample_id, bucket=answer["s3_bucket"], key=answer["file_id"],
-                             callback_url=callback, filename=filename,
-                             access_key_id=answer["upload_aws_access_key_id"],
-                             secret_access_key=answer["upload_aws_secret_access_key"],
-                             session_token=token if isinstance(token, str) and token else None)
+        return MultipartInit.from_answer(sample_id, answer, callback_url=callback, filename=filename,
+                                         paired_end_filename=paired_end_filename)
 
     def multipart_callback(self, init: MultipartInit) -> dict[str, Any]:
         """Tell One Codex the object is in S3; a 2xx means the sample is created. The answer (JSON, or {}

@@ -10,6 +10,18 @@ NOT verified against the real One Codex (see daemon/upload/s3multipart.py). Step
                          below); a new process cancels that sample and starts again with a new init
   step 'mp_complete'     CompleteMultipartUpload succeeded and its ETag is md5(part MD5s)-N of the
                          validated bytes: call the callback again, never start a new sample
+
+A sample of several files (send_sample: design.md, "Samples") sends each read's lane files as one
+object (parts span the lanes' boundaries; daemon/upload/multipart_sample.py), a paired one as the
+official client does: one init with paired_end_filename, the R2 to paired_end_file_id's key first,
+then the R1 to file_id's, then one callback naming the R1. Its steps, on the lead member's row:
+  'mp_initialized'  as above; within one process the upload goes on at the next part of the read
+                    being sent
+  'mp_r2_complete'  the R2's object is complete and its ETag checked; within one process only the R1
+                    is left to send. A new process has no credentials to send the R1 to this sample
+                    (they were only in the old process's memory, and a new init makes a new sample):
+                    it cancels the sample, whose R2 is then orphaned in S3, and starts again, R2 first
+  'mp_complete'     both objects are complete and checked: call back again, never start a new sample
 """
 
 from __future__ import annotations
@@ -26,12 +38,21 @@ from daemon.errors import (
     Aborted,
     AlreadyDone,
     AuthError,
+    ContentRejected,
+    FileChanged,
     Permanent,
     PolicyExpired,
     Transient,
 )
-from daemon.queue.base import STEP_MP_COMPLETE, STEP_MP_INIT, FileRow
+from daemon.queue.base import (
+    STEP_MP_COMPLETE,
+    STEP_MP_INIT,
+    STEP_MP_R2_COMPLETE,
+    FileRow,
+    SampleRow,
+)
 from daemon.redact import looks_like_sample_id
+from daemon.upload.multipart_sample import LaneValidators, Read, admit, reads_of
 from daemon.upload.records import MultipartInit, sanitize_filename
 from daemon.upload.steps import Steps
 
@@ -39,6 +60,7 @@ if TYPE_CHECKING:       # for types only: importing s3multipart imports botocore
     from daemon.upload.s3multipart import S3Connector, S3Upload
 
 MAX_CREDENTIAL_INITS = 3             # fresh credentials refused this often in a row: the file fails
+GOING_ON_STEPS = (STEP_MP_INIT, STEP_MP_R2_COMPLETE)   # an upload in flight: its job is in memory, if anywhere
 
 
 class _EtagMismatch(Transient):
@@ -63,10 +85,35 @@ class _MultipartJob:
 
 
 @dataclass
+class _Leg:
+    """One object of a sample's upload: a read's lane files read as one, to its key."""
+    read: Read
+    upload: S3Upload
+    validator: LaneValidators | None = None      # started when the read's first part is about to go
+
+
+@dataclass
+class _SampleJob:
+    """A sample's multipart upload between attempts, in memory only (like _MultipartJob): its legs in
+    send order, the R2 (if any) first. A leg whose upload has a completed_etag is done."""
+    init: MultipartInit
+    legs: list[_Leg]
+
+    def close(self, *, abort: bool, keep_child: bool = False) -> str | None:
+        whys = []
+        for leg in self.legs:
+            whys.append(leg.upload.abort() if abort else None)
+            leg.upload.close()
+            if leg.validator is not None:
+                leg.validator.close()
+        return "; ".join(w for w in whys if w) or None
+
+
+@dataclass
 class _Attempt:
     """What one attempt at a row holds: its multipart upload (if begun) and its validator child (if
     started; it outlives an upload whose credentials S3 refused: the bytes are the same)."""
-    job: _MultipartJob | None
+    job: _MultipartJob | _SampleJob | None
     child: ChildValidator | None
 
 
@@ -79,7 +126,7 @@ class MultipartRoute:
         self.s3_endpoint_url, self.s3_region = s3_endpoint_url, s3_region
         self.part_size_bytes = part_size_bytes      # None: the official client's rule (tests go lower)
         self._s3 = s3_connector                     # made on first use (see _connector)
-        self._jobs: dict[int, _MultipartJob] = {}   # multipart uploads between attempts, by file id
+        self._jobs: dict[int, _MultipartJob | _SampleJob] = {}   # multipart uploads between attempts, by file id
         self._jobs_lock = threading.Lock()
 
     # -- the route ---------------------------------------------------------------------------------
@@ -129,18 +176,32 @@ class MultipartRoute:
         Returns the completed job, the file's MD5 and the seconds the sending took."""
         name = sanitize_filename(os.path.basename(row.path))
         steps = self.steps
+
+        def new_job() -> _MultipartJob:
+            init = steps.call("init_multipart_upload", lambda: steps.client.init_multipart_upload(name), log)
+            steps.store.save_init(row.id, init.sample_id, init.to_json(), step=STEP_MP_INIT)
+            log.info("upload.initialized", sample_id=init.sample_id, route="multipart")
+            if attempt.child is None and self.validate:
+                attempt.child = ChildValidator(row.path, row.size)
+            return self._new_job(init, row, attempt.child)
+
+        def send(job: Any) -> tuple[_MultipartJob, str, float]:
+            md5, seconds = self._send_object(job.upload, job.child, lambda: steps.check_identity(row),
+                                             job.init.sample_id, log, progress)
+            return job, md5, seconds
+        return self._with_fresh_credentials(row, attempt, log, new_job, send)
+
+    def _with_fresh_credentials(self, row: FileRow, attempt: _Attempt, log: Any, new_job: Callable[[], Any],
+                                send: Callable[[Any], Any]) -> Any:
+        """send(job) with attempt.job (a new_job() when there is none); when S3 refuses the temporary
+        credentials, that sample is cancelled and a new one begun, MAX_CREDENTIAL_INITS times at most."""
+        steps = self.steps
         last: PolicyExpired | None = None
         for _ in range(MAX_CREDENTIAL_INITS):
             if attempt.job is None:
-                init = steps.call("init_multipart_upload", lambda: steps.client.init_multipart_upload(name), log)
-                steps.store.save_init(row.id, init.sample_id, init.to_json(), step=STEP_MP_INIT)
-                log.info("upload.initialized", sample_id=init.sample_id, route="multipart")
-                if attempt.child is None and self.validate:
-                    attempt.child = ChildValidator(row.path, row.size)
-                attempt.job = self._new_job(init, row, attempt.child)
+                attempt.job = new_job()
             try:
-                md5, seconds = self._send_parts(row, attempt.job, log, progress)
-                return attempt.job, md5, seconds
+                return send(attempt.job)
             except PolicyExpired as e:
                 refused, attempt.job, last = attempt.job, None, e
                 log.warning("upload.credentials_refused", sample_id=refused.init.sample_id, error=str(e))
@@ -171,10 +232,12 @@ class MultipartRoute:
             # Rejected, changed, refused: S3 may drop the parts now. Not on shutdown (no network then).
             log.warning("upload.multipart_abort_failed", sample_id=job.init.sample_id, error=why)
 
-    def _send_parts(self, row: FileRow, job: _MultipartJob, log: Any,
-                    progress: Callable[[int], None] | None) -> tuple[str, float]:
-        """The parts not sent yet, then CompleteMultipartUpload once the file is proven valid and unchanged."""
-        up, steps = job.upload, self.steps
+    def _send_object(self, up: S3Upload, child: ChildValidator | LaneValidators | None,
+                     check_source: Callable[[], None], sample_id: str, log: Any,
+                     progress: Callable[[int], None] | None, **fields: Any) -> tuple[str, float]:
+        """The parts of `up` not sent yet, then CompleteMultipartUpload once the bytes are proven valid
+        (child) and unchanged (check_source). Returns the object's MD5 and the seconds the sending took."""
+        steps = self.steps
         started, sent_before = time.monotonic(), up.hashed
 
         def new_bytes(n: int) -> None:
@@ -185,12 +248,12 @@ class MultipartRoute:
 
         steps.call("s3_create_multipart", up.create, log)
         while not up.all_sent:
-            if job.child is not None:
-                job.child.check()      # the validator has already refused the file: stop sending
+            if child is not None:
+                child.check()          # the validator has already refused the file: stop sending
             steps.call("s3_upload_part", lambda: up.send_part(should_abort=steps.stop.is_set, on_new=new_bytes), log)
-        steps.check_identity(row)      # the bytes sent are the bytes of this version...
-        if job.child is not None:
-            job.child.finish()         # ...and they are valid: only then may S3 assemble them
+        check_source()                 # the bytes sent are the bytes of this version...
+        if child is not None:
+            child.finish()             # ...and they are valid: only then may S3 assemble them
         md5 = up.md5
         etag = steps.call("s3_complete_multipart", up.complete, log)
         if etag != up.expected_etag:
@@ -199,9 +262,96 @@ class MultipartRoute:
                                 f"the file will be sent again as a new sample", reason="etag_mismatch")
         seconds = time.monotonic() - started
         steps.rate.add(up.hashed - sent_before, seconds)
-        log.info("upload.s3_complete", sample_id=job.init.sample_id, parts=up.part_count, etag=etag,
+        log.info("upload.s3_complete", sample_id=sample_id, parts=up.part_count, etag=etag, **fields,
                  seconds=round(seconds, 3), mb_s=round((up.hashed - sent_before) / 1e6 / max(seconds, 1e-6), 1))
         return md5, seconds
+
+    # -- a sample of several files (lanes, a pair) ----------------------------------------------------
+    def send_sample(self, row: FileRow, sample: SampleRow, log: Any, progress: Callable[[int], None] | None,
+                    *, landing: Callable[[], dict[str, Any]] | None = None) -> str:
+        """Upload a sample's reads (row: its claimed lead; R2 first, then R1, each its lanes as one
+        object), or go on with their upload, then call back once; returns the row's new state.
+        landing: the init's landing fields (project, tags, metadata), asked for at each new init."""
+        log = log.bind(sample=sample.id, paired=sample.paired)
+        if row.step == STEP_MP_COMPLETE and row.init:
+            return self.callback(row, MultipartInit.from_json(row.init), row.md5, log)
+        r1, r2 = reads_of(sample)
+        reads = [r for r in (r2, r1) if r is not None]          # in send order
+        job = self._take(row)
+        if job is None and row.step in GOING_ON_STEPS and row.sample_id:
+            # Begun by an earlier process, whose credentials died with it (see the module docstring).
+            log.info("upload.multipart_restarted", sample_id=row.sample_id, step=row.step)
+            if self.steps.cancel(row.id, log, sample_id=row.sample_id):
+                return self.steps.done(row, row.sample_id, None, log, route="multipart",
+                                       note="One Codex says this sample's upload already succeeded")
+            self.steps.store.clear_init(row.id)
+        attempt = _Attempt(job, None)
+        try:
+            admit(self.steps, reads, validate=self.validate)
+            md5, seconds = self._with_fresh_credentials(
+                row, attempt, log, lambda: self._init_sample(row, r1, r2, log, landing),
+                lambda job: self._send_legs(row, job, log, progress))
+        except BaseException as e:
+            self._after_failure(row, attempt, e, log)
+            self._end_sample(row, e, log)
+            raise
+        attempt.job.close(abort=False)
+        self.steps.store.save_posted(row.id, md5, step=STEP_MP_COMPLETE)
+        return self.callback(row, attempt.job.init, md5, log, seconds=seconds)
+
+    def _init_sample(self, row: FileRow, r1: Read, r2: Read | None, log: Any,
+                     landing: Callable[[], dict[str, Any]] | None) -> _SampleJob:
+        """A new sample (its R2's key too, if paired) and the uploads of its reads, R2 first."""
+        steps, r2_name = self.steps, r2.name if r2 is not None else None
+        extra = landing() if landing is not None else None
+        init = steps.call("init_multipart_upload", lambda: steps.client.init_multipart_upload(
+            r1.name, paired_end_filename=r2_name, extra=extra), log)
+        steps.store.save_init(row.id, init.sample_id, init.to_json(), step=STEP_MP_INIT)
+        log.info("upload.initialized", sample_id=init.sample_id, route="multipart", filename=r1.name,
+                 paired_end_filename=r2_name)
+        job = _SampleJob(init, [])
+        try:
+            if r2 is not None:
+                job.legs.append(_Leg(r2, self._new_upload(init, init.paired_end_key or "", r2)))
+            job.legs.append(_Leg(r1, self._new_upload(init, init.key, r1)))
+        except BaseException:
+            job.close(abort=False)
+            raise
+        return job
+
+    def _send_legs(self, row: FileRow, job: _SampleJob, log: Any,
+                   progress: Callable[[int], None] | None) -> tuple[str, float]:
+        """Each read not yet complete, in order; the R2's completion is persisted before the R1 is sent.
+        Returns the lead's own MD5 (its file's, as for any row) and the seconds the sending took."""
+        store, seconds = self.steps.store, 0.0
+        for leg in job.legs:
+            up, members = leg.upload, leg.read.members
+            if up.completed_etag is not None:
+                continue                       # completed earlier in this process
+            if leg.validator is None and self.validate:
+                leg.validator = LaneValidators(leg.read.paths, leg.read.sizes)
+            md5, took = self._send_object(up, leg.validator, lambda ms=members: self._check_members(ms),
+                                          job.init.sample_id, log, progress, read=leg.read.role, key=up.key)
+            seconds += took
+            store.save_member_md5s({m.id: h for m, h in zip(members, up.member_md5s) if m.id != row.id})
+            if leg.read.role == "R2":
+                store.save_posted(row.id, md5, step=STEP_MP_R2_COMPLETE)
+                log.info("upload.r2_complete", sample_id=job.init.sample_id)
+        return job.legs[-1].upload.member_md5s[0], seconds
+
+    def _check_members(self, members: tuple[FileRow, ...]) -> None:
+        for member in members:
+            self.steps.check_identity(member)
+
+    def _end_sample(self, row: FileRow, e: BaseException, log: Any) -> None:
+        """A sample that ends here (rejected, changed, failed) has its One Codex sample cancelled now,
+        whatever its step (the caller's own cancel may not know a half-sent pair's step)."""
+        if not isinstance(e, (ContentRejected, FileChanged, Permanent)):
+            return                     # it waits in the queue (or the process ends): the next attempt decides
+        current = self.steps.store.get(row.id)
+        if current is not None and current.sample_id and current.step in GOING_ON_STEPS:
+            self.steps.cancel(row.id, log, sample_id=current.sample_id)
+            self.steps.store.clear_init(row.id)
 
     # -- the registry of uploads between attempts ----------------------------------------------------
     def _connector(self) -> S3Connector:
@@ -215,6 +365,15 @@ class MultipartRoute:
                                                    connect_timeout_s=connect_s, read_timeout_s=read_s)
             return self._s3
 
+    def _new_upload(self, init: MultipartInit, key: str, read: Read) -> S3Upload:
+        """The upload of one read's lane files, read as one object, to `key`."""
+        from daemon.upload import s3multipart  # lazy: botocore (see _connector)
+        client = self._connector().client(
+            s3multipart.S3Credentials(init.access_key_id, init.secret_access_key, init.session_token))
+        return s3multipart.S3Upload(client, bucket=init.bucket, key=key, path=read.paths, size=read.size,
+                                    sizes=read.sizes,
+                                    part_size=self.part_size_bytes or s3multipart.choose_part_size(read.size))
+
     def _new_job(self, init: MultipartInit, row: FileRow, child: ChildValidator | None) -> _MultipartJob:
         from daemon.upload import s3multipart  # lazy: botocore (see _connector)
         client = self._connector().client(
@@ -223,15 +382,15 @@ class MultipartRoute:
                                       part_size=self.part_size_bytes or s3multipart.choose_part_size(row.size))
         return _MultipartJob(init, upload, child)
 
-    def _take(self, row: FileRow) -> _MultipartJob | None:
+    def _take(self, row: FileRow) -> Any:
         with self._jobs_lock:
             job = self._jobs.pop(row.id, None)
-        if job is not None and (row.step != STEP_MP_INIT or row.sample_id != job.init.sample_id):
+        if job is not None and (row.step not in GOING_ON_STEPS or row.sample_id != job.init.sample_id):
             job.close(abort=True)      # the row moved on without it (should not happen)
             job = None
         return job
 
-    def _keep(self, file_id: int, job: _MultipartJob) -> None:
+    def _keep(self, file_id: int, job: _MultipartJob | _SampleJob) -> None:
         with self._jobs_lock:
             self._jobs[file_id] = job
 

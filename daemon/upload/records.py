@@ -99,23 +99,57 @@ class MultipartInit:
     access_key_id: str = field(default="", repr=False)
     secret_access_key: str = field(default="", repr=False)
     session_token: str | None = field(default=None, repr=False)
+    # A paired sample (init with paired_end_filename): the R2's key, One Codex's "paired_end_file_id",
+    # and its name. The callback names only the R1 (`key`, `filename`), as the official client's does.
+    paired_end_key: str | None = None
+    paired_end_filename: str | None = None
 
     @property
     def s3_path(self) -> str:
         return f"s3://{self.bucket}/{self.key}"
 
     @property
+    def paired(self) -> bool:
+        return self.paired_end_key is not None
+
+    @property
     def has_credentials(self) -> bool:
         return bool(self.access_key_id and self.secret_access_key)
 
     def to_json(self) -> str:
-        return json.dumps({"route": "multipart", "sample_id": self.sample_id, "bucket": self.bucket,
-                           "key": self.key, "callback_url": self.callback_url, "filename": self.filename})
+        doc = {"route": "multipart", "sample_id": self.sample_id, "bucket": self.bucket,
+               "key": self.key, "callback_url": self.callback_url, "filename": self.filename}
+        if self.paired:
+            doc.update(paired_end_key=self.paired_end_key, paired_end_filename=self.paired_end_filename)
+        return json.dumps(doc)
+
+    @staticmethod
+    def missing(answer: dict[str, Any], *, paired: bool) -> list[str]:
+        """What init_multipart_upload's answer lacks (paired: the R2's key, which must not be the R1's)."""
+        wanted = ("s3_bucket", "file_id", "upload_aws_access_key_id", "upload_aws_secret_access_key",
+                  "callback_url", *(["paired_end_file_id"] if paired else []))
+        missing = [k for k in wanted if not isinstance(answer.get(k), str) or not answer.get(k)]
+        if paired and not missing and answer["paired_end_file_id"] == answer["file_id"]:
+            missing = ["a paired_end_file_id other than file_id"]   # the R2 would overwrite the R1
+        return missing
+
+    @classmethod
+    def from_answer(cls, sample_id: str, answer: dict[str, Any], *, callback_url: str, filename: str,
+                    paired_end_filename: str | None) -> MultipartInit:
+        """From init_multipart_upload's answer, once `missing` found nothing missing."""
+        token = answer.get("upload_aws_session_token")
+        return cls(sample_id=sample_id, bucket=answer["s3_bucket"], key=answer["file_id"], callback_url=callback_url,
+                   filename=filename, access_key_id=answer["upload_aws_access_key_id"],
+                   secret_access_key=answer["upload_aws_secret_access_key"],
+                   session_token=token if isinstance(token, str) and token else None,
+                   paired_end_key=answer["paired_end_file_id"] if paired_end_filename is not None else None,
+                   paired_end_filename=paired_end_filename)
 
     @classmethod
     def from_json(cls, text: str) -> MultipartInit:
         d = json.loads(text)
-        return cls(d["sample_id"], d["bucket"], d["key"], d["callback_url"], d["filename"])
+        return cls(d["sample_id"], d["bucket"], d["key"], d["callback_url"], d["filename"],
+                   paired_end_key=d.get("paired_end_key"), paired_end_filename=d.get("paired_end_filename"))
 
 
 @dataclass

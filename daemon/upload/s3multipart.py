@@ -22,6 +22,7 @@ written to the queue. Nothing here knows the One Codex API key.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 import os
@@ -154,8 +155,54 @@ def _short(exc: BaseException) -> str:
     return redact.server_text(str(exc), limit=200)
 
 
+class Members:
+    """The files of one object in order, read as one by offset: a read of lane files is one S3 object
+    (design.md, "Samples"), sent in parts that may span member boundaries, never copied to disk.
+
+    Each member is opened once (daemon.upload.source: read-only, no links, no FIFOs) and read with
+    pread at its queued size: a member already shorter than that, or found shorter while read, is
+    FileChanged naming it. A member that grew, or was rewritten in place, is for the caller's
+    identity check before the upload completes (the bytes read are those of the queued sizes)."""
+
+    def __init__(self, paths: Sequence[str], sizes: Sequence[int]) -> None:
+        if not paths or len(paths) != len(sizes):
+            raise ValueError("Members needs one size per path")
+        self.paths, self.sizes = tuple(paths), tuple(sizes)
+        self.starts = tuple(sum(self.sizes[:i]) for i in range(len(self.sizes)))
+        self.size = sum(self.sizes)
+        self.fds: list[int] = []
+        try:
+            for path, size in zip(self.paths, self.sizes):
+                fd = open_source(path)
+                self.fds.append(fd)
+                if os.fstat(fd).st_size < size:
+                    raise FileChanged(f"{os.path.basename(path)} is shorter than the {size:,} bytes queued")
+        except BaseException:
+            self.close()
+            raise
+
+    def pread(self, n: int, offset: int) -> bytes:
+        """Up to n bytes at `offset` of the object, from one member (a read stops at a member's end)."""
+        i = bisect.bisect_right(self.starts, offset) - 1     # the last member starting at or before it
+        local = offset - self.starts[i]
+        want = min(n, self.sizes[i] - local)
+        if want <= 0:
+            return b""
+        data = os.pread(self.fds[i], want, local)
+        if len(data) < want:
+            raise FileChanged(f"{os.path.basename(self.paths[i])} became shorter while it was being sent "
+                              f"(a read at its byte {local + len(data):,} found its end)")
+        return data
+
+    def close(self) -> None:
+        for fd in self.fds:
+            os.close(fd)
+        self.fds = []
+
+
 class RangeReader:
-    """A seekable, read-only view of bytes [start, start + length) of a file, for botocore's Body.
+    """A seekable, read-only view of bytes [start, start + length) of a file (an fd) or of several
+    read as one (Members), for botocore's Body.
 
     Reads with pread (no shared file position) in blocks of at most MAX_READ_BYTES. The first time a
     byte of the range is read it goes through the part's MD5 and `on_new` (the file's MD5, throttle,
@@ -164,9 +211,9 @@ class RangeReader:
     that got shorter) are kept in `error`, since botocore wraps whatever a body raises.
     """
 
-    def __init__(self, fd: int, start: int, length: int, *, on_new: Callable[[int, bytes], None],
+    def __init__(self, source: int | Members, start: int, length: int, *, on_new: Callable[[int, bytes], None],
                  should_abort: Callable[[], bool] | None = None) -> None:
-        self.fd, self.start, self.length = fd, start, length
+        self.source, self.start, self.length = source, start, length
         self.on_new, self.should_abort = on_new, should_abort
         self.pos = 0
         self.hashed = 0                 # bytes of the range already through the MD5
@@ -208,10 +255,13 @@ class RangeReader:
         if want <= 0:
             return b""
         try:
-            data = os.pread(self.fd, want, self.start + self.pos)
+            if isinstance(self.source, Members):      # may stop short at a member's end: read on next time
+                data = self.source.pread(want, self.start + self.pos)
+            else:
+                data = os.pread(self.source, want, self.start + self.pos)
         except OSError as e:   # EIO and friends on a flaky share: try again later
             raise Transient(f"reading the file failed ({e.strerror or e})", reason="file_read") from None
-        if len(data) < want:
+        if not data or (len(data) < want and not isinstance(self.source, Members)):
             raise FileChanged(f"became shorter while it was being sent (a read at byte "
                               f"{self.start + self.pos + len(data):,} found its end)")
         self.largest_read = max(self.largest_read, len(data))
@@ -226,14 +276,16 @@ class RangeReader:
 
 
 class S3Upload:
-    """One multipart upload of one file to (bucket, key), parts sent in order.
+    """One multipart upload of one file, or of several read as one (lanes: `path` a sequence, `sizes`
+    their queued sizes), to (bucket, key), parts sent in order.
 
     Lives in memory only (it holds the temporary credentials and the parts' digests), so a
     transient error between parts resumes at the next part within one process; a new process
     starts again with new credentials. Not thread-safe: one worker owns it at a time.
     """
 
-    def __init__(self, client: Any, *, bucket: str, key: str, path: str, size: int, part_size: int) -> None:
+    def __init__(self, client: Any, *, bucket: str, key: str, path: str | Sequence[str], size: int, part_size: int,
+                 sizes: Sequence[int] | None = None) -> None:
         if part_size < MIN_PART_BYTES:
             raise ValueError(f"part_size must be at least {MIN_PART_BYTES} bytes")
         self.client, self.bucket, self.key = client, bucket, key
@@ -246,7 +298,26 @@ class S3Upload:
         self.hashed = 0
         self.completed_etag: str | None = None
         self._complete_tried = False
-        self.fd = open_source(path)        # read-only, no atime, never a FIFO or a link (daemon.upload.source)
+        self.members: Members | None = None
+        self._member_md5s: list[Any] = []
+        if isinstance(path, str):
+            self.fd = open_source(path)    # read-only, no atime, never a FIFO or a link (daemon.upload.source)
+        else:
+            if sizes is None or sum(sizes) != size:
+                raise ValueError("the sizes of the members must add up to size")
+            self.members = Members(path, sizes)
+            self.fd = -1
+            self._member_md5s = [hashlib.md5() for _ in sizes]
+
+    @property
+    def member_md5s(self) -> tuple[str, ...]:
+        """Each member's MD5, in order (several files read as one; complete once every part is sent)."""
+        return tuple(h.hexdigest() for h in self._member_md5s)
+
+    def _hash_members(self, offset: int, data: bytes) -> None:
+        # a read never spans two members (Members.pread): the one holding `offset` takes it all
+        assert self.members is not None
+        self._member_md5s[bisect.bisect_right(self.members.starts, offset) - 1].update(data)
 
     @property
     def all_sent(self) -> bool:
@@ -294,11 +365,13 @@ class S3Upload:
         def new_bytes(offset: int, data: bytes) -> None:
             if offset == self.hashed:      # the file's MD5 sees every byte once, in order
                 self.file_md5.update(data)
+                if self.members is not None:
+                    self._hash_members(offset, data)
                 self.hashed += len(data)
                 if on_new is not None:
                     on_new(len(data))
 
-        reader = RangeReader(self.fd, start, length, on_new=new_bytes, should_abort=should_abort)
+        reader = RangeReader(self.members or self.fd, start, length, on_new=new_bytes, should_abort=should_abort)
         try:
             answer = self.client.upload_part(Bucket=self.bucket, Key=self.key, UploadId=self.upload_id,
                                              PartNumber=number, Body=reader, ContentLength=length)
@@ -368,6 +441,8 @@ class S3Upload:
         if self.fd >= 0:
             os.close(self.fd)
             self.fd = -1
+        if self.members is not None:
+            self.members.close()
         close = getattr(self.client, "close", None)
         if close is not None:
             close()
