@@ -30,6 +30,8 @@ EVENTS = {
     "queue_rebuilt": {"path": "/var/lib/seqdrop/queue.sqlite3", "damage": "empty", "restored": 5,
                       "set_aside_as": "/var/lib/seqdrop/queue.sqlite3.damaged-x"},
     "watch_folder_missing": {"path": "/mnt/nas/run-output", "missing_s": 600},
+    "sample_late": {"path": "/runs/r1/Liver_S3_L005_R1_001.fastq.gz", "sample": "Liver_S3", "run": "r1",
+                    "error": "arrived after its sample was uploaded"},
 }
 
 
