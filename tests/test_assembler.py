@@ -13,10 +13,11 @@ import pytest
 import structlog
 
 from daemon.config.samples import Assembly
+from daemon.detection.assembler import Assembler
 from daemon.detection.roots import WatchRoots
 from daemon.detection.tracker import Tracker
 from daemon.detection.watcher import Matcher
-from daemon.queue.base import SampleRow
+from daemon.queue.base import Identity, SampleRow
 from daemon.queue.sqlite import SqliteStore
 
 SETTLE_S = 30.0
@@ -311,3 +312,38 @@ def test_the_run_is_the_folder_holding_a_sample_sheet(env: Env) -> None:
     env.see(path)
     env.advance(SETTLE_S + 1)
     assert env.samples()[0].run == "MyRun"
+
+
+def given(tmp_path: Path, names: dict[str, bytes], **kwargs: Any) -> tuple[SqliteStore, list[SampleRow]]:
+    """`seqdrop upload`'s assembly: the given files into a private queue, assembled at once."""
+    folder = tmp_path / "given"
+    folder.mkdir()
+    store = SqliteStore(str(tmp_path / "private.sqlite3"))
+    for name, data in names.items():
+        (folder / name).write_bytes(data)
+        store.add_seen(str(folder / name), Identity.of(os.stat(folder / name)))
+    roots = WatchRoots([(str(folder), "illumina")])       # a marker rule: `upload` does not wait for it
+    Assembler(store=store, roots=lambda: roots, log=structlog.get_logger(), immediate=True,
+              **kwargs).assemble_given(store.rows_in("seen"))
+    return store, store.samples()
+
+
+def test_upload_assembles_given_files_at_once_pairs_lanes_and_guesses(tmp_path: Path) -> None:
+    names = {f"L_S1_L00{lane}_R{read}_001.fastq": fastq([f"{lane}"], read=read) for lane in (2, 1) for read in (1, 2)}
+    names |= {"g_1.fastq": fastq(["q"]), "g_2.fastq": fastq(["q"], read=2), "O_R1.fastq": fastq(["o"])}
+    store, samples = given(tmp_path, names)
+    by_name = {s.name: [(os.path.basename(f.path), f.role) for f in s.files] for s in samples}
+    assert by_name == {
+        "L_S1": [("L_S1_L001_R1_001.fastq", "R1"), ("L_S1_L002_R1_001.fastq", "R1"),
+                 ("L_S1_L001_R2_001.fastq", "R2"), ("L_S1_L002_R2_001.fastq", "R2")],
+        "g": [("g_1.fastq", "R1"), ("g_2.fastq", "R2")],          # the pair check agreed
+        "O": [("O_R1.fastq", "single")]}
+    assert store.counts()["queued"] == 7 and store.counts()["seen"] == 0
+    store.close()
+
+
+def test_upload_without_pairing_sends_every_file_alone(tmp_path: Path) -> None:
+    store, samples = given(tmp_path, {"A_R1.fastq": fastq(["a"]), "A_R2.fastq": fastq(["a"], read=2),
+                                      "U_S0_L001_I1_001.fastq": fastq(["i"])}, pairing="off")
+    assert [(s.paired, len(s.files)) for s in samples] == [(False, 1)] * 3
+    store.close()
