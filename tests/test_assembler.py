@@ -11,14 +11,17 @@ from typing import Any
 
 import pytest
 import structlog
+from harness import write_config
 
+from daemon import config as config_mod
 from daemon.config.samples import Assembly
-from daemon.detection.assembler import Assembler
+from daemon.detection.assembler import Assembler, Observed
 from daemon.detection.roots import WatchRoots
 from daemon.detection.tracker import Tracker
 from daemon.detection.watcher import Matcher
 from daemon.queue.base import Identity, SampleRow
 from daemon.queue.sqlite import SqliteStore
+from daemon.service.service import Service
 
 SETTLE_S = 30.0
 WAIT_S = 120.0
@@ -161,8 +164,8 @@ def test_an_orphan_r1_goes_single_end_after_the_wait_with_a_warning(env: Env) ->
     assert env.advance(WAIT_S).queued == [r1]
     [sample] = env.samples()
     assert not sample.paired and env.members(sample) == [("Blood_R1.fastq", "single", None)]
-    assert sample.warnings == ("Blood: the R2 of Blood_R1.fastq never came; uploaded as a single-end sample "
-                               "from its R1 alone.",)
+    assert sample.warnings == (("Blood: the R2 of Blood_R1.fastq never came; uploaded as a single-end sample "
+                                "from its R1 alone."),)
 
 
 def test_a_late_lane_after_the_sample_was_queued_is_a_sample_of_its_own(tmp_path: Path) -> None:
@@ -347,3 +350,44 @@ def test_upload_without_pairing_sends_every_file_alone(tmp_path: Path) -> None:
                                       "U_S0_L001_I1_001.fastq": fastq(["i"])}, pairing="off")
     assert [(s.paired, len(s.files)) for s in samples] == [(False, 1)] * 3
     store.close()
+
+
+def test_a_member_replaced_before_upload_vanishes_its_sample_and_both_files_reassemble(env: Env) -> None:
+    r1, r2 = env.write("W_R1.fastq", fastq(["a"])), env.write("W_R2.fastq", fastq(["a"], read=2))
+    env.see(r1, r2)
+    env.advance(SETTLE_S + 1)
+    env.advance(WAIT_S)
+    [first] = env.samples()
+    env.write("W_R2.fastq", fastq(["a", "b"], read=2))      # rewritten while queued
+    env.see(r2)
+    assert {f.state for f in env.store.sample(first.id).files} == {"vanished"}
+    assert env.store.get(first.lead).error == ("W_R2.fastq, a file of this sample, was replaced by a newer version "
+                                               "before it was uploaded; its other files are assembled again")
+    env.advance(0)                                            # R1 looked at again: a new version too
+    assert env.row(r1).state == env.row(r2).state == "seen"
+    env.advance(SETTLE_S + 1)
+    assert sorted(env.advance(WAIT_S).queued) == sorted([r1, r2])
+    second = env.samples()[-1]
+    assert second.paired and not second.late and {f.id for f in second.files}.isdisjoint(f.id for f in first.files)
+
+
+def test_the_service_gives_each_folder_its_settings_and_tells_of_a_late_sample(tmp_path: Path) -> None:
+    watch = tmp_path / "watch"
+    (watch / "off").mkdir(parents=True)
+    cfg = write_config(tmp_path, watch=[watch, {"path": watch / "off", "pairing": "off"}], api_url="http://127.0.0.1:9",
+                       extra="\n[samples]\ngroup_wait_seconds = 7\n")
+    service = Service(config_mod.load(str(cfg)), api_key="test-key", log=structlog.get_logger("seqdrop"))
+    emitted: list[tuple[str, dict]] = []
+    service.emit = lambda event, **fields: emitted.append((event, fields))   # type: ignore[method-assign]
+    try:
+        roots = service.tracker.roots
+        assert roots.assembly_for(str(watch / "a.fastq")) == Assembly(group_wait_s=7)
+        assert roots.assembly_for(str(watch / "off" / "a.fastq")) == Assembly(pairing="off", group_wait_s=7)
+        path = str(watch / "L_S1_L002_R1_001.fastq")
+        file_id = service.store.add_seen(path, Identity(1, 2, 3, 4))
+        late = service.store.add_sample(key="k", folder=str(watch), name="L_S1", run="watch", paired=False,
+                                        files=[(file_id, "single", 2)], warnings=("came late",), late=True)
+        service._committed(Observed(late=[late]))
+        assert emitted == [("sample_late", {"path": path, "sample": "L_S1", "run": "watch", "error": "came late"})]
+    finally:
+        service.store.close()

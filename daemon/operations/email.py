@@ -334,8 +334,8 @@ _HEADLINES = {
     "daily_summary": ("Daily summary", "What seqdrop's queue holds."),
     "queue_rebuilt": ("Queue rebuilt", "seqdrop found its queue damaged at start-up and rebuilt it from the "
                                        "audit journal."),
-    "sample_late": ("Late file: {name}", "A file arrived after its sample was uploaded: seqdrop uploaded it as a "
-                                         "sample of its own, flagged late."),
+    "sample_late": ("Late file: {name}", ("A file arrived after its sample was uploaded: seqdrop uploaded it as "
+                                          "a sample of its own, flagged late.")),
     "watch_folder_missing": ("Watch folder missing: {path}",
                              ("A watch folder has been missing for {missing}: files written there are not "
                               "uploaded until it is back.")),
