@@ -45,10 +45,7 @@ def run_demo(*, keep: bool = False, out: Any = None) -> int:
         cfg = os.path.join(tmp, "config.toml")
         with open(cfg, "w") as f:
             f.write(f'[api]\nbase_url = "{sb.api_url}"\n\n[watch]\npaths = ["{watch}"]\n'
-                    f"settle_seconds = {SETTLE_S}\n\n[queue]\npath = \"{tmp}/queue.sqlite3\"\n"
-                    # One file, one sample, as the demo tells it (its R1 and R2 differ in compression, which
-                    # a paired sample refuses); a paired demo waits for the paired upload route.
-                    f'\n[samples]\npairing = "off"\n')
+                    f"settle_seconds = {SETTLE_S}\n\n[queue]\npath = \"{tmp}/queue.sqlite3\"\n")
         say(f"  sandbox API   {sb.api_url}   (S3 at {sb.s3_url})")
         say(f"  watch folder  {watch}")
         say(f"  config        {cfg}")
