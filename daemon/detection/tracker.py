@@ -71,13 +71,14 @@ class Tracker:
         self.roots = roots or WatchRoots()    # no roots: nothing waits for a marker, no root is gone
         self.clock = clock                    # monotonic; due times and next_due() are on this clock
         self._since: dict[str, float] = {}    # path of a `seen` row -> when its identity last changed
+        # Settled versions become samples there (it schedules its re-checks through self.schedule).
+        self.assembler = Assembler(store=store, roots=lambda: self.roots, log=log, clock=clock,
+                                   schedule=self.schedule, assigned=self._assigned)
+        self._in_pair_checks = False
         self._due: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
         self._settling: dict[str, tuple[Identity, float]] = {}   # only names that are not UTF-8
         self._lock = threading.Lock()
-        self.assembler = Assembler(store=store, roots=lambda: self.roots, log=log, clock=clock,
-                                   schedule=self.schedule, assigned=self._assigned)
-        self._in_pair_checks = False
 
     # -- scheduling ----------------------------------------------------------------------------
     def schedule(self, path: str, at: float) -> None:
