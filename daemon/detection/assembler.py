@@ -28,6 +28,7 @@ the tracker offers the two versions again, now with a verdict.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -36,8 +37,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from daemon.assembly.group import Grouping, Member, Sample, group, split_guess
-from daemon.assembly.names import parse
+from daemon.assembly.group import Grouping, Member, Sample, SampleKey, group, key_of, split_guess
+from daemon.assembly.names import FileName, parse
 from daemon.assembly.pairs import head_digest, names_agree
 from daemon.config.samples import Assembly
 from daemon.detection.roots import WatchRoots
@@ -92,10 +93,11 @@ class Assembler:
         self._settled[row.path] = member
         already = len(found.queued)
         settings = self._settings(row.path)
-        if settings.pairing == "off" or not (member.name.pairable or member.name.role == "index"):
-            self._decide_all(group([member], now_s=self.clock(), pairing=settings.pairing), settings, None, found)
+        if settings.pairing == "off" or not member.name.pairable:     # a lone file or an index read
+            self._decide_all(group([member], now_s=self.clock(), pairing=settings.pairing), settings, None, found,
+                             member)
         else:
-            self._assemble_folder(member.folder, settings, found)
+            self._assemble_folder(member, settings, found)
         return row.path in found.queued[already:]
 
     def assemble_given(self, rows: Iterable[FileRow]) -> Observed:
@@ -120,8 +122,13 @@ class Assembler:
             settings = replace(settings, pairing="off")
         return replace(settings, group_wait_s=0.0) if self.immediate else settings
 
-    def _assemble_folder(self, folder: str, settings: Assembly, found: Observed) -> None:
-        members, pending = self._gather(folder)
+    def _assemble_folder(self, offered: Member, settings: Assembly, found: Observed) -> None:
+        """Group the offered member with the folder's versions of its sample (same key): recorded if
+        complete or refused, else its members say why. Other samples of the folder are decided when
+        their own members are offered (each member is, once settled, and again at its deadline), so a
+        run of n files costs n groupings of one sample each, not n of the whole folder."""
+        folder = offered.folder
+        members, pending = self._gather(offered)
         keys = self._started(folder)
         marker = (lambda _folder: None) if self.immediate else self._roots().marker_state
         lanes: dict[int | None, list[Member]] = {}
@@ -137,23 +144,25 @@ class Assembler:
             waiting_on = [p for p in pending if not split or parse(os.path.basename(p)).lane == lane]
             grouping = group(part, now_s=self.clock(), group_wait_s=settings.group_wait_s,
                              pairing=settings.pairing, marker=marker, pending=waiting_on, started=started)
-            self._decide_all(grouping, settings, lane if split else None, found)
+            self._decide_all(grouping, settings, lane if split else None, found, offered)
 
-    def _gather(self, folder: str) -> tuple[list[Member], list[str]]:
-        """The folder's settled unassigned versions, and the paths of its versions still settling."""
+    def _gather(self, offered: Member) -> tuple[list[Member], list[str]]:
+        """The settled unassigned versions of the offered member's sample (its folder, same key), and
+        the paths of its versions still settling. (A version leaves `_settled` through forget() or
+        _record(); an entry whose row is no longer this `seen` version is no member: its id differs.)"""
+        folder, key = offered.folder, key_of(offered)
+        prefix = folder.rstrip("/") + "/"
         listed, _ = self.store.find_files(states=("seen",), under=folder)
-        members, pending, here = [], [], set()
+        members, pending = [], []
         for item in listed:
-            if os.path.dirname(item.path) != folder:
-                continue
-            here.add(item.path)
+            name = item.path[len(prefix):]
+            if "/" in name or _key(folder, name) != key:
+                continue                     # a sub-folder's file, or another sample's
             member = self._settled.get(item.path)
             if member is not None and member.identity == item.id:
                 members.append(member)
             else:
                 pending.append(item.path)
-        for path in [p for p in self._settled if os.path.dirname(p) == folder and p not in here]:
-            del self._settled[path]          # its version left `seen` meanwhile (vanished, moved)
         return members, pending
 
     def _started(self, folder: str) -> set[tuple[Any, ...]]:
@@ -167,12 +176,16 @@ class Assembler:
         return keys
 
     # -- decisions -----------------------------------------------------------------------------
-    def _decide_all(self, grouping: Grouping, settings: Assembly, lane: int | None, found: Observed) -> None:
+    def _decide_all(self, grouping: Grouping, settings: Assembly, lane: int | None, found: Observed,
+                    offered: Member) -> None:
         for member in grouping.ignored:
             self._ignore(member, found)
         for sample in grouping.samples:
             if sample.state == "waiting":
-                self._wait(sample, settings)
+                # Only the offered member's sample: the others said why when their members were offered,
+                # and are re-checked at their deadlines (a run of 768 files would otherwise write 768² notes).
+                if offered in sample.members:
+                    self._wait(sample, settings)
             elif sample.state == "rejected":
                 self._record(sample, lane, found, state="rejected", error=sample.reason)
             elif sample.needs_pair_check:
@@ -271,3 +284,15 @@ class Assembler:
             return self._roots().run_of(path)
         except OSError:
             return None
+
+
+@functools.lru_cache(maxsize=65536)
+def _parsed(name: str) -> FileName:
+    """parse(), remembered: a folder's names are looked at again at each offer."""
+    return parse(name)
+
+
+def _key(folder: str, name: str) -> SampleKey | None:
+    """The key of the sample a file of this name in folder would belong to (None: it pairs with nothing)."""
+    parsed = _parsed(name)
+    return (folder, parsed.stem.lower(), parsed.family) if parsed.pairable else None
