@@ -37,7 +37,15 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from daemon.assembly.group import Grouping, Member, Sample, SampleKey, group, key_of, split_guess
+from daemon.assembly.group import (
+    Grouping,
+    Member,
+    Sample,
+    SampleKey,
+    group,
+    key_of,
+    split_guess,
+)
 from daemon.assembly.names import FileName, parse
 from daemon.assembly.pairs import head_digest, names_agree
 from daemon.config.samples import Assembly
