@@ -391,3 +391,20 @@ def test_the_service_gives_each_folder_its_settings_and_tells_of_a_late_sample(t
         assert emitted == [("sample_late", {"path": path, "sample": "L_S1", "run": "watch", "error": "came late"})]
     finally:
         service.store.close()
+
+
+def test_a_mate_still_being_written_keeps_its_sample_waiting_past_the_group_wait(env: Env) -> None:
+    r1 = env.write("Slow_R1.fastq", fastq(["a"]))
+    env.see(r1)
+    env.advance(SETTLE_S + 1)                       # R1 settled: its group wait runs
+    r2 = env.write("Slow_R2.fastq", fastq(["a"], read=2))
+    env.see(r2)
+    for i in range(5):                              # R2 keeps growing past R1's deadline
+        env.advance(SETTLE_S - 1)
+        env.write("Slow_R2.fastq", fastq(["a"] * (2 + i), read=2))
+        env.see(r2)
+    assert env.row(r1).state == "seen" and env.row(r1).error == "waiting for Slow_R2.fastq to finish."
+    env.advance(SETTLE_S + 1)                       # R2 settles: the wait restarts from it
+    assert env.samples() == []
+    assert sorted(env.advance(WAIT_S).queued) == sorted([r1, r2])
+    assert env.samples()[0].paired

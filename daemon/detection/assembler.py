@@ -1,10 +1,11 @@
 """Assembly in the daemon: settled `seen` versions become sample rows in the queue (design.md, "Samples").
 
 The tracker offers each version that has settled (and whose run marker, if any, is there); the
-assembler gathers what its folder holds — the settled versions not yet given to a sample (members),
-the versions still settling (pending), the run marker, the keys of the samples already recorded
-there (a member of one is late) and the folder's [samples] settings — and asks the pure
-daemon/assembly/group.py what they make. Then:
+assembler gathers the versions of its sample (same folder, stem and name family) — the settled ones
+not yet given to a sample (members), the ones still settling (pending) — with the run marker, the
+keys of the samples already recorded there (a member of one is late) and the folder's [samples]
+settings, and asks the pure daemon/assembly/group.py what they make. A name that pairs with nothing
+is a sample by itself at once, with no gathering. Then:
   complete → `add_sample` (lead first: R1 lanes in lane order, then R2's), members `queued`;
   rejected → `add_sample(state="rejected")` with group's sentence, members ended;
   waiting  → each member's status line says why, and its paths are looked at again at the deadline;
