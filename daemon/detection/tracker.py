@@ -7,9 +7,8 @@ stats the file and compares it with the path's latest row in the store:
                                                     identity: moved out and back, a share remounted)
   `seen`, identity changed                     → still being written: settle clock restarts
   `seen`, unchanged for settle_s, marker there → offered to the assembler (assembler.py), which
-                                                 records the samples its folder now makes: their
-                                                 members `queued` (or `rejected`), or says why
-                                                 they still wait
+                                                 records its sample once complete: the members
+                                                 `queued` (or `rejected`), or says why it waits
   `seen`/`queued` (nothing sent) and gone      → `vanished` (unless its whole watch folder is
                                                  gone, or left behind empty on another device: a
                                                  share unmounted; it is looked at on return)
@@ -25,8 +24,9 @@ Rows a worker holds are left to the worker, which re-checks identity before and
 after sending. Settle checks are kept in a heap of due times; the rows are in the store.
 
 The tracker calls nobody back: what it queued, the ids of the rows it ended (vanished,
-rejected) and the late samples it recorded, are returned (by `observe_batch`, `run_due` and `full_scan`) once the store has
-committed them; the caller wakes the workers and writes the audit journal. What it needs to
+rejected) and the late samples it recorded are returned (by `observe_batch`, `run_due` and
+`full_scan`) once the store has committed them; the caller wakes the workers, writes the audit
+journal and tells of the late samples. What it needs to
 know about the watch folders (the root of a path, its run marker, whether it is gone) it asks a
 `WatchRoots`.
 
