@@ -46,7 +46,8 @@ def test_files_present_before_start_are_uploaded(tmp_path: Path, sandbox: Sandbo
     a, b = run / "s1_R1.fastq", watch_dir / "s2.fq"
     a.write_bytes(fastq_bytes(300_000, seed=1))
     b.write_bytes(fastq_bytes(50_000, seed=2))
-    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    # pairing off: s1_R1.fastq is an R1 whose R2 never comes (it would wait group_wait_seconds, 120 s)
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, extra='[samples]\npairing = "off"\n')
     with Daemon(cfg) as d:
         files = d.wait_files(all_in("done", ["s1_R1.fastq", "s2.fq"]), DEADLINE_S, "both files done")
         assert d.terminate() == 0
@@ -436,7 +437,8 @@ def test_symlinked_watch_folder_reports_the_configured_path(tmp_path: Path, sand
 
 def test_run_folder_moved_in_is_uploaded(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
     """A finished run folder moved into the watch folder in one rename (no file events) has all its files uploaded."""
-    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    # pairing off: each file its own sample, as this test counts them (pairs: tests/test_assembler.py)
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, extra='[samples]\npairing = "off"\n')
     outside = tmp_path / "elsewhere" / "run_7"
     (outside / "lane1").mkdir(parents=True)
     names = ["a_R1.fastq", "a_R2.fastq", "lane1/b.fq"]

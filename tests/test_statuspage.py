@@ -86,8 +86,10 @@ def test_the_browser_shows_a_confirmed_sample_and_a_rejected_file_with_its_reaso
     (run / "good_R1.fastq").write_bytes(fastq_bytes(30_000, seed=1))
     broken = fastq_bytes(20_000, seed=2)
     (run / "broken_R1.fastq").write_bytes(broken[: len(broken) // 2 + 7])     # cut inside a record
+    # pairing off: two R1s without R2s would wait group_wait_seconds (120 s) before going single-end
     cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, workers=1,
-                       extra='\n[status_page]\nenabled = true\nlisten = "127.0.0.1:0"\n')
+                       extra='\n[status_page]\nenabled = true\nlisten = "127.0.0.1:0"\n'
+                             '\n[samples]\npairing = "off"\n')
     with Daemon(cfg) as d:
         files = d.wait_files(all_in("done", ["good_R1.fastq"]), 60, "good_R1.fastq done")
         files = d.wait_files(all_in("rejected", ["broken_R1.fastq"]), 60, "broken_R1.fastq rejected")

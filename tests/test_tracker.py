@@ -378,16 +378,16 @@ def test_a_failing_due_check_is_tried_again(env: Env, monkeypatch: pytest.Monkey
     """A due check that fails (a passing store error) is logged and scheduled again, not dropped."""
     path = env.write("a.fastq")
     env.tracker.observe(path)
-    real = env.store.set_state
+    real = env.store.add_sample      # the verb that queues a settled file (as a sample of one)
     calls = []
 
-    def failing_once(*a: object, **k: object) -> bool:
+    def failing_once(*a: object, **k: object) -> int | None:
         calls.append(a)
         if len(calls) == 1:
             raise OSError("disk I/O error")
         return real(*a, **k)
 
-    monkeypatch.setattr(env.store, "set_state", failing_once)
+    monkeypatch.setattr(env.store, "add_sample", failing_once)
     with capture_logs() as events:
         env.settle(path)
     assert env.state(path) == "seen"

@@ -31,7 +31,9 @@ def test_a_backfill_of_what_the_daemon_uploaded_makes_no_second_sample(tmp_path,
     run.mkdir()
     for name in ("S1_R1.fastq", "S2_R1.fastq", "S3_R1.fastq"):
         (run / name).write_bytes(fastq_bytes(5_000, seed=len(name) + ord(name[1])))
-    config = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
+    # R1s whose R2 never comes: single-end after group_wait_seconds (120 s by default; 0 here)
+    config = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url,
+                          extra="[samples]\ngroup_wait_seconds = 0\n")
     with Daemon(config) as daemon:
         files = daemon.wait_files(all_in("done", ["S1_R1.fastq", "S2_R1.fastq", "S3_R1.fastq"]), 30, "3 done")
         assert daemon.terminate() == 0
@@ -154,3 +156,28 @@ def test_an_invalid_file_is_said_once_and_its_bar_does_not_claim_100_percent(tmp
     assert len(said) == 1 and said[0].startswith(f"{bad}: rejected: "), screen
     assert not any("bad.fastq" in line and "100%" in line for line in screen), screen
     assert any("good.fastq" in line and "100%" in line for line in screen), screen
+
+
+def test_upload_assembles_samples_as_the_daemon_does_without_waiting(tmp_path, sandbox):
+    """`upload DIR`: an R1 given without its R2 goes single-end at once (no group wait), an index read is
+    skipped (no failure); `--no-pairing` sends a named pair as two samples of their own."""
+    config = write_config(tmp_path, watch=[tmp_path / "w"], api_url=sandbox.api_url)
+    (tmp_path / "w").mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "Solo_S1_L001_R1_001.fastq").write_bytes(fastq_bytes(3_000, seed=9))
+    (run / "Undetermined_S0_L001_I1_001.fastq").write_bytes(fastq_bytes(1_000, seed=10))
+    r = upload(config, str(run))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert f"{run / 'Solo_S1_L001_R1_001.fastq'}: confirmed as sample" in r.stdout
+    assert f"{run / 'Undetermined_S0_L001_I1_001.fastq'}: skipped: " in r.stdout and "index read" in r.stdout
+    assert len(confirmed(sandbox)) == 1              # the index read was not sent (names: the pipeline's)
+
+    pair = tmp_path / "pair"
+    pair.mkdir()
+    for read in (1, 2):
+        (pair / f"P_R{read}.fastq").write_bytes(fastq_bytes(2_000, seed=10 + read))
+    r = upload(config, "--no-pairing", str(pair))
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(s["filename"] for s in confirmed(sandbox))[:2] == ["P_R1.fastq", "P_R2.fastq"]
+    assert len(confirmed(sandbox)) == 3

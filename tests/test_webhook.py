@@ -32,6 +32,8 @@ EVENTS = {
     "watch_folder_missing": {"path": "/mnt/nas/run-output", "missing_s": 600},
     "sample_partial": {"path": "/srv/run1/c.fastq", "sample_id": "part0123", "whole_sample_id": "whole456",
                        "error": "partial: ...; delete sample part0123 in One Codex"},
+    "sample_late": {"path": "/runs/r1/Liver_S3_L005_R1_001.fastq.gz", "sample": "Liver_S3", "run": "r1",
+                    "error": "arrived after its sample was uploaded"},
 }
 
 

@@ -40,6 +40,9 @@ from daemon.service.service import MISSING_ALERT_ENV
 
 DEADLINE_S = 60.0
 RECIPIENT = "sequencing@lab.example.org"
+# These tests' files are named like R1s whose R2 never comes: with pairing on they would wait
+# group_wait_seconds (120 s) before going single-end; one file, one sample here (pairs: test_assembler.py).
+PAIRING_OFF = '\n[samples]\npairing = "off"\n'
 
 
 # -- a mail server and a webhook on loopback ---------------------------------------------------
@@ -129,7 +132,7 @@ def test_a_mail_arrives_once_for_a_rejected_file_and_once_for_a_pause(
     its reason or the pause, and the fix; the version is in service.ready and in each mail."""
     (watch_dir / "broken_R1.fastq").write_bytes(truncated_fastq(1))
     cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, workers=1,
-                       extra="\n[notify]\n" + email_config(tmp_path, smtp))
+                       extra="\n[notify]\n" + email_config(tmp_path, smtp) + PAIRING_OFF)
     with Daemon(cfg, env=mail_env) as d:
         files = d.wait_files(all_in("rejected", ["broken_R1.fastq"]), DEADLINE_S, "broken_R1.fastq rejected")
         reason = by_name(files)["broken_R1.fastq"][-1]["error"]
@@ -166,14 +169,15 @@ def test_a_missing_folder_and_a_rebuilt_queue_reach_the_webhook_and_the_mail(
     format, and by mail, naming the queue file or the folder and what to do."""
     nas = tmp_path / "nas"
     (watch_dir / "a_R1.fastq").write_bytes(fastq_bytes(20_000, seed=3))
-    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, workers=1)
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, workers=1, extra=PAIRING_OFF)
     with Daemon(cfg) as d:
         d.wait_files(all_in("done", ["a_R1.fastq"]), DEADLINE_S, "a_R1.fastq done")
         assert d.terminate() == 0
     queue = tmp_path / "state" / "queue.sqlite3"
     os.truncate(queue, 0)
     notify = f'\n[notify]\nwebhook_url = "{hook.url()}"\nformat = "{fmt}"\n' + email_config(tmp_path, smtp)
-    cfg = write_config(tmp_path, watch=[watch_dir, nas], api_url=sandbox.api_url, workers=1, extra=notify)
+    cfg = write_config(tmp_path, watch=[watch_dir, nas], api_url=sandbox.api_url, workers=1,
+                       extra=notify + PAIRING_OFF)
     with Daemon(cfg, env={**mail_env, MISSING_ALERT_ENV: "1"}) as d:
         wait_for(lambda: mails(smtp, "queue_rebuilt") and mails(smtp, "watch_folder_missing"), 30,
                  lambda: f"both mails; webhook got {hook.bodies}\n{d.log_tail()}")
@@ -272,7 +276,7 @@ def test_sigterm_exits_in_time_with_a_mail_server_that_never_answers(
                  f'email_from = "seqdrop@lab.example.org"\nemail_smtp_host = "127.0.0.1"\n'
                  f'email_smtp_port = {silent.getsockname()[1]}\nemail_security = "none"\n'
                  f'\n[metrics]\nenabled = true\nlisten = "127.0.0.1:0"\n'
-                 f'\n[status_page]\nenabled = true\nlisten = "127.0.0.1:0"\n')
+                 f'\n[status_page]\nenabled = true\nlisten = "127.0.0.1:0"\n' + PAIRING_OFF)
         cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, workers=1, extra=extra)
         with Daemon(cfg) as d:
             d.wait_files(all_in("rejected", ["broken_R1.fastq"]), DEADLINE_S, "broken_R1.fastq rejected")

@@ -66,6 +66,8 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("files", nargs="+", metavar="FILE|DIR")
     up.add_argument("--force", action="store_true", help="also upload files the daemon's queue holds as already "
                                                          "uploaded or in progress (they become second samples)")
+    up.add_argument("--no-pairing", action="store_true", help="send every file as a sample of its own (no R1+R2 "
+                                                              "pairs, no lanes merged; index reads too)")
     up.add_argument("--max-wait", type=float, default=900.0, metavar="SECONDS",
                     help="give up on a file after retrying transient errors this long (default 900)")
     sub.add_parser("check", parents=[common], help="validate config, queue, folders and API key")
@@ -315,7 +317,8 @@ def cmd_upload(args: argparse.Namespace) -> int:
                    stream=sys.stderr)
     key = config_mod.load_api_key(settings)
     logs.register_secret(key)
-    return upload_files(settings, key, args.files, max_wait_s=args.max_wait, force=args.force)
+    return upload_files(settings, key, args.files, max_wait_s=args.max_wait, force=args.force,
+                        pairing=not args.no_pairing)
 
 
 # -- check -------------------------------------------------------------------------------------

@@ -10,6 +10,12 @@ already confirmed (the same path, size and mtime, or the same device, inode, siz
 another path) is skipped with its sample id, and so is one the daemon is uploading now; `--force`
 sends them anyway. A folder stands for its matching files, found as the daemon's scan finds them
 (the config's patterns, recursively, hidden and temporary names left out).
+
+The files become samples as the daemon assembles them (daemon/detection/assembler.py, design.md
+"Samples"): R1+R2 pairs and lanes by name, per folder and with the config's [samples] settings, but
+without waiting — every file given is finished, so an R1 given without its R2 goes single-end at once
+(with the warning). Index reads are skipped (not a failure). `--no-pairing` sends each file alone.
+Each sample is uploaded through the pipeline by its lead file; its other files' lines follow it.
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from typing import Any
 from tqdm import tqdm
 
 from daemon.config import Settings
+from daemon.detection.assembler import IGNORED_FLAG, Assembler
+from daemon.detection.roots import WatchRoots
 from daemon.detection.watcher import Matcher, scan
 from daemon.errors import AuthError, ConfigError
 from daemon.operations import logs
@@ -94,7 +102,8 @@ class _OutcomesSaidOnce:
 
 
 def upload_files(settings: Settings, api_key: str, files: list[str], *, max_wait_s: float = 900.0,
-                 force: bool = False, client: OneCodexClient | None = None, out: Any = None) -> int:
+                 force: bool = False, client: OneCodexClient | None = None, out: Any = None,
+                 pairing: bool = True) -> int:
     """Upload files (and the matching files of folders) now, through the daemon's pipeline and a private
     queue; 0 only if every one was confirmed (now, or before by the daemon), 1 otherwise (a file refused,
     given up on or still in the daemon's hands, a rejected key, Ctrl-C)."""
@@ -111,16 +120,19 @@ def upload_files(settings: Settings, api_key: str, files: list[str], *, max_wait
         pipeline = make_pipeline(settings, store=store, client=client, log=_OutcomesSaidOnce(log),
                                  stop=threading.Event(), throttle=throttle)
         try:
-            code = _upload(store, pipeline, candidates, max_wait_s=max_wait_s, log=log, out=out)
+            roots = WatchRoots.of(settings.watch, settings.samples)
+            assembler = Assembler(store=store, roots=lambda: roots, log=log, immediate=True,
+                                  pairing=None if pairing else "off")
+            code = _upload(store, pipeline, assembler, candidates, max_wait_s=max_wait_s, log=log, out=out)
         finally:
             pipeline.close()
             store.close()
     return code if all_usable and all_confirmed_before else 1
 
 
-def _upload(store: SqliteStore, pipeline: Pipeline, candidates: list[tuple[str, str, os.stat_result]], *,
-            max_wait_s: float, log: Any, out: Any) -> int:
-    names = _queue_files(store, candidates)
+def _upload(store: SqliteStore, pipeline: Pipeline, assembler: Assembler,
+            candidates: list[tuple[str, str, os.stat_result]], *, max_wait_s: float, log: Any, out: Any) -> int:
+    names = _queue_files(store, assembler, candidates)
     try:
         _send_all(store, pipeline, names, max_wait_s=max_wait_s, log=log, out=out)
     except AuthError as e:
@@ -194,13 +206,14 @@ def _not_yet_uploaded(settings: Settings, candidates: list[tuple[str, str, os.st
     return left, all_confirmed
 
 
-def _queue_files(store: SqliteStore, candidates: list[tuple[str, str, os.stat_result]]) -> dict[int, str]:
-    """Queue each file in the private queue. Returns {file id: the name as given}."""
+def _queue_files(store: SqliteStore, assembler: Assembler,
+                 candidates: list[tuple[str, str, os.stat_result]]) -> dict[int, str]:
+    """Record each file in the private queue and assemble them into samples (queued, or rejected with
+    the reason). Returns {file id: the name as given}."""
     names: dict[int, str] = {}
     for name, full, st in candidates:
-        file_id = store.add_seen(full, Identity.of(st))
-        store.set_state(file_id, "queued", only_from=("seen",))
-        names[file_id] = name
+        names[store.add_seen(full, Identity.of(st))] = name
+    assembler.assemble_given([row for file_id in names if (row := store.get(file_id)) is not None])
     return names
 
 
@@ -269,11 +282,18 @@ def _wait_for_retries(store: SqliteStore, names: dict[int, str], deadline: dict[
 def _report_interrupted(store: SqliteStore, pipeline: Pipeline, names: dict[int, str], out: Any) -> None:
     """Ctrl-C: a sample begun for a file that will not be confirmed now is cancelled, not left
     dangling in the account (a second Ctrl-C stops even that)."""
+    received: dict[int, bool] = {}     # lead id → One Codex had it: a sample is abandoned once, by its lead
     for file_id, path in names.items():
         row = store.get(file_id)
+        lead = file_id
+        if row is not None and row.follower and (sample := store.sample_of(file_id)) is not None:
+            lead = sample.lead
         if row is not None and row.state == "done":
             print(f"{path}: confirmed as sample {row.sample_id}", file=out)
-        elif pipeline.abandon(file_id):
+            continue
+        if lead not in received:
+            received[lead] = pipeline.abandon(lead)
+        if received[lead]:
             print(f"{path}: interrupted, but One Codex had already received it "
                   f"(sample {row.sample_id})", file=out)
         else:
@@ -286,7 +306,9 @@ def _report(store: SqliteStore, names: dict[int, str], out: Any) -> bool:
     for file_id, path in names.items():
         row = store.get(file_id)
         assert row is not None
-        if row.state == "done":
+        if IGNORED_FLAG in (row.flags or "").split(","):
+            print(f"{path}: skipped: {row.error}", file=out)     # an index read: skipped by rule, no failure
+        elif row.state == "done":
             print(f"{path}: confirmed as sample {row.sample_id}"
                   + (f" ({row.error})" if row.error else ""), file=out)
         else:

@@ -100,6 +100,20 @@ class MarkerRule:
         label = f" ({self.label})" if self.label else ""
         return f"waiting for run marker {markers} in {where}{label}"
 
+    def run_folder(self, path: str) -> str | None:
+        """The nearest folder (the file's own, up to the root) holding this rule's marker, or None."""
+        if not self.patterns:
+            return None
+        return next((f for f in self._candidates(os.path.abspath(path)) if self._has_marker(f)), None)
+
+    def marker_in(self, folder: str) -> bool:
+        """Does this folder itself hold the rule's marker?"""
+        return bool(self.patterns) and self._has_marker(os.path.abspath(folder))
+
+    def candidates(self, path: str) -> list[str]:
+        """The folders that may be path's run folder: its own and its ancestors up to the root."""
+        return self._candidates(os.path.abspath(path))
+
     # -- internals -----------------------------------------------------------------------------
 
     def _candidates(self, path: str) -> list[str]:

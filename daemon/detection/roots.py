@@ -15,22 +15,29 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from daemon.config import WatchSettings
+from daemon.config.samples import Assembly, SamplesSettings
 from daemon.detection.markers import MarkerRule
 from daemon.errors import FileChanged, Transient
 from daemon.paths import is_within
 
 MISSING_ALERT_S = 600.0    # a watch folder missing this long is worth a notification (design.md)
+SAMPLE_SHEET = "SampleSheet.csv"   # a folder holding one is its run's folder (design.md, "Runs")
 
 
 class WatchRoots:
     def __init__(self, folders: Iterable[tuple[str, str | None]] = (), *,
-                 clock: Callable[[], float] = time.monotonic, alert_after_s: float = MISSING_ALERT_S) -> None:
+                 clock: Callable[[], float] = time.monotonic, alert_after_s: float = MISSING_ALERT_S,
+                 assembly: Mapping[str, Assembly] | None = None, default_assembly: Assembly | None = None) -> None:
         """folders: (path, marker spec) per configured watch folder, in the configured order;
-        clock: monotonic, for the marker rules' cache and the missing folders' episodes."""
+        clock: monotonic, for the marker rules' cache and the missing folders' episodes;
+        assembly: each watch folder's sample assembly settings (default_assembly for the others)."""
         pairs = list(folders)
+        self._assembly = dict(assembly or {})
+        self._default_assembly = default_assembly or Assembly()
         self.paths: tuple[str, ...] = tuple(path for path, _ in pairs)
         self.alert_after_s = alert_after_s
         self._clock = clock
@@ -41,14 +48,46 @@ class WatchRoots:
         self._alerted: set[str] = set()
 
     @classmethod
-    def of(cls, watch: WatchSettings) -> WatchRoots:
-        return cls((f.path, f.marker) for f in watch.folders)
+    def of(cls, watch: WatchSettings, samples: SamplesSettings | None = None, **kwargs: Any) -> WatchRoots:
+        """The roots of the [watch] paths; with samples, each folder's assembly settings too."""
+        assembly = {f.path: samples.assembly_for(f.samples) for f in watch.folders} if samples else None
+        return cls(((f.path, f.marker) for f in watch.folders), assembly=assembly,
+                   default_assembly=samples.assembly if samples else None, **kwargs)
 
     def root_of(self, path: str) -> str | None:
         """The innermost watch root holding path, or None if no root does."""
         for root, _ in self._rules:
             if is_within(path, root):
                 return root
+        return None
+
+    def assembly_for(self, path: str) -> Assembly:
+        """How the files of path's folder become samples: its innermost watch root's settings."""
+        root = self.root_of(path)
+        return self._assembly.get(root, self._default_assembly) if root else self._default_assembly
+
+    def marker_state(self, folder: str) -> bool | None:
+        """A folder's run marker as assembly sees it: None if its root has no marker rule, else
+        whether the marker is there (for the folder's files)."""
+        rule = self._rule_of(os.path.join(folder, "_"))
+        if rule is None or not rule.patterns:
+            return None
+        return rule.run_folder(os.path.join(folder, "_")) is not None
+
+    def run_of(self, path: str) -> str:
+        """The name of path's run (design.md, "Runs"): the nearest folder, up to its watch root, that
+        holds the run marker or a SampleSheet.csv; else the file's own folder."""
+        rule = self._rule_of(path)
+        folders = rule.candidates(path) if rule is not None else [os.path.dirname(os.path.abspath(path))]
+        for folder in folders:
+            if (rule is not None and rule.marker_in(folder)) or os.path.isfile(os.path.join(folder, SAMPLE_SHEET)):
+                return os.path.basename(folder) or folder
+        return os.path.basename(folders[0]) or folders[0]
+
+    def _rule_of(self, path: str) -> MarkerRule | None:
+        for root, rule in self._rules:
+            if is_within(path, root):
+                return rule
         return None
 
     def waiting_for(self, path: str) -> str | None:

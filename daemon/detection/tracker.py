@@ -6,11 +6,15 @@ stats the file and compares it with the path's latest row in the store:
   a `vanished` row and the file is there again    → a new version, `seen` (even with the same
                                                     identity: moved out and back, a share remounted)
   `seen`, identity changed                     → still being written: settle clock restarts
-  `seen`, unchanged for settle_s, marker there → `queued`
+  `seen`, unchanged for settle_s, marker there → offered to the assembler (assembler.py), which
+                                                 records its sample once complete: the members
+                                                 `queued` (or `rejected`), or says why it waits
   `seen`/`queued` (nothing sent) and gone      → `vanished` (unless its whole watch folder is
                                                  gone, or left behind empty on another device: a
                                                  share unmounted; it is looked at on return)
   `queued` (nothing sent) and replaced         → `vanished`, and the new version is `seen`
+  (a member of a sample vanishes its whole sample: the store lands the write on the lead; the
+   other members are looked at again, and being still there, become new versions, assembled again)
   a new version whose (device, inode, size,    → `done` under its new path, with the sample id and
   mtime_ns) is a done version's                  MD5 of that version: the same file, moved or
                                                  renamed (a run folder archived), never sent again
@@ -19,9 +23,10 @@ sent: it is recorded under a printable stand-in as `rejected`, with the fix (ren
 Rows a worker holds are left to the worker, which re-checks identity before and
 after sending. Settle checks are kept in a heap of due times; the rows are in the store.
 
-The tracker calls nobody back: what it queued, and the ids of the rows it ended (vanished,
-rejected), are returned (by `observe_batch`, `run_due` and `full_scan`) once the store has
-committed them; the caller wakes the workers and writes the audit journal. What it needs to
+The tracker calls nobody back: what it queued, the ids of the rows it ended (vanished,
+rejected) and the late samples it recorded are returned (by `observe_batch`, `run_due` and
+`full_scan`) once the store has committed them; the caller wakes the workers, writes the audit
+journal and tells of the late samples. What it needs to
 know about the watch folders (the root of a path, its run marker, whether it is gone) it asks a
 `WatchRoots`.
 
@@ -40,9 +45,10 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
+from daemon.detection.assembler import Assembler, Observed
 from daemon.detection.roots import WatchRoots
 from daemon.detection.watcher import Matcher, scan
 from daemon.paths import is_within
@@ -51,17 +57,6 @@ from daemon.queue.base import STEP_NONE, TERMINAL, FileRow, Identity, Store
 WRITING_NOTE = "still open for writing (a program is writing it); uploaded once it is closed"
 BATCH = 256               # files per commit when many are found or settle at once (see Store.batch)
 MARKER_RECHECK_S = 5.0
-
-
-@dataclass
-class Observed:
-    """What a batch of observations committed: the paths queued and the ids of the rows that ended."""
-    queued: list[str] = field(default_factory=list)
-    ended: list[int] = field(default_factory=list)
-
-    def add(self, other: "Observed") -> None:
-        self.queued += other.queued
-        self.ended += other.ended
 
 
 @dataclass
@@ -77,6 +72,10 @@ class Tracker:
         self.roots = roots or WatchRoots()    # no roots: nothing waits for a marker, no root is gone
         self.clock = clock                    # monotonic; due times and next_due() are on this clock
         self._since: dict[str, float] = {}    # path of a `seen` row -> when its identity last changed
+        # Settled versions become samples there (it schedules its re-checks through self.schedule).
+        self.assembler = Assembler(store=store, roots=lambda: self.roots, log=log, clock=clock,
+                                   schedule=self.schedule, assigned=self._assigned)
+        self._in_pair_checks = False
         self._due: list[tuple[float, str]] = []
         self._scheduled: dict[str, float] = {}
         self._settling: dict[str, tuple[Identity, float]] = {}   # only names that are not UTF-8
@@ -123,20 +122,32 @@ class Tracker:
         try:
             with self.store.batch():
                 for path, st in items:
-                    ended: list[int] = []
+                    step = Observed()
                     try:
-                        if self.observe(path, st, ended=ended):
-                            found.queued.append(path)
-                        found.ended += ended
+                        self.observe(path, st, found=step)
+                        found.add(step)
                     except Exception as e:   # a bug, a passing store error: look again later, not never
                         self.log.error("tracker.observe_failed", path=path, error=repr(e), exc_info=True)
                         self.schedule(path, retry_at())
         except Exception as e:
             self.log.error("tracker.batch_not_recorded", files=len(items), error=repr(e))
-            for path, _ in items:
+            for path in [path for path, _ in items] + found.queued:
                 self.schedule(path, retry_at())
             return Observed()
+        self._pair_checks(found)
         return found
+
+    def _pair_checks(self, found: Observed) -> None:
+        """After the commit: the `_1/_2` pair checks the batch noted (file reads, kept out of the store's
+        lock), then those files offered again with their verdict."""
+        if self._in_pair_checks:
+            return                       # the outer call runs them
+        self._in_pair_checks = True
+        try:
+            while paths := self.assembler.run_pair_checks():
+                found.add(self.observe_batch([(path, None) for path in paths]))
+        finally:
+            self._in_pair_checks = False
 
     def full_scan(self, matcher: Matcher, *, stop: threading.Event | None = None) -> Scanned:
         """Reconcile the store with every watch root: observe each matching file (skipping versions
@@ -188,13 +199,19 @@ class Tracker:
     def _restart_clock(self, path: str) -> None:
         now = self.clock()
         self._since[path] = now
+        self.assembler.forget(path)
         self.schedule(path, now + self.settle_s)
 
+    def _assigned(self, path: str) -> None:
+        """path's `seen` version was given to a sample (or ended by rule): its settle clock goes."""
+        self._since.pop(path, None)
+
     # -- the decision --------------------------------------------------------------------------
-    def observe(self, path: str, st: os.stat_result | None = None, *, ended: list[int] | None = None) -> bool:
-        """Decide on path (stat it unless st is given); True if this moved it to `queued`. The ids of
-        rows this ended (vanished, rejected) are appended to `ended`."""
-        ended = ended if ended is not None else []
+    def observe(self, path: str, st: os.stat_result | None = None, *, found: Observed | None = None) -> bool:
+        """Decide on path (stat it unless st is given); True if this moved it to `queued`. What it
+        queued (path's sample's members), ended (vanished, rejected) and recorded late goes to `found`."""
+        found = found if found is not None else Observed()
+        ended = found.ended
         if st is None:
             try:
                 st = os.lstat(path)
@@ -216,6 +233,7 @@ class Tracker:
             if self.roots.gone(path, row.identity.dev if row else None):
                 return False
             self._since.pop(path, None)
+            self.assembler.forget(path)
             self._gone(row, ended)
             return False
         ident = Identity.of(st)
@@ -226,12 +244,10 @@ class Tracker:
             self.log.debug("file.seen", path=path, size=ident.size)
             self._restart_clock(path)
         elif row.state == "seen":
-            return self._settle(row, ident, ended)
+            return self._settle(row, ident, found)
         elif row.state == "queued" and row.identity != ident:
-            if row.step == STEP_NONE and self.store.set_state(
-                    row.id, "vanished", only_from=("queued",),
-                    error="replaced by a newer version before it was uploaded"):
-                ended.append(row.id)
+            if row.step == STEP_NONE:
+                self._vanish(row, "replaced by a newer version before it was uploaded", ended)
             self.store.add_seen(path, ident)
             self._restart_clock(path)
         elif row.state == "uploading" and row.identity != ident:
@@ -240,8 +256,8 @@ class Tracker:
             self._restart_clock(path)
         return False
 
-    def _settle(self, row: FileRow, ident: Identity, ended: list[int]) -> bool:
-        now = self.clock()
+    def _settle(self, row: FileRow, ident: Identity, found: Observed) -> bool:
+        now, ended = self.clock(), found.ended
         since = self._since.get(row.path)
         if row.identity != ident:
             self.store.touch_seen(row.id, ident)
@@ -269,11 +285,10 @@ class Tracker:
                 self.store.note(row.id, waiting)
             self.schedule(row.path, now + MARKER_RECHECK_S)
             return False
-        moved = self.store.set_state(row.id, "queued", only_from=("seen",), next_attempt_at=0)
-        self._since.pop(row.path, None)
-        if moved:
+        queued = self.assembler.offer(row, since + self.settle_s, found)
+        if queued:
             self.log.info("file.queued", path=row.path, size=row.size)
-        return moved
+        return queued
 
     def _moved_here(self, path: str, ident: Identity, *, ended: list[int], row: FileRow | None = None) -> bool:
         """Is this version a done one found under a new path (the same device, inode, size and
@@ -294,6 +309,7 @@ class Tracker:
         else:
             return False
         self._since.pop(path, None)
+        self.assembler.forget(path)
         self.log.info("file.moved", path=path, moved_from=done.path, sample_id=done.sample_id)
         return True
 
@@ -336,10 +352,22 @@ class Tracker:
         if row is None:
             return
         if row.state == "seen" or (row.state == "queued" and row.step == STEP_NONE):
-            if self.store.set_state(row.id, "vanished", only_from=(row.state,),
-                                    error="deleted before it was uploaded"):
-                ended.append(row.id)
+            if self._vanish(row, "deleted before it was uploaded", ended):
                 self.log.info("file.vanished", path=row.path)
+
+    def _vanish(self, row: FileRow, why: str, ended: list[int]) -> bool:
+        """row ends `vanished` (with its sample: the store lands the write on the lead) because `why`;
+        a sample's other members are looked at again: still there, they are assembled anew."""
+        sample = self.store.sample_of(row.id) if row.sample is not None else None
+        others = [f for f in sample.files if f.id != row.id] if sample is not None else []
+        if others:
+            why = f"{os.path.basename(row.path)}, a file of this sample, was {why}; its other files are assembled again"
+        if not self.store.set_state(row.id, "vanished", only_from=(row.state,), error=why):
+            return False
+        ended += [row.id] + [f.id for f in others]
+        for f in others:
+            self.schedule(f.path, self.clock())
+        return True
 
 
 def _stand_in(path: str) -> str | None:

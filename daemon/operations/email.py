@@ -334,6 +334,8 @@ _HEADLINES = {
     "daily_summary": ("Daily summary", "What seqdrop's queue holds."),
     "queue_rebuilt": ("Queue rebuilt", "seqdrop found its queue damaged at start-up and rebuilt it from the "
                                        "audit journal."),
+    "sample_late": ("Late file: {name}", ("A file arrived after its sample was uploaded: seqdrop uploaded it as "
+                                          "a sample of its own, flagged late.")),
     "watch_folder_missing": ("Watch folder missing: {path}",
                              ("A watch folder has been missing for {missing}: files written there are not "
                               "uploaded until it is back.")),
@@ -354,6 +356,8 @@ _FIXES = {
     "daily_summary": "Nothing to do, unless files are failed or rejected: `seqdrop status` names them.",
     "queue_rebuilt": "Nothing already uploaded is uploaded again. The damaged file is kept (set_aside_as) for "
                      "inspection; check the disk under the state directory (dmesg, SMART) before it fails again.",
+    "sample_late": "Check the run: the file may belong with the sample named above (merge them in One Codex if "
+                   "so), or it may be a second library of that name. `seqdrop status` shows the late sample.",
     "watch_folder_missing": "Mount the share (or create the folder) named above; seqdrop waits for it and scans it "
                             "as soon as it appears. If the folder is gone for good, remove it from [watch] paths "
                             "and `systemctl restart seqdrop`.",

@@ -30,7 +30,7 @@ from daemon import __version__
 from daemon.upload.retrying import parse_retry_after
 
 KINDS = ("file_failed", "file_rejected", "uploads_paused", "uploads_resumed", "daily_summary", "queue_rebuilt",
-         "watch_folder_missing", "sample_partial")
+         "watch_folder_missing", "sample_partial", "sample_late")
 _ENVELOPE = ("event", "host", "time", "version")   # every payload's own fields; the rest is the event's
 FORMATS = ("slack", "json")
 _SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
@@ -240,6 +240,10 @@ def slack_text(payload: dict[str, Any]) -> str:
                 f"journal ({extra.pop('restored', 0)} uploads kept; the damaged file is kept as "
                 f"{extra.pop('set_aside_as', None)}); nothing is uploaded twice: check the disk under it "
                 f"(dmesg, SMART)")
+    elif kind == "sample_late":
+        line = (f":hourglass: {where}: {path} arrived after its sample {extra.pop('sample', None)} was uploaded: "
+                f"sent as a sample of its own (flagged late)")
+        error = None      # the line says it already
     elif kind == "watch_folder_missing":
         line = (f":file_folder: {where}: the watch folder {path} has been missing for "
                 f"{duration_text(extra.pop('missing_s', 0))}; mount the share or create the folder: seqdrop "

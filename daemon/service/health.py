@@ -28,7 +28,7 @@ STORE_FAILURE_LIMIT_S = 60.0     # continuous store failure before the daemon ex
 # (a row claimed, a row moved, a count above 0). Other verbs (reads, `note`) prove nothing.
 _WRITES = frozenset({"add_seen", "touch_seen", "save_init", "save_posted", "clear_init", "mark_done",
                      "reschedule", "set_meta"})
-_WRITES_IF_TRUE = frozenset({"set_state", "claim_next", "release_stale_claims", "retry"})
+_WRITES_IF_TRUE = frozenset({"set_state", "claim_next", "release_stale_claims", "retry", "add_sample"})
 # Verbs that stored a sample id for a row (their first argument): the audit journal is told (`on_sample`).
 _SAMPLE_SAVED = frozenset({"save_init", "save_posted"})
 

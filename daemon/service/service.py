@@ -96,8 +96,8 @@ class Service:
         self.matcher = Matcher(include=settings.watch.include, exclude=settings.watch.exclude,
                                max_depth=settings.watch.max_depth)
         self.tracker = Tracker(store=self.store, settle_s=settings.watch.settle_seconds, log=log,
-                               roots=WatchRoots(((f.path, f.marker) for f in settings.watch.folders),
-                                                alert_after_s=_missing_alert_s(log)))
+                               roots=WatchRoots.of(settings.watch, settings.samples,
+                                                   alert_after_s=_missing_alert_s(log)))
         self.watcher: Watcher | None = None
         self.pipeline: Pipeline | None = None
         self.workers: list[threading.Thread] = []
@@ -256,11 +256,17 @@ class Service:
         return found.files
 
     def _committed(self, found: Observed) -> None:
-        """After the tracker's commit: journal the rows it ended, wake the workers if it queued any."""
+        """After the tracker's commit: journal the rows it ended, wake the workers if it queued any,
+        tell a person of each late sample (design.md: flagged in status and in a notification)."""
         if found.ended:
             self.audit.ended(found.ended)
         if found.queued:
             self.wake_workers()
+        for sample_id in found.late:
+            sample = self.store.sample(sample_id)
+            if sample is not None and sample.files:
+                self.emit("sample_late", path=sample.files[0].path, sample=sample.name, run=sample.run,
+                          error=" ".join(sample.warnings) or None)
 
     def _root_state(self, root: str, present: bool) -> None:
         if present:
