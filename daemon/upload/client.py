@@ -20,7 +20,7 @@ import http.client
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -269,11 +269,13 @@ class OneCodexClient:
 
     # -- the multipart route (NOT verified against the real One Codex: modelled on the official
     #    client, onecodex/lib/upload.py, and run only against the sandbox and moto) ---------------
-    def init_multipart_upload(self, filename: str) -> MultipartInit:
-        """A new sample, an S3 bucket and key for it, and temporary credentials to upload there."""
+    def init_multipart_upload(self, filename: str, *, extra: dict[str, Any] | None = None) -> MultipartInit:
+        """A new sample, an S3 bucket and key for it, and temporary credentials to upload there.
+        extra: where the sample lands (project, tags, metadata: daemon/landing/planner.py)."""
         path = "/api/v1/samples/init_multipart_upload"
         # sample_id/external_sample_id null: a new sample (the official client sends them so).
-        body = self._api("POST", path, json={"filename": filename, "sample_id": None, "external_sample_id": None})
+        body = self._api("POST", path, json={"filename": filename, "sample_id": None, "external_sample_id": None,
+                                             **(extra or {})})
         answer = body if isinstance(body, dict) else {}
         sample_id = _checked_sample_id(answer.get("sample_id"), "init_multipart_upload")
         wanted = ("s3_bucket", "file_id", "upload_aws_access_key_id", "upload_aws_secret_access_key", "callback_url")
@@ -324,6 +326,11 @@ class OneCodexClient:
             self.cancel_upload(sample_id)
         except (Transient, Permanent, AuthError):
             pass
+
+    def projects(self, params: Mapping[str, str]) -> Any:
+        """GET /api/v1/projects with `params` (`where`, `per_page`, `page`): the projects the key can see,
+        as One Codex lists them (daemon/landing/projects.py reads the answer)."""
+        return self._api("GET", "/api/v1/projects", params=dict(params))
 
     def probe(self) -> None:
         """One cheap authenticated request: raises AuthError/Transient/Permanent, returns if the key
