@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import gzip
 import inspect
+import io
 import json
 import os
 import secrets
@@ -24,6 +25,7 @@ from moto.server import ThreadedMotoServer
 from test_landing import OPENAPI, init_schema, needs_openapi
 
 from daemon import config
+from daemon.commands.check import run_checks
 from daemon.errors import Permanent
 from daemon.landing.metadata import Layer
 from daemon.landing.planner import LandingClient, Planner, locate
@@ -55,7 +57,8 @@ V2_LINES = (
 V2_SHEET = "\n".join(V2_LINES)
 
 
-def toml_config(tmp: Path, miseq: Path, novaseq: Path, *, extra: str = "") -> Path:
+def toml_config(tmp: Path, miseq: Path, novaseq: Path, *, extra: str = "",
+                miseq_tags: str = '["miseq", "{{date}}"]') -> Path:
     """Two instruments, two projects, a sample sheet, tags: the README's lab."""
     path = tmp / "config.toml"
     path.write_text(f"""
@@ -63,7 +66,7 @@ def toml_config(tmp: Path, miseq: Path, novaseq: Path, *, extra: str = "") -> Pa
 base_url = "{{url}}"
 [watch]
 paths = [
-  {{path = "{miseq}", project = "Surveillance", tags = ["miseq", "{{date}}"], metadata = {{platform = "Illumina MiSeq", date_sequenced = "{{date}}"}}}},
+  {{path = "{miseq}", project = "Surveillance", tags = {miseq_tags}, metadata = {{platform = "Illumina MiSeq", date_sequenced = "{{date}}"}}}},
   {{path = "{novaseq}", project = "onco", tags = ["novaseq"], metadata = {{platform = "Illumina NovaSeq", library_type = "WGS", date_sequenced = "{{date}}"}}}},
 ]
 [queue]
@@ -85,7 +88,7 @@ ENV = "Environmental"
 class Lab:
     """The watch folders, their runs, the queue, the sandbox and a planner over them."""
 
-    def __init__(self, tmp: Path, sb: Sandbox, *, extra_config: str = "") -> None:
+    def __init__(self, tmp: Path, sb: Sandbox, *, extra_config: str = "", miseq_tags: str | None = None) -> None:
         self.tmp, self.sb = tmp, sb
         self.miseq, self.novaseq = tmp / "watch" / "miseq", tmp / "watch" / "novaseq"
         self.miseq_run, self.novaseq_run = self.miseq / MISEQ_RUN, self.novaseq / NOVASEQ_RUN
@@ -95,7 +98,8 @@ class Lab:
             folder.mkdir(parents=True)
         (self.miseq_run / "SampleSheet.csv").write_bytes(V1_SHEET.encode())
         (self.novaseq_run / "SampleSheet.csv").write_text(V2_SHEET)
-        text = toml_config(tmp, self.miseq, self.novaseq, extra=extra_config).read_text()
+        tags = {"miseq_tags": miseq_tags} if miseq_tags is not None else {}
+        text = toml_config(tmp, self.miseq, self.novaseq, extra=extra_config, **tags).read_text()
         (tmp / "config.toml").write_text(text.replace("{url}", sb.api_url))
         self.settings = config.load(str(tmp / "config.toml"))
         self.store = SqliteStore(str(tmp / "q.sqlite3"))
@@ -422,3 +426,53 @@ def test_a_paired_sample_lands_through_the_pipeline(lab):
     landing = lab.store.sample(sample).landing
     assert (landing["project"], landing["project_name"], landing["omitted"]) == (ENV, "Environmental", [])
     assert lab.store.sample(sample).public()["project"] == ENV
+
+
+def test_check_names_each_landing_problem_with_its_fix(tmp_path, sb):
+    """`seqdrop check` without uploading: a malformed sheet (PROBLEM), a sheet and a run that disagree,
+    a config project that matches nothing (PROBLEM), a sheet's project that matches two, a {run} tag
+    over the limit; each with its fix. Projects are listed with one GET."""
+    lab = Lab(tmp_path, sb, miseq_tags='["miseq", "{run}"]', extra_config="")
+    lab.store.close()
+    requests.post(f"{sb.api_url}/_sandbox/projects", json={"name": "Shared", "project_name": "shared1"}, timeout=5)
+    requests.post(f"{sb.api_url}/_sandbox/projects", json={"name": "Shared", "project_name": "shared2"}, timeout=5)
+    config_text = (tmp_path / "config.toml").read_text().replace('ENV = "Environmental"',
+                                                                 'ENV = "Environmental"\nOLD = "Retired project"')
+    (tmp_path / "config.toml").write_text(config_text)
+    (lab.miseq_run / "SampleSheet.csv").write_text(V1_SHEET.replace("LIMS-002,Soil,ENV,", "LIMS-002,Soil,Shared,")
+                                                   + "LIMS-003,Kidney,,,GGGGAAAA\r\n")
+    (lab.novaseq_run / "SampleSheet.csv").write_text("[BCLConvert_Data]\nLane,Sample_ID\nx,ONC-7\n")
+    for folder, stem in ((lab.basecalls, "Liver_S1"), (lab.basecalls, "Soil_S2"), (lab.basecalls, "Stray_S9"),
+                         (lab.basecalls, "Undetermined_S0"), (lab.fastq, "ONC-7_S1")):
+        for role in ("R1", "R2"):
+            (folder / f"{stem}_L001_{role}_001.fastq.gz").write_bytes(b"x")
+    out = io.StringIO()
+    assert run_checks(str(tmp_path / "config.toml"), out=out, env={"ONE_CODEX_API_KEY": KEY}) == 1
+    text = out.getvalue()
+    lines = text.splitlines()
+    assert f"PROBLEM  sample sheet: {lab.novaseq_run / 'SampleSheet.csv'} line 3: Lane 'x' is not a lane number." in text
+    assert "sample Stray_S9 has no row in" in text and "Sample_ID 'LIMS-003' names a sample that never appeared" in text
+    assert "Undetermined" not in text
+    assert "fix: if the run is still being written, wait; otherwise correct the sheet" in text
+    assert any("PROBLEM  project: samples.projects['OLD']: no One Codex project visible to this API key is called "
+               "'Retired project'" in line for line in lines)
+    assert any(line.startswith("  warning  project: Sample_Project 'Shared'") and "matches 2 One Codex projects" in line
+               for line in lines)
+    assert "fix: create the project in One Codex, correct the name, or give its 16-character id" in text
+    assert any(line.startswith("  warning  landing: tags[1] is left out for 4 sample(s) in") and
+               f"(34: {MISEQ_RUN!r})" in line for line in lines)
+    assert 'fix: a tag is at most 30 characters: use "{date}" or a short literal instead of "{run}"' in text
+    assert "ok       projects: 'Environmental' → 5eed000000000003; 'Surveillance' → 5eed000000000001; " \
+           "'onco' → 5eed000000000002" in text
+    assert project_fetches(sb) == 1
+
+
+def test_check_a_tag_over_the_limit_in_the_config_is_a_config_error(tmp_path, sb):
+    """A value from the config itself that breaks a limit is a config error: exit 2, the key named."""
+    lab = Lab(tmp_path, sb)
+    lab.store.close()
+    text = (tmp_path / "config.toml").read_text().replace('tags = ["seqdrop"]', f'tags = ["{"x" * 31}"]')
+    (tmp_path / "config.toml").write_text(text)
+    out = io.StringIO()
+    assert run_checks(str(tmp_path / "config.toml"), out=out, env={"ONE_CODEX_API_KEY": KEY}) == 2
+    assert "samples.tags[0]" in out.getvalue() and "a tag is at most 30 characters" in out.getvalue()

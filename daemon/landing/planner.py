@@ -161,15 +161,8 @@ class Planner:
     def _plan(self, sample: SampleRow | None, row: FileRow) -> tuple[dict[str, Any], dict[str, Any]]:
         name = sample.name if sample is not None else parse_name(os.path.basename(row.path)).stem
         first = sample.files[0].path if sample is not None and sample.files else row.path
-        place = locate(first, sample.run if sample is not None else None, self.folders,
-                       sheets=self.landing.sample_sheet)
-        sheet_omitted: list[list[str]] = []
-        sheet_row = self._sheet_row(place, name, sheet_omitted)
-        context = Context(run=place.run, sample=name, folder=os.path.basename(place.root.rstrip(os.sep)) or None,
-                          date=run_date(place.run, row.identity.mtime_ns))
-        layers = [self.landing.defaults, place.folder.landing if place.folder is not None else Layer()]
-        landing = build(layers, context, row=sheet_row, sheet_projects=self.landing.projects,
-                        sheet_source=place.sheet or SHEET_NAME)
+        landing, _place, sheet_omitted = self.prepare(path=first, name=name, mtime_ns=row.identity.mtime_ns,
+                                                      run=sample.run if sample is not None else None)
         project, project_note = self._project(landing.projects)
         record = landing_record(landing, project, before=sheet_omitted,
                                 after=[["project", project_note]] if project_note else [])
@@ -177,6 +170,19 @@ class Planner:
             self.log.warning("landing.omitted", path=row.path, sample=name,
                              fields=",".join(field for field, _ in record["omitted"]))
         return init_fields(landing, project.id if project else None), record
+
+    def prepare(self, *, path: str, name: str, run: str | None, mtime_ns: int) -> tuple[Landing, Place, list[list[str]]]:
+        """What a sample named `name` whose first file is `path` lands with, before its project is
+        resolved: (the landing, its place, what its sample sheet could not give and why)."""
+        place = locate(path, run, self.folders, sheets=self.landing.sample_sheet)
+        sheet_omitted: list[list[str]] = []
+        sheet_row = self._sheet_row(place, name, sheet_omitted)
+        context = Context(run=place.run, sample=name, folder=os.path.basename(place.root.rstrip(os.sep)) or None,
+                          date=run_date(place.run, mtime_ns))
+        layers = [self.landing.defaults, place.folder.landing if place.folder is not None else Layer()]
+        landing = build(layers, context, row=sheet_row, sheet_projects=self.landing.projects,
+                        sheet_source=place.sheet or SHEET_NAME)
+        return landing, place, sheet_omitted
 
     def _sheet_row(self, place: Place, name: str, omitted: list[list[str]]) -> samplesheet.SheetRow | None:
         if place.sheet is None:
