@@ -58,7 +58,7 @@ V2_SHEET = "\n".join(V2_LINES)
 
 
 def toml_config(tmp: Path, miseq: Path, novaseq: Path, *, extra: str = "",
-                miseq_tags: str = '["miseq", "{{date}}"]') -> Path:
+                miseq_tags: str = '["miseq", "{date}"]') -> Path:
     """Two instruments, two projects, a sample sheet, tags: the README's lab."""
     path = tmp / "config.toml"
     path.write_text(f"""
