@@ -476,3 +476,12 @@ def test_check_a_tag_over_the_limit_in_the_config_is_a_config_error(tmp_path, sb
     out = io.StringIO()
     assert run_checks(str(tmp_path / "config.toml"), out=out, env={"ONE_CODEX_API_KEY": KEY}) == 2
     assert "samples.tags[0]" in out.getvalue() and "a tag is at most 30 characters" in out.getvalue()
+
+
+def test_sample_sheet_false_in_the_config_leaves_sheets_unread(tmp_path, sb):
+    """[samples] sample_sheet = false: the sheet's names and projects are not used; the config's are."""
+    lab = Lab(tmp_path, sb, extra_config="sample_sheet = false")
+    assert lab.settings.samples.landing.sample_sheet is False
+    extra, record = lab.plan(lab.sample(lab.basecalls, "Soil_S2", MISEQ_RUN))
+    assert record["project"] == SURV and "name" not in extra["metadata"] and record["omitted"] == []
+    lab.store.close()
