@@ -12,6 +12,7 @@ import inspect
 import io
 import json
 import os
+import re
 import secrets
 import socket
 import threading
@@ -485,3 +486,31 @@ def test_sample_sheet_false_in_the_config_leaves_sheets_unread(tmp_path, sb):
     extra, record = lab.plan(lab.sample(lab.basecalls, "Soil_S2", MISEQ_RUN))
     assert record["project"] == SURV and "name" not in extra["metadata"] and record["omitted"] == []
     lab.store.close()
+
+
+def test_the_readme_lab_setup_lands_as_the_readme_says(tmp_path, sb):
+    """README's lab: its config block loads and its sample sheet lands Liver and Soil as it says."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    block = next(b for b in re.findall(r"```toml\n(.*?)```", readme, flags=re.DOTALL) if "[samples.projects]" in b)
+    sheet = next(b for b in re.findall(r"```csv\n(.*?)```", readme, flags=re.DOTALL) if "[Data]" in b)
+    run = tmp_path / "miseq" / MISEQ_RUN
+    run.mkdir(parents=True)
+    (tmp_path / "novaseq").mkdir()
+    (run / "SampleSheet.csv").write_text(sheet)
+    (tmp_path / "config.toml").write_text(f'[api]\nbase_url = "{sb.api_url}"\n[queue]\npath = "{tmp_path}/q.sqlite3"\n'
+                                          + block.replace("/srv/", f"{tmp_path}/"))
+    settings = config.load(str(tmp_path / "config.toml"))
+    planner = Planner.from_settings(settings, fetch=OneCodexClient(sb.api_url, KEY).projects)
+    store = SqliteStore(str(tmp_path / "q.sqlite3"))
+    try:
+        for stem, project, name in (("Liver_S1", SURV, "Liver"), ("Soil_S2", ENV, "Soil")):
+            path = run / f"{stem}_L001_R1_001.fastq.gz"
+            path.write_bytes(b"x")
+            row = store.get(store.add_seen(str(path), Identity.of(os.stat(path))))
+            extra, record = planner.plan(None, row)
+            assert (record["project"], record["tags"], record["omitted"]) == (project, ["miseq", "2023-05-11"], [])
+            assert extra["metadata"]["name"] == name and extra["metadata"]["custom"] == {"lab": "Microbiology",
+                                                                                          "run": MISEQ_RUN}
+        assert extra["metadata"]["date_sequenced"] == "2023-05-11T00:00:00+00:00"
+    finally:
+        store.close()
