@@ -514,3 +514,24 @@ def test_the_readme_lab_setup_lands_as_the_readme_says(tmp_path, sb):
         assert extra["metadata"]["date_sequenced"] == "2023-05-11T00:00:00+00:00"
     finally:
         store.close()
+
+
+def test_a_project_refused_again_after_the_lookup_goes_without_it(lab):
+    """One Codex still lists the project but refuses it at init (access withdrawn): after one more
+    lookup gives the same id, the init is sent without a project and the record says why."""
+    liver = lab.sample(lab.basecalls, "Liver_S1", MISEQ_RUN)
+    sent: list[dict] = []
+
+    def init(extra: dict | None) -> str:
+        sent.append(dict(extra or {}))
+        if extra and "project" in extra:
+            raise Permanent(f"/api/v1/samples/init_upload: HTTP 403-like 400: no access to project {SURV}")
+        return "0123456789abcdef"
+
+    extra, record = lab.plan(liver)
+    assert lab.planner.send(init, extra) == "0123456789abcdef"
+    assert ["project" in body for body in sent] == [True, False]
+    assert record["project"] is None and record["omitted"][-1][0] == "project"
+    assert record["omitted"][-1][1] == (f"project {SURV} left out: One Codex refused it at init: "
+                                        f"/api/v1/samples/init_upload: HTTP 403-like 400: no access to project {SURV}")
+    assert lab.store.sample(liver).landing == record and sent[1]["metadata"]["name"] == "Liver"

@@ -29,6 +29,7 @@ from daemon.config.watch import WatchFolder
 from daemon.errors import AuthError, Permanent, Transient
 from daemon.paths import is_within
 from daemon.queue.base import FileRow, SampleRow, Store
+from daemon.upload.client import refuses_project
 
 from . import samplesheet
 from .metadata import (
@@ -308,12 +309,6 @@ def project_of(extra: dict[str, Any] | None) -> str | None:
     ref = (extra or {}).get("project")
     text = ref.get("$ref") if isinstance(ref, dict) else None
     return text.rsplit("/", 1)[-1] if isinstance(text, str) and text else None
-
-
-def refuses_project(exc: Permanent, project_id: str) -> bool:
-    """Does this refusal of an init name the project it was sent (unknown, or no access)?"""
-    text = str(exc).lower()
-    return type(exc) is Permanent and (project_id in text or "project" in text)
 
 
 def project_label(project: Project) -> str:

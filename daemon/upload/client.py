@@ -432,6 +432,15 @@ def _network_error(what: str, url: str, exc: BaseException, budget: Budget) -> T
     return Transient(f"{what}: request failed ({_short(exc)})", reason="connection")
 
 
+def refuses_project(error: UploadError, project_id: str) -> bool:
+    """An init refused for good because of the project it names (deleted, access withdrawn): the
+    landing planner looks the project up again (daemon/landing/planner.py). One Codex's words for it
+    are not published; the sandbox's are "Project /api/v1/projects/<id> does not exist or you do not
+    have access to it.", so any plain refusal naming the id or a project counts."""
+    text = str(error).lower()
+    return type(error) is Permanent and (project_id in text or "project" in text)
+
+
 def _confirmed_before(error: UploadError, message: str) -> bool:
     """A confirm or callback refused for good with "already ..." (see ALREADY_RE)."""
     return type(error) is Permanent and ALREADY_RE.search(message) is not None
