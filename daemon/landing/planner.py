@@ -300,8 +300,9 @@ class LandingClient:
 
 
 def _extra_kw(extra: dict[str, Any] | None) -> dict[str, Any]:
-    """No `extra` keyword at all when there is nothing to send (a client without it keeps working)."""
-    return {} if extra is None else {"extra": extra}
+    """No `extra` keyword at all when there is nothing to send: the init is exactly as it was before
+    landing existed (and a client, or a test's stand-in, without the keyword keeps working)."""
+    return {"extra": extra} if extra else {}
 
 
 def project_of(extra: dict[str, Any] | None) -> str | None:
