@@ -17,10 +17,12 @@ from daemon.config.api_key import key_file_exposure
 from daemon.detection.files import DepthLimit, sub_folders
 from daemon.detection.mounts import network_mount_type
 from daemon.errors import AuthError, ConfigError, Permanent, Transient
+from daemon.landing.survey import survey
 from daemon.operations import logs
 from daemon.queue import integrity
 from daemon.queue.journal import journal_path
 from daemon.upload.build import make_client
+from daemon.upload.client import OneCodexClient
 
 CLOCK_SKEW_WARN_S = 60.0
 MAX_DIRS_COUNTED = 200_000
@@ -58,7 +60,8 @@ def run_checks(config_path: str, *, out: Any = None, env: dict[str, str] | None 
     r.ok("config", f"{len(settings.watch.folders)} watch folder(s), queue {settings.queue.path}")
     _check_queue(settings, r)
     _check_folders(settings, r)
-    _check_api(settings, r, env)
+    client = _check_api(settings, r, env)
+    _check_landing(settings, r, client)
     verdict = "all good" if not r.problems else f"{r.problems} problem(s)"
     print(f"\n{verdict}" + (f", {r.warnings} warning(s)" if r.warnings else ""), file=out)
     return 0 if not r.problems else 1
@@ -157,12 +160,13 @@ def _check_folders(settings: Any, r: _Report) -> None:
             r.ok("inotify", f"{dirs} folder(s) to watch, limit {limit}")
 
 
-def _check_api(settings: Any, r: _Report, env: dict[str, str] | None) -> None:
+def _check_api(settings: Any, r: _Report, env: dict[str, str] | None) -> OneCodexClient | None:
+    """The client, if One Codex accepts the key (the landing check asks it for projects)."""
     try:
         key = config_mod.load_api_key(settings, env=env)
     except ConfigError as e:
         r.bad("API key", e.problem, e.fix or "provide the key")
-        return
+        return None
     logs.register_secret(key)
     if exposed := key_file_exposure(settings):
         r.warn("API key", *exposed)
@@ -174,14 +178,14 @@ def _check_api(settings: Any, r: _Report, env: dict[str, str] | None) -> None:
     except AuthError as e:
         r.bad("API key", f"rejected by {settings.api.base_url}: {e}",
               "copy the key again from your One Codex account settings")
-        return
+        return None
     except Transient as e:
         r.bad("API", f"{settings.api.base_url} is unreachable: {e}",
               "check the network, proxy and api.base_url; seqdrop retries by itself when it runs")
-        return
+        return None
     except Permanent as e:
         r.bad("API", f"{settings.api.base_url} answered unexpectedly: {e}", "check api.base_url")
-        return
+        return None
     r.ok("API", f"{settings.api.base_url} accepts the key")
     if client.last_server_date is not None:
         skew = time.time() - client.last_server_date
@@ -190,6 +194,18 @@ def _check_api(settings: Any, r: _Report, env: dict[str, str] | None) -> None:
                    "enable time sync (timedatectl set-ntp true); upload policies expire by the clock")
         else:
             r.ok("clock", f"within {abs(skew):.0f} s of the API server")
+    return client
+
+
+def _check_landing(settings: Any, r: _Report, client: OneCodexClient | None) -> None:
+    """Where samples will land: sample sheets, project names, placeholders (daemon/landing/survey.py)."""
+    for finding in survey(settings, projects=client.projects if client is not None else None):
+        if finding.level == "ok":
+            r.ok(finding.what, finding.detail)
+        elif finding.level == "warn":
+            r.warn(finding.what, finding.detail, finding.fix)
+        else:
+            r.bad(finding.what, finding.detail, finding.fix)
 
 
 class _TooDeep:

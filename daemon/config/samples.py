@@ -57,7 +57,8 @@ def parse_samples(s: Section) -> SamplesSettings:
         merge_lanes=s.get("merge_lanes", True, bool, fix="merge_lanes = true"),
         group_wait_s=s.number("group_wait_seconds", DEFAULT_GROUP_WAIT_S, minimum=0,
                               fix="seconds to wait for more files of a sample, e.g. 120"))
-    table = {key: s.get(key, None, object, fix="") for key in LANDING_KEYS}      # marks them read
+    # (object, bool): the reader refuses true/false unless bool is named (sample_sheet is one)
+    table = {key: s.get(key, None, (object, bool), fix="") for key in LANDING_KEYS}      # marks them read
     table = {key: value for key, value in table.items() if value is not None}
     landing = settings_from_table(table, file=s.file, key=s.name)
     return SamplesSettings(assembly=assembly, landing=landing)

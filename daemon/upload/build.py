@@ -10,6 +10,7 @@ from typing import Any
 from daemon import redact
 from daemon.config import Settings
 from daemon.detection.roots import WatchRoots
+from daemon.landing.planner import LandingClient, Planner
 from daemon.queue.base import Store
 from daemon.upload.client import OneCodexClient
 from daemon.upload.pipeline import Pipeline
@@ -32,9 +33,13 @@ def make_client(settings: Settings, api_key: str, *, read_timeout_s: float | Non
 def make_pipeline(settings: Settings, *, store: Store, client: OneCodexClient, log: Any,
                   stop: threading.Event, throttle: Callable[[int], None] | None = None,
                   emit: Emit = no_emit) -> Pipeline:
-    """The upload pipeline as [upload] configures it."""
+    """The upload pipeline as [upload] configures it; each sample told where it lands as [samples] and
+    the watch paths say (daemon/landing/planner.py: the sample sheet read at upload time, project names
+    resolved through the client, an init refused for its project sent again once, then without it)."""
     up = settings.upload
-    return Pipeline(store=store, client=client, log=log, validate=up.validate, block_size=up.block_size,
+    planner = Planner.from_settings(settings, fetch=client.projects, store=store, log=log)
+    return Pipeline(store=store, client=LandingClient(client, planner), log=log, validate=up.validate,
+                    block_size=up.block_size, plan=planner.plan,
                     throttle=throttle, stop=stop, emit=emit, max_backoff_s=up.max_backoff_s,
                     allow_missing_etag=up.allow_missing_etag,
                     multipart_threshold_bytes=up.multipart_threshold_bytes,

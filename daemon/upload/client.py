@@ -20,7 +20,7 @@ import http.client
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
@@ -327,6 +327,11 @@ class OneCodexClient:
         except (Transient, Permanent, AuthError):
             pass
 
+    def projects(self, params: Mapping[str, str]) -> Any:
+        """GET /api/v1/projects with `params` (`where`, `per_page`, `page`): the projects the key can see,
+        as One Codex lists them (daemon/landing/projects.py reads the answer)."""
+        return self._api("GET", "/api/v1/projects", params=dict(params))
+
     def probe(self) -> None:
         """One cheap authenticated request: raises AuthError/Transient/Permanent, returns if the key
         works (any 2xx: an answer that is not JSON still says the key was accepted)."""
@@ -425,6 +430,15 @@ def _network_error(what: str, url: str, exc: BaseException, budget: Budget) -> T
     if isinstance(exc, (requests.ConnectionError, OSError, urllib3.exceptions.ProtocolError)):
         return Transient(f"{what}: connection to {_host(url)} failed ({_short(exc)})", reason="connection")
     return Transient(f"{what}: request failed ({_short(exc)})", reason="connection")
+
+
+def refuses_project(error: UploadError, project_id: str) -> bool:
+    """An init refused for good because of the project it names (deleted, access withdrawn): the
+    landing planner looks the project up again (daemon/landing/planner.py). One Codex's words for it
+    are not published; the sandbox's are "Project /api/v1/projects/<id> does not exist or you do not
+    have access to it.", so any plain refusal naming the id or a project counts."""
+    text = str(error).lower()
+    return type(error) is Permanent and (project_id in text or "project" in text)
 
 
 def _confirmed_before(error: UploadError, message: str) -> bool:
