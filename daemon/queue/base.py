@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -208,6 +208,13 @@ class Store(Protocol):
     def versions(self, *, path: str | None = None, sample_id: str | None = None,
                  file_id: int | None = None) -> list[Version]: ...
     def confirmed_matches(self, files: list[tuple[str, Identity]]) -> dict[str, FileRow]: ...
+    def samples_json(self, *, states: tuple[str, ...] = (), under: str | None = None, run: str | None = None,
+                     since: float | None = None, limit: int | None = None) -> list[str]: ...
+    def sample_counts(self) -> dict[str, int]: ...
+    def samples_by_id(self, ids: Iterable[int]) -> dict[int, SampleRow]: ...
+    def files_under(self, folder: str) -> list[FileRow]: ...
+    def unended_under(self, folder: str) -> int: ...
+    def run_rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]: ...
 
 
 class Listed(NamedTuple):
@@ -219,6 +226,8 @@ class Listed(NamedTuple):
     sample_id: str | None
     error: str | None
     updated_at: float
+    sample: int | None = None       # its local sample, once assembled
+    flags: str | None = None        # "partial", "late" (FileRow.flags)
 
 
 @dataclass(frozen=True)
