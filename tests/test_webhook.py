@@ -30,6 +30,9 @@ EVENTS = {
     "queue_rebuilt": {"path": "/var/lib/seqdrop/queue.sqlite3", "damage": "empty", "restored": 5,
                       "set_aside_as": "/var/lib/seqdrop/queue.sqlite3.damaged-x"},
     "watch_folder_missing": {"path": "/mnt/nas/run-output", "missing_s": 600},
+    "run_uploaded": {"run": "240501_M00001", "path": "/srv/run1/240501_M00001", "counts": {"done": 2}, "late": False,
+                     "samples": [{"sample": 1, "name": "Liver_S3", "sample_id": "0123456789abcdef",
+                                  "project": None, "state": "done", "files": ["/srv/run1/240501_M00001/a_R1.fastq"]}]},
 }
 
 

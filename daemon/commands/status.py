@@ -168,6 +168,13 @@ def _write_json(out: TextIO, counts: dict[str, int], entries: list[str], paused:
               + json.dumps(paused.get("reason") if paused else None) + "\n}\n")
 
 
+def retried_text(uploads: int, files: int) -> str:
+    """`3 files put back in the queue`, or `2 samples (5 files) put back …` when some held several files."""
+    if files > uploads:
+        return f"{uploads} sample{'s' if uploads != 1 else ''} ({files} files) put back in the queue"
+    return f"{uploads} file{'s' if uploads != 1 else ''} put back in the queue"
+
+
 # -- show ------------------------------------------------------------------------------------------
 def show(settings: Settings, store: Any, what: str, *, as_json: bool = False, out: TextIO | None = None) -> int:
     """`seqdrop show PATH|SAMPLE_ID|ID|sN`: every version of the file's path with its sample and siblings;

@@ -41,6 +41,7 @@ from daemon.queue.journal import Journal, journal_path
 from daemon.service.audit import AuditTrail
 from daemon.service.health import StoreHealth, WatchedStore
 from daemon.service.observers import Observers
+from daemon.service.run_notice import RunNotices
 from daemon.service.pause import PauseGate
 from daemon.service.startup import Rebuilt, open_queue
 from daemon.service.worker import Doorbell, Worker
@@ -78,7 +79,9 @@ class Service:
         self.health = StoreHealth()
         self.store: Store = WatchedStore(store, self.health)   # type: ignore[assignment]
         self.audit = AuditTrail(store=self.store, journal=Journal(journal_path(store.path)), log=log,
-                                on_failure=self.health.failed)
+                                on_failure=self.health.failed,
+                                runs=RunNotices(store=self.store, emit=self.emit, log=log,
+                                                roots=[f.path for f in settings.watch.folders]))
         self.store.on_sample = self.audit.sample_saved   # type: ignore[attr-defined]
         self.notifier = notifier
         self.throttle: TokenBucket | None = None
