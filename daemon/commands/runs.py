@@ -41,7 +41,7 @@ class Run:
         return all(s["state"] in TERMINAL for s in self.samples)
 
     def public(self) -> dict[str, Any]:
-        return {"run": self.name, "samples": len(self.samples), "files": sum(len(s["files"]) for s in self.samples),
+        return {"run": self.name, "samples": len(self.samples), "files": sum(s["files"] for s in self.samples),
                 "counts": self.counts(), "ended": self.ended, "updated_at": iso_utc(self.updated_at),
                 "sample_list": self.samples}
 

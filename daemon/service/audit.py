@@ -160,9 +160,11 @@ def _version(row: FileRow, sample: SampleRow | None) -> dict[str, Any]:
     """A file.ended record's fields: the version, and its sample's name, run, project and tags (a version
     without a sample: its parent folder's name as its run)."""
     landing = (sample.landing if sample is not None else None) or {}
+    # A member's upload is its sample's: the times are the lead's (the only row the pipeline steps).
+    lead = next((f for f in sample.files if f.id == sample.lead), row) if sample is not None else row
     return {"path": row.path, "identity": row.identity, "state": row.state, "md5": row.md5,
-            "sample_id": row.sample_id, "error": row.error, "init_at": row.init_at, "posted_at": row.posted_at,
-            "confirmed_at": row.updated_at if row.state == "done" else None,
+            "sample_id": row.sample_id, "error": row.error, "init_at": lead.init_at, "posted_at": lead.posted_at,
+            "confirmed_at": lead.updated_at if row.state == "done" else None,
             "sample_name": sample.name if sample is not None else None,
             "run": sample.run if sample is not None and sample.run else os.path.basename(os.path.dirname(row.path)),
             "project": landing.get("project"), "tags": list(landing.get("tags") or []),
