@@ -18,7 +18,13 @@ from harness import Daemon, all_in, cli, fastq_bytes, status, wait_for, write_co
 from test_wiring import Hook
 
 from daemon.queue.base import STEP_POSTED_R1, Identity
-from daemon.queue.journal import FILE_ENDED, SAMPLE_ENDED, Journal, journal_path, read_records
+from daemon.queue.journal import (
+    FILE_ENDED,
+    SAMPLE_ENDED,
+    Journal,
+    journal_path,
+    read_records,
+)
 from daemon.queue.sqlite import SqliteStore
 from daemon.sandbox import Sandbox
 from daemon.service.audit import AuditTrail
@@ -114,8 +120,8 @@ def test_run_uploaded_is_sent_once_per_run_across_a_restart_and_again_for_a_late
     _, store = setup
     sent: list[tuple[str, dict[str, Any]]] = []
     audit = trail(store, tmp_path, sent)
-    a, a1, _ = paired(store, "A", inode=10)
-    b, b1, _ = paired(store, "B", inode=20)
+    _, a1, _ = paired(store, "A", inode=10)
+    _, b1, _ = paired(store, "B", inode=20)
     finish(store, audit, a1, "aaaaaaaaaaaaaaaa")
     assert sent == [], "B has not ended"
     store.set_state(b1, "failed", error="HTTP 400 from One Codex")
@@ -132,7 +138,7 @@ def test_run_uploaded_is_sent_once_per_run_across_a_restart_and_again_for_a_late
     again.ended([a1, b1])
     assert len(sent) == 1, "told once"
     assert store.get_meta(META_PREFIX + RUN)["times"] == 1
-    late, late1, _ = paired(store, "A_late", inode=30)
+    _, late1, _ = paired(store, "A_late", inode=30)
     finish(store, again, late1, "cccccccccccccccc")
     assert len(sent) == 2
     kind, event = sent[1]
@@ -147,7 +153,7 @@ def test_run_uploaded_is_sent_once_per_run_across_a_restart_and_again_for_a_late
 
 def test_runs_lists_runs_with_their_samples_by_state(setup):
     config, store = setup
-    a, a1, _ = paired(store, "A")
+    _, a1, _ = paired(store, "A")
     store.mark_done(a1, sample_id="aaaaaaaaaaaaaaaa", md5="0" * 32)
     paired(store, "B", inode=20)
     loose = seen(store, "/srv/out/misc/loose.fasta", 99)

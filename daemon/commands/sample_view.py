@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import re
 import time
+from collections.abc import Iterable
 from typing import Any, TextIO
 
-from daemon.queue.base import FileRow, Listed, SampleRow, iso_utc
+from daemon.queue.base import FileRow, Listed, SampleBrief, SampleRow, iso_utc
 from daemon.redact import escape_control
 
 # `seqdrop show s12` (or S12): the local sample 12, as the first column of `status` shows it.
@@ -40,64 +41,64 @@ def lead_of(sample: SampleRow) -> FileRow | None:
     return next((f for f in sample.files if f.id == sample.lead), None)
 
 
-def roles_text(sample: SampleRow) -> str:
-    """`2 files: R1, R2` / `4 files: R1 L1,L2; R2 L1,L2` / `1 file: single`."""
+def roles_text(members: Iterable[tuple[str | None, int | None]]) -> str:
+    """(role, lane) of each member → `2 files: R1; R2` / `4 files: R1 L1,2; R2 L1,2` / `1 file: single`."""
+    members = list(members)
     parts = []
     for role in ("R1", "single", "R2"):
-        members = [f for f in sample.files if f.role == role]
-        if members:
-            lanes = ",".join(str(f.lane) for f in members if f.lane is not None)
-            parts.append(f"{role} L{lanes}" if lanes and len(members) > 1 else role)
-    n = len(sample.files)
+        lanes = [lane for r, lane in members if (r or "single") == role]
+        if lanes:
+            known = ",".join(str(lane) for lane in lanes if lane is not None)
+            parts.append(f"{role} L{known}" if known and len(lanes) > 1 else role)
+    n = len(members)
     return f"{n} file{'s' if n != 1 else ''}: {'; '.join(parts)}"
 
 
-def notes(sample: SampleRow | None, flags: str | None) -> list[str]:
-    """What a person should know beside the state: late, partial, warnings (e.g. "R2 never came")."""
-    marks = [f for f in (flags or "").split(",") if f]
-    if sample is not None:
-        marks += [f for m in sample.files for f in (m.flags or "").split(",") if f]
-        if sample.late:
-            marks.append("late")
-    said = [f"[{m}]" for m in dict.fromkeys(marks)]
-    return said + ([escape_control(w) for w in sample.warnings] if sample is not None else [])
+def _roles(sample: SampleRow) -> str:
+    return roles_text((f.role, f.lane) for f in sample.files)
 
 
-def sample_line(sample: SampleRow) -> str:
-    """A sample's line in `status`: its local id (s12), the lead's state, attempts and sample id, then
-    folder/name, the members, flags and warnings, and the last error."""
-    lead = lead_of(sample) or sample.files[0]
-    extra = "  ".join(notes(sample, None))
-    error = f"  — {escape_control(lead.error)}" if lead.error else ""
-    name = f"{sample.folder.rstrip('/')}/{sample.name}"
-    return (f"{'s' + str(sample.id):>5}  {local_time(lead.updated_at)}  {lead.state:<9} {lead.attempts:>5}  "
-            f"{escape_control(lead.sample_id or '-'):<16}  {escape_control(name)} ({roles_text(sample)})"
-            f"{'  ' + extra if extra else ''}{error}\n")
+def notes(*, flags: Iterable[str | None] = (), late: bool = False, warnings: Iterable[str] = ()) -> list[str]:
+    """What a person should know beside the state: [partial], [late], warnings (e.g. "R2 never came")."""
+    marks = [f for text in flags for f in (text or "").split(",") if f] + (["late"] if late else [])
+    return [f"[{m}]" for m in dict.fromkeys(marks)] + [escape_control(w) for w in warnings]
 
 
-def file_line(r: Listed, sample: SampleRow | None) -> str:
+def _tail(said: list[str], error: str | None) -> str:
+    return ("  " + "  ".join(said) if said else "") + (f"  — {escape_control(error)}" if error else "")
+
+
+def sample_line(brief: SampleBrief, r: Listed) -> str:
+    """A sample's line in `status`: its local id (s12), its state, attempts and sample id (a member's
+    listed row r: the lead's, mirrored), then folder/name, the members, flags and warnings, the last error."""
+    said = notes(flags=(m[2] for m in brief.members), late=brief.late, warnings=brief.warnings)
+    name = f"{brief.folder.rstrip('/')}/{brief.name}"
+    return (f"{'s' + str(brief.id):>5}  {local_time(r.updated_at)}  {r.state:<9} {r.attempts:>5}  "
+            f"{escape_control(r.sample_id or '-'):<16}  {escape_control(name)} "
+            f"({roles_text((m[0], m[1]) for m in brief.members)}){_tail(said, r.error)}\n")
+
+
+def file_line(r: Listed, brief: SampleBrief | None) -> str:
     """One file's line; the last error, if any, ends it. Control characters in a name are shown escaped
     (a newline in a file name must not make two lines)."""
-    extra = "  ".join(notes(sample, r.flags))
-    error = f"  — {escape_control(r.error)}" if r.error else ""
+    said = notes(flags=(r.flags,), late=brief.late, warnings=brief.warnings) if brief else notes(flags=(r.flags,))
     return (f"{r.id:>5}  {local_time(r.updated_at)}  {r.state:<9} {r.attempts:>5}  "
-            f"{escape_control(r.sample_id or '-'):<16}  {escape_control(r.path)}{'  ' + extra if extra else ''}"
-            f"{error}\n")
+            f"{escape_control(r.sample_id or '-'):<16}  {escape_control(r.path)}{_tail(said, r.error)}\n")
 
 
-def lines(rows: list[Listed], samples: dict[int, SampleRow]) -> list[str]:
+def lines(rows: list[Listed], briefs: dict[int, SampleBrief]) -> list[str]:
     """The lines of `status` for these file rows: a sample of several files once, where its first member
     listed stands; other files as themselves."""
     out: list[str] = []
     shown: set[int] = set()
     for r in rows:
-        sample = samples.get(r.sample) if r.sample is not None else None
-        if sample is not None and len(sample.files) > 1:
-            if sample.id not in shown:
-                shown.add(sample.id)
-                out.append(sample_line(sample))
+        brief = briefs.get(r.sample) if r.sample is not None else None
+        if brief is not None and len(brief.members) > 1:
+            if brief.id not in shown:
+                shown.add(brief.id)
+                out.append(sample_line(brief, r))
             continue
-        out.append(file_line(r, sample))
+        out.append(file_line(r, brief))
     return out
 
 
@@ -124,7 +125,7 @@ def write_sample_story(out: TextIO, sample: SampleRow) -> None:
           f"(times are local)", file=out)
     say("run", sample.run or "-")
     say("folder", sample.folder)
-    say("kind", f"{'paired-end' if sample.paired else 'single-end'}, {roles_text(sample)}, {sample.size:,} bytes")
+    say("kind", f"{'paired-end' if sample.paired else 'single-end'}, {_roles(sample)}, {sample.size:,} bytes")
     say("assembled", local_time(sample.created_at))
     say("last change", local_time(lead.updated_at))
     say("attempts", str(lead.attempts))
@@ -133,7 +134,7 @@ def write_sample_story(out: TextIO, sample: SampleRow) -> None:
     if lead.state == "queued" and lead.next_attempt_at > time.time():
         say("next attempt", local_time(lead.next_attempt_at))
     _write_landing(say, sample.landing)
-    for note in notes(sample, None):
+    for note in notes(flags=(m.flags for m in sample.files), late=sample.late, warnings=sample.warnings):
         say("note", note)
     if lead.error:
         say("note" if lead.state == "done" else "last error", lead.error)
@@ -177,7 +178,7 @@ def sample_json(sample: SampleRow) -> dict[str, Any]:
 def write_membership(out: TextIO, row: FileRow, sample: SampleRow) -> None:
     """In a file's story: the sample it belongs to and its siblings."""
     others = [m for m in sample.files if m.id != row.id]
-    print(f"    sample        s{sample.id} {escape_control(sample.name)} ({roles_text(sample)}); this file is "
+    print(f"    sample        s{sample.id} {escape_control(sample.name)} ({_roles(sample)}); this file is "
           f"{row.role or 'single'}{f' lane {row.lane}' if row.lane is not None else ''}"
           f"{'; `seqdrop show s' + str(sample.id) + '` tells the whole sample' if others else ''}", file=out)
     for m in others:

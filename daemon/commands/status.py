@@ -20,11 +20,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, TextIO
 
+from daemon.commands import sample_view as view
 from daemon.commands.queue_owner import ownership_problem
 from daemon.config import Settings
 from daemon.errors import ConfigError
-from daemon.commands import sample_view as view
-from daemon.queue.base import STATES, Identity, Listed, SampleRow, Version, iso_utc
+from daemon.queue.base import STATES, Identity, Listed, SampleBrief, SampleRow, Version, iso_utc
 from daemon.redact import escape_control, looks_like_sample_id
 
 EXIT_OK, EXIT_NOT_FOUND = 0, 1
@@ -96,9 +96,9 @@ def status(settings: Settings, store: Any, args: argparse.Namespace, *, out: Tex
     return EXIT_OK
 
 
-def _samples_of(store: Any, rows: list[Listed]) -> dict[int, SampleRow]:
-    """The samples the listed files belong to, by local id."""
-    return store.samples_by_id({r.sample for r in rows if r.sample is not None})
+def _samples_of(store: Any, rows: list[Listed]) -> dict[int, SampleBrief]:
+    """What the lines say of the samples the listed files belong to, by local id."""
+    return store.sample_briefs({r.sample for r in rows if r.sample is not None})
 
 
 def _filter_args(args: argparse.Namespace) -> dict[str, Any]:

@@ -212,6 +212,7 @@ class Store(Protocol):
                      since: float | None = None, limit: int | None = None) -> list[str]: ...
     def sample_counts(self) -> dict[str, int]: ...
     def samples_by_id(self, ids: Iterable[int]) -> dict[int, SampleRow]: ...
+    def sample_briefs(self, ids: Iterable[int]) -> dict[int, SampleBrief]: ...
     def files_under(self, folder: str) -> list[FileRow]: ...
     def unended_under(self, folder: str) -> int: ...
     def run_rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]: ...
@@ -230,6 +231,16 @@ class Listed(NamedTuple):
     flags: str | None = None        # "partial", "late" (FileRow.flags)
 
 
+class SampleBrief(NamedTuple):
+    """A sample as a `status` line shows it (its state is on its members' Listed rows, mirrored)."""
+    id: int
+    folder: str
+    name: str
+    late: bool
+    warnings: tuple[str, ...]
+    members: tuple[tuple[str | None, int | None, str | None], ...]    # (role, lane, flags), SampleRow.files' order
+
+
 @dataclass(frozen=True)
 class Version:
     """One file version as `seqdrop show` tells it: its row and when it was first seen."""
@@ -240,4 +251,4 @@ class Version:
 __all__ = ["STATES", "TERMINAL", "STEP_NONE", "STEP_INITIALIZED", "STEP_POSTED", "STEP_MP_INIT",
            "STEP_MP_COMPLETE", "INIT_STEPS", "POSTED_STEPS", "STEP_POSTED_R1", "STEP_MP_R2_COMPLETE",
            "HALF_POSTED_STEPS", "ROLES", "SampleRow", "Identity", "FileRow", "StoreLocked", "Store",
-           "iso_utc", "Iterator", "Listed", "Version"]
+           "iso_utc", "Iterator", "Listed", "SampleBrief", "Version"]

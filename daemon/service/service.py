@@ -41,8 +41,8 @@ from daemon.queue.journal import Journal, journal_path
 from daemon.service.audit import AuditTrail
 from daemon.service.health import StoreHealth, WatchedStore
 from daemon.service.observers import Observers
-from daemon.service.run_notice import RunNotices
 from daemon.service.pause import PauseGate
+from daemon.service.run_notice import RunNotices
 from daemon.service.startup import Rebuilt, open_queue
 from daemon.service.worker import Doorbell, Worker
 from daemon.upload.build import make_client, make_pipeline
