@@ -242,7 +242,8 @@ def test_status_json_shape_while_running(tmp_path: Path, sandbox: Sandbox, watch
     assert doc["counts"] == {"seen": 0, "queued": 0, "uploading": 0, "done": 1, "rejected": 0, "failed": 0,
                              "vanished": 0}
     [entry] = doc["files"]
-    assert set(entry) == {"id", "path", "state", "size", "sample_id", "attempts", "error", "updated_at"}
+    assert set(entry) == {"id", "path", "state", "size", "sample_id", "attempts", "error", "updated_at", "sample", "role",
+                          "lane"}
     assert os.path.isabs(entry["path"]) and entry["path"] == str(watch_dir / "s.fastq")
     assert isinstance(entry["id"], int) and isinstance(entry["attempts"], int)
     assert entry["size"] == (watch_dir / "s.fastq").stat().st_size
