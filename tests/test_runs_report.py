@@ -17,6 +17,9 @@ import pytest
 from harness import Daemon, all_in, cli, fastq_bytes, status, wait_for, write_config
 from test_wiring import Hook
 
+from daemon.operations.email import compose
+from daemon.operations.webhook import slack_text
+from daemon.queue import integrity
 from daemon.queue.base import STEP_POSTED_R1, Identity
 from daemon.queue.journal import (
     FILE_ENDED,
@@ -239,7 +242,8 @@ def test_through_the_daemon_report_and_status_agree_and_run_uploaded_is_told_onc
             assert d.terminate() == 0
         [told] = [b for b in hook.bodies if b["event"] == "run_uploaded"]
         assert told["run"] == "run1" and told["counts"] == {"done": 2} and told["late"] is False
-        assert sorted(s["name"] for s in told["samples"]) == ["s0.fastq", "s1.fastq"]
+        # a file without a sample is named by its file name; an assembled one-file sample by its stem
+        assert sorted(s["name"].split(".")[0] for s in told["samples"]) == ["s0", "s1"]
         assert all(len(s["sample_id"]) == 16 and len(s["files"]) == 1 for s in told["samples"])
         assert [(r["run"], r["counts"]["done"], r["ended"]) for r in listed] == [("run1", 2, True)]
         doc = status(cfg)
@@ -265,3 +269,44 @@ def test_through_the_daemon_report_and_status_agree_and_run_uploaded_is_told_onc
     finally:
         hook.server.shutdown()
         hook.server.server_close()
+
+
+def test_a_queue_rebuilt_from_a_journal_with_sample_records_holds_each_member(setup, tmp_path):
+    """sample.ended records beside file.ended ones do not disturb the rebuild: each member comes back done
+    with its sample id and MD5."""
+    _, store = setup
+    _, r1, r2 = paired(store, "Liver_S3")
+    finish(store, trail(store, tmp_path, []), r1, "28459508592a481c")
+    paths = {store.get(r1).path: "1" * 32, store.get(r2).path: "2" * 32}
+    rebuilt = tmp_path / "rebuilt.sqlite3"
+    assert integrity.rebuild(str(rebuilt), journal_path(store.path)) == 2
+    again = SqliteStore(str(rebuilt))
+    assert {(r.path, r.state, r.sample_id, r.md5) for r in again.files()} == {
+        (p, "done", "28459508592a481c", md5) for p, md5 in paths.items()}
+    again.close()
+
+
+def test_run_uploaded_reads_well_by_mail_and_in_slack():
+    """The mail names the run, the counts and each sample with its files; the Slack line the run, the
+    counts and the samples; a late one says so."""
+    payload = {"event": "run_uploaded", "host": "seq-pc", "time": "t", "version": "1.2.3", "run": "240501_M00001",
+               "path": "/srv/out/240501_M00001", "counts": {"done": 1, "failed": 1}, "late": False,
+               "samples": [{"sample": 1, "name": "Liver_S3", "sample_id": "0123456789abcdef", "project": "fedcba9876543210",
+                            "state": "done", "files": ["/srv/out/240501_M00001/Liver_S3_R1_001.fastq.gz",
+                                                       "/srv/out/240501_M00001/Liver_S3_R2_001.fastq.gz"]},
+                           {"sample": 2, "name": "Spleen", "sample_id": None, "project": None, "state": "failed",
+                            "files": ["/srv/out/240501_M00001/Spleen.fastq"]}]}
+    mail = compose(payload, sender="seqdrop@lab.example.org", recipients=["a@lab.example.org"])
+    body = mail.get_content()
+    assert mail["Subject"] == "[seqdrop seq-pc] Run uploaded: 240501_M00001"
+    assert "Every sample of the run 240501_M00001 has ended" in body and "Folder:  /srv/out/240501_M00001" in body
+    assert "done:      1" in body and "failed:    1" in body
+    assert "- Liver_S3: done, sample id 0123456789abcdef, project fedcba9876543210" in body
+    assert "    /srv/out/240501_M00001/Liver_S3_R2_001.fastq.gz" in body and "- Spleen: failed, sample id -" in body
+    line = slack_text(payload)
+    assert line.startswith(":white_check_mark: seqdrop 1.2.3@seq-pc: run 240501_M00001 uploaded: 1 done, 1 failed")
+    assert "Liver_S3 done 0123456789abcdef; Spleen failed" in line and "\n" not in line
+    late = slack_text({**payload, "late": True})
+    assert "more samples ended after it was reported as uploaded" in late
+    assert "ended after it was reported" in compose({**payload, "late": True}, sender="s@l.org", recipients=["a@l.org"]
+                                                    ).get_content()
