@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -310,3 +311,41 @@ def test_run_uploaded_reads_well_by_mail_and_in_slack():
     assert "more samples ended after it was reported as uploaded" in late
     assert "ended after it was reported" in compose({**payload, "late": True}, sender="s@l.org", recipients=["a@l.org"]
                                                     ).get_content()
+
+
+class Racing:
+    """The store, but a read of the run's meta waits (up to a deadline) for the other thread's read: two
+    judgements of one run that are not kept apart both read "nothing told yet"."""
+
+    def __init__(self, store: SqliteStore) -> None:
+        self.store, self.reads, self.both = store, 0, threading.Event()
+        self.lock = threading.Lock()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def get_meta(self, key: str) -> Any:
+        value = self.store.get_meta(key)
+        with self.lock:
+            self.reads += 1
+            if self.reads >= 2:
+                self.both.set()
+        self.both.wait(timeout=1.0)     # kept apart, the other read never comes while this one waits
+        return value
+
+
+def test_two_workers_ending_a_run_at_once_tell_it_once(setup, tmp_path):
+    """Both samples' endings judged on two threads at the same moment: one run_uploaded."""
+    _, store = setup
+    sent: list[tuple[str, dict[str, Any]]] = []
+    notices = RunNotices(store=Racing(store), emit=lambda kind, **f: sent.append((kind, f)), roots=(ROOT,), log=Log())
+    _, a1, _ = paired(store, "A", inode=10)
+    _, b1, _ = paired(store, "B", inode=20)
+    store.mark_done(a1, sample_id="aaaaaaaaaaaaaaaa", md5="1" * 32)
+    store.mark_done(b1, sample_id="bbbbbbbbbbbbbbbb", md5="1" * 32)
+    threads = [threading.Thread(target=notices.ended, args=([store.get(lead)], {})) for lead in (a1, b1)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert [kind for kind, _ in sent] == ["run_uploaded"], (sent, notices.log.events)

@@ -20,6 +20,7 @@ batch, so no run_uploaded is sent for it.
 from __future__ import annotations
 
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -73,6 +74,9 @@ class RunNotices:
                  clock: Callable[[], float] = time.time) -> None:
         self.store, self.emit, self.log, self.clock = store, emit, log, clock
         self.roots = frozenset(os.path.normpath(r) for r in roots)
+        # Workers end the last two samples of a run at the same moment: one judgement at a time, or
+        # both would find the run ended and nothing told yet.
+        self._lock = threading.Lock()
 
     def ended(self, rows: Iterable[FileRow], samples: dict[int, SampleRow]) -> None:
         """These versions ended (their samples given by local id): tell each of their runs that ended
@@ -83,7 +87,8 @@ class RunNotices:
             runs.setdefault(os.path.normpath(folder), name)
         for folder, name in runs.items():
             try:
-                self._check(folder, name)
+                with self._lock:
+                    self._check(folder, name)
             except Exception as e:       # a notification must never stop the journal or an upload
                 self.log.error("run_uploaded.not_judged", run=name, folder=folder, error=repr(e))
 
