@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/status.py                  # 100,000 files, 5 runs of each command
     .venv/bin/python bench/status.py --files 20000 --runs 3
+    .venv/bin/python bench/status.py --paired          # the files as R1/R2 pairs: 50,000 samples
 
 The queue is built with the store's own verbs (add_seen, set_state, mark_done, in batches), shaped as
 a busy instrument's: nearly all done, a few hundred queued, seen, rejected, failed or vanished. Then
@@ -33,16 +34,23 @@ COMMANDS = (["status"], ["status", "--json"], ["status", "--state", "done", "--s
             ["status", "--run", "run_0042"])
 
 
-def build_queue(path: Path, files: int) -> None:
-    """files rows in 100 run folders, committed 2,000 at a time."""
+def build_queue(path: Path, files: int, *, paired: bool = False) -> None:
+    """files rows in 100 run folders, committed 2,000 at a time; paired: each odd row is the R2 of the
+    row before it, the two assembled into a sample (the state set on the lead, mirrored onto the R2)."""
     store = SqliteStore(str(path))
     states = [s for s, n in MIX_PER_1000.items() for _ in range(n)]
     for start in range(0, files, 2000):
         with store.batch():
-            for i in range(start, min(files, start + 2000)):
+            for i in range(start, min(files, start + 2000), 2 if paired else 1):
                 run = f"run_{i % 100:04d}"
                 fid = store.add_seen(f"/srv/sequencer/output/{run}/Sample_{i:06d}_S1_L001_R1_001.fastq.gz",
                                      Identity(2049, 10_000 + i, 50_000_000 + i, 1_764_000_000_000_000_000 + i))
+                if paired:
+                    mate = store.add_seen(f"/srv/sequencer/output/{run}/Sample_{i:06d}_S1_L001_R2_001.fastq.gz",
+                                          Identity(2049, 10_001 + i, 50_000_001 + i, 1_764_000_000_000_000_001 + i))
+                    store.add_sample(key=f"{run}|Sample_{i:06d}", folder=f"/srv/sequencer/output/{run}",
+                                     name=f"Sample_{i:06d}_S1", run=run, paired=True,
+                                     files=[(fid, "R1", 1), (mate, "R2", 1)])
                 state = states[i % 1000] if i % 1000 < len(states) else "done"
                 if state == "done":
                     store.mark_done(fid, sample_id=f"{i:016x}", md5=f"{i:032x}")
@@ -57,12 +65,13 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--files", type=int, default=100_000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--paired", action="store_true", help="files as R1/R2 pairs assembled into samples")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="seqdrop-bench-status-") as tmp:
         queue, config = Path(tmp) / "queue.sqlite3", Path(tmp) / "seqdrop.toml"
         config.write_text(f'[queue]\npath = "{queue}"\n')
         started = time.monotonic()
-        build_queue(queue, args.files)
+        build_queue(queue, args.files, paired=args.paired)
         print(f"queue of {args.files:,} files built in {time.monotonic() - started:.1f} s "
               f"({queue.stat().st_size / 1e6:.0f} MB)")
         results = {}

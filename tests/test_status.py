@@ -116,7 +116,7 @@ def test_json_keeps_its_shape_and_is_filtered_only_when_asked(setup):
     add(store, "/srv/out/run1/a.fastq", "done", sample_id="28459508592a481c")
     store.set_meta("paused", {"reason": "API key rejected (HTTP 401)"})
     doc = json.loads(cli(config, "status", "--json").stdout)
-    assert set(doc) == {"counts", "files", "paused"} and doc["paused"] == "API key rejected (HTTP 401)"
+    assert set(doc) == {"counts", "files", "samples", "paused"} and doc["paused"] == "API key rejected (HTTP 401)"
     assert doc["counts"]["failed"] == 1 and doc["counts"]["done"] == 1
     rows = {r.id: r for r in store.files()}
     assert doc["files"] == [rows[f["id"]].public() for f in doc["files"]] and len(doc["files"]) == 2

@@ -34,6 +34,9 @@ EVENTS = {
                        "error": "partial: ...; delete sample part0123 in One Codex"},
     "sample_late": {"path": "/runs/r1/Liver_S3_L005_R1_001.fastq.gz", "sample": "Liver_S3", "run": "r1",
                     "error": "arrived after its sample was uploaded"},
+    "run_uploaded": {"run": "240501_M00001", "path": "/srv/run1/240501_M00001", "counts": {"done": 2}, "late": False,
+                     "samples": [{"sample": 1, "name": "Liver_S3", "sample_id": "0123456789abcdef",
+                                  "project": None, "state": "done", "files": ["/srv/run1/240501_M00001/a_R1.fastq"]}]},
 }
 
 

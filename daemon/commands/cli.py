@@ -55,12 +55,22 @@ def _parser() -> argparse.ArgumentParser:
                     help="only files changed since then: 30m, 2h, 3d, 1w, or a date/time (2026-11-25T14:00)")
     st.add_argument("--limit", type=_positive, metavar="N", help="at most N files, the most recently changed")
     sh = sub.add_parser("show", parents=[common], help="one file's whole story (every version), or a sample's")
-    sh.add_argument("what", metavar="PATH|SAMPLE_ID|ID", help="a file's path, a sample id or a file ID")
+    sh.add_argument("what", metavar="PATH|SAMPLE_ID|ID|sN", help="a file's path, a One Codex sample id, a file "
+                                                              "ID, or sN: the local sample N (status lists s12)")
     sh.add_argument("--json", action="store_true", help="machine-readable output")
     rt = sub.add_parser("retry", parents=[common], help="put failed and/or rejected files back in the queue")
     rt.add_argument("--failed", action="store_true", help="retry failed files")
     rt.add_argument("--rejected", action="store_true", help="retry rejected files")
     rt.add_argument("ids", nargs="*", type=_file_id, metavar="ID", help="only these file ids (see status)")
+    rn = sub.add_parser("runs", parents=[common], help="the runs the queue holds, with their samples by state")
+    rn.add_argument("--json", action="store_true", help="machine-readable output (every sample of every run)")
+    rp = sub.add_parser("report", parents=[common], help="the audit journal: every file that ended, with MD5, "
+                                                         "sample id, run, project, times, and the totals")
+    rp.add_argument("run", nargs="?", metavar="RUN", help="only this run (a name, a glob, or a folder path)")
+    rp.add_argument("--since", type=status_cmd.parse_since, metavar="WHEN",
+                    help="only files that ended since then: 30m, 2h, 3d, 1w, or a date/time (2026-11-25)")
+    rp.add_argument("--format", choices=("csv", "json"), default="csv",
+                    help="csv (default: one row per file, the totals on stderr) or json (files and totals)")
     up = sub.add_parser("upload", parents=[common], help="upload the named files (and folders' matching files) "
                                                          "now, with a progress bar")
     up.add_argument("files", nargs="+", metavar="FILE|DIR")
@@ -107,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     args.config_path = explicit or config_mod.DEFAULT_CONFIG_PATH
     args.config_explicit = bool(explicit)
     handler = {"run": cmd_run, "status": cmd_status, "show": cmd_show, "retry": cmd_retry, "upload": cmd_upload,
-               "check": cmd_check, "demo": cmd_demo}[args.command]
+               "check": cmd_check, "demo": cmd_demo, "runs": cmd_runs, "report": cmd_report}[args.command]
     try:
         return handler(args)
     except ConfigError as e:
@@ -290,22 +300,43 @@ def cmd_retry(args: argparse.Namespace) -> int:
         ("failed", "rejected")
     try:
         rows = {i: store.get(i) for i in args.ids}
+        samples = store.samples_by_id({r.sample for r in rows.values() if r is not None and r.sample is not None})
+        before = store.counts()
         n = store.retry(states=states, ids=tuple(args.ids))
+        files = sum(before[s] for s in states) - sum(store.counts()[s] for s in states)   # members too
     except sqlite3.DatabaseError as e:
         raise _read_failed(settings, e) from None
     finally:
         store.close()
-    print(f"{n} file{'s' if n != 1 else ''} put back in the queue"
-          + ("; the running daemon picks them up within seconds." if n else "."))
+    print(status_cmd.retried_text(n, files) + ("; the running daemon picks them up within seconds." if n else "."))
     unknown = [i for i, row in rows.items() if row is None]
-    for i, row in rows.items():
-        if row is not None and row.state not in states:
-            print(f"file {i} is {row.state}, not {' or '.join(states)}: left as it is ({row.path})")
+    for line in status_cmd.view.retry_lines(rows, samples, states):
+        print(line)
     if unknown:
         print(f"seqdrop: no file with id {', '.join(map(str, unknown))} in the queue {settings.queue.path}"
               f" — fix: take the ID from the first column of `seqdrop status`", file=sys.stderr)
         return EXIT_USAGE
     return EXIT_OK
+
+
+# -- runs / report -----------------------------------------------------------------------------
+def cmd_runs(args: argparse.Namespace) -> int:
+    # lazy: only this command needs it
+    from daemon.commands.runs import runs
+    status_cmd.require_config(args.config_path)
+    settings, store = _open_store_for_reading(args)
+    try:
+        return runs(settings, store, as_json=args.json)
+    except sqlite3.DatabaseError as e:     # a damaged page: "database disk image is malformed"
+        raise _read_failed(settings, e) from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    # lazy: only this command needs it
+    from daemon.commands.report import report
+    status_cmd.require_config(args.config_path)
+    settings = config_mod.load(args.config_path, must_exist=args.config_explicit, check_folders=False)
+    return report(settings, run=args.run, since=args.since, fmt=args.format)
 
 
 # -- upload ------------------------------------------------------------------------------------

@@ -336,6 +336,8 @@ _HEADLINES = {
                                        "audit journal."),
     "sample_late": ("Late file: {name}", ("A file arrived after its sample was uploaded: seqdrop uploaded it as "
                                           "a sample of its own, flagged late.")),
+    "run_uploaded": ("Run uploaded: {run}", "Every sample of the run {run} has ended: the counts and each sample "
+                                            "below."),
     "watch_folder_missing": ("Watch folder missing: {path}",
                              ("A watch folder has been missing for {missing}: files written there are not "
                               "uploaded until it is back.")),
@@ -358,6 +360,9 @@ _FIXES = {
                      "inspection; check the disk under the state directory (dmesg, SMART) before it fails again.",
     "sample_late": "Check the run: the file may belong with the sample named above (merge them in One Codex if "
                    "so), or it may be a second library of that name. `seqdrop status` shows the late sample.",
+    "run_uploaded": "Nothing to do if every sample is done. A failed or rejected sample is named with its "
+                    "reason in `seqdrop show sN` (or the file's path); `seqdrop report RUN` prints the run's "
+                    "audit record (MD5, sample ids, times) for your records.",
     "watch_folder_missing": "Mount the share (or create the folder) named above; seqdrop waits for it and scans it "
                             "as soon as it appears. If the folder is gone for good, remove it from [watch] paths "
                             "and `systemctl restart seqdrop`.",
@@ -366,7 +371,7 @@ _FIXES = {
 }
 _FIELD_LABELS = (("path", "File"), ("sample_id", "Sample"), ("error", "Reason"), ("reason", "Reason"))
 # The field named "path" is a file for most events; for these it is something else.
-_PATH_LABELS = {"queue_rebuilt": "Queue", "watch_folder_missing": "Folder"}
+_PATH_LABELS = {"queue_rebuilt": "Queue", "watch_folder_missing": "Folder", "run_uploaded": "Folder"}
 
 
 def compose(payload: dict[str, Any], *, sender: str, recipients: Sequence[str]) -> EmailMessage:
@@ -374,9 +379,14 @@ def compose(payload: dict[str, Any], *, sender: str, recipients: Sequence[str]) 
     kind, host = payload["event"], payload["host"]
     subject, opening = _HEADLINES[kind]
     name = os.path.basename(str(payload.get("path", ""))) or "a file"
-    words = {"name": name, "path": payload.get("path", ""), "missing": duration_text(payload.get("missing_s"))}
+    words = {"name": name, "path": payload.get("path", ""), "missing": duration_text(payload.get("missing_s")),
+             "run": payload.get("run", "")}
     lines = [opening.format(**words), ""]
-    rest = {k: v for k, v in payload.items() if k not in ("event", "host", "time", "version", "missing_s")}
+    if payload.get("late"):
+        lines[0] = ("More samples of the run {run} ended after it was reported as uploaded (a late member, or "
+                    "a sample retried): these below.").format(**words)
+    rest = {k: v for k, v in payload.items() if k not in ("event", "host", "time", "version", "missing_s", "late")}
+    samples = rest.pop("samples", None) if kind == "run_uploaded" else None
     for field, label in _FIELD_LABELS:
         if field == "path":
             label = _PATH_LABELS.get(kind, label)
@@ -387,6 +397,7 @@ def compose(payload: dict[str, Any], *, sender: str, recipients: Sequence[str]) 
     if isinstance(counts, dict):
         lines += [f"{state + ':':<10} {n}" for state, n in counts.items()] or ["The queue is empty."]
     lines += [f"{k}: {_one_line(str(v))}" for k, v in rest.items()]
+    lines += _sample_lines(samples or [])
     lines += ["", "What to do: " + _FIXES[kind], "", "-- ",
               f"seqdrop {payload.get('version', __version__)} on {host}, {payload['time']} (event {kind}).",
               "An automatic message: replies are not read."]
@@ -401,6 +412,16 @@ def compose(payload: dict[str, Any], *, sender: str, recipients: Sequence[str]) 
     message["X-Seqdrop-Version"] = str(payload.get("version", __version__))
     message.set_content(logs.redact("\n".join(lines)) + "\n")
     return message
+
+
+def _sample_lines(samples: list[dict[str, Any]]) -> list[str]:
+    """A run's samples: name, state, sample id, project, then each file."""
+    lines = ["", "Samples:"] if samples else []
+    for s in samples:
+        lines.append(f"- {_one_line(str(s.get('name')))}: {s.get('state')}, sample id {s.get('sample_id') or '-'}, "
+                     f"project {s.get('project') or 'none'}")
+        lines += [f"    {_one_line(str(path))}" for path in s.get("files") or []]
+    return lines
 
 
 def _one_line(text: str) -> str:

@@ -30,9 +30,10 @@ from daemon import __version__
 from daemon.upload.retrying import parse_retry_after
 
 KINDS = ("file_failed", "file_rejected", "uploads_paused", "uploads_resumed", "daily_summary", "queue_rebuilt",
-         "watch_folder_missing", "sample_partial", "sample_late")
+         "watch_folder_missing", "sample_partial", "sample_late", "run_uploaded")
 _ENVELOPE = ("event", "host", "time", "version")   # every payload's own fields; the rest is the event's
 FORMATS = ("slack", "json")
+SAMPLES_IN_LINE = 20      # a run_uploaded's Slack line names this many samples (the JSON format: all)
 _SECRET_WORDS = ("key", "token", "secret", "password", "authorization")
 
 
@@ -221,6 +222,21 @@ def duration_text(seconds: Any) -> str:
     return f"{round(s / 60)} min" if s >= 60 else f"{round(s)} s"
 
 
+def run_uploaded_text(where: str, folder: Any, extra: dict[str, Any]) -> str:
+    """A run's line: its name, its samples by state and, briefly, the samples (popped from extra)."""
+    counts = extra.pop("counts", None) or {}
+    samples = extra.pop("samples", None) or []
+    late = extra.pop("late", False)
+    run = extra.pop("run", None) or folder
+    told = ", ".join(f"{n} {state}" for state, n in counts.items()) or "no samples"
+    names = "; ".join(f"{s.get('name')} {s.get('state')}" + (f" {s['sample_id']}" if s.get("sample_id") else "")
+                      for s in samples[:SAMPLES_IN_LINE])
+    more = f"; … {len(samples) - SAMPLES_IN_LINE} more" if len(samples) > SAMPLES_IN_LINE else ""
+    head = (f":inbox_tray: {where}: run {run} — more samples ended after it was reported as uploaded"
+            if late else f":white_check_mark: {where}: run {run} uploaded")
+    return f"{head}: {told} ({folder}) — {names}{more}"
+
+
 def slack_text(payload: dict[str, Any]) -> str:
     """One readable line for a person in a Slack channel."""
     kind = payload["event"]
@@ -253,6 +269,8 @@ def slack_text(payload: dict[str, Any]) -> str:
                 f"uploaded again whole as sample {extra.pop('whole_sample_id', None)}; delete the partial one "
                 f"in One Codex")
         error = None      # the same words, as a sentence, for status and e-mail
+    elif kind == "run_uploaded":
+        line = run_uploaded_text(where, path, extra)
     else:  # daily_summary
         counts = extra.pop("counts", None) or {}
         summary = ", ".join(f"{n} {state}" for state, n in counts.items()) or "nothing to report"

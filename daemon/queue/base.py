@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -208,6 +208,14 @@ class Store(Protocol):
     def versions(self, *, path: str | None = None, sample_id: str | None = None,
                  file_id: int | None = None) -> list[Version]: ...
     def confirmed_matches(self, files: list[tuple[str, Identity]]) -> dict[str, FileRow]: ...
+    def samples_json(self, *, states: tuple[str, ...] = (), under: str | None = None, run: str | None = None,
+                     since: float | None = None, limit: int | None = None) -> list[str]: ...
+    def sample_counts(self) -> dict[str, int]: ...
+    def samples_by_id(self, ids: Iterable[int]) -> dict[int, SampleRow]: ...
+    def sample_briefs(self, ids: Iterable[int]) -> dict[int, SampleBrief]: ...
+    def files_under(self, folder: str) -> list[FileRow]: ...
+    def unended_under(self, folder: str) -> int: ...
+    def run_rows(self) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]: ...
 
 
 class Listed(NamedTuple):
@@ -219,6 +227,18 @@ class Listed(NamedTuple):
     sample_id: str | None
     error: str | None
     updated_at: float
+    sample: int | None = None       # its local sample, once assembled
+    flags: str | None = None        # "partial", "late" (FileRow.flags)
+
+
+class SampleBrief(NamedTuple):
+    """A sample as a `status` line shows it (its state is on its members' Listed rows, mirrored)."""
+    id: int
+    folder: str
+    name: str
+    late: bool
+    warnings: tuple[str, ...]
+    members: tuple[tuple[str | None, int | None, str | None], ...]    # (role, lane, flags), SampleRow.files' order
 
 
 @dataclass(frozen=True)
@@ -231,4 +251,4 @@ class Version:
 __all__ = ["STATES", "TERMINAL", "STEP_NONE", "STEP_INITIALIZED", "STEP_POSTED", "STEP_MP_INIT",
            "STEP_MP_COMPLETE", "INIT_STEPS", "POSTED_STEPS", "STEP_POSTED_R1", "STEP_MP_R2_COMPLETE",
            "HALF_POSTED_STEPS", "ROLES", "SampleRow", "Identity", "FileRow", "StoreLocked", "Store",
-           "iso_utc", "Iterator", "Listed", "Version"]
+           "iso_utc", "Iterator", "Listed", "SampleBrief", "Version"]

@@ -14,8 +14,25 @@ One line per record, one record per file version that ends (done, rejected, fail
      "sample_name": null, "project": null, "tags": [], "run": null,
      "host": "sequencer-pc", "version": "0.1.0"}
 
-Readers must ignore fields they do not know (later: samples, runs). `append` writes any event the
-same way (e.g. "queue.rebuilt").
+Readers must ignore fields they do not know. `append` writes any event the same way (e.g.
+"queue.rebuilt"). A file.ended record of a version that belongs to an assembled sample also carries
+`sample` (the local sample id), `role` and `lane`, and its sample's name, run, project and tags; a
+version without a sample carries its parent folder's name as `run`.
+
+When a sample ends (its lead reached done, rejected, failed or vanished), one more record follows its
+members' file.ended records:
+
+    {"v": 1, "event": "sample.ended", "time": "…Z", "state": "done", "sample": 12,
+     "sample_name": "Liver_S3", "sample_id": "0123456789abcdef", "run": "240501_M00001_0001",
+     "paired": true, "project": "…16 hex… or null", "project_name": null, "tags": ["liver"],
+     "metadata": {…as sent}, "omitted": [["field", "reason"]], "late": false, "warnings": [],
+     "files": [{"path", "device", "inode", "size", "mtime_ns", "md5", "role", "lane"}, …],
+     "init_at": "…Z", "posted_at": {"R1": "…Z", "R2": "…Z"}, "confirmed_at": "…Z", "error": null,
+     "host": "sequencer-pc", "version": "0.1.0"}
+
+`posted_at` names the time of each read's POST (a one-read sample: {"R1": …}, or {"single": …}); a time
+the daemon did not see (a restart between the two reads' POSTs) is null. The queue rebuild
+(integrity.py) reads only file.ended and the in-flight records.
 
 A version in flight also leaves a record each time a sample id is stored for it ("sample.initialized"
 after init, "sample.posted" once S3 holds the bytes), with `step`, `sample_id`, `md5` and, for the
@@ -57,9 +74,10 @@ ENDED_STATES = ("done", "rejected", "failed", "vanished")
 SAMPLE_INITIALIZED = "sample.initialized"    # a sample id stored for a version, nothing confirmable yet
 SAMPLE_POSTED = "sample.posted"              # S3 holds the version's bytes: confirm this sample, never another
 IN_FLIGHT_EVENTS = (SAMPLE_INITIALIZED, SAMPLE_POSTED)
+SAMPLE_ENDED = "sample.ended"                # a sample's record of custody, after its members' file.ended
 # Names a local file system chose, which the rebuild must get back exactly: only registered
 # secrets are masked in them, never the shape heuristics that could mangle an odd file name.
-_LOCAL_NAME_FIELDS = frozenset({"path", "run"})
+_LOCAL_NAME_FIELDS = frozenset({"path", "run", "sample_name"})
 
 When = datetime | float | str
 
@@ -135,6 +153,27 @@ class Journal:
                            inode=identity.inode, size=identity.size, mtime_ns=identity.mtime_ns, step=step,
                            sample_id=sample_id, md5=md5, init=init)
 
+    def sample_ended(self, *, sample: int, state: str, name: str, run: str | None, paired: bool,
+                     files: list[dict[str, Any]], sample_id: str | None, landing: dict[str, Any] | None,
+                     init_at: float | None, posted_at: dict[str, float | None], confirmed_at: float | None,
+                     error: str | None = None, late: bool = False, warnings: tuple[str, ...] = ()) -> dict[str, Any]:
+        """Record that a sample ended in `state` (see the module docstring). files: each member's path,
+        identity (as an Identity under "identity"), md5, role and lane. Raises OSError if it could not be
+        made durable."""
+        if state not in ENDED_STATES:
+            raise ValueError(f"a sample record is for a sample that ended ({', '.join(ENDED_STATES)}), not {state!r}")
+        landing = landing or {}
+        members = [{"path": f["path"], "device": f["identity"].dev, "inode": f["identity"].inode,
+                    "size": f["identity"].size, "mtime_ns": f["identity"].mtime_ns, "md5": f.get("md5"),
+                    "role": f.get("role"), "lane": f.get("lane")} for f in files]
+        return self.append(SAMPLE_ENDED, state=state, sample=sample, sample_name=name, sample_id=sample_id, run=run,
+                           paired=paired, project=landing.get("project"), project_name=landing.get("project_name"),
+                           tags=list(landing.get("tags") or []), metadata=landing.get("metadata") or {},
+                           omitted=landing.get("omitted") or [], late=late, warnings=list(warnings), files=members,
+                           init_at=_iso_or_none(init_at),
+                           posted_at={read: _iso_or_none(t) for read, t in posted_at.items()},
+                           confirmed_at=_iso_or_none(confirmed_at), error=error)
+
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one record (`v`, `event`, `time`, the fields, `host`, `version`) durably."""
         record = self._record(event, **fields)
@@ -145,8 +184,7 @@ class Journal:
     def _record(self, event: str, **fields: Any) -> dict[str, Any]:
         record: dict[str, Any] = {"v": RECORD_VERSION, "event": event, "time": iso_utc(self.clock())}
         for name, value in fields.items():
-            record[name] = (redact.scrub(value, shapes=False) if name in _LOCAL_NAME_FIELDS and
-                            isinstance(value, str) else redact.scrub_data(value))
+            record[name] = _scrubbed(name, value)
         record.setdefault("host", self.host)
         record.setdefault("version", self.version)
         return record
@@ -179,6 +217,18 @@ class Journal:
             os.close(fd)
         if created:
             fsync_directory(directory)
+
+
+def _scrubbed(name: str, value: Any) -> Any:
+    """Registered secrets masked everywhere; secret shapes too, except in the names a local file system
+    chose (at any depth: the paths of a sample's files), which the rebuild must get back exactly."""
+    if name in _LOCAL_NAME_FIELDS and isinstance(value, str):
+        return redact.scrub(value, shapes=False)
+    if isinstance(value, dict):
+        return {redact.scrub_data(k): _scrubbed(k, v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and any(isinstance(v, dict) for v in value):
+        return [_scrubbed(name, v) for v in value]
+    return redact.scrub_data(value)
 
 
 def _line(record: dict[str, Any]) -> bytes:
@@ -250,5 +300,6 @@ def fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
-__all__ = ["ENDED_STATES", "FILE_ENDED", "IN_FLIGHT_EVENTS", "JOURNAL_NAME", "SAMPLE_INITIALIZED", "SAMPLE_POSTED",
+__all__ = ["ENDED_STATES", "FILE_ENDED", "IN_FLIGHT_EVENTS", "JOURNAL_NAME", "SAMPLE_ENDED", "SAMPLE_INITIALIZED",
+           "SAMPLE_POSTED",
            "Journal", "iso_utc", "journal_path", "read_records"]

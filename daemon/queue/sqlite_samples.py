@@ -118,14 +118,16 @@ class SampleVerbs:
             db.execute("UPDATE files SET flags = ?, error = COALESCE(?, error) WHERE id = ?",
                        (",".join(flags), note, file_id))
 
-    def _sample_row(self, r: sqlite3.Row) -> SampleRow:
-        members = self.db.execute(f"SELECT * FROM files WHERE sample = ? ORDER BY {_ROLE_ORDER}", (r["id"],)
-                                  ).fetchall()
+    def _sample_row(self, r: sqlite3.Row, files: tuple[FileRow, ...] | None = None) -> SampleRow:
+        """The row as a SampleRow; files: its members in order if already read (else read here)."""
+        if files is None:
+            files = tuple(self._from_db(m) for m in self.db.execute(
+                f"SELECT * FROM files WHERE sample = ? ORDER BY {_ROLE_ORDER}", (r["id"],)).fetchall())
         return SampleRow(id=r["id"], key=r["key"], folder=r["folder"], name=r["name"], run=r["run"],
                          paired=bool(r["paired"]), lead=r["lead"], late=bool(r["late"]),
                          warnings=tuple(json.loads(r["warnings"])) if r["warnings"] else (),
                          landing=json.loads(r["landing"]) if r["landing"] else None, created_at=r["created_at"],
-                         files=tuple(self._from_db(m) for m in members))
+                         files=files)
 
 
 class _Changed(Exception):

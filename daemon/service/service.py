@@ -45,6 +45,7 @@ from daemon.service.audit import AuditTrail
 from daemon.service.health import StoreHealth, WatchedStore
 from daemon.service.observers import Observers
 from daemon.service.pause import PauseGate
+from daemon.service.run_notice import RunNotices
 from daemon.service.startup import Rebuilt, open_queue
 from daemon.service.worker import Doorbell, Worker
 from daemon.upload.build import make_client, make_pipeline
@@ -81,7 +82,9 @@ class Service:
         self.health = StoreHealth()
         self.store: Store = WatchedStore(store, self.health)   # type: ignore[assignment]
         self.audit = AuditTrail(store=self.store, journal=Journal(journal_path(store.path)), log=log,
-                                on_failure=self.health.failed)
+                                on_failure=self.health.failed,
+                                runs=RunNotices(store=self.store, emit=self.emit, log=log,
+                                                roots=[f.path for f in settings.watch.folders]))
         self.store.on_sample = self.audit.sample_saved   # type: ignore[attr-defined]
         self.notifier = notifier
         self.throttle: TokenBucket | None = None

@@ -1,0 +1,181 @@
+"""Samples through the real daemon and the sandbox (issue 11, Must show 1 and 2): Illumina lanes and
+pairs become one sample each, generic `_1/_2` pairs, an orphan mate, a late lane, pairing off, and
+kill -9 at random moments during paired multi-lane uploads."""
+
+from __future__ import annotations
+
+import collections
+import gzip
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from harness import Daemon, confirmed, wait_for, write_config
+
+from daemon.sandbox import Fault, Sandbox
+
+RUN = "240501_M00123_0042_000000000-ABCDE"
+SEED = int(os.environ.get("SEQDROP_CRASH_SEED", "20261203"))
+
+
+def pair_lane(sample: str, lane: int, reads: int, *, seed: int) -> tuple[bytes, bytes]:
+    """R1 and R2 of one lane: the same read names (Illumina headers, read 1 and read 2)."""
+    rng = random.Random(f"{sample}-{lane}-{seed}")
+    r1, r2 = [], []
+    for n in range(reads):
+        name = f"@M00123:42:000000000-ABCDE:{lane}:1101:{1000 + n}:{rng.randint(1000, 9999)}"
+        for out, read in ((r1, 1), (r2, 2)):
+            seq = "".join(rng.choice("ACGT") for _ in range(rng.randint(60, 150)))
+            out.append(f"{name} {read}:N:0:1\n{seq}\n+\n{'I' * len(seq)}\n")
+    return "".join(r1).encode(), "".join(r2).encode()
+
+
+def samples_status(daemon: Daemon) -> list[dict[str, Any]]:
+    return daemon.status()["samples"]
+
+
+def wait_samples(daemon: Daemon, count: int, state: str = "done", timeout_s: float = 60.0) -> list[dict[str, Any]]:
+    seen: dict[str, Any] = {}
+
+    def check() -> list[dict[str, Any]] | None:
+        assert daemon.alive(), daemon.log_tail()
+        seen["samples"] = samples_status(daemon)
+        done = [s for s in seen["samples"] if s["state"] == state]
+        return seen["samples"] if len(done) >= count else None
+
+    return wait_for(check, timeout_s, lambda: f"{count} samples {state}: {seen.get('samples')}\n{daemon.log_tail()}",
+                    interval_s=0.2)
+
+
+def config(tmp_path: Path, sandbox: Sandbox, watch: list[Any], samples: str = "group_wait_seconds = 1\n",
+           **kwargs: Any) -> Path:
+    return write_config(tmp_path, watch=watch, api_url=sandbox.api_url, extra=f"\n[samples]\n{samples}", **kwargs)
+
+
+def stored(sandbox: Sandbox, sample_id: str) -> dict[str, Any]:
+    return next(s for s in sandbox.samples() if s["sample_id"] == sample_id)
+
+
+def test_an_illumina_run_of_3_samples_by_4_lanes_becomes_3_paired_samples(tmp_path: Path, sandbox: Sandbox,
+                                                                           watch_dir: Path) -> None:
+    """3 samples × 4 lanes × R1/R2 (gzip) in a run folder with CopyComplete.txt: 3 confirmed paired samples,
+    each read stored byte for byte as its lanes' concatenation, uploaded under names without the lane."""
+    run = watch_dir / RUN
+    run.mkdir()
+    expected: dict[str, tuple[bytes, bytes]] = {}
+    for n, name in enumerate(("Liver", "Kidney", "Gut"), start=1):
+        r1_all, r2_all = b"", b""
+        for lane in range(1, 5):
+            r1, r2 = pair_lane(name, lane, 200, seed=n)
+            r1z, r2z = gzip.compress(r1, mtime=0), gzip.compress(r2, mtime=0)
+            (run / f"{name}_S{n}_L00{lane}_R1_001.fastq.gz").write_bytes(r1z)
+            (run / f"{name}_S{n}_L00{lane}_R2_001.fastq.gz").write_bytes(r2z)
+            r1_all, r2_all = r1_all + r1z, r2_all + r2z
+        expected[f"{name}_S{n}_R1_001.fastq.gz"] = (r1_all, r2_all)
+    (run / "Undetermined_S0_L001_I1_001.fastq.gz").write_bytes(gzip.compress(b"@i\nACGT\n+\nIIII\n"))
+    cfg = config(tmp_path, sandbox, [{"path": watch_dir, "marker": "illumina"}])
+    with Daemon(cfg) as daemon:
+        daemon.wait_ready()
+        daemon.wait_files(lambda files: len([f for f in files if "marker" in (f["error"] or "")]) >= 24, 20,
+                          "every lane file settled and waiting for the marker")
+        assert not [r for r in sandbox.requests() if r["target"] == "init_upload"]
+        (run / "CopyComplete.txt").write_text("")
+        samples = wait_samples(daemon, 3)
+        files = daemon.status()["files"]
+        assert daemon.terminate() == 0
+    assert len(samples) == 3 and all(s["paired"] and len(s["files"]) == 8 for s in samples), samples
+    assert {s["run"] for s in samples} == {RUN}
+    at_sandbox = confirmed(sandbox)
+    assert sorted(s["filename"] for s in at_sandbox) == sorted(expected)
+    for s in at_sandbox:
+        r1, r2 = expected[s["filename"]]
+        assert s["paired_end_filename"] == s["filename"].replace("_R1_", "_R2_")
+        assert Path(s["object_path"]).read_bytes() == r1
+        assert Path(s["paired_object_path"]).read_bytes() == r2
+    members = [f for f in files if "_L00" in f["path"]]
+    assert len(members) == 24 and all(f["state"] == "done" and f["sample"] is not None for f in members)
+    assert collections.Counter((f["role"], f["lane"]) for f in members) == {
+        (role, lane): 3 for role in ("R1", "R2") for lane in range(1, 5)}
+    assert len({f["sample_id"] for f in members}) == 3
+    index = [f for f in files if "_I1_" in f["path"]]
+    assert all(f["state"] != "done" or f["sample_id"] is None for f in index), index   # never uploaded
+
+
+def test_a_generic_pair_an_orphan_and_a_late_lane(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    """Without a marker: `reads_1/_2` pair after the group wait; an R1 whose R2 never comes goes single-end with
+    a warning naming the missing mate; a lane that arrives after its sample was uploaded is a sample of its own,
+    flagged late."""
+    r1, r2 = pair_lane("generic", 1, 300, seed=7)
+    (watch_dir / "reads_1.fastq").write_bytes(r1)
+    (watch_dir / "reads_2.fastq").write_bytes(r2)
+    lonely, _ = pair_lane("lonely", 1, 100, seed=8)
+    (watch_dir / "Lonely_S9_L001_R1_001.fastq").write_bytes(lonely)
+    cfg = config(tmp_path, sandbox, [watch_dir])
+    with Daemon(cfg) as daemon:
+        daemon.wait_ready()
+        samples = wait_samples(daemon, 2)
+        by_name = {s["name"]: s for s in samples}
+        assert by_name["reads"]["paired"] is True
+        assert by_name["Lonely"]["paired"] is False
+        assert any("R2" in w for w in by_name["Lonely"]["warnings"]), by_name["Lonely"]
+        late, _ = pair_lane("lonely", 2, 100, seed=8)
+        (watch_dir / "Lonely_S9_L002_R1_001.fastq").write_bytes(late)
+        samples = wait_samples(daemon, 3)
+        assert daemon.terminate() == 0
+    late_samples = [s for s in samples if s["late"]]
+    assert len(late_samples) == 1 and late_samples[0]["state"] == "done", samples
+    names = sorted((s["filename"], s.get("paired_end_filename")) for s in confirmed(sandbox))
+    assert ("reads_1.fastq", "reads_2.fastq") in names and len(names) == 3, names
+
+
+def test_pairing_off_uploads_each_file_as_its_own_sample(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
+    r1, r2 = pair_lane("off", 1, 100, seed=9)
+    (watch_dir / "Off_S1_L001_R1_001.fastq").write_bytes(r1)
+    (watch_dir / "Off_S1_L001_R2_001.fastq").write_bytes(r2)
+    cfg = config(tmp_path, sandbox, [watch_dir], samples='pairing = "off"\n')
+    with Daemon(cfg) as daemon:
+        daemon.wait_ready()
+        samples = wait_samples(daemon, 2)
+        assert daemon.terminate() == 0
+    assert all(not s["paired"] and len(s["files"]) == 1 for s in samples)
+    assert sorted(s["filename"] for s in confirmed(sandbox)) == ["Off_S1_L001_R1_001.fastq",
+                                                                 "Off_S1_L001_R2_001.fastq"]
+
+
+def test_kill_9_during_paired_multi_lane_uploads_confirms_each_sample_once(tmp_path: Path, sandbox: Sandbox,
+                                                                            watch_dir: Path) -> None:
+    """kill -9 at random (seeded) moments while 10 paired 2-lane samples upload: every sample confirmed once,
+    no duplicate; no read POSTed again once the daemon had recorded its POST (the audit journal's
+    sample.posted records against the sandbox's request log)."""
+    rng = random.Random(SEED)
+    run = watch_dir / RUN
+    run.mkdir()
+    for n in range(1, 11):
+        for lane in (1, 2):
+            r1, r2 = pair_lane(f"S{n}", lane, 3000, seed=n)
+            (run / f"Lib{n:02d}_S{n}_L00{lane}_R1_001.fastq").write_bytes(r1)
+            (run / f"Lib{n:02d}_S{n}_L00{lane}_R2_001.fastq").write_bytes(r2)
+    (run / "CopyComplete.txt").write_text("")
+    sandbox.add_fault(Fault(target="init_upload", kind="delay", delay_s=0.1, times=None))
+    sandbox.add_fault(Fault(target="confirm_upload", kind="delay", delay_s=0.2, times=None))
+    cfg = config(tmp_path, sandbox, [{"path": watch_dir, "marker": "illumina"}], max_mbps=40)
+    kills = 0
+    with Daemon(cfg) as daemon:
+        for round_ in range(5):
+            if round_:
+                daemon.start()
+            daemon.wait_ready()
+            time.sleep(rng.uniform(0.3, 1.5))
+            daemon.kill()
+            kills += 1
+        daemon.start()
+        daemon.wait_ready()
+        samples = wait_samples(daemon, 10, timeout_s=120)
+        assert daemon.terminate() == 0
+    assert kills == 5 and len(samples) == 10 and all(s["paired"] for s in samples)
+    done = confirmed(sandbox)
+    per_name = collections.Counter(s["filename"] for s in done)
+    assert len(per_name) == 10 and set(per_name.values()) == {1}, per_name
+    assert {s["sample_id"] for s in samples} == {s["sample_id"] for s in done}
