@@ -8,6 +8,7 @@ import collections
 import gzip
 import os
 import random
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,25 @@ def config(tmp_path: Path, sandbox: Sandbox, watch: list[Any], samples: str = "g
     return write_config(tmp_path, watch=watch, api_url=sandbox.api_url, extra=f"\n[samples]\n{samples}", **kwargs)
 
 
+def recorded_posts(tmp_path: Path) -> set[str]:
+    """The uploaded names of the reads whose POST the (killed) daemon's queue records: a lead at step
+    posted_r1 has its R1 in S3; at posted, both."""
+    db = sqlite3.connect(f"file:{tmp_path}/state/queue.sqlite3?mode=ro", uri=True)
+    try:
+        rows = db.execute("SELECT s.name, f.step FROM files f JOIN samples s ON f.sample = s.id "
+                          "WHERE f.step IN ('posted_r1', 'posted') AND f.role = 'R1'").fetchall()
+    finally:
+        db.close()
+    return {f"{name}_{role}_001.fastq" for name, step in rows
+            for role in (("R1",) if step == "posted_r1" else ("R1", "R2"))}
+
+
+def posts_stored(sandbox: Sandbox) -> collections.Counter[str]:
+    """Successful S3 POSTs at the sandbox, by the uploaded file name."""
+    return collections.Counter(r.get("filename") for r in sandbox.requests()
+                               if r["target"] == "s3" and r["status"] in (200, 201, 204) and r.get("filename"))
+
+
 def stored(sandbox: Sandbox, sample_id: str) -> dict[str, Any]:
     return next(s for s in sandbox.samples() if s["sample_id"] == sample_id)
 
@@ -94,7 +114,7 @@ def test_an_illumina_run_of_3_samples_by_4_lanes_becomes_3_paired_samples(tmp_pa
         assert s["paired_end_filename"] == s["filename"].replace("_R1_", "_R2_")
         assert Path(s["object_path"]).read_bytes() == r1
         assert Path(s["paired_object_path"]).read_bytes() == r2
-    members = [f for f in files if "_L00" in f["path"]]
+    members = [f for f in files if "_L00" in f["path"] and "_I1_" not in f["path"]]
     assert len(members) == 24 and all(f["state"] == "done" and f["sample"] is not None for f in members)
     assert collections.Counter((f["role"], f["lane"]) for f in members) == {
         (role, lane): 3 for role in ("R1", "R2") for lane in range(1, 5)}
@@ -118,8 +138,8 @@ def test_a_generic_pair_an_orphan_and_a_late_lane(tmp_path: Path, sandbox: Sandb
         samples = wait_samples(daemon, 2)
         by_name = {s["name"]: s for s in samples}
         assert by_name["reads"]["paired"] is True
-        assert by_name["Lonely"]["paired"] is False
-        assert any("R2" in w for w in by_name["Lonely"]["warnings"]), by_name["Lonely"]
+        assert by_name["Lonely_S9"]["paired"] is False
+        assert any("R2" in w for w in by_name["Lonely_S9"]["warnings"]), by_name["Lonely_S9"]
         late, _ = pair_lane("lonely", 2, 100, seed=8)
         (watch_dir / "Lonely_S9_L002_R1_001.fastq").write_bytes(late)
         samples = wait_samples(daemon, 3)
@@ -162,14 +182,18 @@ def test_kill_9_during_paired_multi_lane_uploads_confirms_each_sample_once(tmp_p
     sandbox.add_fault(Fault(target="confirm_upload", kind="delay", delay_s=0.2, times=None))
     cfg = config(tmp_path, sandbox, [{"path": watch_dir, "marker": "illumina"}], max_mbps=40)
     kills = 0
+    frozen: dict[str, int] = {}      # a read whose POST was recorded: its successful POSTs at that moment
     with Daemon(cfg) as daemon:
         for round_ in range(5):
             if round_:
                 daemon.start()
             daemon.wait_ready()
-            time.sleep(rng.uniform(0.3, 1.5))
+            time.sleep(rng.uniform(0.3, 1.5))      # a random moment to die at, not a synchronisation
             daemon.kill()
             kills += 1
+            stored_now = posts_stored(sandbox)
+            for name in recorded_posts(tmp_path):
+                frozen.setdefault(name, stored_now[name])
         daemon.start()
         daemon.wait_ready()
         samples = wait_samples(daemon, 10, timeout_s=120)
@@ -179,3 +203,7 @@ def test_kill_9_during_paired_multi_lane_uploads_confirms_each_sample_once(tmp_p
     per_name = collections.Counter(s["filename"] for s in done)
     assert len(per_name) == 10 and set(per_name.values()) == {1}, per_name
     assert {s["sample_id"] for s in samples} == {s["sample_id"] for s in done}
+    stored_end = posts_stored(sandbox)
+    assert frozen, "no kill fell after a recorded POST: the check below checked nothing (change the seed)"
+    assert all(n >= 1 for n in frozen.values()), frozen     # what the queue records as sent, S3 has
+    assert {n: stored_end[n] for n in frozen} == frozen, "a read was POSTed again after its POST was recorded"
