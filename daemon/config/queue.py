@@ -19,11 +19,15 @@ class QueueSettings:
     path: str = "/var/lib/seqdrop/queue.sqlite3"
     url: str | None = None      # postgresql://user@host/db?sslmode=verify-full (no password: see below)
     lease_s: float = 60.0       # a claim's lease on the database's clock, renewed every third of it
-    host: str = ""              # this host's name in claimed_by (default: the machine's host name)
+    host: str = ""              # this host's name in claimed_by ("": the machine's host name, claim_host)
 
     @property
     def shared(self) -> bool:
         return self.url is not None
+
+    @property
+    def claim_host(self) -> str:
+        return self.host or socket.gethostname()
 
 
 def parse_queue(s: Section) -> QueueSettings:
@@ -36,7 +40,7 @@ def parse_queue(s: Section) -> QueueSettings:
                          url=url,
                          lease_s=s.number("lease_s", QueueSettings.lease_s, minimum=MIN_LEASE_S,
                                           fix="seconds a claim holds without renewal, e.g. 60"),
-                         host=host or socket.gethostname())
+                         host=host)
 
 
 def _check_url(s: Section, url: str) -> None:
