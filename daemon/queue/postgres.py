@@ -18,7 +18,8 @@ Fencing, without changing the verbs' signatures: claims are per process, so the 
 claimed row id, the token it got (self._fences). Every write this process makes to a row it holds names
 that token (`... AND fence = %s`); a write that matches no row because the token moved on (the lease ran
 out and another host claimed it, or a release bumped it) raises LeaseLost, and the pipeline stops that
-upload without confirming. A write that ends the claim (mark_done, reschedule, set_state out of
+upload without confirming (and any later write of this process to that row is refused as well, until
+it claims the row again). A write that ends the claim (mark_done, reschedule, set_state out of
 `uploading`) forgets the token. Transitions made by someone who does not hold the row (a release, retry,
 the tracker) draw a new token, so a former holder's late write is refused too. One Codex refuses a second
 confirm of a sample (AlreadyDone): a holder paused between its last fenced write and its confirm call
@@ -83,6 +84,7 @@ class PostgresStore(PgReads, PgSamples):
         self._by_id = dict(self._roots)
         self._lock = threading.RLock()
         self._fences: dict[int, int] = {}          # row id -> token of this process's claim
+        self._lost: dict[int, int] = {}            # row id -> the token a refused write named (until claimed again)
         self._fences_lock = threading.Lock()
         self._holds_host_lock = False
         self._stop = threading.Event()
@@ -259,6 +261,7 @@ class PostgresStore(PgReads, PgSamples):
             return None
         with self._fences_lock:
             self._fences[r["id"]] = r["fence"]
+            self._lost.pop(r["id"], None)
         self._start_renewer()
         return self._from_db(r)
 
@@ -314,7 +317,7 @@ class PostgresStore(PgReads, PgSamples):
         """UPDATE the row file_id lands on; if this process holds it, only under its token (LeaseLost
         if the token moved on). A write by a non-holder that changes the state draws a new token."""
         with self._fences_lock:
-            fence = self._fences.get(file_id)
+            fence = self._fences.get(file_id, self._lost.get(file_id))
         sql = f"UPDATE files SET {sets}"
         if fence is None and "state=" in sets.replace(" ", ""):
             sql += ", fence = nextval('fences')"
@@ -328,7 +331,8 @@ class PostgresStore(PgReads, PgSamples):
             if n == 0 and fence is not None:
                 r = db.execute("SELECT fence, claimed_by FROM files WHERE id = %s", (file_id,)).fetchone()
                 if r is None or r["fence"] != fence:
-                    self._forget(file_id)
+                    with self._fences_lock:      # kept: any later write of this process is refused too
+                        self._lost[file_id] = self._fences.pop(file_id, fence)
                     raise LeaseLost(f"the lease on queue row {file_id} was lost (now held by "
                                     f"{(r or {}).get('claimed_by') or 'nobody'}): this host stops its upload")
         if ends_claim and fence is not None and n:
