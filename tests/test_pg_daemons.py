@@ -5,12 +5,13 @@ sandbox One Codex. Every file is confirmed exactly once, whichever daemon is kil
 from __future__ import annotations
 
 import collections
+import re
 import signal
 from pathlib import Path
 
 import psycopg
 import pytest
-from harness import Daemon, fastq_bytes, wait_for, write_config
+from harness import Daemon, cli, fastq_bytes, wait_for, write_config
 
 from daemon.sandbox.faults import Fault
 
@@ -117,3 +118,61 @@ def _worker(url: str) -> str:
     """The worker part of the current claim (host/pid:worker): the test only knows the host."""
     rows = _rows(url, "SELECT claimed_by FROM files WHERE state = 'uploading'")
     return rows[0][0].split("/", 1)[1] if rows and rows[0][0] else "?"
+
+
+@pytest.mark.timeout(180)
+def test_the_database_restarted_during_uploads(tmp_path, watch_dir, sandbox, pg_server, pg_url):
+    """Must show 3: the server stops (every connection cut) and comes back while two daemons upload;
+    they wait, reconnect and finish: every file confirmed exactly once."""
+    names = [f"r{i:02d}.fastq" for i in range(60)]
+    for i, name in enumerate(names):
+        (watch_dir / name).write_bytes(fastq_bytes(600, seed=i))
+    sandbox.add_fault(Fault("s3", "delay", delay_s=0.2, times=None))
+    hosts = [_host(tmp_path, f"h{n}", watch=watch_dir, url=pg_url, api_url=sandbox.api_url) for n in (1, 2)]
+    try:
+        for d in hosts:
+            d.start()
+        wait_for(lambda: _rows(pg_url, "SELECT count(*) FROM files WHERE state = 'done'") >= [(5,)], 60,
+                 "the first uploads")
+        pg_server.stop("fast")
+        wait_for(lambda: all(any(e.get("event") == "worker.store_error" for e in d.log_events()) for d in hosts),
+                 30, "both daemons meeting the database away")
+        pg_server.start()
+        wait_for(lambda: _rows(pg_url, "SELECT count(*) FROM files WHERE state = 'done'") == [(len(names),)], 120,
+                 lambda: f"every file done after the restart\n{hosts[0].log_tail()}", interval_s=0.5)
+        assert all(d.alive() for d in hosts)
+        _confirmed_once(sandbox, names)
+    finally:
+        if not pg_server_running(pg_server):
+            pg_server.start()
+        for d in hosts:
+            d.__exit__(None, None, None)
+
+
+def pg_server_running(server) -> bool:
+    try:
+        server.version()
+        return True
+    except psycopg.Error:
+        return False
+
+
+def test_status_retry_and_check_on_the_shared_queue(tmp_path, watch_dir, sandbox, pg_url):
+    """The operator's commands read the shared queue: status --json says which host holds a row,
+    retry puts a failed file back, check names the server, its version and the queue's format."""
+    daemon = _host(tmp_path, "h1", watch=watch_dir, url=pg_url, api_url=sandbox.api_url)
+    (watch_dir / "a.fastq").write_bytes(fastq_bytes(600, seed=1))
+    sandbox.add_fault(Fault("init_upload", "status", status=400, times=1))      # a.fastq fails for good
+    with daemon:
+        files = daemon.wait_files(lambda fs: fs and fs[0]["state"] == "failed", 30, "a.fastq failed")
+        assert files[0]["path"] == str(watch_dir / "a.fastq") and files[0]["claimed_by"] is None
+        out = cli(daemon.config, "retry", "--failed")
+        assert out.returncode == 0, out.stderr
+        daemon.wait_files(lambda fs: fs[0]["state"] == "done", 30, "a.fastq done after retry")
+        sandbox.add_fault(Fault("s3", "delay", delay_s=3.0, times=1))
+        (watch_dir / "b.fastq").write_bytes(fastq_bytes(600, seed=2))
+        held = daemon.wait_files(lambda fs: [f for f in fs if f["state"] == "uploading"], 30, "b.fastq uploading")
+        assert [f["claimed_by"].split("/")[0] for f in held if f["state"] == "uploading"] == ["h1"]
+    check = cli(daemon.config, "check")
+    assert re.search(r"PostgreSQL \d+\.\d+.*, database t\w+ at postgresql://seqdrop@/.*, queue format 1", check.stdout), \
+        check.stdout + check.stderr

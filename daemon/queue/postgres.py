@@ -112,7 +112,12 @@ class PostgresStore(PgReads, PgSamples):
                 pass
             self.db = self._connect()
             if self._holds_host_lock:
-                self._take_host_lock()
+                try:
+                    self._take_host_lock()
+                except StoreLocked:
+                    # The old session still holds it (a network cut the server has not noticed yet):
+                    # it is this daemon's own, and goes when the server drops that session.
+                    pass
         return self.db
 
     def close(self) -> None:
