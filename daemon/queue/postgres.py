@@ -25,8 +25,8 @@ the tracker) draw a new token, so a former holder's late write is refused too. O
 confirm of a sample (AlreadyDone): a holder paused between its last fenced write and its confirm call
 cannot confirm the sample twice either.
 
-Every verb is one short transaction on one connection (behind a lock, like SQLite's); batch() is one
-transaction (a rescan of a folder: one query, then one commit per batch). A broken connection (the server
+Every verb is one short transaction on one connection (behind a lock, like SQLite's) — a verb of one
+statement runs it in autocommit: one round trip, no BEGIN/COMMIT — and batch() is one transaction (a rescan of a folder: one query, then one commit per batch). A broken connection (the server
 restarted) is replaced at the next verb; the verb that met the break raises, and the daemon's callers
 retry as they do for a failing disk.
 """
@@ -83,6 +83,7 @@ class PostgresStore(PgReads, PgSamples):
                              key=lambda wp: len(wp[1]), reverse=True)     # innermost first
         self._by_id = dict(self._roots)
         self._lock = threading.RLock()
+        self._depth = 0                           # > 0 inside batch()
         self._fences: dict[int, int] = {}          # row id -> token of this process's claim
         self._lost: dict[int, int] = {}            # row id -> the token a refused write named (until claimed again)
         self._fences_lock = threading.Lock()
@@ -106,6 +107,8 @@ class PostgresStore(PgReads, PgSamples):
     def _conn(self) -> psycopg.Connection:
         """The connection, replaced if the last one broke (a server restart, a network cut)."""
         if self.db.closed or self.db.broken:
+            if self._depth:          # the batch's transaction died with it: never go on outside it
+                raise psycopg.OperationalError("the connection to the queue database broke during a batch")
             try:
                 self.db.close()
             except psycopg.Error:
@@ -149,9 +152,21 @@ class PostgresStore(PgReads, PgSamples):
                 yield db
 
     @contextmanager
+    def one(self) -> Iterator[psycopg.Connection]:
+        """For verbs of one statement (or statements that need no atomicity together): each commits
+        itself (autocommit: one round trip, not BEGIN, statement, COMMIT), or joins the batch() it is in."""
+        with self._lock:
+            yield self._conn()
+
+    @contextmanager
     def batch(self) -> Iterator[None]:
+        """Many transitions, one transaction (a rescan's batch of files: one commit)."""
         with self.tx():
-            yield
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
 
     def has_schema(self) -> bool:
         with self._lock:
@@ -195,7 +210,7 @@ class PostgresStore(PgReads, PgSamples):
     def add_seen(self, path: str, ident: Identity) -> int:
         watch, rel = self._split(path)
         now = self.clock()
-        with self.tx() as db:
+        with self.one() as db:
             r = db.execute("INSERT INTO files(watch, rel, dev, inode, size, mtime_ns, state, stable_since, created_at,"
                            " updated_at) VALUES (%s, %s, %s, %s, %s, %s, 'seen', %s, %s, %s)"
                            " ON CONFLICT (watch, rel, size, mtime_ns) WHERE state <> 'vanished' DO NOTHING"
@@ -209,7 +224,7 @@ class PostgresStore(PgReads, PgSamples):
     def add_moved(self, path: str, ident: Identity, *, source: FileRow, note: str) -> int:
         watch, rel = self._split(path)
         now = self.clock()
-        with self.tx() as db:
+        with self.one() as db:
             r = db.execute("INSERT INTO files(watch, rel, dev, inode, size, mtime_ns, state, sample_id, md5, error,"
                            " stable_since, created_at, updated_at) VALUES (%s, %s, %s, %s, %s, %s, 'done', %s, %s,"
                            " %s, %s, %s, %s) RETURNING id",
@@ -244,7 +259,7 @@ class PostgresStore(PgReads, PgSamples):
                             ends_claim=state != "uploading") == 1
 
     def note(self, file_id: int, error: str | None) -> None:
-        with self.tx() as db:
+        with self.one() as db:
             db.execute(f"UPDATE files SET error = %s WHERE id = {LEAD_OF} AND error IS DISTINCT FROM %s",
                        (error, file_id, file_id, error))
 
@@ -254,7 +269,7 @@ class PostgresStore(PgReads, PgSamples):
         if not self._roots:
             return None
         now = self.clock()
-        with self.tx() as db:
+        with self.one() as db:
             r = db.execute(
                 "WITH c AS (SELECT id FROM files WHERE NOT follower AND watch = ANY(%s) AND"
                 " ((state = 'queued' AND next_attempt_at <= %s) OR (state = 'uploading' AND lease_until < now()))"
@@ -299,7 +314,7 @@ class PostgresStore(PgReads, PgSamples):
     def release_stale_claims(self) -> int:
         """At start-up: rows this host's previous run left `uploading` go back to the queue (steps kept).
         Other hosts' claims are theirs until their leases run out (claim_next then takes them)."""
-        with self.tx() as db:
+        with self.one() as db:
             return db.execute("UPDATE files SET state='queued', claimed_by=NULL, lease_until=NULL, next_attempt_at=0,"
                               " fence = nextval('fences') WHERE state='uploading' AND NOT follower"
                               " AND starts_with(claimed_by, %s)", (self.host + "/",)).rowcount
@@ -313,7 +328,7 @@ class PostgresStore(PgReads, PgSamples):
             sql += (" AND (id = ANY(%s) OR id IN (SELECT s.lead FROM samples s JOIN files f ON f.sample = s.id"
                     " WHERE f.id = ANY(%s)))")
             args += [list(ids), list(ids)]
-        with self.tx() as db:
+        with self.one() as db:
             return db.execute(sql, args).rowcount
 
     # -- fencing -----------------------------------------------------------------------------
@@ -331,7 +346,7 @@ class PostgresStore(PgReads, PgSamples):
         if fence is not None:
             sql += " AND fence = %s"
             params.append(fence)
-        with self.tx() as db:
+        with self.one() as db:
             n = db.execute(sql, params).rowcount
             if n == 0 and fence is not None:
                 r = db.execute("SELECT fence, claimed_by FROM files WHERE id = %s", (file_id,)).fetchone()
@@ -385,7 +400,7 @@ class PostgresStore(PgReads, PgSamples):
         return json.loads(r["value"]) if r else None
 
     def set_meta(self, key: str, value: Any) -> None:
-        with self.tx() as db:
+        with self.one() as db:
             if value is None:
                 db.execute("DELETE FROM meta WHERE key = %s", (key,))
             else:

@@ -34,6 +34,7 @@ class PgSamples:
     _from_db: Callable[[dict[str, Any]], FileRow]
     clock: Callable[[], float]
     tx: Callable[[], AbstractContextManager[psycopg.Connection]]
+    one: Callable[[], AbstractContextManager[psycopg.Connection]]
     _split: Callable[[str], tuple[str, str]]
     _local: Callable[[str, str], str]
 
@@ -112,7 +113,7 @@ class PgSamples:
                 db.execute("UPDATE files SET md5 = %s WHERE id = %s", (md5, file_id))
 
     def set_landing(self, sample: int, landing: dict[str, Any]) -> None:
-        with self.tx() as db:
+        with self.one() as db:
             db.execute("UPDATE samples SET landing = %s WHERE id = %s", (json.dumps(landing), sample))
 
     def add_flag(self, file_id: int, flag: str, *, note: str | None = None) -> None:
