@@ -326,3 +326,24 @@ def test_config_needs_watch_ids_and_no_password_in_the_url(tmp_path):
 
 def _toml(text: str) -> dict:
     return tomllib.loads(text)
+
+
+def test_reading_a_row_whose_lease_was_taken_says_so(pg_url):
+    """The pipeline reads its row before a side exit (cancel_upload): a row taken by another host
+    raises LeaseLost there, before any network call could touch that host's sample."""
+    a = _pg(pg_url, host="a", lease_s=0.5)
+    b = _pg(pg_url, host="b")
+    a._stop.set()
+    row = a.add_seen("/x.fastq", IDENT)
+    a.set_state(row, "queued")
+    a.claim_next("w")
+    assert a.get(row).state == "uploading"                 # still held: reads as usual
+    _wait_for(lambda: _lease_expired(pg_url, row), what="A's lease to run out")
+    b.claim_next("w")
+    with pytest.raises(LeaseLost):
+        a.get(row)
+    with pytest.raises(LeaseLost):
+        a.set_state(row, "failed", error="x")
+    assert b.get(row).state == "uploading"
+    a.close()
+    b.close()

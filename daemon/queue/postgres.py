@@ -350,14 +350,21 @@ class PostgresStore(PgReads, PgSamples):
             n = db.execute(sql, params).rowcount
             if n == 0 and fence is not None:
                 r = db.execute("SELECT fence, claimed_by FROM files WHERE id = %s", (file_id,)).fetchone()
-                if r is None or r["fence"] != fence:
-                    with self._fences_lock:      # kept: any later write of this process is refused too
-                        self._lost[file_id] = self._fences.pop(file_id, fence)
-                    raise LeaseLost(f"the lease on queue row {file_id} was lost (now held by "
-                                    f"{(r or {}).get('claimed_by') or 'nobody'}): this host stops its upload")
+                self._check_fence(file_id, r["fence"] if r else None, r["claimed_by"] if r else None, fence)
         if ends_claim and fence is not None and n:
             self._forget(file_id)
         return n
+
+    def _check_fence(self, file_id: int, found: int | None, holder: str | None, fence: int | None = None) -> None:
+        """LeaseLost if this process holds file_id (under `fence`, or the token it got) and the row's
+        token is no longer that one. The token is kept: any later write of this process is refused too."""
+        with self._fences_lock:
+            mine = fence if fence is not None else self._fences.get(file_id)
+            if mine is None or found == mine:
+                return
+            self._lost[file_id] = self._fences.pop(file_id, mine)
+        raise LeaseLost(f"the lease on queue row {file_id} was lost (now held by {holder or 'nobody'}): "
+                        f"this host stops its upload")
 
     def _forget(self, file_id: int) -> None:
         with self._fences_lock:

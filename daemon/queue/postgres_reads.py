@@ -49,6 +49,7 @@ class PgReads:
     _split: Callable[[str], tuple[str, str]]
     _by_id: dict[str, str]
     _local: Callable[[str, str], str]
+    _check_fence: Callable[[int, int, str | None], None]
 
     def _all(self, sql: str, args: Any = ()) -> list[dict[str, Any]]:
         with self._lock:
@@ -61,7 +62,14 @@ class PgReads:
             return None           # no file of this host's watch folders: no row names it
 
     def get(self, file_id: int) -> FileRow | None:
-        return self._one("SELECT * FROM files WHERE id = %s", (file_id,))
+        """The row; LeaseLost if this process holds it and its token has moved on (another host took it):
+        the pipeline reads its row before a side exit's network call (cancel_upload), which must not
+        touch a sample another host is uploading now."""
+        with self._lock:
+            r = self._conn().execute("SELECT * FROM files WHERE id = %s", (file_id,)).fetchone()
+        if r is not None:
+            self._check_fence(file_id, r["fence"], r["claimed_by"])
+        return self._from_db(r) if r else None
 
     def latest_for_path(self, path: str) -> FileRow | None:
         name = self._where_path(path)
