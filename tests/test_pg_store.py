@@ -14,8 +14,10 @@ import psycopg
 import pytest
 
 from daemon.config.document import parse
-from daemon.errors import ConfigError, LeaseLost
+from daemon import redact
+from daemon.errors import ConfigError, LeaseLost, SeqdropError
 from daemon.queue import postgres_schema
+from daemon.queue.open import credential_password, open_shared
 from daemon.queue.base import SHARED_DEV, Identity, QueueTooNew, StoreLocked
 from daemon.queue.postgres import PostgresStore
 from daemon.queue.postgres_reads import display_url
@@ -347,3 +349,24 @@ def test_reading_a_row_whose_lease_was_taken_says_so(pg_url):
     assert b.get(row).state == "uploading"
     a.close()
     b.close()
+
+
+def test_the_credential_is_read_and_never_shown(tmp_path, monkeypatch):
+    """The systemd credential queue-password is the password; it is registered for redaction, and a
+    database that cannot be reached is named without it."""
+    (tmp_path / "queue-password").write_text("s3cret-Passw0rd\n")
+    monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+    try:
+        assert credential_password() == "s3cret-Passw0rd"
+        assert "s3cret-Passw0rd" not in redact.scrub("password authentication failed: s3cret-Passw0rd")
+        watch = tmp_path / "w"
+        watch.mkdir()
+        nowhere = tmp_path / "no-server"
+        nowhere.mkdir()
+        settings = parse(_toml(f'[queue]\nurl = "postgresql://seqdrop@/x?host={nowhere}&port=1"\n'
+                               f'[watch]\npaths = [{{path = "{watch}", id = "w"}}]\n'), file=str(tmp_path / "c.toml"))
+        with pytest.raises(SeqdropError, match="cannot open the queue database postgresql://seqdrop@/x") as e:
+            open_shared(settings)
+        assert "s3cret" not in str(e.value) and "fix:" in str(e.value)
+    finally:
+        redact.reset()
