@@ -173,6 +173,8 @@ def test_status_retry_and_check_on_the_shared_queue(tmp_path, watch_dir, sandbox
         (watch_dir / "b.fastq").write_bytes(fastq_bytes(600, seed=2))
         held = daemon.wait_files(lambda fs: [f for f in fs if f["state"] == "uploading"], 30, "b.fastq uploading")
         assert [f["claimed_by"].split("/")[0] for f in held if f["state"] == "uploading"] == ["h1"]
+        show = cli(daemon.config, "show", str(watch_dir / "b.fastq"))
+        assert re.search(r"held by +h1/\d+:", show.stdout), show.stdout + show.stderr
     check = cli(daemon.config, "check")
     assert re.search(r"PostgreSQL \d+\.\d+.*, database t\w+ at postgresql://seqdrop@/.*, queue format 1", check.stdout), \
         check.stdout + check.stderr

@@ -180,7 +180,8 @@ def show(settings: Settings, store: Any, what: str, *, as_json: bool = False, ou
         return EXIT_NOT_FOUND
     if as_json:
         doc = [{**v.row.public(), "created_at": iso_utc(v.created_at), "md5": v.row.md5, "step": v.row.step,
-                "mtime_ns": v.row.identity.mtime_ns, "device": v.row.identity.dev, "inode": v.row.identity.inode}
+                "mtime_ns": v.row.identity.mtime_ns, "device": v.row.identity.dev, "inode": v.row.identity.inode,
+                "claimed_by": v.claimed_by}
                for versions in stories.values() for v in versions]
         print(json.dumps(doc, indent=2, ensure_ascii=False), file=out)
         return EXIT_OK
@@ -229,6 +230,8 @@ def _write_story(out: TextIO, path: str, versions: list[Version]) -> None:
         print(f"    attempts      {r.attempts}", file=out)
         if r.step and r.state != "done":
             print(f"    upload step   {_STEP_WORDS.get(r.step, r.step)}", file=out)
+        if v.claimed_by:      # a shared queue (PostgreSQL): which host is sending it
+            print(f"    held by       {escape_control(v.claimed_by)}", file=out)
         if r.state == "queued" and r.next_attempt_at > time.time():
             print(f"    next attempt  {_local(r.next_attempt_at)}", file=out)
         if r.error:

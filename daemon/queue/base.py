@@ -244,6 +244,7 @@ class Version:
     """One file version as `seqdrop show` tells it: its row and when it was first seen."""
     row: FileRow
     created_at: float
+    claimed_by: str | None = None     # on a shared queue: the host/worker holding it while it uploads
 
 
 __all__ = ["STATES", "TERMINAL", "STEP_NONE", "STEP_INITIALIZED", "STEP_POSTED", "STEP_MP_INIT",

@@ -205,7 +205,8 @@ class PgReads:
             rows = self._all("SELECT * FROM files WHERE sample_id = %s ORDER BY id", (sample_id,))
         else:
             rows = self._all("SELECT * FROM files WHERE id = %s", (file_id,))
-        return [Version(row=self._from_db(r), created_at=r["created_at"]) for r in rows]
+        return [Version(row=self._from_db(r), created_at=r["created_at"],
+                        claimed_by=r["claimed_by"] if r["state"] == "uploading" else None) for r in rows]
 
     def confirmed_matches(self, files: list[tuple[str, Identity]]) -> dict[str, FileRow]:
         """For each (path, identity), the newest done version that is the same file version: the same
