@@ -5,6 +5,7 @@ by concurrent processes. A real PostgreSQL server, started by the suite (tests/p
 from __future__ import annotations
 
 import datetime
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +16,8 @@ import pytest
 
 from daemon.config.document import parse
 from daemon import redact
-from daemon.errors import ConfigError, LeaseLost, SeqdropError
+from daemon.detection.roots import WatchRoots
+from daemon.errors import ConfigError, FileChanged, LeaseLost, SeqdropError
 from daemon.queue import postgres_schema
 from daemon.queue.open import credential_password, open_shared
 from daemon.queue.base import SHARED_DEV, Identity, QueueTooNew, StoreLocked
@@ -370,3 +372,15 @@ def test_the_credential_is_read_and_never_shown(tmp_path, monkeypatch):
         assert "s3cret" not in str(e.value) and "fix:" in str(e.value)
     finally:
         redact.reset()
+
+
+def test_a_deleted_run_folder_is_no_unmounted_share_on_a_shared_queue(tmp_path):
+    """A shared queue's versions carry no device (SHARED_DEV): a file whose run folder was deleted has
+    vanished (FileChanged), not "its share is unmounted" (which would wait for ever)."""
+    root = tmp_path / "share"
+    root.mkdir()
+    roots = WatchRoots([(str(root), None)])
+    path = str(root / "run1" / "a.fastq")
+    assert not roots.gone(path, SHARED_DEV)
+    assert isinstance(roots.missing_file(path, SHARED_DEV), FileChanged)
+    assert roots.gone(path, os.stat(root).st_dev + 1)        # a real other device: the unmounted-share case
