@@ -27,4 +27,4 @@ def watch_dir(tmp_path: Path) -> Path:
 
 
 # The PostgreSQL server for the shared queue's tests (pg_server: session-wide; pg_url: a fresh database).
-from pg_server import pg_server, pg_url  # noqa: E402,F401
+from pg_server import pg_server, pg_url  # noqa: F401

@@ -14,13 +14,13 @@ import tomllib
 import psycopg
 import pytest
 
-from daemon.config.document import parse
 from daemon import redact
+from daemon.config.document import parse
 from daemon.detection.roots import WatchRoots
 from daemon.errors import ConfigError, FileChanged, LeaseLost, SeqdropError
 from daemon.queue import postgres_schema
-from daemon.queue.open import credential_password, open_shared
 from daemon.queue.base import SHARED_DEV, Identity, QueueTooNew, StoreLocked
+from daemon.queue.open import credential_password, open_shared
 from daemon.queue.postgres import PostgresStore
 from daemon.queue.postgres_reads import display_url
 from daemon.queue.sqlite import SqliteStore
@@ -318,7 +318,7 @@ def test_a_newer_database_is_refused_and_check_reports_the_server(pg_url):
 def test_config_needs_watch_ids_and_no_password_in_the_url(tmp_path):
     watch = tmp_path / "w"
     watch.mkdir()
-    base = f'[queue]\nurl = "postgresql://seqdrop@db/seqdrop"\n[watch]\npaths = '
+    base = '[queue]\nurl = "postgresql://seqdrop@db/seqdrop"\n[watch]\npaths = '
     with pytest.raises(ConfigError, match="has no id"):      # a ConfigError: exit 2
         parse(_toml(base + f'["{watch}"]\n'), file=str(tmp_path / "c.toml"))
     ok = parse(_toml(base + f'[{{path = "{watch}", id = "miseq"}}]\n'), file=str(tmp_path / "c.toml"))

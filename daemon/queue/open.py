@@ -43,10 +43,10 @@ def open_shared(settings: Any, *, readonly: bool = False) -> Any:
     Raises SeqdropError naming the database (never its password) when it cannot be reached."""
     # Lazy: psycopg is an optional extra ([postgresql]) that only a shared queue needs.
     try:
-        import psycopg  # noqa: PLC0415
+        import psycopg
 
-        from daemon.queue.postgres import PostgresStore  # noqa: PLC0415
-        from daemon.queue.postgres_reads import display_url  # noqa: PLC0415
+        from daemon.queue.postgres import PostgresStore
+        from daemon.queue.postgres_reads import display_url
     except ImportError:
         raise psycopg_missing() from None
 
