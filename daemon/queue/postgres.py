@@ -312,12 +312,14 @@ class PostgresStore(PgReads, PgSamples):
                      [error, now + delay_s, 1 if count_attempt else 0, now], ends_claim=True)
 
     def release_stale_claims(self) -> int:
-        """At start-up: rows this host's previous run left `uploading` go back to the queue (steps kept).
+        """At start-up: rows this host's previous run left `uploading` go back to the queue (steps kept;
+        never a row this process holds).
         Other hosts' claims are theirs until their leases run out (claim_next then takes them)."""
         with self.one() as db:
             return db.execute("UPDATE files SET state='queued', claimed_by=NULL, lease_until=NULL, next_attempt_at=0,"
                               " fence = nextval('fences') WHERE state='uploading' AND NOT follower"
-                              " AND starts_with(claimed_by, %s)", (self.host + "/",)).rowcount
+                              " AND starts_with(claimed_by, %s) AND NOT id = ANY(%s)",
+                              (self.host + "/", list(self.held()))).rowcount
 
     def retry(self, *, states: tuple[str, ...], ids: tuple[int, ...] = ()) -> int:
         sql = ("UPDATE files SET state='queued', step='', init=NULL, sample_id=NULL, error=NULL, init_at=NULL,"
