@@ -18,6 +18,7 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -93,10 +94,18 @@ class PgServer:
         shutil.rmtree(self.root, ignore_errors=True)
 
 
+def require_psycopg() -> Any:
+    """psycopg, for a test module that needs it at import (skips the module, or fails it under CI)."""
+    if psycopg is None:
+        _unavailable("the Python package psycopg is not installed (pip install -e '.[test]')")
+    return psycopg
+
+
 def _unavailable(reason: str) -> None:
     if os.environ.get("CI"):
-        pytest.fail(f"PostgreSQL is needed under CI: {reason} (scripts/dev installs postgresql-15 as root)")
-    pytest.skip(f"no PostgreSQL here: {reason}")
+        pytest.fail(f"PostgreSQL is needed under CI: {reason} (scripts/dev installs postgresql-15 as root)",
+                    pytrace=False)
+    pytest.skip(f"no PostgreSQL here: {reason}", allow_module_level=True)
 
 
 @pytest.fixture(scope="session")
