@@ -26,9 +26,10 @@ confirm of a sample (AlreadyDone): a holder paused between its last fenced write
 cannot confirm the sample twice either.
 
 Every verb is one short transaction on one connection (behind a lock, like SQLite's) — a verb of one
-statement runs it in autocommit: one round trip, no BEGIN/COMMIT — and batch() is one transaction (a rescan of a folder: one query, then one commit per batch). A broken connection (the server
-restarted) is replaced at the next verb; the verb that met the break raises, and the daemon's callers
-retry as they do for a failing disk.
+statement runs it in autocommit: one round trip, no BEGIN/COMMIT — and batch() is one transaction (a
+rescan of a folder: one query, then one commit per batch). A broken connection (the server restarted)
+is replaced at the next verb; the verb that met the break raises, and the daemon's callers retry as
+they do for a failing disk (the workers wait and try again; nothing is lost: each step was recorded).
 """
 
 from __future__ import annotations
