@@ -102,7 +102,9 @@ def test_a_stalled_host_whose_lease_was_taken_confirms_nothing(tmp_path, watch_d
         wait_for(lambda: _rows(pg_url, "SELECT state FROM files") == [("done",)], 60,
                  lambda: f"h2 finishing the file\n{h2.log_tail()}")
         h1.signal(signal.SIGCONT)
-        wait_for(lambda: any(e.get("event") == "upload.lease_lost" for e in h1.log_events()), 30,
+        # Told at its next write (upload.lease_lost) or its next read of the row (worker.lease_lost: e.g.
+        # S3 refused the late POST, and the side exit read the row before cancelling anything).
+        wait_for(lambda: any(e.get("event") in ("upload.lease_lost", "worker.lease_lost") for e in h1.log_events()), 30,
                  lambda: f"h1 told its lease was lost\n{h1.log_tail()}")
         _confirmed_once(sandbox, ["slow.fastq"])
         confirms = [r for r in sandbox.requests() if r.get("target") == "confirm_upload"]
