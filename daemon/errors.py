@@ -115,3 +115,9 @@ class FileChanged(SeqdropError):
 
 class Aborted(SeqdropError):
     """Shutdown was requested while a transfer was in flight."""
+
+
+class LeaseLost(SeqdropError):
+    """A shared queue (PostgreSQL) refused a write: the lease on this row expired and another host (or
+    a later claim) holds it now, under a newer fencing token. The upload stops without writing or
+    confirming anything more; the new owner resumes it from the stored step."""

@@ -24,3 +24,7 @@ def watch_dir(tmp_path: Path) -> Path:
     path = tmp_path / "watch"
     path.mkdir()
     return path
+
+
+# The PostgreSQL server for the shared queue's tests (pg_server: session-wide; pg_url: a fresh database).
+from pg_server import pg_server, pg_url  # noqa: F401

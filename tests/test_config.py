@@ -191,7 +191,7 @@ EXACT = [
      'must be a folder path or {path = "...", marker = "...", polling = true}',
      'e.g. paths = ["/srv/out", {path = "/mnt/nas", polling = true}]'),
     ("[watch]\npaths = [{path = 'runs', mark = 'x'}]\n", "watch.paths[0]", "unknown key(s) mark",
-     "a watch entry takes path, marker, polling, pairing, merge_lanes, group_wait_seconds, project, tags, metadata"),
+     "a watch entry takes path, marker, polling, id, pairing, merge_lanes, group_wait_seconds, project, tags, metadata"),
     ("[watch]\npaths = [{path = 'runs', marker = 1}]\n", "watch.paths[0]", "marker must be a string",
      'marker = "illumina" | "bclconvert" | "nanopore" | "glob:<pattern>"'),
     ("[watch]\npaths = [{path = 'runs', marker = 'glob:'}]\n", "watch.paths[0]", "unknown run marker 'glob:'",
@@ -263,7 +263,7 @@ EXACT = [
 KNOWN_KEYS = {
     "api": "api_key_file, base_url, call_deadline_s, connect_timeout_s, probe_interval_s, read_timeout_s",
     "watch": "exclude, include, max_depth, paths, poll_interval_s, rescan_interval_s, settle_seconds",
-    "queue": "path",
+    "queue": "host, lease_s, path, url",
     "upload": "allow_missing_etag, block_size, max_backoff_s, max_mbps, multipart_s3_endpoint, multipart_s3_region, "
               "multipart_threshold_bytes, stall_timeout_s, validate, workers",
     "log": "format, level",

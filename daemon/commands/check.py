@@ -16,11 +16,12 @@ from daemon.commands.queue_owner import ownership_problem
 from daemon.config.api_key import key_file_exposure
 from daemon.detection.files import DepthLimit, sub_folders
 from daemon.detection.mounts import network_mount_type
-from daemon.errors import AuthError, ConfigError, Permanent, Transient
+from daemon.errors import AuthError, ConfigError, Permanent, SeqdropError, Transient
 from daemon.landing.survey import survey
 from daemon.operations import logs
 from daemon.queue import integrity
 from daemon.queue.journal import journal_path
+from daemon.queue.open import open_shared
 from daemon.upload.build import make_client
 from daemon.upload.client import OneCodexClient
 
@@ -67,7 +68,27 @@ def run_checks(config_path: str, *, out: Any = None, env: dict[str, str] | None 
     return 0 if not r.problems else 1
 
 
+def _check_shared_queue(settings: Any, r: _Report) -> None:
+    """[queue] url: the database reached with this host's credentials, its server version, the queue's format."""
+    try:
+        store = open_shared(settings, readonly=True)
+    except SeqdropError as e:
+        r.bad("queue", str(e).split(" — fix: ")[0], str(e).partition(" — fix: ")[2] or "check [queue] url")
+        return
+    try:
+        info = store.server()
+    finally:
+        store.close()
+    found = info["schema_version"]
+    schema = f"queue format {found}" if found is not None else "no queue yet (the first daemon creates it)"
+    r.ok("queue", f"PostgreSQL {info['server_version']}, database {info['database']} at {info['url']}, {schema}, "
+                  f"this host claims as {info['host']!r}")
+
+
 def _check_queue(settings: Any, r: _Report) -> None:
+    if settings.queue.shared:
+        _check_shared_queue(settings, r)
+        return
     """A real integrity check (integrity_check compares every index with its table, unlike quick_check),
     and the queue compared with its audit journal (a queue that lost its newest transactions)."""
     path = settings.queue.path

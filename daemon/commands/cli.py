@@ -24,6 +24,7 @@ from daemon.operations.notify import SystemdNotifier
 from daemon.queue.base import STATES, StoreLocked
 from daemon.queue.integrity import journal_has_records
 from daemon.queue.journal import journal_path
+from daemon.queue.open import open_shared
 from daemon.queue.sqlite import SqliteStore
 from daemon.queue.storage import STORE_DAMAGED, storage_fault
 
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     # lazy: see the note on imports at the top
     from daemon.service.service import Service
-    from daemon.service.startup import NotAQueue, QueueUnusable, open_queue
+    from daemon.service.startup import NotAQueue, QueueUnusable, open_configured_queue
 
     os.umask(0o077)      # state files are private (the unit sets UMask=0077; a shell may not)
     settings = config_mod.load(args.config_path)
@@ -160,7 +161,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     log.info("service.starting", version=__version__, config=settings.source, queue=settings.queue.path)
     try:
         # Before anything else touches the queue: the lock, the integrity check, a rebuild if need be.
-        store, rebuilt = open_queue(settings.queue.path, log=log)
+        store, rebuilt = open_configured_queue(settings, log=log)
     except StoreLocked as e:
         print(f"seqdrop: {e}; stop the other one first (systemctl stop seqdrop)", file=sys.stderr)
         return EXIT_FAILURE
@@ -207,6 +208,8 @@ def _open_store_for_reading(args: argparse.Namespace, *, write: bool = False) ->
     database that the seqdrop user could not open.
     """
     settings = config_mod.load(args.config_path, must_exist=args.config_explicit, check_folders=False)
+    if settings.queue.shared:       # PostgreSQL: read-only for status/show (a writer would migrate it)
+        return settings, open_shared(settings, readonly=not write)
     path = settings.queue.path
     if not os.path.exists(path):
         return settings, None

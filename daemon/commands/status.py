@@ -226,7 +226,7 @@ def _show_json(found: _Found) -> Any:
     for v in (v for versions in found.stories.values() for v in versions):
         entry = {**v.row.public(), "created_at": iso_utc(v.created_at), "md5": v.row.md5, "step": v.row.step,
                  "mtime_ns": v.row.identity.mtime_ns, "device": v.row.identity.dev, "inode": v.row.identity.inode,
-                 **_live_of(v.row, found.live)}
+                 "claimed_by": v.claimed_by, **_live_of(v.row, found.live)}
         if (sample := found.samples.get(v.row.sample or -1)) is not None:
             entry["sample_name"] = sample.name
             entry["siblings"] = [m.id for m in sample.files if m.id != v.row.id]
@@ -289,6 +289,8 @@ def _write_story(out: TextIO, path: str, versions: list[Version], samples: dict[
             print(f"    upload step   {view.step_words(r.step)}", file=out)
         if doing := _live_of(r, live).get("progress"):
             print(f"    right now     {progress.describe(doing)}", file=out)
+        if v.claimed_by:      # a shared queue (PostgreSQL): which host is sending it
+            print(f"    held by       {escape_control(v.claimed_by)}", file=out)
         if r.state == "queued" and r.next_attempt_at > time.time():
             print(f"    next attempt  {_local(r.next_attempt_at)}", file=out)
         if r.flags:

@@ -82,7 +82,9 @@ def parse(raw: dict[str, Any], *, file: str, check_folders: bool = True) -> Sett
     api = _read(raw, "api", file, parse_api)
     watch = _read(raw, "watch", file, lambda s: parse_watch(s, check_folders=check_folders))
     queue = _read(raw, "queue", file, parse_queue)
-    _check_queue_outside_watch(queue, watch, file)
+    _check_queue_outside_watch(queue, watch, file)      # on a shared queue, the audit journal's place
+    if queue.shared:
+        _check_watch_ids(watch, file)
     upload = _read(raw, "upload", file, parse_upload)
     log = _read(raw, "log", file, parse_log)
     metrics = _read(raw, "metrics", file, parse_metrics)
@@ -112,6 +114,22 @@ def _read(raw: dict[str, Any], name: str, file: str, parser: Callable[[Section],
 
 
 # -- checks across tables -----------------------------------------------------------------------
+def _check_watch_ids(watch: WatchSettings, file: str) -> None:
+    """A shared queue names a file by (watch id, path relative to the watch folder, size, mtime_ns), so
+    that hosts mounting the share at different places agree: every watch folder needs its own id."""
+    seen: dict[str, str] = {}
+    for i, f in enumerate(watch.folders):
+        if f.id is None:
+            raise ConfigError(f"the watch folder {f.path} has no id, and [queue] url puts the queue in a "
+                              f"database shared by several hosts", file=file, key=f"watch.paths[{i}]",
+                              fix=f'give it an id, the same on every host: {{path = "{f.path}", id = '
+                                  f'"{os.path.basename(f.path.rstrip("/")) or "share"}"}}')
+        if f.id in seen:
+            raise ConfigError(f"the id {f.id!r} names two watch folders: {seen[f.id]} and {f.path}", file=file,
+                              key=f"watch.paths[{i}]", fix="give each watch folder its own id")
+        seen[f.id] = f.path
+
+
 def _check_queue_outside_watch(queue: QueueSettings, watch: WatchSettings, file: str) -> None:
     # The queue writes beside itself (-wal, -shm, .lock): inside a watch folder it would break the
     # rule "never write in the watched folders" (design.md), and the sequencer's share may be wiped.

@@ -7,6 +7,7 @@ one folder are read in `_folder`.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +21,7 @@ DEFAULT_INCLUDE = tuple(
     for ext in (".fastq", ".fq", ".fasta", ".fa", ".fna")
     for comp in ("", ".gz", ".bz2")
 )
+WATCH_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")    # a watch folder's name on a shared queue
 MARKER_PRESETS = ("illumina", "bclconvert", "nanopore")
 # Folders more than this many levels below a watch folder are neither watched nor scanned: no
 # instrument writes that deep (Illumina's deepest is ~6), and a tree of any depth must cost a
@@ -34,6 +36,7 @@ class WatchFolder:
     marker: str | None = None  # None, a preset name, or "glob:<pattern>"
     polling: bool = False
     samples: FolderSamples | None = None   # its own pairing, lanes, wait, project, tags, metadata
+    id: str | None = None     # its name on a shared queue: the same on every host mounting it (document.py)
 
 
 @dataclass(frozen=True)
@@ -119,10 +122,14 @@ def _folder(s: Section, index: int, entry: Any, *, check_folders: bool) -> Watch
     if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
         raise s.error(key, "must be a folder path or {path = \"...\", marker = \"...\", polling = true}",
                       fix='e.g. paths = ["/srv/out", {path = "/mnt/nas", polling = true}]')
-    extra = set(entry) - {"path", "marker", "polling", *ASSEMBLY_KEYS, *LAYER_KEYS}
+    extra = set(entry) - {"path", "marker", "polling", "id", *ASSEMBLY_KEYS, *LAYER_KEYS}
     if extra:
         raise s.error(key, f"unknown key(s) {', '.join(sorted(extra))}",
-                      fix=f"a watch entry takes path, marker, polling, {', '.join(ASSEMBLY_KEYS + LAYER_KEYS)}")
+                      fix=f"a watch entry takes path, marker, polling, id, {', '.join(ASSEMBLY_KEYS + LAYER_KEYS)}")
+    folder_id = entry.get("id")
+    if folder_id is not None and not (isinstance(folder_id, str) and WATCH_ID.fullmatch(folder_id)):
+        raise s.error(key, f"id must be a short name of letters, digits, '.', '_' or '-' (got {folder_id!r})",
+                      fix='e.g. {path = "/mnt/nas/miseq", id = "miseq"}')
     own = set(entry) & {*ASSEMBLY_KEYS, *LAYER_KEYS}
     samples = folder_overrides(entry, file=s.file, key=f"{s.name}.{key}") if own else None
     marker = _marker(s, key, entry.get("marker"))
@@ -132,7 +139,7 @@ def _folder(s: Section, index: int, entry: Any, *, check_folders: bool) -> Watch
     folder = s.path(entry["path"])
     if check_folders:
         _check_folder(s, key, folder)
-    return WatchFolder(path=folder, marker=marker, polling=polling, samples=samples)
+    return WatchFolder(path=folder, marker=marker, polling=polling, samples=samples, id=folder_id)
 
 
 def _marker(s: Section, key: str, marker: Any) -> str | None:

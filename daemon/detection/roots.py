@@ -23,6 +23,7 @@ from daemon.config.samples import Assembly, SamplesSettings
 from daemon.detection.markers import MarkerRule
 from daemon.errors import FileChanged, Transient
 from daemon.paths import is_within
+from daemon.queue.base import SHARED_DEV
 
 MISSING_ALERT_S = 600.0    # a watch folder missing this long is worth a notification (design.md)
 SAMPLE_SHEET = "SampleSheet.csv"   # a folder holding one is its run's folder (design.md, "Runs")
@@ -114,7 +115,7 @@ class WatchRoots:
             return True
         if not stat.S_ISDIR(st.st_mode):
             return True
-        if dev is None or st.st_dev == dev:
+        if dev is None or dev == SHARED_DEV or st.st_dev == dev:   # SHARED_DEV: another host's device numbers
             return False
         folder = os.path.dirname(path)
         while folder != root and is_within(folder, root):

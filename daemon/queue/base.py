@@ -37,9 +37,17 @@ HALF_POSTED_STEPS = (STEP_POSTED_R1, STEP_MP_R2_COMPLETE)   # one read of a pair
 ROLES = ("R1", "R2", "single")
 
 
-@dataclass(frozen=True)
+SHARED_DEV = -1     # the device of a version read from a shared queue: device and inode are not compared
+
+
+@dataclass(frozen=True, eq=False)
 class Identity:
-    """A file version: (device, inode, size, mtime_ns) at one path."""
+    """A file version: (device, inode, size, mtime_ns) at one path.
+
+    On a shared queue (PostgreSQL, several hosts mounting one share at different places) a version is
+    (watch id, relative path, size, mtime_ns): device numbers differ between hosts, inode numbers may. Its
+    rows come back with dev = SHARED_DEV, and such an identity equals any with the same size and mtime_ns
+    (so one host does not take another host's record of a file for a new version)."""
     dev: int
     inode: int
     size: int
@@ -48,6 +56,16 @@ class Identity:
     @classmethod
     def of(cls, st: os.stat_result) -> "Identity":
         return cls(st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Identity):
+            return NotImplemented
+        if (self.size, self.mtime_ns) != (other.size, other.mtime_ns):
+            return False
+        return SHARED_DEV in (self.dev, other.dev) or (self.dev, self.inode) == (other.dev, other.inode)
+
+    def __hash__(self) -> int:      # equal identities hash alike: only what every comparison uses
+        return hash((self.size, self.mtime_ns))
 
 
 @dataclass(frozen=True)
@@ -246,9 +264,10 @@ class Version:
     """One file version as `seqdrop show` tells it: its row and when it was first seen."""
     row: FileRow
     created_at: float
+    claimed_by: str | None = None     # on a shared queue: the host/worker holding it while it uploads
 
 
 __all__ = ["STATES", "TERMINAL", "STEP_NONE", "STEP_INITIALIZED", "STEP_POSTED", "STEP_MP_INIT",
            "STEP_MP_COMPLETE", "INIT_STEPS", "POSTED_STEPS", "STEP_POSTED_R1", "STEP_MP_R2_COMPLETE",
-           "HALF_POSTED_STEPS", "ROLES", "SampleRow", "Identity", "FileRow", "StoreLocked", "Store",
+           "HALF_POSTED_STEPS", "ROLES", "SHARED_DEV", "SampleRow", "Identity", "FileRow", "StoreLocked", "Store",
            "iso_utc", "Iterator", "Listed", "SampleBrief", "Version"]

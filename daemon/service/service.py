@@ -46,7 +46,7 @@ from daemon.service.health import StoreHealth, WatchedStore
 from daemon.service.observers import Observers
 from daemon.service.pause import PauseGate
 from daemon.service.run_notice import RunNotices
-from daemon.service.startup import Rebuilt, open_queue
+from daemon.service.startup import Rebuilt, open_configured_queue
 from daemon.service.worker import Doorbell, Worker
 from daemon.upload.build import make_client, make_pipeline
 from daemon.upload.client import OneCodexClient
@@ -77,7 +77,7 @@ class Service:
         self._stop_requested_at: float | None = None
         self.exit_code = EXIT_OK
         if store is None:
-            store, rebuilt = open_queue(settings.queue.path, log=log)
+            store, rebuilt = open_configured_queue(settings, log=log)
         self.rebuilt = rebuilt
         self.health = StoreHealth()
         self.store: Store = WatchedStore(store, self.health)   # type: ignore[assignment]

@@ -24,6 +24,7 @@ from typing import Any
 from daemon.errors import SeqdropError
 from daemon.queue import integrity
 from daemon.queue.journal import Journal, journal_path
+from daemon.queue.open import open_shared
 from daemon.queue.sqlite import SqliteStore
 from daemon.queue.storage import make_private, take_lock
 
@@ -48,6 +49,16 @@ class Rebuilt:
     def fields(self) -> dict[str, Any]:
         return {"damage": self.damage, "detail": self.detail, "set_aside_as": self.set_aside_as,
                 "restored": self.restored, "journal": self.journal}
+
+
+def open_configured_queue(settings: Any, *, log: Any) -> tuple[Any, Rebuilt | None]:
+    """The daemon's queue as settings name it: the shared PostgreSQL queue ([queue] url: no file to
+    check or rebuild; the database keeps its own integrity), or the SQLite queue at [queue] path."""
+    if settings.queue.shared:
+        store = open_shared(settings)
+        log.info("queue.opened", backend="postgresql", url=store.where, host=store.host, lease_s=store.lease_s)
+        return store, None
+    return open_queue(settings.queue.path, log=log)
 
 
 def open_queue(path: str, *, log: Any) -> tuple[SqliteStore, Rebuilt | None]:
@@ -108,4 +119,4 @@ def _repair(path: str, log: Any) -> Rebuilt | None:
     return rebuilt
 
 
-__all__ = ["NotAQueue", "QueueUnusable", "Rebuilt", "open_queue"]
+__all__ = ["NotAQueue", "QueueUnusable", "Rebuilt", "open_configured_queue", "open_queue"]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from daemon.errors import AuthError
+from daemon.errors import AuthError, LeaseLost
 from daemon.operations.progress import Board
 from daemon.queue.base import TERMINAL, FileRow, Store
 from daemon.service.pause import Entry, PauseGate
@@ -115,6 +115,8 @@ class Worker:
             state = self._process(row)
         except AuthError as e:                # the key, not the file: the row is back in the queue
             self.gate.refused(str(e))
+        except LeaseLost:                     # a shared queue gave the row to another host: not ours to hold
+            self.log.warning("worker.lease_lost", worker=self.name, path=row.path)
         except Exception as e:                # a bug, or the store failing mid-upload: keep the row
             self.log.exception("worker.internal_error", worker=self.name, path=row.path)
             self.held = (row.id, f"internal error: {e!r}; will try again")
@@ -131,7 +133,10 @@ class Worker:
     def _hand_back(self) -> None:
         if self.held is not None:
             file_id, error = self.held
-            self.store.reschedule(file_id, delay_s=self.hand_back_delay_s, error=error)
+            try:
+                self.store.reschedule(file_id, delay_s=self.hand_back_delay_s, error=error)
+            except LeaseLost:             # another host took it meanwhile: nothing to hand back
+                pass
             self.held = None
 
     def _idle_wait_s(self) -> float:

@@ -38,6 +38,7 @@ from daemon.errors import (
     AuthError,
     ContentRejected,
     FileChanged,
+    LeaseLost,
     Permanent,
     PolicyExpired,
     Transient,
@@ -126,6 +127,9 @@ class Pipeline:
         store = self.steps.store
         try:
             return self._process(row, log, progress)
+        except LeaseLost as e:        # a shared queue gave the row to another host: stop, write nothing more
+            log.warning("upload.lease_lost", error=str(e))
+            return "uploading"
         except ContentRejected as e:
             return self._end(row, "rejected", e, log)
         except FileChanged as e:
