@@ -42,6 +42,7 @@ from common import API_KEY, OUT, PYTHON, SEQDROP, GiB, MiB, child_env, eprint, l
 
 HERE = Path(__file__).resolve().parent
 TOOLS = ("seqdrop", "official", "curl")
+REPORTED = ("seqdrop", "seqdrop-before", "official", "curl")
 
 
 class Tree:
@@ -183,10 +184,10 @@ def env_for(cert: Path | None, **extra: str) -> dict[str, str]:
     return env
 
 
-def run_seqdrop(url: str, path: Path, workdir: Path, cert: Path | None) -> tuple[Tree, bool]:
+def run_seqdrop(url: str, path: Path, workdir: Path, cert: Path | None, seqdrop: str = SEQDROP) -> tuple[Tree, bool]:
     cfg = write_config(workdir / f"seqdrop-{url.split(':')[0]}.toml", base_url=url, log_level="info",
                        queue=workdir / f"queue-{time.monotonic_ns()}.db")
-    t = Tree([SEQDROP, "upload", "--config", str(cfg), str(path)], env_for(cert))
+    t = Tree([seqdrop, "upload", "--config", str(cfg), str(path)], env_for(cert))
     return t, t.proc.returncode == 0 and "confirmed as sample" in t.stdout
 
 
@@ -222,10 +223,13 @@ def run_curl(url: str, path: Path, workdir: Path, cert: Path | None) -> tuple[Tr
     return t, ok
 
 
-def one(tool: str, url: str, path: Path, workdir: Path, cert: Path | None, occ_python: str) -> dict:
+def one(tool: str, url: str, path: Path, workdir: Path, cert: Path | None, occ_python: str,
+        before: Path | None = None) -> dict:
     warm(path)
     if tool == "seqdrop":
         t, ok = run_seqdrop(url, path, workdir, cert)
+    elif tool == "seqdrop-before":
+        t, ok = run_seqdrop(url, path, workdir, cert, str(before / ".venv" / "bin" / "seqdrop"))
     elif tool == "official":
         t, ok = run_official(url, path, workdir, cert, occ_python)
     else:
@@ -242,7 +246,7 @@ def summarise(results: list[dict], cases: list[tuple[str, str, Path]]) -> tuple[
     rows, summary = [], []
     for kind, scheme, path in cases:
         med: dict[str, dict] = {}
-        for tool in TOOLS:
+        for tool in REPORTED:
             good = [r for r in results if (r["kind"], r["scheme"], r["tool"]) == (kind, scheme, tool) and r["ok"]]
             runs = [r for r in results if (r["kind"], r["scheme"], r["tool"]) == (kind, scheme, tool)]
             if good:
@@ -271,19 +275,23 @@ def main(argv: list[str]) -> int:
     p.add_argument("--kinds", default="plain,gz")
     p.add_argument("--tools", default=",".join(TOOLS))
     p.add_argument("--occ-venv", default="/tmp/occ", help="virtualenv with `pip install onecodex`")
+    p.add_argument("--before", type=Path, help="another checkout with its own .venv (e.g. `git archive "
+                                                   "COMMIT | tar -x -C DIR`, venv copied, `pip install -e`): "
+                                                   "its seqdrop runs in the same turns as 'seqdrop-before'")
     p.add_argument("--json", type=Path, help="also write the raw results here")
     args = p.parse_args(argv)
     if args.quick:
         args.size_gib, args.repeat, args.big_gib = 1 / 16, 1, 0.0
-    tools = [t for t in args.tools.split(",") if t]
+    tools = [t for t in args.tools.split(",") if t] + (["seqdrop-before"] if args.before else [])
     occ_python = str(Path(args.occ_venv) / "bin" / "python")
     if "official" in tools and not Path(occ_python).exists():
         raise SystemExit(f"no official client at {args.occ_venv}: python -m venv {args.occ_venv} && "
                          f"{args.occ_venv}/bin/pip install onecodex (or --tools seqdrop,curl)")
     # Byte-compile seqdrop as an installed wheel would be: an editable checkout run with
     # PYTHONDONTWRITEBYTECODE (as here) compiles every module again at each start, 0.15 CPU s per run.
-    subprocess.run([PYTHON, "-m", "compileall", "-q", str(HERE.parent / "daemon")], check=True,
-                   stdout=subprocess.DEVNULL, env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    for root in [HERE.parent] + ([args.before] if args.before else []):
+        subprocess.run([PYTHON, "-m", "compileall", "-q", str(root / "daemon")], check=True, stdout=subprocess.DEVNULL,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
     files = make_files(int(args.size_gib * GiB), args.big_gib)
     md5s = {path.name: md5_of(path) for path in files.values()}
     workdir = Path(tempfile.mkdtemp(prefix="seqdrop-bench-cpu-"))
@@ -300,7 +308,8 @@ def main(argv: list[str]) -> int:
         for kind, scheme, path in cases:
             for rep in range(1 if kind == "big" else args.repeat):
                 for tool in tools:
-                    r = one(tool, sinks[scheme].url, path, workdir, cert if scheme == "https" else None, occ_python)
+                    r = one(tool, sinks[scheme].url, path, workdir, cert if scheme == "https" else None, occ_python,
+                            args.before)
                     r.update(kind=kind, scheme=scheme, rep=rep)
                     results.append(r)
                     eprint(f"  {kind:5} {scheme:5} {tool:8} {'ok ' if r['ok'] else 'FAIL'} {r['mb_s']:6.0f} MB/s "
