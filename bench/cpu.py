@@ -50,7 +50,10 @@ class Tree:
 
     def __init__(self, argv: list[str], env: dict[str, str]) -> None:
         self.started = time.monotonic()
-        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+        # Run from a neutral directory: run from a checkout, a child's `python -m daemon...` could
+        # import that checkout's package instead of its own venv's (seqdrop-before's validator child did).
+        self.proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                                     cwd=tempfile.gettempdir())
         self.peak_tree_kib = 0     # the largest sum of VmRSS over the tree, sampled
         self.peak_one_kib = 0      # the largest VmHWM of one process of the tree, sampled
         self._out: list[bytes] = []

@@ -40,7 +40,9 @@ class ChildValidator:
 
     def __init__(self, path: str, size: int) -> None:
         self.path, self.size = path, size
-        self.proc = subprocess.Popen([sys.executable, "-m", "daemon.checks.validate", "--json", path],
+        # -P: `-m` would otherwise put the working directory first on sys.path, and a folder named
+        # `daemon` there (the directory `seqdrop upload` was run from) would be run instead of seqdrop's.
+        self.proc = subprocess.Popen([sys.executable, "-P", "-m", "daemon.checks.validate", "--json", path],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, close_fds=True, env=child_environment())
         self._verdict: dict[str, Any] | None = None
