@@ -267,7 +267,7 @@ def summarise(results: list[dict], cases: list[tuple[str, str, Path]]) -> tuple[
     return rows, summary
 
 
-def main(argv: list[str]) -> int:
+def parse(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size-gib", type=float, default=1.0)
     p.add_argument("--big-gib", type=float, default=4.0, help="one run of each client on a plain file this "
@@ -285,34 +285,21 @@ def main(argv: list[str]) -> int:
     args = p.parse_args(argv)
     if args.quick:
         args.size_gib, args.repeat, args.big_gib = 1 / 16, 1, 0.0
-    tools = [t for t in args.tools.split(",") if t] + (["seqdrop-before"] if args.before else [])
+    return args
+
+
+def run_cases(args: argparse.Namespace, cases: list[tuple[str, str, Path]], tools: list[str], workdir: Path,
+              cert: tuple[Path, Path], schemes: list[str]) -> list[dict]:
+    """Every client on every case, in turns; one server process per scheme."""
     occ_python = str(Path(args.occ_venv) / "bin" / "python")
-    if "official" in tools and not Path(occ_python).exists():
-        raise SystemExit(f"no official client at {args.occ_venv}: python -m venv {args.occ_venv} && "
-                         f"{args.occ_venv}/bin/pip install onecodex (or --tools seqdrop,curl)")
-    # Byte-compile seqdrop as an installed wheel would be: an editable checkout run with
-    # PYTHONDONTWRITEBYTECODE (as here) compiles every module again at each start, 0.15 CPU s per run.
-    for root in [HERE.parent] + ([args.before] if args.before else []):
-        subprocess.run([PYTHON, "-m", "compileall", "-q", str(root / "daemon")], check=True, stdout=subprocess.DEVNULL,
-                       env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
-    files = make_files(int(args.size_gib * GiB), args.big_gib)
-    md5s = {path.name: md5_of(path) for path in files.values()}
-    workdir = Path(tempfile.mkdtemp(prefix="seqdrop-bench-cpu-"))
-    (workdir / "md5s.json").write_text(json.dumps(md5s))
-    cert, key = make_cert(workdir)
-    eprint(f"seqdrop CPU benchmark, {now_utc()}\n{machine()}\n{load()} at start")
-    schemes = [s for s in args.schemes.split(",") if s]
-    sinks = {s: Sink(workdir / "md5s.json", (cert, key) if s == "https" else None) for s in schemes}
-    cases = [(k, s, files[k]) for k in args.kinds.split(",") if k for s in schemes]
-    if args.big_gib and "https" in sinks:
-        cases.append(("big", "https", files["big"]))
+    sinks = {s: Sink(workdir / "md5s.json", cert if s == "https" else None) for s in schemes}
     results: list[dict] = []
     try:
         for kind, scheme, path in cases:
             for rep in range(1 if kind == "big" else args.repeat):
                 for tool in tools:
-                    r = one(tool, sinks[scheme].url, path, workdir, cert if scheme == "https" else None, occ_python,
-                            args.before)
+                    r = one(tool, sinks[scheme].url, path, workdir, cert[0] if scheme == "https" else None,
+                            occ_python, args.before)
                     r.update(kind=kind, scheme=scheme, rep=rep)
                     results.append(r)
                     eprint(f"  {kind:5} {scheme:5} {tool:8} {'ok ' if r['ok'] else 'FAIL'} {r['mb_s']:6.0f} MB/s "
@@ -321,26 +308,55 @@ def main(argv: list[str]) -> int:
     finally:
         for s in sinks.values():
             s.stop()
+    return results
+
+
+def report(results: list[dict], cases: list[tuple[str, str, Path]], files: dict[str, Path], repeat: int) -> dict:
     gzip_t = None
     if "gz" in files and shutil.which("gzip"):
         warm(files["gz"])
-        t = Tree(["gzip", "-t", str(files["gz"])], dict(os.environ))
-        gzip_t = t.cpu_s
-    shutil.rmtree(workdir, ignore_errors=True)
+        gzip_t = Tree(["gzip", "-t", str(files["gz"])], dict(os.environ)).cpu_s
     rows, summary = summarise(results, cases)
     print()
     print(table(["file", "scheme", "client", "MB/s", "CPU s/GiB", "peak RSS tree MiB", "peak RSS one process MiB",
                  "speed × official", "ok runs"], rows))
     sizes = {k: f"{files[k].name} {files[k].stat().st_size / 1e6:,.0f} MB" for k in files}
-    print(f"\nfiles: {sizes}. Median of {args.repeat} runs (big: one run); MB/s = file bytes / wall time; "
+    print(f"\nfiles: {sizes}. Median of {repeat} runs (big: one run); MB/s = file bytes / wall time; "
           f"CPU s per GiB of file, client plus reaped descendants. {load()} at the end.")
     if gzip_t is not None:
         print(f"`gzip -t {files['gz'].name}`: {gzip_t:.2f} CPU s "
               f"({gzip_t / (files['gz'].stat().st_size / GiB):.2f} per GiB of .gz, "
               f"{gzip_t / (files['plain'].stat().st_size / GiB):.2f} per GiB of FASTQ inside)")
+    return {"machine": machine(), "results": results, "summary": summary, "gzip_t_cpu_s": gzip_t}
+
+
+def main(argv: list[str]) -> int:
+    args = parse(argv)
+    tools = [t for t in args.tools.split(",") if t] + (["seqdrop-before"] if args.before else [])
+    if "official" in tools and not (Path(args.occ_venv) / "bin" / "python").exists():
+        raise SystemExit(f"no official client at {args.occ_venv}: python -m venv {args.occ_venv} && "
+                         f"{args.occ_venv}/bin/pip install onecodex (or --tools seqdrop,curl)")
+    # Byte-compile seqdrop as an installed wheel would be: an editable checkout run with
+    # PYTHONDONTWRITEBYTECODE (as here) compiles every module again at each start, 0.15 CPU s per run.
+    for root in [HERE.parent] + ([args.before] if args.before else []):
+        subprocess.run([PYTHON, "-m", "compileall", "-q", str(root / "daemon")], check=True, stdout=subprocess.DEVNULL,
+                       env={k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"})
+    files = make_files(int(args.size_gib * GiB), args.big_gib)
+    workdir = Path(tempfile.mkdtemp(prefix="seqdrop-bench-cpu-"))
+    (workdir / "md5s.json").write_text(json.dumps({path.name: md5_of(path) for path in files.values()}))
+    cert = make_cert(workdir)
+    eprint(f"seqdrop CPU benchmark, {now_utc()}\n{machine()}\n{load()} at start")
+    schemes = [s for s in args.schemes.split(",") if s]
+    cases = [(k, s, files[k]) for k in args.kinds.split(",") if k for s in schemes]
+    if args.big_gib and "https" in schemes:
+        cases.append(("big", "https", files["big"]))
+    try:
+        results = run_cases(args, cases, tools, workdir, cert, schemes)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    raw = report(results, cases, files, args.repeat)
     if args.json:
-        args.json.write_text(json.dumps({"machine": machine(), "results": results, "summary": summary,
-                                         "gzip_t_cpu_s": gzip_t}, indent=1))
+        args.json.write_text(json.dumps(raw, indent=1))
     return 0 if all(r["ok"] for r in results) else 1
 
 
