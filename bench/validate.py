@@ -11,7 +11,8 @@ default level), and 64 MiB side files (wrapped FASTQ, FASTA, bzip2), then times,
   and, for the record, bzip2 -t and gzip -t (BGZF) vs the validator, the wrapped-FASTQ
   slow path, FASTA, and the peak memory of a fresh process validating each file.
 MB/s is bytes of the file as on disk per second (best run); text MB/s is decompressed bytes per
-second; "spread" is how much slower the median and the slowest run were than the best, which
+second; MB per CPU s is the file's bytes per CPU second of the median run (the tool's own CPU, which
+other processes' load on a shared machine changes far less than the wall time); "spread" is how much slower the median and the slowest run were than the best, which
 shows how busy the machine was (the load average is printed before and after).
 
 --against DIR (a copy of another commit, e.g. `git archive bab5de9 | tar -x -C DIR`) instead
@@ -26,6 +27,7 @@ import gzip
 import importlib.util
 import os
 import random
+import resource
 import shutil
 import struct
 import subprocess
@@ -106,14 +108,22 @@ def peak_rss_mb(path: Path) -> float:
     return int(out) / 1024
 
 
-def timings(repeat: int, fn) -> list[float]:
-    """Wall seconds of repeat runs of fn, fastest first."""
-    times = []
+def cpu_s() -> float:
+    """CPU seconds of this process and its waited-for children so far: on a shared machine the CPU a
+    run took says more than its wall time, which grows with other processes' load."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def timings(repeat: int, fn) -> tuple[list[float], list[float]]:
+    """Wall seconds and CPU seconds of repeat runs of fn, each fastest first."""
+    times, cpus = [], []
     for _ in range(repeat):
-        t = time.perf_counter()
+        t, c = time.perf_counter(), cpu_s()
         fn()
         times.append(time.perf_counter() - t)
-    return sorted(times)
+        cpus.append(cpu_s() - c)
+    return sorted(times), sorted(cpus)
 
 
 def run_tool(args: list[str]) -> None:
@@ -182,12 +192,13 @@ def main() -> None:
             with open(path, "rb", buffering=0) as f:
                 while f.read(8 * MiB):
                     pass
-        times = timings(args.repeat, fn)
+        times, cpus = timings(args.repeat, fn)
         secs = times[0]
         spread = f"+{times[len(times) // 2] / secs - 1:.0%} / +{times[-1] / secs - 1:.0%}"
         mb_s = path.stat().st_size / secs / 1e6
+        cpu_mb_s = path.stat().st_size / cpus[len(cpus) // 2] / 1e6
         rows.append((path.name, path.stat().st_size / 1e6, tool, secs, spread, mb_s, text_bytes / secs / 1e6,
-                     f"{mb_s / ref:.2f} vs {ref_name}" if ref else ""))
+                     cpu_mb_s, f"{mb_s / ref:.2f} vs {ref_name}" if ref else ""))
         return mb_s
 
     n_plain = plain.stat().st_size
@@ -210,10 +221,12 @@ def main() -> None:
     load_after = os.getloadavg()
     print(f"\nPython {sys.version.split()[0]}, {os.cpu_count()} CPUs, best of {args.repeat}; load average "
           f"{load_before[0]:.2f} before, {load_after[0]:.2f} after\n")
-    print("| file | size MB | tool | seconds | spread (median / slowest) | MB/s | text MB/s | ratio |")
-    print("|---|---:|---|---:|---|---:|---:|---|")
-    for name, mb, tool, secs, spread, mb_s, text_mb_s, ratio in rows:
-        print(f"| {name} | {mb:,.0f} | {tool} | {secs:.2f} | {spread} | {mb_s:,.0f} | {text_mb_s:,.0f} | {ratio} |")
+    print("| file | size MB | tool | seconds | spread (median / slowest) | MB/s | text MB/s | MB per CPU s "
+          "(median) | ratio |")
+    print("|---|---:|---|---:|---|---:|---:|---:|---|")
+    for name, mb, tool, secs, spread, mb_s, text_mb_s, cpu_mb_s, ratio in rows:
+        print(f"| {name} | {mb:,.0f} | {tool} | {secs:.2f} | {spread} | {mb_s:,.0f} | {text_mb_s:,.0f} | "
+              f"{cpu_mb_s:,.0f} | {ratio} |")
     print("\nPeak RSS of a fresh interpreter validating (memory does not grow with file size):")
     for path in (packed, plain, small, fasta):
         print(f"- {path.name}: {peak_rss_mb(path):.0f} MB")

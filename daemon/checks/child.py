@@ -53,9 +53,11 @@ class ChildValidator:
         paths = [path] if isinstance(path, str) else list(path)
         self.path, self.size = paths[0], size
         if len(paths) == 1 and not pair_digest:
-            command = ["-m", "daemon.checks.validate", "--json", *paths]
+            command = ["-P", "-m", "daemon.checks.validate", "--json", *paths]
         else:
-            command = ["-m", "daemon.checks.child", "--json", *(["--pair-digest"] if pair_digest else []), *paths]
+            command = ["-P", "-m", "daemon.checks.child", "--json", *(["--pair-digest"] if pair_digest else []), *paths]
+        # -P: `-m` would otherwise put the working directory first on sys.path, and a folder named
+        # `daemon` there (the directory `seqdrop upload` was run from) would be run instead of seqdrop's.
         self.proc = subprocess.Popen([sys.executable, *command],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE, close_fds=True, env=child_environment())
@@ -133,7 +135,7 @@ def validate_lanes(paths: Sequence[str], *, pair_digest: bool = False) -> dict[s
     """Validate the lane files of one read as one stream: the verdict main() prints."""
     label = lane_label(paths)
     names = NameDigest(label) if pair_digest else None
-    validator = StreamValidator(label, on_text=names.feed if names is not None else None)
+    validator = StreamValidator(label, on_text=names.feed if names is not None else None, vectorised=True)
     try:
         with LaneStream(paths, opener=open_member, whole_md5=False) as stream:
             while chunk := stream.read(BLOCK_BYTES):

@@ -4,8 +4,10 @@ The upload pipeline feeds a StreamValidator the same raw bytes it streams to S3,
 so a file is read once; ``finish()`` either returns a Summary or raises
 ContentRejected with one sentence a lab person can act on.
 
-How it stays fast in pure Python: text is checked a block at a time with bytes
-methods that run in C. For FASTQ, ``BytesIO.readlines(FASTQ_STEP)`` cuts about
+How it stays fast: large FASTQ text (validate_path, the upload's validator child) is first
+checked in whole blocks with numpy (daemon/checks/fastq_blocks.py: four-line records of one read
+length, ~1.6 GB/s); whatever that path cannot prove valid, and all other text, is checked a block
+at a time with bytes methods that run in C. For FASTQ, ``BytesIO.readlines(FASTQ_STEP)`` cuts about
 128 KiB of text into lines (found with memchr; each keeps its '\n'), and a block
 of complete 4-line records is checked column-wise: ``lines[1::4]`` joined, then
 ``translate`` to find bad characters, and equal lengths of reads and qualities
@@ -64,6 +66,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from io import BytesIO
 from operator import itemgetter
+from types import ModuleType
 from typing import Iterator
 
 from daemon.errors import ContentRejected
@@ -81,6 +84,7 @@ LONG_LINE = 4 << 20       # a FASTA sequence line longer than this is checked in
 MAX_LINE = 32 << 20       # any other line longer than this is rejected (memory bound)
 SNIFF_BYTES = 64 << 10
 IN_SLICE = 128 << 10      # compressed bytes handed to the decompressor per call
+BLOCKS_FROM = 256 << 10   # FASTQ text fed at once from which whole blocks are tried with numpy first
 
 # Residues: every ASCII letter (IUPAC nucleotide and protein codes, upper or lower
 # case), '*' (stop), '-' and '.' (gaps). Spaces and tabs are errors (the FASTQ
@@ -208,8 +212,9 @@ class _Checker:
 class _FastqChecker(_Checker):
     format = "fastq"
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, blocks: ModuleType | None = None) -> None:
         super().__init__(name)
+        self.blocks = blocks     # daemon.checks.fastq_blocks, when whole blocks may be checked with numpy
         self.state = _TITLE
         self.title = b""
         self.title_line = 0
@@ -238,6 +243,38 @@ class _FastqChecker(_Checker):
             text = text.replace(b"\r\n", b"\n")
         has_nul = b"\0" in text or b"\0" in tail
         longest_new = len(tail) + len(text)   # bound on the length of any line not yet checked
+        if self.blocks is not None and not (final or has_nul) and len(text) >= BLOCKS_FROM:
+            start = self._record_start(tail, text)
+            if start is not None:
+                if start:     # first the record the previous text ended inside, line by line
+                    self._lines_of(tail, text[:start], False, longest_new, final=False)
+                    tail = b""
+                if self.state is _TITLE and not self.blank_line and not self._lines:
+                    end, records, bases = self.blocks.scan(text, start)
+                    self.records += records
+                    self.bases += bases
+                    self.line += 4 * records
+                    start = end
+                text = text[start:] if start else text
+        self._lines_of(tail, text, has_nul, longest_new, final=final)
+
+    def _record_start(self, tail: bytes, text: bytes) -> int | None:
+        """Where in text the next record starts, if the lines carried so far begin a record (the
+        usual case: the fast path carries whole lines from a record's start): after as many '\n'
+        as that record still lacks. None if unknown (the exact parser is inside a record)."""
+        if self.state is not _TITLE or self.blank_line or len(self._lines) > 3:
+            return None
+        if not self._lines and not tail:
+            return 0
+        pos = 0
+        for _ in range(4 - len(self._lines)):
+            pos = text.find(b"\n", pos) + 1
+            if not pos:
+                return None
+        return pos
+
+    def _lines_of(self, tail: bytes, text: bytes, has_nul: bool, longest_new: int, *, final: bool) -> None:
+        """Check text line by line (after tail, the unterminated line carried from the last text)."""
         # Lines keep their '\n': BytesIO finds line ends with memchr, twice as fast as
         # bytes.split (a byte-at-a-time loop), and the kept '\n' lets _fast check lengths.
         # readlines(hint) hands out about FASTQ_STEP bytes of lines at a time, so a step's
@@ -698,11 +735,28 @@ class _Bzip2(_Compressed):
 
 # --- the validator -------------------------------------------------------------------------
 
-class StreamValidator:
-    """Validate a FASTA/FASTQ file from its raw bytes, fed in order, in blocks of any size."""
+def _fastq_blocks() -> ModuleType | None:
+    """daemon.checks.fastq_blocks, or None without numpy (the line-by-line paths do all the work).
+    Imported on demand: numpy costs 0.1 s and 16 MiB, which only a large file's validation repays."""
+    try:
+        from daemon.checks import fastq_blocks
+    except ImportError:     # pragma: no cover - numpy is a core dependency
+        return None
+    return fastq_blocks
 
-    def __init__(self, name: str, *, on_text: Callable[[bytes], None] | None = None) -> None:
+
+class StreamValidator:
+    """Validate a FASTA/FASTQ file from its raw bytes, fed in order, in blocks of any size.
+
+    vectorised: check FASTQ text in whole blocks with numpy where it can (daemon/checks/fastq_blocks.py);
+    the verdict is the same either way, only the speed differs. validate_path (the validator child of
+    a large upload) sets it; the daemon's in-process validation of small files does without numpy.
+    """
+
+    def __init__(self, name: str, *, on_text: Callable[[bytes], None] | None = None,
+                 vectorised: bool = False) -> None:
         self.name = name
+        self.vectorised = vectorised
         # on_text: handed every decompressed block before it is checked, so that one pass over the
         # data also feeds e.g. the pair check's read-name digest (daemon/assembly/pairs.py).
         self._on_text = on_text
@@ -806,7 +860,7 @@ class StreamValidator:
             if text[:4] in (b"@HD\t", b"@SQ\t", b"@RG\t", b"@PG\t"):
                 raise ContentRejected(f"{self.name}: the file is a SAM alignment file, not FASTQ — "
                                       f"convert it to FASTQ first.")
-            return _FastqChecker(self.name)
+            return _FastqChecker(self.name, _fastq_blocks() if self.vectorised else None)
         if first == b">":
             return _FastaChecker(self.name)
         subject = ("the file" if self._decoder.compression == "none"
@@ -846,7 +900,7 @@ def sniff(head: bytes, name: str) -> None:
 
 def validate_path(path: str | os.PathLike, *, block_size: int = 4 << 20) -> Summary:
     """Validate a whole file, read in blocks of block_size bytes."""
-    v = StreamValidator(name=os.path.basename(os.fspath(path)))
+    v = StreamValidator(name=os.path.basename(os.fspath(path)), vectorised=True)
     with open(path, "rb", buffering=0) as f:
         while chunk := f.read(block_size):
             v.feed(chunk)
