@@ -29,7 +29,6 @@ from daemon.queue.sqlite import SqliteStore
 from daemon.sandbox import Fault, Sandbox
 from daemon.upload import retrying
 from daemon.upload.client import OneCodexClient
-from daemon.upload.multipart_route import MultipartRoute
 from daemon.upload.pipeline import Pipeline
 from daemon.upload.records import InitResult
 
@@ -334,22 +333,6 @@ def test_member_grown_after_admission_vanishes_before_its_bytes_are_sent(sb, tmp
     assert h.drive(lead) == "vanished"
     assert "Liver_S3_L002_R1_001.fastq changed" in h.store.get(lead).error
     assert h.posts() == [] and [s["state"] for s in sb.samples()] == ["cancelled"]
-    h.store.close()
-
-
-@pytest.mark.skipif(hasattr(MultipartRoute, "send_sample"),
-                    reason="the multipart route takes samples here: tests/test_multipart_paired.py covers them")
-@pytest.mark.parametrize("paired", [True, False], ids=["paired", "single_end_lanes"])
-def test_read_over_the_multipart_threshold_fails_honestly(sb, tmp_path, paired):
-    """A read over the multipart threshold: multipart for pairs and joined lanes is not there yet,
-    said so, nothing sent."""
-    h = Harness(sb, tmp_path, multipart_threshold_bytes=1000)
-    files = four_lanes() if paired else {f"Gut_S1_L00{n}_R1_001.fastq": lane_fastq(n, 1) for n in (1, 2)}
-    lead = h.sample(files, paired=paired)
-    assert h.drive(lead) == "failed"
-    error = h.store.get(lead).error
-    assert ("paired samples" if paired else "several lane files") in error and "not supported yet" in error
-    assert not sb.requests()
     h.store.close()
 
 

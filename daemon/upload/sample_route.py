@@ -136,16 +136,9 @@ class SampleRoute:
                    progress: Callable[[int], None] | None) -> str:
         """Reads over the multipart threshold: the multipart route's samples (MultipartRoute.send_sample,
         R2 first, then R1, one callback), where this seqdrop has them."""
-        send_sample = getattr(self.multipart, "send_sample", None)
-        if send_sample is None:
-            what = "paired samples" if sample.paired else "samples made of several lane files"
-            raise Permanent(f"{max(reads, key=lambda r: r.size).label} is over the multipart threshold "
-                            f"({self.multipart_threshold_bytes:,} bytes; S3 takes at most 5 GiB in one POST): "
-                            f"{what} with a read over it are not supported yet; meanwhile upload these "
-                            f"files as separate samples ([samples] pairing = \"off\", merge_lanes = false).")
         if row.step != STEP_MP_COMPLETE:     # S3 holds it all: only the callback is left
             self._admit(sample, reads)
-        return send_sample(row, sample, log, progress, landing=lambda: self.landing(sample, row, log))
+        return self.multipart.send_sample(row, sample, log, progress, landing=lambda: self.landing(sample, row, log))
 
     # -- before anything is sent -----------------------------------------------------------------
     def _admit(self, sample: SampleRow, reads: list[Read]) -> None:
