@@ -202,12 +202,15 @@ def _verdict(say: Any, states: dict[str, str], sb: Any, *, unchanged: bool) -> b
     """Say how the demo ended; True if every file ended as expected and the folder is untouched."""
     confirmed = [s for s in sb.samples() if s["state"] == "confirmed"]
     say("")
+    paired = [s for s in confirmed if s.get("paired_end_filename")]
     ok = _states_as_expected(states) and "notes.txt" not in states
+    if ok and len(paired) != 1:     # the four lane files must have become one paired-end sample
+        say(f"Expected the library's 4 lane files to be 1 paired-end sample; the sandbox has {len(paired)}.")
+        ok = False
     if not unchanged:
         say("The watch folder's contents changed during the demo: that must never happen.")
         ok = False
     if ok:
-        paired = [s for s in confirmed if s.get("paired_end_filename")]
         say(f"Done: {len(confirmed)} samples confirmed by the sandbox ({len(paired)} paired-end, its 2 lanes "
             f"joined while sending), 1 file rejected with its reason, 1 ignored. The watch folder is "
             f"byte-for-byte as the 'sequencer' wrote it.")
