@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import datetime as dt
 import gzip
-import inspect
 import io
 import json
 import os
@@ -36,7 +35,6 @@ from daemon.queue.sqlite import SqliteStore
 from daemon.sandbox import Sandbox
 from daemon.upload.build import make_pipeline
 from daemon.upload.client import OneCodexClient
-from daemon.upload.pipeline import Pipeline
 
 KEY = "sandbox-key"
 SURV, ONCO, ENV = "5eed000000000001", "5eed000000000002", "5eed000000000003"
@@ -395,8 +393,6 @@ def fastq(names: list[str], read: int) -> bytes:
     return "".join(f"@{n} {read}:N:0:1\nACGTACGTAC\n+\nIIIIIIIIII\n" for n in names).encode()
 
 
-@pytest.mark.skipif("plan" not in inspect.signature(Pipeline).parameters,
-                    reason="the Pipeline takes plan= once the paired branch is merged")
 def test_a_paired_sample_lands_through_the_pipeline(lab):
     """End to end: make_pipeline's pipeline uploads a two-lane paired MiSeq sample to the sandbox; One
     Codex shows its project, tags and metadata; the queue keeps the landing record."""

@@ -33,6 +33,8 @@ FILENAME_RE = re.compile(r"^[\w\.]+[\w\-\.\[\]\(\)\{\} ]*\.[\w\.]+$")
 # "up to 20GB" (One Codex API docs); read as decimal gigabytes.
 MAX_SAMPLE_BYTES = 20 * 1000**3
 MAX_JSON_BYTES = 1024 * 1024
+# The calls whose JSON body requests() keeps (as "json"): what creates a sample and where it lands.
+JSON_RECORDED = ("init_upload", "init_multipart_upload", "confirm_upload", "cancel_upload")
 PER_PAGE_MAX = 200
 
 Reply = tuple[int, Any]
@@ -72,6 +74,8 @@ class ApiHandler(BaseHandler):
         except ApiError as exc:
             self._json(exc.status, {"message": exc.message, "status": exc.status}, close=True)
             return
+        if target in JSON_RECORDED:   # tests check what was sent against the published schema
+            record["json"] = _json_or_none(body)
         fault = None
         if target != "other":
             fault = self.sb._faults.take(target, lambda f: f.kind != "ambiguous_repeat" or self._is_repeat(body))
@@ -435,3 +439,11 @@ def _retry_after(seconds: float) -> str:
     # Retry-After takes whole seconds (RFC 9110 10.2.3); round a fraction up.
     whole = int(seconds)
     return str(whole if whole == seconds else whole + 1)
+
+
+def _json_or_none(body: bytes) -> Any:
+    """A request body as JSON for requests(), or None if it is not JSON."""
+    try:
+        return json.loads(body)
+    except ValueError:
+        return None
