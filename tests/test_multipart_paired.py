@@ -9,6 +9,7 @@ in two parts, the first spanning both lanes. The pipeline on main does not route
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import secrets
@@ -140,9 +141,29 @@ def h(sb, moto, tmp_path):
     harness.close()
 
 
-def two_lane_pair() -> dict[str, bytes]:
-    return {f"Liver_S3_L00{lane}_R{read}_001.fastq": fastq_bytes(LANE, seed=10 * read + lane)
-            for read in (1, 2) for lane in (1, 2)}
+def mate_of(r1: bytes) -> bytes:
+    """The R2 of an R1 (harness's four-line records): the same read names, each with a trailing /2 (the
+    pair check drops it), the sequences complemented, so that R2's bytes differ from R1's."""
+    lines = r1.split(b"\n")
+    for i in range(0, len(lines) - 1, 4):
+        lines[i] += b"/2"
+        lines[i + 1] = lines[i + 1].translate(COMPLEMENT)
+    return b"\n".join(lines)
+
+
+COMPLEMENT = bytes.maketrans(b"ACGT", b"TGCA")
+
+
+def two_lane_pair(*, gz: bool = False) -> dict[str, bytes]:
+    """R1 and R2 in two lanes each, mates. gz: each lane a gzip file (stored blocks, about as large as
+    the text, so a read still spans two parts)."""
+    files = {}
+    for lane in (1, 2):
+        r1 = fastq_bytes(LANE, seed=10 + lane)
+        for read, data in ((1, r1), (2, mate_of(r1))):
+            name = f"Liver_S3_L00{lane}_R{read}_001.fastq"
+            files[name + ".gz" if gz else name] = gzip.compress(data, compresslevel=0, mtime=0) if gz else data
+    return files
 
 
 def joined(files: dict[str, bytes], read: str) -> bytes:
@@ -303,14 +324,17 @@ def test_member_changed_mid_upload_vanishes_the_sample(h, lane, after_mib, how):
 
 
 def test_invalid_lane_is_rejected_before_its_read_completes(h):
-    """A lane the validator refuses (a space in a sequence): rejected naming it, cancelled, no callback."""
+    """A lane the validator refuses (a space in a sequence): rejected naming its read (the lanes are
+    validated as one stream, as on the standard route) and the record, cancelled, no callback."""
     files = two_lane_pair()
     bad = bytearray(files["Liver_S3_L002_R2_001.fastq"])
     bad[bad.index(b"\n+\n", LANE // 2) - 3] = ord(" ")
     files["Liver_S3_L002_R2_001.fastq"] = bytes(bad)
     lead = h.sample(files)
     assert h.drive(lead) == "rejected"
-    assert "Liver_S3_L002_R2_001.fastq" in h.store.get(lead).error
+    error = h.store.get(lead).error
+    assert error.startswith("Liver_S3_L001_R2_001.fastq (+1 more lane files, read as one): record ")
+    assert "contains a space" in error
     assert [s["state"] for s in h.samples().values()] == ["cancelled"]
     assert not h.requests_to("multipart_callback") and not h.moto.open_uploads(h.bucket)
     assert not h.moto.keys(h.bucket)
