@@ -3,8 +3,9 @@ S3 multipart object, a pair as the official client sends it (one init with paire
 to paired_end_file_id first, then the R1, one callback), against the sandbox's API and moto's S3.
 
 The threshold is lowered and the part size is moto's minimum (5 MiB), so reads of 7 MiB in two lanes go
-in two parts, the first spanning both lanes. The pipeline on main does not route samples yet (helper
-"paired"'s sample route will call MultipartRoute.send_sample): SamplePipeline below makes that one call.
+in two parts, the first spanning both lanes. SamplePipeline below sends every sample of several files
+to MultipartRoute.send_sample directly (the sample route's own dispatch is tested in test_sample_route).
+R2 lanes are made the mates of the R1 lanes (mate_of): the pair check runs on this route too.
 """
 
 from __future__ import annotations

@@ -350,7 +350,7 @@ class MultipartRoute:
             if leg.validator is not None:      # valid (and, an R1, the R2's mate): its child is done
                 leg.digest = leg.validator.digest
                 leg.validator.close()
-                if paired and leg.read.role != "R2":
+                if leg.digest is not None and leg.read.role != "R2":
                     log.info("upload.pair_checked", sample_id=job.init.sample_id, records=leg.digest.records)
             store.save_member_md5s({m.id: h for m, h in zip(members, up.member_md5s) if m.id != row.id})
             if leg.read.role == "R2":
