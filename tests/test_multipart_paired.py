@@ -3,15 +3,18 @@ S3 multipart object, a pair as the official client sends it (one init with paire
 to paired_end_file_id first, then the R1, one callback), against the sandbox's API and moto's S3.
 
 The threshold is lowered and the part size is moto's minimum (5 MiB), so reads of 7 MiB in two lanes go
-in two parts, the first spanning both lanes. The pipeline on main does not route samples yet (helper
-"paired"'s sample route will call MultipartRoute.send_sample): SamplePipeline below makes that one call.
+in two parts, the first spanning both lanes. SamplePipeline below sends every sample of several files
+to MultipartRoute.send_sample directly (the sample route's own dispatch is tested in test_sample_route).
+R2 lanes are made the mates of the R1 lanes (mate_of): the pair check runs on this route too.
 """
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import secrets
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -140,9 +143,30 @@ def h(sb, moto, tmp_path):
     harness.close()
 
 
-def two_lane_pair() -> dict[str, bytes]:
-    return {f"Liver_S3_L00{lane}_R{read}_001.fastq": fastq_bytes(LANE, seed=10 * read + lane)
-            for read in (1, 2) for lane in (1, 2)}
+def mate_of(r1: bytes) -> bytes:
+    """The R2 of an R1 (harness's four-line records): the same read names, each with a trailing /2 (the
+    pair check drops it), the sequences complemented, so that R2's bytes differ from R1's."""
+    lines = r1.split(b"\n")
+    for i in range(0, len(lines) - 1, 4):
+        lines[i] += b"/2"
+        lines[i + 1] = lines[i + 1].translate(COMPLEMENT)
+    return b"\n".join(lines)
+
+
+COMPLEMENT = bytes.maketrans(b"ACGT", b"TGCA")
+
+
+def two_lane_pair(*, gz: bool = False, spoil: Callable[[int, bytes], bytes] | None = None) -> dict[str, bytes]:
+    """R1 and R2 in two lanes each, mates unless spoil(lane, R2 lane text) makes them not. gz: each lane a
+    gzip file (stored blocks, about as large as the text, so a read still spans two parts)."""
+    files = {}
+    for lane in (1, 2):
+        r1 = fastq_bytes(LANE, seed=10 + lane)
+        r2 = mate_of(r1) if spoil is None else spoil(lane, mate_of(r1))
+        for read, data in ((1, r1), (2, r2)):
+            name = f"Liver_S3_L00{lane}_R{read}_001.fastq"
+            files[name + ".gz" if gz else name] = gzip.compress(data, compresslevel=0, mtime=0) if gz else data
+    return files
 
 
 def joined(files: dict[str, bytes], read: str) -> bytes:
@@ -303,17 +327,149 @@ def test_member_changed_mid_upload_vanishes_the_sample(h, lane, after_mib, how):
 
 
 def test_invalid_lane_is_rejected_before_its_read_completes(h):
-    """A lane the validator refuses (a space in a sequence): rejected naming it, cancelled, no callback."""
+    """A lane the validator refuses (a space in a sequence): rejected naming its read (the lanes are
+    validated as one stream, as on the standard route) and the record, cancelled, no callback."""
     files = two_lane_pair()
     bad = bytearray(files["Liver_S3_L002_R2_001.fastq"])
     bad[bad.index(b"\n+\n", LANE // 2) - 3] = ord(" ")
     files["Liver_S3_L002_R2_001.fastq"] = bytes(bad)
     lead = h.sample(files)
     assert h.drive(lead) == "rejected"
-    assert "Liver_S3_L002_R2_001.fastq" in h.store.get(lead).error
+    error = h.store.get(lead).error
+    assert error.startswith("Liver_S3_L001_R2_001.fastq (+1 more lane files, read as one): record ")
+    assert "contains a space" in error
     assert [s["state"] for s in h.samples().values()] == ["cancelled"]
     assert not h.requests_to("multipart_callback") and not h.moto.open_uploads(h.bucket)
     assert not h.moto.keys(h.bucket)
+
+
+# -- the pair check (design.md, "Pair check") ------------------------------------------------------
+
+RENAMED_RECORD = 2000     # in the R2's second lane: past the first 1,000 names, placed by checkpoints
+CUT_RECORDS = 10
+
+
+def renamed(lane: int, r2: bytes) -> bytes:
+    """One read of the R2's second lane renamed (still valid FASTQ)."""
+    if lane != 2:
+        return r2
+    lines = r2.split(b"\n")
+    lines[4 * RENAMED_RECORD] = b"@renamed_read/2"
+    return b"\n".join(lines)
+
+
+def cut(lane: int, r2: bytes) -> bytes:
+    """The R2's second lane without its last records, cut at a record boundary (valid on its own)."""
+    return r2 if lane != 2 else b"\n".join(r2.split(b"\n")[:-1 - 4 * CUT_RECORDS]) + b"\n"
+
+
+def other_library(lane: int, r2: bytes) -> bytes:
+    """An R2 from another library: as many records, other names."""
+    return mate_of(fastq_bytes(LANE, seed=90 + lane))
+
+
+def r1_records() -> int:
+    return sum(fastq_bytes(LANE, seed=10 + lane).count(b"\n") // 4 for lane in (1, 2))
+
+
+def expected_words(how: str) -> str:
+    n = r1_records()
+    return {"renamed": f"both have {n:,} records; the first differing record is between #",
+            "cut": f"has {n:,} records and Liver_S3_L001_R2_001.fastq",
+            "other_library": f"both have {n:,} records; the first differing record is #1 ("}[how]
+
+
+def assert_rejected_as_not_mates(h: Harness, lead: int, how: str) -> None:
+    """Rejected with the standard route's words and the counts; every member rejected; nothing called
+    back; the sample cancelled; the R1's object never completed (only the R2's, orphaned)."""
+    error = h.store.get(lead).error
+    assert error.startswith("R1 and R2 are not mates: ") and expected_words(how) in error
+    if how == "cut":
+        assert f"(+1 more lane files, read as one) has {r1_records() - CUT_RECORDS:,}; " in error
+    assert {f.state for f in h.store.sample_of(lead).files} == {"rejected"}
+    assert not h.requests_to("multipart_callback")
+    assert {s["state"] for s in h.samples().values()} == {"cancelled"}
+    assert not h.moto.open_uploads(h.bucket)
+    assert all("_paired_end/" in key for key in h.moto.keys(h.bucket))
+
+
+@pytest.mark.parametrize("gz", [False, True], ids=["plain", "gz"])
+@pytest.mark.parametrize("how", ["renamed", "cut", "other_library"])
+def test_r2_not_the_mate_of_r1_is_rejected_with_counts_before_the_callback(h, how, gz):
+    """An R2 with one read renamed, cut at a record boundary, or from another library: the R1's
+    validation finds it before the R1's object is completed; rejected with the counts, no callback."""
+    lead = h.sample(two_lane_pair(gz=gz, spoil={"renamed": renamed, "cut": cut,
+                                                "other_library": other_library}[how]))
+    assert h.drive(lead) == "rejected"
+    assert_rejected_as_not_mates(h, lead, how)
+    assert h.reads_in_order() == ["R2"] * 3 + ["R1"] * 2          # the R1's parts sent, never completed
+    assert len(h.requests_to("init_multipart_upload")) == 1      # rejected for good: no second sample
+
+
+def test_valid_gz_pair_passes_the_check(h):
+    """Mates in gzip lanes (the plain pair is the first test): confirmed, each object its lanes joined."""
+    files = two_lane_pair(gz=True)
+    lead = h.sample(files)
+    assert h.drive(lead) == "done"
+    [s] = h.samples().values()
+    assert s["state"] == "confirmed" and len(h.callbacks()) == 1
+    assert (s["filename"], s["paired_end_filename"]) == (R1_NAME + ".gz", R2_NAME + ".gz")
+    assert h.moto.object(h.bucket, s["key"]) == joined(files, "R1")
+    assert h.moto.object(h.bucket, s["paired_key"]) == joined(files, "R2")
+
+
+def test_mismatch_is_found_after_a_restart_at_r2_complete(sb, moto, tmp_path):
+    """kill -9 right after 'mp_r2_complete' with a renamed read in the R2: the new process sends the R2
+    again under a new sample (its digest, never persisted, is computed again in that pass) and
+    rejects the pair at the R1; both samples cancelled, nothing called back."""
+    h = Harness(sb, moto, tmp_path)
+    lead = h.sample(two_lane_pair(spoil=renamed))
+    real = h.store.save_posted
+
+    def crash_after_r2(file_id: int, md5: str, *, step: str = "posted") -> None:
+        real(file_id, md5, step=step)
+        if step == STEP_MP_R2_COMPLETE:
+            raise Crash()
+
+    h.store.save_posted = crash_after_r2
+    with pytest.raises(Crash):
+        h.drive(lead)
+    assert h.store.get(lead).step == STEP_MP_R2_COMPLETE
+    h.close()
+
+    again = Harness(sb, moto, tmp_path)          # a new process: the same queue, nothing in memory
+    again.store.release_stale_claims()
+    try:
+        assert again.drive(lead) == "rejected"
+        assert_rejected_as_not_mates(again, lead, "renamed")
+        assert len(again.samples()) == 2 and again.reads_in_order() == ["R2"] * 3 + ["R1"] * 2
+    finally:
+        again.close()
+
+
+@pytest.mark.parametrize("digest_kept", [True, False], ids=["digest_kept", "digest_recomputed"])
+def test_mismatch_is_found_when_the_r1_resumes_in_the_same_process(h, monkeypatch, digest_kept):
+    """S3 fails the R1's second part through an attempt (the sample waits at 'mp_r2_complete'); the next
+    attempt sends only the rest of the R1 and still rejects the pair, with the R2's digest kept in
+    memory or, if it is missing, computed again from the R2's files (the R2 is never sent again)."""
+    real, failed = S3Upload.send_part, []
+
+    def flaky(self, **kwargs):
+        if "_paired_end/" not in self.key and len(self.etags) == 1 and len(failed) < 10:
+            failed.append(1)
+            raise Transient("S3 UploadPart 2/2: HTTP 503 SlowDown", reason="http_503")
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(S3Upload, "send_part", flaky)
+    lead = h.sample(two_lane_pair(spoil=renamed))
+    assert h.drive(lead, rounds=1) == "queued"
+    assert h.store.get(lead).step == STEP_MP_R2_COMPLETE
+    if not digest_kept:
+        # The fallback no path reaches today: the kept job's R2 without its digest.
+        h.pipeline.multipart._jobs[lead].legs[0].digest = None
+    assert h.drive(lead, rounds=3) == "rejected"
+    assert_rejected_as_not_mates(h, lead, "renamed")
+    assert h.reads_in_order().count("R2") == 3 and len(h.requests_to("init_multipart_upload")) == 1
 
 
 # -- the sandbox's paired multipart route ----------------------------------------------------------

@@ -22,6 +22,11 @@ then the R1 to file_id's, then one callback naming the R1. Its steps, on the lea
                     (they were only in the old process's memory, and a new init makes a new sample):
                     it cancels the sample, whose R2 is then orphaned in S3, and starts again, R2 first
   'mp_complete'     both objects are complete and checked: call back again, never start a new sample
+The pair check (design.md, "Pair check") rides each read's validation: one validator child per read,
+over its lanes, with --pair-digest. The R2's digest is kept in memory with its completed object; the
+R1's is compared with it before the R1's object is completed, so a mismatch rejects the sample (and
+cancels it) before the callback. The R2's digest is not persisted: a new process at 'mp_r2_complete'
+sends the R2 again under a new sample (see above), which computes it again in that pass.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from daemon.assembly.pairs import PairDigest
 from daemon.checks.child import ChildValidator
 from daemon.errors import (
     Aborted,
@@ -52,7 +58,13 @@ from daemon.queue.base import (
     SampleRow,
 )
 from daemon.redact import looks_like_sample_id
-from daemon.upload.multipart_sample import LaneValidators, Read, admit, reads_of
+from daemon.upload.multipart_sample import (
+    Read,
+    ReadValidator,
+    admit,
+    digest_again,
+    reads_of,
+)
 from daemon.upload.records import MultipartInit, sanitize_filename
 from daemon.upload.steps import Steps
 
@@ -89,7 +101,8 @@ class _Leg:
     """One object of a sample's upload: a read's lane files read as one, to its key."""
     read: Read
     upload: S3Upload
-    validator: LaneValidators | None = None      # started when the read's first part is about to go
+    validator: ReadValidator | None = None       # started when the read's first part is about to go
+    digest: PairDigest | None = None             # its read names (pair check), once its object is complete
 
 
 @dataclass
@@ -232,7 +245,7 @@ class MultipartRoute:
             # Rejected, changed, refused: S3 may drop the parts now. Not on shutdown (no network then).
             log.warning("upload.multipart_abort_failed", sample_id=job.init.sample_id, error=why)
 
-    def _send_object(self, up: S3Upload, child: ChildValidator | LaneValidators | None,
+    def _send_object(self, up: S3Upload, child: ChildValidator | ReadValidator | None,
                      check_source: Callable[[], None], sample_id: str, log: Any,
                      progress: Callable[[int], None] | None, **fields: Any) -> tuple[str, float]:
         """The parts of `up` not sent yet, then CompleteMultipartUpload once the bytes are proven valid
@@ -323,21 +336,36 @@ class MultipartRoute:
                    progress: Callable[[int], None] | None) -> tuple[str, float]:
         """Each read not yet complete, in order; the R2's completion is persisted before the R1 is sent.
         Returns the lead's own MD5 (its file's, as for any row) and the seconds the sending took."""
-        store, seconds = self.steps.store, 0.0
+        store, seconds, paired = self.steps.store, 0.0, len(job.legs) == 2
         for leg in job.legs:
             up, members = leg.upload, leg.read.members
             if up.completed_etag is not None:
                 continue                       # completed earlier in this process
             if leg.validator is None and self.validate:
-                leg.validator = LaneValidators(leg.read.paths, leg.read.sizes)
+                mate = (lambda: self._r2_digest(job, log)) if paired and leg.read.role != "R2" else None
+                leg.validator = ReadValidator(leg.read, paired=paired, mate=mate)
             md5, took = self._send_object(up, leg.validator, lambda ms=members: self._check_members(ms),
                                           job.init.sample_id, log, progress, read=leg.read.role, key=up.key)
             seconds += took
+            if leg.validator is not None:      # valid (and, an R1, the R2's mate): its child is done
+                leg.digest = leg.validator.digest
+                leg.validator.close()
+                if leg.digest is not None and leg.read.role != "R2":
+                    log.info("upload.pair_checked", sample_id=job.init.sample_id, records=leg.digest.records)
             store.save_member_md5s({m.id: h for m, h in zip(members, up.member_md5s) if m.id != row.id})
             if leg.read.role == "R2":
                 store.save_posted(row.id, md5, step=STEP_MP_R2_COMPLETE)
                 log.info("upload.r2_complete", sample_id=job.init.sample_id)
         return job.legs[-1].upload.member_md5s[0], seconds
+
+    def _r2_digest(self, job: _SampleJob, log: Any) -> PairDigest:
+        """The R2's read-name digest for the R1's pair check: kept since the R2's object was completed in
+        this process, or (should it be missing) computed again from the R2's files, never sent again."""
+        r2 = job.legs[0]
+        if r2.digest is None:
+            log.info("upload.pair_digest_again", read=r2.read.role, size=r2.read.size)
+            r2.digest = digest_again(self.steps, r2.read)
+        return r2.digest
 
     def _check_members(self, members: tuple[FileRow, ...]) -> None:
         for member in members:

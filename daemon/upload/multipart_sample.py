@@ -1,6 +1,6 @@
 """What the multipart route needs to send a sample of several files (design.md, "Samples"): its reads
 (each read's lane files, in lane order, sent as one S3 object: daemon/upload/s3multipart.py Members),
-the checks before anything is sent, and the validation of a read's lane files.
+the checks before anything is sent, and the validation of a read's lane files with the pair check.
 
 The route itself is daemon/upload/multipart_route.py (MultipartRoute.send_sample).
 """
@@ -8,14 +8,16 @@ The route itself is daemon/upload/multipart_route.py (MultipartRoute.send_sample
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import BinaryIO
 
 from daemon.assembly.concat import LaneStream
 from daemon.assembly.names import parse
+from daemon.assembly.pairs import PairDigest, compare
 from daemon.checks.child import ChildValidator
 from daemon.checks.validate import sniff
-from daemon.errors import ContentRejected
+from daemon.errors import ContentRejected, Transient
 from daemon.queue.base import FileRow, SampleRow
 from daemon.upload.records import sanitize_filename
 from daemon.upload.source import open_source
@@ -80,44 +82,50 @@ def admit(steps: Steps, reads: list[Read], *, validate: bool) -> None:
             raise unreadable(e.filename or read.paths[0]) from None
 
 
-class LaneValidators:
-    """A read's lane files validated in lane order, one validator child at a time.
+class ReadValidator:
+    """A read's lane files validated as one stream by one validator child (daemon/checks/child.py joins
+    them as the upload does), with the pair check's read-name digest computed in the same pass when the
+    sample is paired (design.md, "Pair check").
 
-    daemon/checks/child.py validates one file per child today, so each lane is validated by itself:
-    the same verdict as the read validated as one stream, as long as the lanes join (admit checks
-    that: one compression, a plain lane ending with a newline). The interface is ChildValidator's:
-    check() between parts, finish() before the object may be completed, close()."""
+    The interface is ChildValidator's: check() between parts, finish() before the object may be
+    completed, close(). An R1's finish() also compares its digest with its R2's (mate()): the R2 is
+    sent first, so a mismatch is known before the R1's object is completed, and never called back."""
 
-    def __init__(self, paths: list[str], sizes: list[int]) -> None:
-        self._pending = list(zip(paths, sizes))
-        self._child: ChildValidator | None = None
-        self._next()
-
-    def _next(self) -> None:
-        path, size = self._pending.pop(0)
-        self._child = ChildValidator(path, size)
+    def __init__(self, read: Read, *, paired: bool, mate: Callable[[], PairDigest] | None = None) -> None:
+        self.paired, self.mate = paired, mate
+        self.digest: PairDigest | None = None       # the read's, once finish() has returned
+        self._child = ChildValidator(read.paths, read.size, pair_digest=paired)
 
     def check(self) -> None:
-        """The current lane's child refused it: raise now; it accepted it: start on the next lane."""
-        child = self._child
-        if child is None:
-            return
-        child.check()
-        if child.proc.poll() == 0 and self._pending:
-            child.finish()
-            child.close()
-            self._next()
+        """The child has already refused the read: raise now (stop sending)."""
+        self._child.check()
 
     def finish(self) -> None:
-        """Every lane's verdict: returns if all are valid and of the size queued, else raises."""
-        while self._child is not None:
-            self._child.finish()
-            self._child.close()
-            self._child = None
-            if self._pending:
-                self._next()
+        """Returns if the read is valid, of the size queued and (an R1) the mate of its R2, else raises."""
+        self._child.finish()
+        if not self.paired:
+            return
+        self.digest = self._child.pair_digest
+        if self.digest is None:
+            raise Transient("the validator process gave no read-name digest", reason="validator")
+        if self.mate is not None and (problem := compare(self.digest, self.mate())):
+            raise ContentRejected(problem)
 
     def close(self) -> None:
-        if self._child is not None:
-            self._child.close()
-            self._child = None
+        self._child.close()
+
+
+def digest_again(steps: Steps, read: Read) -> PairDigest:
+    """A read's read-name digest, read again here (never sent) by a validator child that also checks it
+    is still valid and of the size S3 holds: for an R2 completed without its digest in memory."""
+    child = ChildValidator(read.paths, read.size, pair_digest=True)
+    try:
+        child.finish()
+        found = child.pair_digest
+    finally:
+        child.close()
+    if found is None:
+        raise Transient("the validator process gave no read-name digest", reason="validator")
+    for member in read.members:
+        steps.check_identity(member)
+    return found
