@@ -128,6 +128,8 @@ def test_a_sample_moves_as_one(store):
     assert store.claim_next("w").id == r1                # never the follower
     store.save_init(r1, "sid", "{}")
     assert (store.get(r2).state, store.get(r2).step, store.get(r2).sample_id) == ("uploading", "initialized", "sid")
+    store.save_posted(r1, "1" * 32, step="posted_r1")         # the pair's R1 is in S3, its R2 is next
+    assert (store.get(r1).step, store.get(r2).step) == ("posted_r1", "posted_r1")
     store.mark_done(r1, sample_id="sid", md5=None)
     assert store.get(r2).state == "done"
     got = store.sample(sample)
