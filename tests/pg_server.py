@@ -138,7 +138,9 @@ def shared_queue(config: Any, url: str, watches: dict[str, str], *, host: str = 
     """Write a config at `config` (a Path) naming the shared queue at url and the watch folders {id: path}
     (they need not exist: the operator's commands only name files by them), and open that queue as this
     host: the operator's commands and the returned store then read the same rows under the same paths."""
-    from daemon.queue.postgres import PostgresStore      # lazy: psycopg may be missing (the fixture says so)
+    from daemon.queue.postgres import (
+        PostgresStore,  # lazy: psycopg may be missing (the fixture says so)
+    )
 
     folders = ", ".join(f'{{path = "{path}", id = "{watch}"}}' for watch, path in watches.items())
     config.write_text(f'[queue]\nurl = "{url}"\nhost = "{host}"\n[watch]\npaths = [{folders}]\n')

@@ -5,6 +5,7 @@ by concurrent processes. A real PostgreSQL server, started by the suite (tests/p
 from __future__ import annotations
 
 import datetime
+import html
 import json
 import os
 import subprocess
@@ -13,6 +14,7 @@ import time
 import tomllib
 
 import pytest
+import structlog
 from pg_server import require_psycopg
 
 psycopg = require_psycopg()   # before the modules that import it: a clear skip (or failure under CI)
@@ -21,6 +23,7 @@ from daemon import redact
 from daemon.config.document import parse
 from daemon.detection.roots import WatchRoots
 from daemon.errors import ConfigError, FileChanged, LeaseLost, SeqdropError
+from daemon.operations.statuspage import build_status_page
 from daemon.queue import postgres_schema
 from daemon.queue.base import SHARED_DEV, Identity, QueueTooNew, StoreLocked
 from daemon.queue.open import credential_password, open_shared
@@ -423,7 +426,7 @@ def _same_queue(store) -> float:
     store.set_landing(a, {"project": "0123456789abcdef", "tags": ["liver"], "metadata": {}})
     store.mark_done(a_files[0], sample_id="a" * 16, md5="1" * 32)
     store.save_member_md5s({a_files[1]: "2" * 32, a_files[2]: "3" * 32})
-    b, b_files = paired("/srv/out/240502_M2", "Gut_S2", 100, (1,), warnings=("R2 of lane 2 never came",))
+    _, b_files = paired("/srv/out/240502_M2", "Gut_S2", 100, (1,), warnings=("R2 of lane 2 never came",))
     store.set_state(b_files[0], "failed", error="HTTP 400 from One Codex")
     middle = store.clock()
     single = seen("/srv/out/240501_M1/Late_S9_R1_001.fastq", 300)
@@ -475,3 +478,28 @@ def test_the_operator_s_reads_agree_with_sqlite_s(both):
     assert (lite.unended_under("/srv/out/240501_M1"), lite.unended_under("/srv/out/misc")) == (1, 1)
     # Members in lane order whatever order they were recorded in; each with its own MD5 (one statement).
     assert [f.md5 for f in shared.sample(1).files] == ["2" * 32, "1" * 32, None, "3" * 32]
+
+
+def test_the_status_page_reads_the_shared_queue(tmp_path, pg_server):
+    """[status_page] on a host of a shared queue shows that queue (not a SQLite file that is not there):
+    503 naming the database while it has no queue yet or the server is away, the files once it has."""
+    url = pg_server.create_database()
+    watch = tmp_path / "w"
+    watch.mkdir()
+    settings = parse(_toml(f'[queue]\nurl = "{url}"\n[watch]\npaths = [{{path = "{watch}", id = "w"}}]\n'
+                           f'[status_page]\nenabled = true\nlisten = "127.0.0.1:0"\n'), file=str(tmp_path / "c.toml"))
+    page = build_status_page(settings, log=structlog.get_logger("test"), env={})
+    code, text = page.render()
+    assert code == 503 and html.escape(display_url(url)) in text
+    store = PostgresStore(url, watches={"w": str(watch)}, host="h1")
+    store.mark_done(store.add_seen(str(watch / "run1" / "a.fastq"), IDENT), sample_id="0123456789abcdef", md5=None)
+    code, text = page.render()
+    assert code == 200 and "a.fastq" in text and "0123456789abcdef" in text
+    pg_server.stop("fast")
+    try:
+        assert page.render()[0] == 503                   # the server away: said, not raised
+    finally:
+        pg_server.start()
+    assert page.render()[0] == 200                       # and back
+    page.stop()
+    store.close()

@@ -15,7 +15,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from daemon.queue.base import SHARED_DEV, STATES, TERMINAL, FileRow, Identity, Listed, Version
+from daemon.queue.base import (
+    SHARED_DEV,
+    STATES,
+    TERMINAL,
+    FileRow,
+    Identity,
+    Listed,
+    Version,
+)
 
 MATCH_CHUNK = 1000       # files per look-up query in confirmed_matches
 
