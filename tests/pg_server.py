@@ -132,3 +132,16 @@ def pg_server() -> Iterator[PgServer]:
 def pg_url(pg_server: PgServer) -> str:
     """The URL of a fresh database on the session's server."""
     return pg_server.create_database()
+
+
+def shared_queue(config: Any, url: str, watches: dict[str, str], *, host: str = "ops") -> Any:
+    """Write a config at `config` (a Path) naming the shared queue at url and the watch folders {id: path}
+    (they need not exist: the operator's commands only name files by them), and open that queue as this
+    host: the operator's commands and the returned store then read the same rows under the same paths."""
+    from daemon.queue.postgres import (
+        PostgresStore,  # lazy: psycopg may be missing (the fixture says so)
+    )
+
+    folders = ", ".join(f'{{path = "{path}", id = "{watch}"}}' for watch, path in watches.items())
+    config.write_text(f'[queue]\nurl = "{url}"\nhost = "{host}"\n[watch]\npaths = [{folders}]\n')
+    return PostgresStore(url, watches=watches, host=host)

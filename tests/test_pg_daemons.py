@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from harness import Daemon, cli, fastq_bytes, wait_for, write_config
 from pg_server import require_psycopg
+from test_samples_daemon import RUN, pair_lane
 
 from daemon.sandbox.faults import Fault
 
@@ -20,12 +21,15 @@ psycopg = require_psycopg()   # a clear skip where it is missing (a failure unde
 LEASE_S = 1.5
 
 
-def _host(tmp_path: Path, name: str, *, watch: Path, url: str, api_url: str, workers: int = 2) -> Daemon:
-    """A daemon with a configuration of its own (its own state folder: its own audit journal)."""
+def _host(tmp_path: Path, name: str, *, watch: Path | list[dict[str, object]], url: str, api_url: str,
+          workers: int = 2, extra: str = "") -> Daemon:
+    """A daemon with a configuration of its own (its own state folder: its own audit journal). watch: one
+    folder (its id "share"), or the watch entries, each with its id."""
     folder = tmp_path / name
     folder.mkdir()
-    config = write_config(folder, watch=[{"path": watch, "id": "share"}], api_url=api_url, workers=workers,
-                          settle_s=0.3, rescan_interval_s=2.0, max_backoff_s=1.0)
+    entries = watch if isinstance(watch, list) else [{"path": watch, "id": "share"}]
+    config = write_config(folder, watch=entries, api_url=api_url, workers=workers, settle_s=0.3,
+                          rescan_interval_s=2.0, max_backoff_s=1.0, extra=extra)
     text = config.read_text().replace("[queue]\n", f'[queue]\nurl = "{url}"\nhost = "{name}"\nlease_s = {LEASE_S}\n')
     config.write_text(text)
     return Daemon(config)
@@ -40,44 +44,76 @@ def _rows(url: str, sql: str, *args: object) -> list[tuple]:
             return []
 
 
-def _confirmed_once(sb, names: list[str]) -> None:
-    """Each file is one confirmed sample, confirmed once; nothing else was confirmed."""
+def _confirmed_once(sb, names: list[str] | dict[str, str | None]) -> None:
+    """Each sample is confirmed once, nothing else was confirmed. names: the uploaded names, or {R1 name (or
+    the single file's): its paired_end_filename, None for a single-end sample}."""
+    expected = names if isinstance(names, dict) else dict.fromkeys(names)
     confirmed = [s for s in sb.samples() if s["state"] == "confirmed"]
     per_name = collections.Counter(s["filename"] for s in confirmed)
-    assert sorted(per_name) == sorted(names), "a file missing, or a stray sample confirmed"
+    assert sorted(per_name) == sorted(expected), "a sample missing, or a stray sample confirmed"
     assert max(per_name.values()) == 1, [n for n, c in per_name.items() if c > 1][:5]
     assert [s["sample_id"] for s in confirmed if s["confirm_count"] != 1] == []
+    assert {s["filename"]: s.get("paired_end_filename") for s in confirmed} == expected, "a pair sent as singles"
+
+
+def _illumina_run(run: Path, samples: int, lanes: int) -> dict[str, str]:
+    """Paired lane files of `samples` samples in an Illumina run folder, then its CopyComplete.txt; returns
+    {uploaded R1 name: uploaded R2 name} (the lane token removed)."""
+    run.mkdir()
+    pairs = {}
+    for n in range(1, samples + 1):
+        for lane in range(1, lanes + 1):
+            r1, r2 = pair_lane(f"Lib{n:02d}", lane, 150, seed=n)
+            (run / f"Lib{n:02d}_S{n}_L00{lane}_R1_001.fastq").write_bytes(r1)
+            (run / f"Lib{n:02d}_S{n}_L00{lane}_R2_001.fastq").write_bytes(r2)
+        pairs[f"Lib{n:02d}_S{n}_R1_001.fastq"] = f"Lib{n:02d}_S{n}_R2_001.fastq"
+    (run / "CopyComplete.txt").write_text("")
+    return pairs
 
 
 @pytest.mark.timeout(240)
-def test_three_hosts_upload_every_file_once_and_a_killed_host_s_work_is_finished(tmp_path, watch_dir, sandbox,
-                                                                               pg_url):
-    """300 files, three daemons; one is killed (kill -9) while it holds uploads: once its leases run
-    out the others take its rows, resume them (the same sample ids) and confirm each file exactly once."""
-    names = [f"s{i:03d}.fastq" for i in range(300)]
-    for i, name in enumerate(names):
-        (watch_dir / name).write_bytes(fastq_bytes(600, seed=i))
+def test_three_hosts_upload_every_sample_once_and_a_killed_host_s_work_is_finished(tmp_path, sandbox, pg_url):
+    """300 files, three daemons, two shared watch folders: 240 single files, and an Illumina run (marker
+    CopyComplete.txt) of 15 paired samples in 2 lanes (60 files). h1 is killed (kill -9) while it holds a
+    paired sample mid-upload: once its leases run out the others take its rows, resume them (the same
+    sample ids) and confirm each sample exactly once, each pair as one paired sample."""
+    flat, runs = tmp_path / "flat", tmp_path / "runs"
+    flat.mkdir()
+    runs.mkdir()
+    pairs = _illumina_run(runs / RUN, samples=15, lanes=2)
+    singles = [f"s{i:03d}.fastq" for i in range(240)]
+    for i, name in enumerate(singles):
+        (flat / name).write_bytes(fastq_bytes(600, seed=i))
+    expected: dict[str, str | None] = {**pairs, **dict.fromkeys(singles)}
     sandbox.add_fault(Fault("s3", "delay", delay_s=0.15, times=None))     # uploads take a moment
-    hosts = [_host(tmp_path, f"h{n}", watch=watch_dir, url=pg_url, api_url=sandbox.api_url) for n in (1, 2, 3)]
+    watch = [{"path": runs, "id": "runs", "marker": "illumina"}, {"path": flat, "id": "flat"}]
+    hosts = [_host(tmp_path, f"h{n}", watch=watch, url=pg_url, api_url=sandbox.api_url,
+                   extra="\n[samples]\ngroup_wait_seconds = 1\n") for n in (1, 2, 3)]
     try:
         for d in hosts:
             d.start()
 
-        def h1_mid_upload() -> bool:
-            return bool(_rows(pg_url, "SELECT 1 FROM files WHERE state = 'uploading' AND step <> ''"
-                                      " AND claimed_by LIKE 'h1/%%'"))
-        wait_for(h1_mid_upload, 60, "h1 holding an upload")
+        def h1_mid_paired_upload() -> list[tuple]:
+            # Initialised, a POST or two still to go (each held 0.15 s at S3): h1 is killed well before its confirm.
+            return _rows(pg_url, "SELECT f.id FROM files f JOIN samples s ON s.lead = f.id WHERE s.paired AND"
+                                 " f.state = 'uploading' AND f.step IN ('initialized', 'posted_r1')"
+                                 " AND f.claimed_by LIKE 'h1/%%'")
+        [(pair_lead,), *_] = wait_for(h1_mid_paired_upload, 90, lambda: f"h1 holding a paired upload\n"
+                                      f"{hosts[0].log_tail()}", interval_s=0.01)
         hosts[0].kill()
-        held = dict(_rows(pg_url, "SELECT id, sample_id FROM files WHERE state = 'uploading' AND claimed_by LIKE 'h1/%%'"))
+        held = dict(_rows(pg_url, "SELECT id, sample_id FROM files WHERE state = 'uploading' AND NOT follower"
+                                  " AND claimed_by LIKE 'h1/%%'"))
+        assert pair_lead in held, (pair_lead, held)
 
         def all_done() -> bool:
-            return _rows(pg_url, "SELECT count(*) FROM files WHERE state = 'done'")[0][0] == len(names)
+            return _rows(pg_url, "SELECT count(*) FROM files WHERE state = 'done'")[0][0] == 300
         wait_for(all_done, 150, lambda: f"every file done; {hosts[1].log_tail()}", interval_s=0.5)
         # The killed host's rows were finished by the others, each under the sample id it had stored.
         after = dict(_rows(pg_url, "SELECT id, sample_id FROM files WHERE id = ANY(%s)", list(held)))
         assert held and all(after[i] == sid for i, sid in held.items() if sid is not None), (held, after)
-        assert _rows(pg_url, "SELECT count(*) FROM files")[0][0] == len(names)   # one row per file
-        _confirmed_once(sandbox, names)
+        assert _rows(pg_url, "SELECT count(*) FROM files")[0][0] == 300                # one row per file
+        assert _rows(pg_url, "SELECT count(*) FROM samples WHERE paired")[0][0] == 15   # each pair assembled once
+        _confirmed_once(sandbox, expected)
         for d in hosts[1:]:
             assert any(e.get("event") == "upload.confirmed" for e in d.log_events())   # both took part
     finally:

@@ -5,6 +5,8 @@ by concurrent processes. A real PostgreSQL server, started by the suite (tests/p
 from __future__ import annotations
 
 import datetime
+import html
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +14,7 @@ import time
 import tomllib
 
 import pytest
+import structlog
 from pg_server import require_psycopg
 
 psycopg = require_psycopg()   # before the modules that import it: a clear skip (or failure under CI)
@@ -20,6 +23,7 @@ from daemon import redact
 from daemon.config.document import parse
 from daemon.detection.roots import WatchRoots
 from daemon.errors import ConfigError, FileChanged, LeaseLost, SeqdropError
+from daemon.operations.statuspage import build_status_page
 from daemon.queue import postgres_schema
 from daemon.queue.base import SHARED_DEV, Identity, QueueTooNew, StoreLocked
 from daemon.queue.open import credential_password, open_shared
@@ -127,6 +131,8 @@ def test_a_sample_moves_as_one(store):
     assert store.claim_next("w").id == r1                # never the follower
     store.save_init(r1, "sid", "{}")
     assert (store.get(r2).state, store.get(r2).step, store.get(r2).sample_id) == ("uploading", "initialized", "sid")
+    store.save_posted(r1, "1" * 32, step="posted_r1")         # the pair's R1 is in S3, its R2 is next
+    assert (store.get(r1).step, store.get(r2).step) == ("posted_r1", "posted_r1")
     store.mark_done(r1, sample_id="sid", md5=None)
     assert store.get(r2).state == "done"
     got = store.sample(sample)
@@ -389,3 +395,111 @@ def test_a_deleted_run_folder_is_no_unmounted_share_on_a_shared_queue(tmp_path):
     assert not roots.gone(path, SHARED_DEV)
     assert isinstance(roots.missing_file(path, SHARED_DEV), FileChanged)
     assert roots.gone(path, os.stat(root).st_dev + 1)        # a real other device: the unmounted-share case
+
+
+# -- the operator's reads give the same answers on both backends ---------------------------------
+class _Clock:
+    """A clock both queues share the readings of: the same times, so the same answers."""
+
+    def __init__(self) -> None:
+        self.now = 1_714_550_000.25
+
+    def __call__(self) -> float:
+        self.now += 1.5
+        return self.now
+
+
+def _same_queue(store) -> float:
+    """Samples and loose files over three run folders, one of a name that differs from another only where
+    a LIKE pattern's `_` would match anything; returns a time between the early and the late changes."""
+    def seen(path: str, inode: int) -> int:
+        return store.add_seen(path, Identity(7, inode, 1000 + inode, 1_700_000_000_000_000_000 + inode))
+
+    def paired(folder: str, name: str, inode: int, lanes: tuple[int, ...], **kw) -> tuple[int, list[int]]:
+        r1 = [(seen(f"{folder}/{name}_L00{n}_R1_001.fastq", inode + n), "R1", n) for n in lanes]
+        r2 = [(seen(f"{folder}/{name}_L00{n}_R2_001.fastq", inode + 50 + n), "R2", n) for n in lanes]
+        sample = store.add_sample(key=f'["{folder}", "{name}"]', folder=folder, name=name,
+                                  run=folder.rsplit("/", 1)[1], paired=True, files=r1 + r2, **kw)
+        return sample, [f for f, _, _ in r1 + r2]
+
+    a, a_files = paired("/srv/out/240501_M1", "Liver_S1", 10, (2, 1))
+    store.set_landing(a, {"project": "0123456789abcdef", "tags": ["liver"], "metadata": {}})
+    store.mark_done(a_files[0], sample_id="a" * 16, md5="1" * 32)
+    store.save_member_md5s({a_files[1]: "2" * 32, a_files[2]: "3" * 32})
+    _, b_files = paired("/srv/out/240502_M2", "Gut_S2", 100, (1,), warnings=("R2 of lane 2 never came",))
+    store.set_state(b_files[0], "failed", error="HTTP 400 from One Codex")
+    middle = store.clock()
+    single = seen("/srv/out/240501_M1/Late_S9_R1_001.fastq", 300)
+    store.add_sample(key='["late"]', folder="/srv/out/240501_M1", name="Late_S9", run="240501_M1", paired=False,
+                     files=[(single, "single", None)], late=True)
+    store.add_flag(single, "late")
+    d, _ = paired("/srv/out/240501xM1", "Other_S3", 200, (1,))
+    store.set_landing(d, {"project": None, "tags": None})
+    store.set_state(seen("/srv/out/misc/x_1.fasta", 400), "rejected", error="not FASTA")
+    seen("/srv/out/misc/y.fastq", 401)
+    return middle
+
+
+@pytest.fixture
+def both(tmp_path, pg_url):
+    clocks = _Clock(), _Clock()
+    lite = SqliteStore(str(tmp_path / "q.sqlite3"), clock=clocks[0])
+    shared = PostgresStore(pg_url, watches={"out": "/srv/out"}, host="h1", clock=clocks[1])
+    middle = [_same_queue(s) for s in (lite, shared)]
+    assert middle[0] == middle[1]
+    yield lite, shared, middle[0]
+    lite.close()
+    shared.close()
+
+
+def test_the_operator_s_reads_agree_with_sqlite_s(both):
+    """status (--json and text), show, retry, runs and the run notices read samples through these verbs:
+    the shared queue answers each exactly as SQLite does, filters included."""
+    lite, shared, middle = both
+    filters = [{}, {"states": ("failed", "done")}, {"run": "240501_M1"}, {"run": "240501_*"}, {"run": "2405?2_M2"},
+               {"under": "/srv/out/240501_M1"}, {"under": "/srv/out/"}, {"under": "/elsewhere"},
+               {"since": middle}, {"limit": 2}, {"states": ("queued",), "limit": 1}]
+    for where in filters:
+        expected = [json.loads(j) for j in lite.samples_json(**where)]
+        assert [json.loads(j) for j in shared.samples_json(**where)] == expected, where
+        assert shared.find_files(**where) == lite.find_files(**where), where
+        assert [{k: v for k, v in json.loads(j).items() if k != "claimed_by"} for j in shared.public_json(**where)] \
+            == [json.loads(j) for j in lite.public_json(**where)], where
+    assert [s["name"] for s in map(json.loads, shared.samples_json(run="240501_M1"))] == ["Liver_S1", "Late_S9"]
+    assert shared.sample_counts() == lite.sample_counts() == {"done": 1, "failed": 1, "queued": 2}
+    ids = {1, 2, 3, 4, 999}
+    assert shared.samples_by_id(ids) == lite.samples_by_id(ids) and len(lite.samples_by_id(ids)) == 4
+    assert shared.sample_briefs(ids) == lite.sample_briefs(ids)
+    assert shared.sample_briefs({1})[1].members == (("R1", 1, None), ("R1", 2, None), ("R2", 1, None), ("R2", 2, None))
+    assert shared.run_rows() == lite.run_rows()
+    for folder in ("/srv/out/240501_M1", "/srv/out/240501_M1/", "/srv/out/misc", "/srv/out", "/srv/out/none"):
+        assert [r.id for r in shared.files_under(folder)] == [r.id for r in lite.files_under(folder)], folder
+        assert shared.unended_under(folder) == lite.unended_under(folder), folder
+    assert (lite.unended_under("/srv/out/240501_M1"), lite.unended_under("/srv/out/misc")) == (1, 1)
+    # Members in lane order whatever order they were recorded in; each with its own MD5 (one statement).
+    assert [f.md5 for f in shared.sample(1).files] == ["2" * 32, "1" * 32, None, "3" * 32]
+
+
+def test_the_status_page_reads_the_shared_queue(tmp_path, pg_server):
+    """[status_page] on a host of a shared queue shows that queue (not a SQLite file that is not there):
+    503 naming the database while it has no queue yet or the server is away, the files once it has."""
+    url = pg_server.create_database()
+    watch = tmp_path / "w"
+    watch.mkdir()
+    settings = parse(_toml(f'[queue]\nurl = "{url}"\n[watch]\npaths = [{{path = "{watch}", id = "w"}}]\n'
+                           f'[status_page]\nenabled = true\nlisten = "127.0.0.1:0"\n'), file=str(tmp_path / "c.toml"))
+    page = build_status_page(settings, log=structlog.get_logger("test"), env={})
+    code, text = page.render()
+    assert code == 503 and html.escape(display_url(url)) in text
+    store = PostgresStore(url, watches={"w": str(watch)}, host="h1")
+    store.mark_done(store.add_seen(str(watch / "run1" / "a.fastq"), IDENT), sample_id="0123456789abcdef", md5=None)
+    code, text = page.render()
+    assert code == 200 and "a.fastq" in text and "0123456789abcdef" in text
+    pg_server.stop("fast")
+    try:
+        assert page.render()[0] == 503                   # the server away: said, not raised
+    finally:
+        pg_server.start()
+    assert page.render()[0] == 200                       # and back
+    page.stop()
+    store.close()

@@ -8,6 +8,7 @@ import time
 
 import pytest
 from harness import cli
+from pg_server import shared_queue
 
 from daemon.queue.base import Identity
 from daemon.queue.sqlite import SqliteStore
@@ -19,11 +20,15 @@ LANDING = {"project": "0123456789abcdef", "project_name": "Liver study", "tags":
            "omitted": [["metadata.external_sample_id", "longer than 60 characters"]]}
 
 
-@pytest.fixture
-def setup(tmp_path):
+@pytest.fixture(params=["sqlite", "postgres"])
+def setup(request, tmp_path):
+    """A config and its queue, on each backend (postgres: the shared queue, /srv/out watched as "out")."""
     config = tmp_path / "seqdrop.toml"
-    config.write_text(f'[queue]\npath = "{tmp_path}/q.sqlite3"\n')
-    store = SqliteStore(str(tmp_path / "q.sqlite3"))
+    if request.param == "sqlite":
+        config.write_text(f'[queue]\npath = "{tmp_path}/q.sqlite3"\n')
+        store = SqliteStore(str(tmp_path / "q.sqlite3"))
+    else:
+        store = shared_queue(config, request.getfixturevalue("pg_url"), {"out": "/srv/out"})
     yield config, store
     store.close()
 

@@ -5,8 +5,9 @@ last hour as an inline SVG chart, and every run (the folder a file was written i
 above Illumina's Data/ or MinKNOW's fastq_pass/) with its files, their states, sample ids and errors.
 
 Served by the daemon from one thread (http.server) on loopback by default; any other address needs
-basic auth. It reads the queue through its own read-only SQLite connection, writes nothing anywhere,
-and shows no secret (never a row's upload fields; the servers' words pass through redact.scrub).
+basic auth. It reads the queue through its own read-only connection (SQLite, or the shared queue's
+PostgreSQL), writes nothing anywhere, and shows no secret (never a row's upload fields; the servers'
+words pass through redact.scrub).
 Every value from the queue is HTML-escaped. No JavaScript at all: the page reloads itself
 (meta refresh) and its Content-Security-Policy allows no script.
 """
@@ -33,7 +34,8 @@ from daemon import __version__
 from daemon.config import Settings, is_loopback_host, parse_listen
 from daemon.errors import ConfigError
 from daemon.operations import statuspage_html as view
-from daemon.queue.base import FileRow
+from daemon.queue.base import FileRow, Store
+from daemon.queue.open import shared_reader
 from daemon.queue.sqlite import SqliteStore
 
 #: The systemd credential holding the page's password (LoadCredential=status-page-password:/path).
@@ -129,7 +131,7 @@ class Snapshot:
     per_minute: list[int]
 
 
-def read_snapshot(store: SqliteStore, roots: Iterable[str], now: float) -> Snapshot:
+def read_snapshot(store: Store, roots: Iterable[str], now: float) -> Snapshot:
     rows = store.files()
     paused = store.get_meta(PAUSED_META)
     runs, hidden = group_runs(rows, roots)
@@ -148,7 +150,11 @@ class StatusPage:
 
     def __init__(self, store_path: str, listen: str, *, auth: tuple[str, str] | None = None, log: Any,
                  roots: Iterable[str] = (), ssl_context: ssl.SSLContext | None = None,
-                 hostname: str | None = None, clock: Callable[[], float] = time.time) -> None:
+                 hostname: str | None = None, clock: Callable[[], float] = time.time,
+                 opener: Callable[[], Any] | None = None, read_errors: tuple[type[Exception], ...] = ()) -> None:
+        """opener: opens the queue read-only instead of the SQLite file at store_path (the shared
+        PostgreSQL queue; store_path then names it); read_errors: what its reads raise when it is away."""
+        self._opener, self._read_errors = opener, read_errors
         self._host, self._port = parse_listen(listen)
         if auth is None and not is_loopback_host(self._host):
             raise ValueError(f"the status page on {listen} is not loopback: it needs a user name and password")
@@ -157,7 +163,7 @@ class StatusPage:
         self._ssl_context = ssl_context
         self._hostname = hostname or socket.gethostname()
         self._clock = clock
-        self._store: SqliteStore | None = None
+        self._store: Store | None = None
         self._read_lock = threading.Lock()   # one reader connection, one page rendered at a time
         self._server: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
@@ -222,7 +228,7 @@ class StatusPage:
         with self._read_lock:
             try:
                 snapshot = read_snapshot(self._open_store(), self._roots, now)
-            except (sqlite3.Error, OSError) as e:
+            except (sqlite3.Error, OSError, *self._read_errors) as e:
                 self.log.warning("status_page.queue_unreadable", path=self._store_path, error=str(e))
                 if self._store is not None:
                     self._store.close()
@@ -231,7 +237,13 @@ class StatusPage:
                                                   refresh_s=REFRESH_S)
         return 200, view.page(snapshot, hostname=self._hostname, version=__version__, refresh_s=REFRESH_S)
 
-    def _open_store(self) -> SqliteStore:
+    def _open_store(self) -> Store:
+        if self._store is None and self._opener is not None:
+            store = self._opener()
+            if not store.has_schema():
+                store.close()
+                raise FileNotFoundError(f"the queue {self._store_path} is being created")
+            self._store = store
         if self._store is None:
             if not os.path.exists(self._store_path):
                 raise FileNotFoundError(f"the queue {self._store_path} does not exist yet")
@@ -331,8 +343,12 @@ def build_status_page(settings: Settings, *, log: Any, env: Mapping[str, str] | 
     elif password is not None and not is_loopback_host(host):
         log.warning("status_page.password_over_plain_http", listen=sp.listen,
                     fix="set tls_cert_file and tls_key_file in [status_page], or put an HTTPS proxy in front")
-    return StatusPage(settings.queue.path, sp.listen, auth=(sp.username, password) if password else None,
-                      log=log, roots=[f.path for f in settings.watch.folders], ssl_context=context)
+    where, opener, read_errors = settings.queue.path, None, ()
+    if settings.queue.shared:            # the shared PostgreSQL queue, not a file on this host
+        where, opener, read_errors = shared_reader(settings)
+    return StatusPage(where, sp.listen, auth=(sp.username, password) if password else None,
+                      log=log, roots=[f.path for f in settings.watch.folders], ssl_context=context,
+                      opener=opener, read_errors=read_errors)
 
 
 def load_password(password_file: str | None, *, env: Mapping[str, str], source: str | None) -> str | None:

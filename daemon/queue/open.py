@@ -11,6 +11,7 @@ URLs are shown without it (postgres_reads.display_url). TLS: `sslmode` (and sslr
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from daemon import redact
@@ -60,6 +61,19 @@ def open_shared(settings: Any, *, readonly: bool = False) -> Any:
         raise SeqdropError(f"cannot open the queue database {display_url(queue.url)} ({reason}) — fix: check "
                            f"that the server runs and accepts this host, the user and its password (a libpq "
                            f"password file or the credential {CREDENTIAL}) and sslmode") from None
+
+
+def shared_reader(settings: Any) -> tuple[str, Callable[[], Any], tuple[type[Exception], ...]]:
+    """For a long-lived reader of the shared queue (the status page): the queue's name as messages show
+    it, a function that opens it read-only, and the errors that it and the store's reads raise while
+    the database is away (the reader says so and tries again later)."""
+    try:
+        import psycopg  # lazy, as in open_shared
+
+        from daemon.queue.postgres_reads import display_url
+    except ImportError:
+        raise psycopg_missing() from None
+    return display_url(settings.queue.url), lambda: open_shared(settings, readonly=True), (psycopg.Error, SeqdropError)
 
 
 def psycopg_missing() -> SeqdropError:

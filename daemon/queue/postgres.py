@@ -47,6 +47,7 @@ from psycopg.rows import dict_row
 from daemon.errors import LeaseLost
 from daemon.queue import postgres_schema as schema
 from daemon.queue.base import (
+    HALF_POSTED_STEPS,
     INIT_STEPS,
     POSTED_STEPS,
     SHARED_DEV,
@@ -293,7 +294,8 @@ class PostgresStore(PgReads, PgSamples):
                      [step, sample_id, init_json, now, now])
 
     def save_posted(self, file_id: int, md5: str, *, step: str = STEP_POSTED) -> None:
-        assert step in POSTED_STEPS, step
+        """S3 holds the bytes (POSTED_STEPS), or a pair's first read (HALF_POSTED_STEPS: md5 is its)."""
+        assert step in POSTED_STEPS + HALF_POSTED_STEPS, step
         now = self.clock()
         self._update(file_id, "step=%s, md5=%s, updated_at=%s, posted_at=%s", [step, md5, now, now])
 

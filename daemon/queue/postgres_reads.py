@@ -15,7 +15,15 @@ from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
-from daemon.queue.base import SHARED_DEV, STATES, FileRow, Identity, Listed, Version
+from daemon.queue.base import (
+    SHARED_DEV,
+    STATES,
+    TERMINAL,
+    FileRow,
+    Identity,
+    Listed,
+    Version,
+)
 
 MATCH_CHUNK = 1000       # files per look-up query in confirmed_matches
 
@@ -37,6 +45,13 @@ def _range(rel_folder: str) -> tuple[str, str]:
     lo = rel_folder.rstrip("/") + "/" if rel_folder else ""
     hi = lo[:-1] + "0" if lo else "\U0010ffff"      # "0" sorts right after "/" (rel is COLLATE "C")
     return lo, hi
+
+
+def like_of(glob: str) -> str:
+    """A `--run` glob as a LIKE pattern: * and ? become % and _, and a literal %, _ or backslash stays
+    literal (run folder names are full of underscores: 240501_M00123_0042)."""
+    special = {"*": "%", "?": "_", "%": "\\%", "_": "\\_", "\\": "\\\\"}
+    return "".join(special.get(c, c) for c in glob)
 
 
 class PgReads:
@@ -162,7 +177,7 @@ class PgReads:
                 args.extend([name[0], name[1], lo, hi])
         if run:
             where.append("('/' || rel) LIKE %s")
-            args.append("%/" + run.replace("*", "%").replace("?", "_") + "/%")
+            args.append("%/" + like_of(run) + "/%")
         if since is not None:
             where.append("updated_at >= %s")
             args.append(since)
@@ -171,7 +186,7 @@ class PgReads:
     def find_files(self, *, states: tuple[str, ...] = (), under: str | None = None, run: str | None = None,
                    since: float | None = None, limit: int | None = None) -> tuple[list[Listed], int]:
         clause, args = self._filters(states, under, run, since)
-        cols = "id, watch, rel, state, attempts, sample_id, error, updated_at"
+        cols = "id, watch, rel, state, attempts, sample_id, error, updated_at, sample, flags"
         sql = f"SELECT {cols} FROM files{clause} ORDER BY id"
         if limit is not None:
             sql = (f"SELECT * FROM (SELECT {cols} FROM files{clause} ORDER BY updated_at DESC, id DESC"
@@ -179,7 +194,7 @@ class PgReads:
         total = self._all(f"SELECT COUNT(*) AS n FROM files{clause}", args)[0]["n"]
         rows = self._all(sql, [*args, limit] if limit is not None else args)
         return [Listed(r["id"], self._local(r["watch"], r["rel"]), r["state"], r["attempts"], r["sample_id"],
-                       r["error"], r["updated_at"]) for r in rows], total
+                       r["error"], r["updated_at"], r["sample"], r["flags"]) for r in rows], total
 
     def public_json(self, *, states: tuple[str, ...] = (), under: str | None = None, run: str | None = None,
                     since: float | None = None, limit: int | None = None) -> list[str]:
@@ -195,6 +210,18 @@ class PgReads:
             entry["claimed_by"] = r["claimed_by"] if r["state"] == "uploading" else None
             out.append(json.dumps(entry))
         return out
+
+    def files_under(self, folder: str) -> list[FileRow]:
+        """Every version at or below `folder`, in queue order (a run's files)."""
+        clause, args = self._filters((), folder, None, None)
+        return [self._from_db(r) for r in self._all(f"SELECT * FROM files{clause} ORDER BY id", args)]
+
+    def unended_under(self, folder: str) -> int:
+        """How many versions at or below `folder` have not ended (seen, queued, uploading)."""
+        clause, args = self._filters((), folder, None, None)
+        rows = self._all(f"SELECT COUNT(*) AS n FROM files{clause} AND NOT state = ANY(%s)",
+                         [*args, sorted(TERMINAL)])
+        return int(rows[0]["n"])
 
     def versions(self, *, path: str | None = None, sample_id: str | None = None,
                  file_id: int | None = None) -> list[Version]:
