@@ -134,7 +134,7 @@ def digest_from_json(doc: dict[str, Any]) -> PairDigest:
 def validate_lanes(paths: Sequence[str], *, pair_digest: bool = False) -> dict[str, Any]:
     """Validate the lane files of one read as one stream: the verdict main() prints."""
     label = lane_label(paths)
-    names = NameDigest(label) if pair_digest else None
+    names = NameDigest(label, vectorised=True) if pair_digest else None
     validator = StreamValidator(label, on_text=names.feed if names is not None else None, vectorised=True)
     try:
         with LaneStream(paths, opener=open_member, whole_md5=False) as stream:
