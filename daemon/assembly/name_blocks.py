@@ -26,7 +26,7 @@ from collections.abc import Iterator
 # idle OpenBLAS thread per core costs CPU time). Set before numpy's first import.
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
-import numpy as np  # noqa: E402 - after the variable above, which OpenBLAS reads once at load
+import numpy as np  # after the variable above, which OpenBLAS reads once at load
 
 __all__ = ["BLOCK", "scan"]
 

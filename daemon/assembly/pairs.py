@@ -104,9 +104,10 @@ class NameDigest:
         """Digest the plain four-line records at text[start:] (start begins a line, in the header
         phase); return where the records taken end (start: none)."""
         if self._blocks is not None:
-            for start, names, count in self._blocks.scan(text, start):
+            end = start
+            for end, names, count in self._blocks.scan(text, start):
                 self._add(names, count)
-            return start
+            return end
         lines = text[start:].split(b"\n")
         partial = lines.pop()                           # a partial line, or b"" after the last '\n'
         usable = len(lines) // 4 * 4

@@ -36,7 +36,7 @@ from daemon.errors import ContentRejected, FileChanged, Transient
 from daemon.upload.source import open_source
 
 BLOCK_BYTES = 4 << 20
-READ_AHEAD_BLOCKS = 2       # blocks read (and MD5'd) ahead of the checks: 8 MiB more memory at most
+READ_AHEAD_BLOCKS = 1       # blocks read (and MD5'd) ahead of the checks: 4 MiB more memory at most
 _FLAGS = ("--json", "--pair-digest", "--member-md5s")
 
 # What the child must not inherit (design.md, "Rules": child processes do not inherit the key): the
