@@ -186,6 +186,18 @@ def test_whole_block_paths_take_the_first_word_without_its_mate_suffix(vectorise
     assert digest.finish().first_names == (b"a", b"b", b"c/3", b"d/2", b"e", b"", b"g/12", b"h/", b"i")
 
 
+@pytest.mark.parametrize("long_title_at", [0, 50, 99])
+def test_numpy_path_with_one_very_long_title_among_short_ones(long_title_at):
+    """Titles of very unequal lengths (gathered end to end, not as rows), also when the long one
+    comes before a short last record near the block's end: the same names as the line reader."""
+    titles = [b"@r%d/%d" % (i, 1 + i % 2) + (b" " + b"c" * 600 if i == long_title_at else b"") for i in range(100)]
+    text = b"".join(t + b"\nA\n+\nI\n" for t in titles)
+    fast = NameDigest("x", vectorised=True)
+    fast.feed(text)
+    assert fed(text, list(range(1, len(text)))) == fed(text, [], vectorised=True)
+    assert fast.finish().first_names[:3] == (b"r0", b"r1", b"r2")
+
+
 def test_numpy_path_digests_a_large_block_of_plain_records_at_once(monkeypatch):
     """On plain four-line FASTQ the validator child's path takes every record in whole blocks: the
     line reader is never called for them (only for a record cut at a block's end)."""
