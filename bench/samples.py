@@ -7,14 +7,17 @@ against one 2 GiB file, through `seqdrop upload`, in one run.
 The files are generated under bench/out/samples/ (valid FASTQ; R1 and R2 carry the same read names, so
 the pair check passes). Both runs go to the same `seqdrop sandbox --no-store` (strict: policy,
 signature, the multipart body parsed, every byte MD5'd) as its own process, with the default
-`validate = true`. Wall time is spawn → exit of `seqdrop upload`; peak RSS is that process's own
-ru_maxrss (os.wait4) plus, reported apart, its validator children's (RUSAGE_CHILDREN of the
-benchmark covers every child, so it is the largest of them). MB/s are decimal, bytes of the files.
+`validate = true`. Wall time is spawn → exit of `seqdrop upload`; CPU and peak RSS are that
+process's rusage from os.wait4, which takes in its validator children (their CPU time, and the
+largest peak RSS of it and them). The sandbox's CPU time (it MD5s every byte too) is shown apart:
+on a 2-core machine the three processes compete for the same cores. MB/s are decimal, bytes of the
+files. Each repetition uploads the one file, then the pair, so each pair's ratio is to a neighbour.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -32,6 +35,7 @@ from common import (
     load,
     machine,
     now_utc,
+    proc_cpu_s,
     run_measured,
     table,
     write_config,
@@ -63,23 +67,27 @@ def make(path: Path, size: int, read: int, first_block: int) -> None:
         f.writelines(block.replace(b"BLOCKTOK", b"%08d" % (first_block + n)) for n in range(size // MiB))
 
 
-def one(api_url: str, workdir: Path, target: Path) -> dict:
+def one(sb: Sandbox, workdir: Path, target: Path) -> dict:
+    api_url = sb.api_url
     cfg = write_config(workdir / "seqdrop.toml", base_url=api_url, queue=workdir / "queue.sqlite3")
     for side in ("queue.sqlite3", "queue.sqlite3-wal", "queue.sqlite3-shm", "queue.sqlite3.lock", "journal.jsonl"):
         (workdir / side).unlink(missing_ok=True)
+    sandbox_before = proc_cpu_s(sb.proc.pid)
     res = run_measured([SEQDROP, "upload", "--config", str(cfg), str(target)], env=child_env())
+    sandbox_s = proc_cpu_s(sb.proc.pid) - sandbox_before
     ok = res.returncode == 0
     if not ok:
         eprint(f"  FAILED rc={res.returncode}: {res.stdout[-800:]} {res.stderr[-1500:]}")
-    return {"ok": ok, "wall_s": res.wall_s, "rss_mib": res.maxrss_mib, "cpu_s": res.user_s + res.sys_s}
+    return {"ok": ok, "wall_s": res.wall_s, "rss_mib": res.maxrss_mib, "cpu_s": res.user_s + res.sys_s,
+            "sandbox_s": sandbox_s, "load": os.getloadavg()[0]}
 
 
-def main(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--gib", type=float, default=1.0, help="GiB per read (default 1)")
-    p.add_argument("--repeat", type=int, default=3)
-    args = p.parse_args(argv)
-    per_read = int(args.gib * GiB) // MiB * MiB
+PAIRED, SINGLE = "paired (2 reads × 4 lanes)", "one file"
+
+
+def generate(gib: float) -> tuple[Path, Path, int]:
+    """The lane files of the pair and the one file of the same size (kept between runs)."""
+    per_read = int(gib * GiB) // MiB * MiB
     lane_size = per_read // LANES // MiB * MiB
     root = OUT / "samples"
     paired, single = root / "paired", root / "single"
@@ -94,26 +102,52 @@ def main(argv: list[str]) -> int:
     total = sum(f.stat().st_size for f in paired.iterdir())
     eprint(f"  done in {time.monotonic() - started:.0f} s; paired {total / GiB:.2f} GiB, "
            f"single {(single / 'Bench_whole.fastq').stat().st_size / GiB:.2f} GiB")
-    results: dict[str, list[dict]] = {"paired (2 reads × 4 lanes)": [], "one file": []}
+    return paired, single / "Bench_whole.fastq", total
+
+
+def run(paired: Path, single: Path, total: int, repeat: int) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {PAIRED: [], SINGLE: []}
     with Sandbox() as sb:
-        for rep in range(args.repeat):
-            for label, target in (("one file", single / "Bench_whole.fastq"),
-                                  ("paired (2 reads × 4 lanes)", paired)):
-                r = one(sb.api_url, root / "work", target)
+        for rep in range(repeat):
+            for label, target in ((SINGLE, single), (PAIRED, paired)):
+                r = one(sb, OUT / "samples" / "work", target)
                 r["mb_s"] = total / 1e6 / r["wall_s"]
                 results[label].append(r)
-                eprint(f"  rep {rep + 1} {label}: {r['mb_s']:.0f} MB/s, {r['cpu_s']:.1f} CPU s, "
-                       f"{r['rss_mib']:.0f} MiB, ok={r['ok']}")
+                eprint(f"  rep {rep + 1} {label}: {r['mb_s']:.0f} MB/s, {r['cpu_s']:.1f} CPU s (sandbox "
+                       f"{r['sandbox_s']:.1f}), {r['rss_mib']:.0f} MiB, load {r['load']:.1f}, ok={r['ok']}")
+    return results
+
+
+def report(results: dict[str, list[dict]], total: int) -> float:
+    """Print the table; return the ratio of the median speeds."""
+    gib = total / GiB
     rows = []
     for label, runs in results.items():
-        rows.append([label, f"{total / GiB:.2f}", f"{statistics.median(r['mb_s'] for r in runs):.0f}",
-                     f"{statistics.median(r['cpu_s'] for r in runs) / (total / GiB):.2f}",
+        rows.append([label, f"{gib:.2f}", f"{statistics.median(r['mb_s'] for r in runs):.0f}",
+                     " / ".join(f"{r['mb_s']:.0f}" for r in runs),
+                     f"{statistics.median(r['cpu_s'] for r in runs) / gib:.2f}",
+                     f"{statistics.median(r['sandbox_s'] for r in runs) / gib:.2f}",
                      f"{max(r['rss_mib'] for r in runs):.0f}", all(r["ok"] for r in runs)])
-    ratio = statistics.median(r["mb_s"] for r in results["paired (2 reads × 4 lanes)"]) / \
-        statistics.median(r["mb_s"] for r in results["one file"])
-    print(f"# bench/samples.py — {now_utc()} — {machine()} — load {load()}")
-    print(table(["upload", "GiB", "MB/s (median)", "CPU s per GiB", "peak RSS MiB", "all ok"], rows))
-    print(f"\npaired / one file, per byte: {ratio:.2f}x (target ≥ 0.95)")
+    ratio = statistics.median(r["mb_s"] for r in results[PAIRED]) / statistics.median(r["mb_s"] for r in results[SINGLE])
+    each = [p["mb_s"] / s["mb_s"] for p, s in zip(results[PAIRED], results[SINGLE])]
+    loads = [r["load"] for runs in results.values() for r in runs]
+    print(f"# bench/samples.py — {now_utc()} — {machine()} — 1-min load during the runs "
+          f"{min(loads):.1f}..{max(loads):.1f}, at the end: {load()}")
+    print(table(["upload", "GiB", "MB/s (median)", "MB/s each run", "client CPU s per GiB",
+                 "sandbox CPU s per GiB", "peak RSS MiB", "all ok"], rows))
+    print(f"\npaired / one file, per byte: {ratio:.2f}x of the medians; each repetition "
+          f"{' / '.join(f'{x:.2f}' for x in each)} (target ≥ 0.95)")
+    return ratio
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--gib", type=float, default=1.0, help="GiB per read (default 1)")
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args(argv)
+    paired, single, total = generate(args.gib)
+    results = run(paired, single, total, args.repeat)
+    report(results, total)
     return 0 if all(r["ok"] for runs in results.values() for r in runs) else 1
 
 

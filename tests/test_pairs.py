@@ -17,6 +17,7 @@ from daemon.assembly.pairs import (
     head_digest,
     names_agree,
 )
+from daemon.checks.child import ChildValidator, validate_lanes
 from daemon.checks.validate import StreamValidator
 from daemon.errors import ContentRejected, FileChanged
 
@@ -128,6 +129,98 @@ def test_four_line_fast_path_equals_the_per_line_path():
     assert [count for count, _ in a.checkpoints] == [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024]
 
 
+def odd_record(rng: random.Random, i: int) -> bytes:
+    """A record the whole-block paths must either read exactly as the line reader does or leave to it:
+    mate suffixes, blanks of every kind, empty and blank-led titles, CRLF, wrapped records, quality
+    lines starting with '@' or '+', a sequence starting with '+', a quality shorter or longer."""
+    name = rng.choice([b"r%d" % i, b"a/1", b"b/2", b"/1", b"x/3", b"@q", b"n/2/1", b"z/1/1", b"/", b"r%d/2" % i])
+    title = b"@" + name + rng.choice([b"", b" 1:N:0:ACGT", b"\tc", b"\x0bc", b"\x0cc", b" a b"])
+    if rng.random() < 0.03:
+        title = rng.choice([b"@", b"@ lead", b"@\tlead", b"not a title"])
+    seq = bytes(rng.choice(b"ACGTN") for _ in range(rng.randrange(0, 12)))
+    qual = bytes(rng.choice(b"!+@I#") for _ in seq)
+    cr = b"\r" if rng.random() < 0.05 else b""
+    kind = rng.random()
+    if kind < 0.05:
+        half = len(seq) // 2
+        return b"\n".join([title, seq[:half], seq[half:], b"+", qual[:half], qual[half:]]) + b"\n"
+    if kind < 0.08:
+        qual = qual[:-1] if rng.random() < 0.5 else qual + b"I"
+    elif kind < 0.1 and seq:
+        seq = b"+" + seq[1:]
+    plus = b"+" if rng.random() < 0.9 else b"+" + name
+    return title + cr + b"\n" + seq + cr + b"\n" + plus + b"\n" + qual + cr + b"\n"
+
+
+def fed(text: bytes, cuts: list[int], **kwargs) -> tuple:
+    digest = NameDigest("x", keep_names=50, **kwargs)
+    for start, end in zip([0, *cuts], [*cuts, len(text)]):
+        digest.feed(text[start:end])
+    d = digest.finish()
+    return d.records, d.digest, d.first_names, d.checkpoints
+
+
+@pytest.mark.parametrize("vectorised", [False, True])
+def test_whole_block_paths_read_every_record_as_the_line_reader_does(vectorised):
+    """Plain records with odd ones among them, cut anywhere: the whole-block paths (bytes.split/re,
+    numpy) give the names, count, digest and checkpoints of the same text fed byte by byte."""
+    for seed in range(60):
+        rng = random.Random(seed)
+        share = rng.choice([0.0, 0.01, 0.3, 1.0])       # of odd records among plain ones
+        text = b"".join(odd_record(rng, i) if rng.random() < share else b"@r%d/%d x\nACGT\n+\nI@+I\n" % (i, i % 3)
+                        for i in range(rng.randrange(1, 700)))
+        if seed % 4 == 0:
+            text = text[:-1]                            # no final newline
+        expected = fed(text, list(range(1, len(text))))
+        cuts = sorted(rng.sample(range(1, len(text)), min(len(text) - 1, rng.randrange(0, 5))))
+        assert fed(text, cuts, vectorised=vectorised) == expected, f"seed {seed}"
+
+
+@pytest.mark.parametrize("vectorised", [False, True])
+def test_whole_block_paths_take_the_first_word_without_its_mate_suffix(vectorised):
+    """One block of plain records: each name is the first word, one trailing /1 or /2 removed."""
+    titles = [b"@a/1 x", b"@b/2\ty", b"@c/3", b"@d/2/1 z", b"@e\x0bf", b"@/1", b"@g/12", b"@h/", b"@i 2:N:0:1"]
+    text = b"".join(t + b"\nAC\n+\nII\n" for t in titles)
+    digest = NameDigest("x", vectorised=vectorised)
+    digest.feed(text)
+    assert digest.finish().first_names == (b"a", b"b", b"c/3", b"d/2", b"e", b"", b"g/12", b"h/", b"i")
+
+
+@pytest.mark.parametrize("long_title_at", [0, 50, 99])
+def test_numpy_path_with_one_very_long_title_among_short_ones(long_title_at):
+    """Titles of very unequal lengths (gathered end to end, not as rows), also when the long one
+    comes before a short last record near the block's end: the same names as the line reader."""
+    titles = [b"@r%d/%d" % (i, 1 + i % 2) + (b" " + b"c" * 600 if i == long_title_at else b"") for i in range(100)]
+    text = b"".join(t + b"\nA\n+\nI\n" for t in titles)
+    fast = NameDigest("x", vectorised=True)
+    fast.feed(text)
+    assert fed(text, list(range(1, len(text)))) == fed(text, [], vectorised=True)
+    assert fast.finish().first_names[:3] == (b"r0", b"r1", b"r2")
+
+
+def test_numpy_path_digests_a_large_block_of_plain_records_at_once(monkeypatch):
+    """On plain four-line FASTQ the validator child's path takes every record in whole blocks: the
+    line reader is never called for them (only for a record cut at a block's end)."""
+    text = fastq(library(5000), 2)
+    expected = digest_path_of(text)
+    calls = []
+    original = NameDigest._line
+    monkeypatch.setattr(NameDigest, "_line", lambda self, line: (calls.append(line), original(self, line)))
+    digest = NameDigest("x", vectorised=True)
+    half = len(text) // 2 + 7                           # a cut inside a record
+    digest.feed(text[:half])
+    digest.feed(text[half:])
+    assert digest.finish().digest == expected
+    assert 0 < len(calls) <= 8
+
+
+def digest_path_of(text: bytes) -> str:
+    digest = NameDigest("ref")
+    for i in range(0, len(text), 1000):
+        digest.feed(text[i:i + 1000])
+    return digest.finish().digest
+
+
 def test_guess_check_on_the_first_1000_names(tmp_path):
     """`_1/_2` guess: SRA mates agree on their first 1,000 names; two unrelated runs do not."""
     names = library(1500)
@@ -236,3 +329,39 @@ def test_gzip_lane_without_final_newline_is_caught_by_the_validator(tmp_path):
         while chunk := stream.read(1 << 16):
             validator.feed(chunk)
         validator.finish()
+
+
+# -- the validator child over lane files (checks/child.py) ---------------------------------------------
+
+@pytest.mark.parametrize("compression", ["none", "gz"])
+def test_child_gives_each_lane_md5_and_the_pair_digest_in_one_pass(tmp_path, compression):
+    """`--pair-digest --member-md5s`: the lanes validated as one stream, each lane file's MD5 and the
+    read-name digest of the whole read in the verdict."""
+    paths, text = lanes(tmp_path, compression)
+    size = sum(p.stat().st_size for p in paths)
+    child = ChildValidator([str(p) for p in paths], size, pair_digest=True, member_md5s=True)
+    try:
+        child.finish()
+        assert child.member_md5s == tuple(hashlib.md5(p.read_bytes()).hexdigest() for p in paths)
+        reference = NameDigest("ref")
+        reference.feed(text)
+        assert child.pair_digest.digest == reference.finish().digest and child.pair_digest.records == 1600
+    finally:
+        child.close()
+
+
+def test_child_reading_ahead_stops_at_a_bad_lane_without_hanging(tmp_path, monkeypatch):
+    """A lane that is not FASTQ, far from the end: the verdict refuses it (the reading thread, blocked
+    on its full queue, is let go) and no MD5s are claimed."""
+    monkeypatch.setattr("daemon.checks.child.BLOCK_BYTES", 4096)
+    paths, _ = lanes(tmp_path, "none", count=3)
+    paths[1].write_bytes(b"@a\nAC\n+\nII\n" + b"this is not FASTQ\n" * 20_000)
+    verdict = validate_lanes([str(p) for p in paths], pair_digest=True, member_md5s=True)
+    assert verdict["ok"] is False and "member_md5s" not in verdict and "pair_digest" not in verdict
+
+
+def test_child_lane_md5s_are_those_of_the_files_when_read_without_a_thread(tmp_path):
+    """Without --member-md5s the lanes are read inline and the verdict has no MD5s."""
+    paths, _ = lanes(tmp_path, "none", count=2)
+    verdict = validate_lanes([str(p) for p in paths])
+    assert verdict["ok"] is True and verdict["records"] == 800 and "member_md5s" not in verdict

@@ -283,6 +283,17 @@ def test_valid_pair_passes_through_the_validator_child(h):
     assert [s["state"] for s in h.sb.samples()] == ["confirmed"]
 
 
+def test_lane_md5s_come_from_the_validator_child(h):
+    """Through the validator child the sending process hashes each read once; every lane file's MD5
+    (the audit journal's) is still its own, from the child."""
+    h.pipeline.samples.child_validation_bytes = 1
+    files = four_lanes()
+    lead = h.sample(files)
+    assert h.drive(lead) == "done"
+    by_name = {os.path.basename(f.path): f.md5 for f in h.store.sample_of(lead).files}
+    assert by_name == {name: hashlib.md5(data).hexdigest() for name, data in files.items()}
+
+
 def test_plain_lane_without_final_newline_is_rejected_naming_it(h):
     """A plain lane (not the last) without its final newline cannot be joined: rejected naming the
     file, before anything is sent."""

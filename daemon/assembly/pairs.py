@@ -7,8 +7,9 @@ guess check, and the exact first difference when it is early) and a digest at ev
 record count (so a later difference can still be placed between two record numbers). Memory is
 bounded: a partial line, 1,000 names and ~40 checkpoints.
 
-Proposed hook (daemon/checks/validate.py is owned elsewhere): `StreamValidator(name, on_text=...)`,
-called with each decompressed block in `_text`, so that one pass validates and digests.
+The digest rides the validator's pass: `StreamValidator(name, on_text=digest.feed)` hands it every
+decompressed block. Plain four-line FASTQ is digested whole blocks at a time (no Python step per
+record); in the validator child with numpy (daemon/assembly/name_blocks.py).
 """
 
 from __future__ import annotations
@@ -16,12 +17,26 @@ from __future__ import annotations
 import bz2
 import gzip
 import hashlib
+import operator
 import os
+import re
 from dataclasses import dataclass
+from itertools import repeat
+from types import ModuleType
 from typing import BinaryIO
 
 GUESS_NAMES = 1000          # design.md: the `_1/_2` guess needs the first 1,000 read names to agree
 _READ_BLOCK = 1 << 20
+_COMMENT = re.compile(rb"[ \t\r\x0b\x0c][^\n]*")     # a title line from its first blank on
+_SPACE_COMMENT = re.compile(rb" [^\n]*")              # the same where ' ' is the only blank (faster)
+_MATE = re.compile(rb"/[12]\n")                       # a name's trailing /1 or /2
+
+
+def _name_blocks() -> ModuleType:
+    # Lazy: numpy costs ~0.1 s and ~16 MiB at import, which only the validator child (that has it
+    # loaded for its own checks) should pay; the daemon digests small reads without it.
+    from daemon.assembly import name_blocks
+    return name_blocks
 
 
 @dataclass(frozen=True)
@@ -36,11 +51,17 @@ class PairDigest:
 
 
 class NameDigest:
-    """Streaming digest of a FASTQ's read names; `feed` decompressed text, then `finish`."""
+    """Streaming digest of a FASTQ's read names; `feed` decompressed text, then `finish`.
 
-    def __init__(self, name: str, *, keep_names: int = GUESS_NAMES) -> None:
+    Plain four-line records are taken a block at a time with C-speed primitives (vectorised: numpy,
+    daemon/assembly/name_blocks.py, which the validator child has loaded anyway; otherwise bytes.split
+    and re); anything else (wrapped records, a block's first partial record) line by line. Both give
+    the same names, so the digest does not depend on how the text was cut."""
+
+    def __init__(self, name: str, *, keep_names: int = GUESS_NAMES, vectorised: bool = False) -> None:
         self.name = name
         self._keep = keep_names
+        self._blocks = _name_blocks() if vectorised else None
         self._hash = hashlib.sha256()
         self._carry = b""
         self._records = 0
@@ -57,28 +78,58 @@ class NameDigest:
 
     def feed(self, text: bytes) -> None:
         """The next decompressed bytes, cut anywhere."""
-        lines = (self._carry + text).split(b"\n")
+        start = self._end_record(text)
+        if start < 0:
+            return
+        start = self._whole_records(text, start)
+        lines = text[start:].split(b"\n")
         self._carry = lines.pop()
-        i = 0
-        while i < len(lines) and self._phase != "header":
-            self._line(lines[i])
-            i += 1
-        i += self._four_line_records(lines, i)
-        for line in lines[i:]:
+        for line in lines:
             self._line(line)
 
-    def _four_line_records(self, lines: list[bytes], start: int) -> int:
-        """Digest `lines[start:]`'s whole four-line records at once if they all are plain
-        (unwrapped) records; return how many lines were taken (0: the per-line path does it all).
-        The per-line path is ~4x slower; most FASTQ is unwrapped."""
-        usable = (len(lines) - start) // 4 * 4
-        end = start + usable
-        heads, seqs, pluses, quals = (lines[start + k:end:4] for k in range(4))
-        if not (all(h[:1] == b"@" for h in heads) and all(p[:1] == b"+" for p in pluses)
-                and all(map(_same_length, seqs, quals))):
-            return 0
-        self._add([_read_name(h.rstrip(b"\r")) for h in heads])
-        return usable
+    def _end_record(self, text: bytes) -> int:
+        """Read, line by line, to the end of a record (or line) begun in an earlier block: where the
+        rest of text starts, or -1 if text ended first."""
+        start = 0
+        while self._carry or self._phase != "header":
+            end = text.find(b"\n", start)
+            if end < 0:
+                self._carry += text[start:]
+                return -1
+            self._line(self._carry + text[start:end])
+            self._carry, start = b"", end + 1
+        return start
+
+    def _whole_records(self, text: bytes, start: int) -> int:
+        """Digest the plain four-line records at text[start:] (start begins a line, in the header
+        phase); return where the records taken end (start: none)."""
+        if self._blocks is not None:
+            end = start
+            for end, names, count in self._blocks.scan(text, start):
+                self._add(names, count)
+            return end
+        lines = text[start:].split(b"\n")
+        partial = lines.pop()                           # a partial line, or b"" after the last '\n'
+        usable = len(lines) // 4 * 4
+        heads, seqs, pluses, quals = (lines[k:usable:4] for k in range(4))
+        titles = b"\n".join(heads)
+        # What the line-by-line reader needs to see these lines as len(heads) records: titles starting
+        # with '@', sequences not starting with '+', '+' lines, each quality line as long as its
+        # sequence at least (no '\r' anywhere: the line reader would not count it).
+        if not (heads and titles[:1] == b"@" and titles.count(b"\n@") == len(heads) - 1 and b"\r" not in text
+                and not any(map(bytes.startswith, seqs, repeat(b"+")))
+                and all(map(bytes.startswith, pluses, repeat(b"+")))
+                and all(map(operator.ge, map(len, quals), map(len, seqs)))):
+            return start
+        tabs = b"\t" in titles or b"\x0b" in titles or b"\x0c" in titles
+        names = (_COMMENT if tabs else _SPACE_COMMENT).sub(b"", titles) + b"\n"
+        if names.startswith(b"@\n") or b"\n@\n" in names:
+            return start        # an empty first word: a title may start with a blank (the line reader skips it)
+        names = names.replace(b"\n@", b"\n")[1:]
+        if b"/1\n" in names or b"/2\n" in names:
+            names = _MATE.sub(b"\n", names)
+        self._add(names, len(heads))
+        return len(text) - sum(map(len, lines[usable:])) - (len(lines) - usable) - len(partial)
 
     def finish(self) -> PairDigest:
         """The digest of everything fed (a last line without a newline counts)."""
@@ -96,7 +147,7 @@ class NameDigest:
             line = line[:-1]
         if self._phase == "header":
             if line.startswith(b"@"):
-                self._record(line)
+                self._add(_read_name(line) + b"\n", 1)
                 self._phase, self._seq_len, self._qual_len = "sequence", 0, 0
         elif self._phase == "sequence":
             if line.startswith(b"+"):
@@ -108,22 +159,22 @@ class NameDigest:
             if self._qual_len >= self._seq_len:
                 self._phase = "header"
 
-    def _record(self, header: bytes) -> None:
-        self._add([_read_name(header)])
-
-    def _add(self, names: list[bytes]) -> None:
-        """Digest these read names, in order, stopping at each checkpoint to snapshot the digest."""
-        i = 0
-        while i < len(names):
-            part = names[i:i + self._next_checkpoint - self._records]
-            self._hash.update(b"\n".join(part) + b"\n")
-            if len(self._first) < self._keep:
-                self._first.extend(part[:self._keep - len(self._first)])
-            self._records += len(part)
-            i += len(part)
-            if self._records == self._next_checkpoint:
-                self._checkpoints.append((self._records, self._hash.hexdigest()))
-                self._next_checkpoint *= 2
+    def _add(self, names: bytes, count: int) -> None:
+        """Digest `count` read names, each followed by '\\n' in `names`, snapshotting the digest at
+        each checkpoint; keep the first ones."""
+        if len(self._first) < self._keep:
+            wanted = min(count, self._keep - len(self._first))
+            self._first.extend(names.split(b"\n", wanted)[:wanted])
+        base, view, cut = self._records, memoryview(names), 0
+        while base + count >= self._next_checkpoint:
+            taken = self._next_checkpoint - base
+            end = len(names) - len(names.split(b"\n", taken)[-1])     # just after the taken-th name
+            self._hash.update(view[cut:end])
+            cut = end
+            self._checkpoints.append((self._next_checkpoint, self._hash.hexdigest()))
+            self._next_checkpoint *= 2
+        self._hash.update(view[cut:])
+        self._records = base + count
 
 
 def _read_name(header: bytes) -> bytes:
@@ -131,10 +182,6 @@ def _read_name(header: bytes) -> bytes:
     words = header[1:].split(None, 1)
     name = words[0] if words else b""
     return name[:-2] if name.endswith((b"/1", b"/2")) else name
-
-
-def _same_length(sequence: bytes, quality: bytes) -> bool:
-    return len(sequence) == len(quality)
 
 
 def compare(r1: PairDigest, r2: PairDigest) -> str | None:

@@ -1,9 +1,11 @@
 """Validation of a large file in a child process: `python -m daemon.checks.validate --json FILE`,
 whose one JSON line (written by validate.main()) this module reads. A sample's read made of several
 lane files, or one whose read names the pair check needs, runs this module instead
-(`python -m daemon.checks.child --json [--pair-digest] LANE...`): the lanes validated as one stream
-(daemon/assembly/concat.py) and, with --pair-digest, the read-name digest (daemon/assembly/pairs.py)
-computed in the same pass and carried in the JSON verdict.
+(`python -m daemon.checks.child --json [--pair-digest] [--member-md5s] LANE...`): the lanes validated
+as one stream (daemon/assembly/concat.py) and, with --pair-digest, the read-name digest
+(daemon/assembly/pairs.py) computed in the same pass and carried in the JSON verdict; with
+--member-md5s, each lane file's MD5 too (the audit journal's), by a reading thread beside the checks,
+so that the sending process hashes a read of several lanes once, as it does a file.
 
 In one process the validator and the sending thread take turns on the GIL, and validation made a
 large upload 1.4-1.9x slower (docs/benchmarks.md). The child reads the same file from the page
@@ -18,10 +20,13 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import re
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Generator, Mapping, Sequence
+from contextlib import closing
 from typing import Any, BinaryIO
 
 from daemon.assembly.concat import LaneStream
@@ -31,6 +36,8 @@ from daemon.errors import ContentRejected, FileChanged, Transient
 from daemon.upload.source import open_source
 
 BLOCK_BYTES = 4 << 20
+READ_AHEAD_BLOCKS = 1       # blocks read (and MD5'd) ahead of the checks: 4 MiB more memory at most
+_FLAGS = ("--json", "--pair-digest", "--member-md5s")
 
 # What the child must not inherit (design.md, "Rules": child processes do not inherit the key): the
 # key's variable and systemd's credentials folder by name, and anything named like a secret.
@@ -47,15 +54,18 @@ def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str
 
 class ChildValidator:
     """One child process validating one file version of `size` bytes (started at once), or the lane
-    files of one read (`path` a sequence, `size` their sum), with the pair check's digest if asked."""
+    files of one read (`path` a sequence, `size` their sum), with the pair check's digest and each
+    lane file's MD5 if asked."""
 
-    def __init__(self, path: str | Sequence[str], size: int, *, pair_digest: bool = False) -> None:
+    def __init__(self, path: str | Sequence[str], size: int, *, pair_digest: bool = False,
+                 member_md5s: bool = False) -> None:
         paths = [path] if isinstance(path, str) else list(path)
         self.path, self.size = paths[0], size
-        if len(paths) == 1 and not pair_digest:
+        if len(paths) == 1 and not pair_digest and not member_md5s:
             command = ["-P", "-m", "daemon.checks.validate", "--json", *paths]
         else:
-            command = ["-P", "-m", "daemon.checks.child", "--json", *(["--pair-digest"] if pair_digest else []), *paths]
+            flags = [*(["--pair-digest"] if pair_digest else []), *(["--member-md5s"] if member_md5s else [])]
+            command = ["-P", "-m", "daemon.checks.child", "--json", *flags, *paths]
         # -P: `-m` would otherwise put the working directory first on sys.path, and a folder named
         # `daemon` there (the directory `seqdrop upload` was run from) would be run instead of seqdrop's.
         self.proc = subprocess.Popen([sys.executable, *command],
@@ -68,6 +78,12 @@ class ChildValidator:
         """The read-name digest the child computed (after finish(), with pair_digest=True)."""
         found = self._read_verdict().get("pair_digest")
         return digest_from_json(found) if isinstance(found, dict) else None
+
+    @property
+    def member_md5s(self) -> tuple[str, ...] | None:
+        """Each lane file's hex MD5, in order (after finish(), with member_md5s=True)."""
+        found = self._read_verdict().get("member_md5s")
+        return tuple(str(h) for h in found) if isinstance(found, list) else None
 
     def _read_verdict(self) -> dict[str, Any]:
         if self._verdict is None:
@@ -131,14 +147,15 @@ def digest_from_json(doc: dict[str, Any]) -> PairDigest:
                       checkpoints=tuple((int(c), str(h)) for c, h in doc["checkpoints"]))
 
 
-def validate_lanes(paths: Sequence[str], *, pair_digest: bool = False) -> dict[str, Any]:
+def validate_lanes(paths: Sequence[str], *, pair_digest: bool = False, member_md5s: bool = False) -> dict[str, Any]:
     """Validate the lane files of one read as one stream: the verdict main() prints."""
     label = lane_label(paths)
-    names = NameDigest(label) if pair_digest else None
+    names = NameDigest(label, vectorised=True) if pair_digest else None
     validator = StreamValidator(label, on_text=names.feed if names is not None else None, vectorised=True)
     try:
-        with LaneStream(paths, opener=open_member, whole_md5=False) as stream:
-            while chunk := stream.read(BLOCK_BYTES):
+        with (LaneStream(paths, opener=open_member, whole_md5=False, member_md5s=member_md5s) as stream,
+              closing(_read_ahead(stream) if member_md5s else _read(stream)) as chunks):
+            for chunk in chunks:
                 validator.feed(chunk)
         summary = validator.finish()
     except ContentRejected as e:
@@ -149,17 +166,57 @@ def validate_lanes(paths: Sequence[str], *, pair_digest: bool = False) -> dict[s
               "records": summary.records, "bases": summary.bases, "raw_bytes": summary.raw_bytes}
     if names is not None:
         result["pair_digest"] = digest_to_json(names.finish())
+    if member_md5s:
+        result["member_md5s"] = list(stream.member_md5s)
     return result
 
 
+def _read(stream: LaneStream) -> Generator[bytes, None, None]:
+    while chunk := stream.read(BLOCK_BYTES):
+        yield chunk
+
+
+def _read_ahead(stream: LaneStream) -> Generator[bytes, None, None]:
+    """The stream's blocks, read (and so MD5'd, by LaneStream) in a thread of their own: hashlib and
+    file reads let go of the GIL, so the MD5s run beside the checks instead of after them. A read
+    error is raised here, in the reading order."""
+    blocks: queue.Queue[bytes | BaseException] = queue.Queue(maxsize=READ_AHEAD_BLOCKS)
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            while not stop.is_set() and (chunk := stream.read(BLOCK_BYTES)):
+                blocks.put(chunk)
+            blocks.put(b"")
+        except BaseException as e:  # noqa: BLE001 - handed to the checking thread, which raises it
+            blocks.put(e)
+
+    reader = threading.Thread(target=read, name="seqdrop-lanes", daemon=True)
+    reader.start()
+    try:
+        while (item := blocks.get()) != b"":
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while reader.is_alive():        # a reader blocked on a full queue: make room until it sees stop
+            try:
+                blocks.get(timeout=0.1)
+            except queue.Empty:
+                pass
+        reader.join()
+
+
 def main(argv: list[str] | None = None) -> int:
-    """`python -m daemon.checks.child --json [--pair-digest] LANE...`: one JSON verdict line; exit 0 if valid."""
+    """`python -m daemon.checks.child --json [--pair-digest] [--member-md5s] LANE...`: one JSON verdict
+    line; exit 0 if valid."""
     args = list(sys.argv[1:] if argv is None else argv)
-    paths = [a for a in args if a not in ("--json", "--pair-digest")]
+    paths = [a for a in args if a not in _FLAGS]
     if not paths:
-        print("usage: python -m daemon.checks.child --json [--pair-digest] LANE...", file=sys.stderr)
+        print("usage: python -m daemon.checks.child --json [--pair-digest] [--member-md5s] LANE...", file=sys.stderr)
         return 2
-    result = validate_lanes(paths, pair_digest="--pair-digest" in args)
+    result = validate_lanes(paths, pair_digest="--pair-digest" in args, member_md5s="--member-md5s" in args)
     print(json.dumps(result), flush=True)
     return 0 if result["ok"] else 1
 

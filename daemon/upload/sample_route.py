@@ -256,12 +256,14 @@ class SampleRoute:
                    *, digest: bool) -> Sent:
         """One read's S3 POST under the retry policy, validated (and digested) on its way out, its ETag
         checked, its members checked again afterwards (the bytes sent are those of the versions queued)."""
+        lanes = len(read.members) > 1
+
         def attempt() -> Sent:
             streams: list[LaneStream] = []
 
             def opener() -> LaneStream:
                 stream = LaneStream(read.paths, opener=open_member, whole_md5=False,
-                                    member_md5s=len(read.members) > 1)
+                                    member_md5s=lanes and child is None)
                 streams.append(stream)
                 for member, size in zip(read.members, stream.sizes):
                     if size != member.size:
@@ -270,7 +272,9 @@ class SampleRoute:
                                           f"({size:,} bytes, {member.size:,} queued)")
                 return stream
 
-            child = (ChildValidator(read.paths, read.size, pair_digest=digest)
+            # Lanes' own MD5s (the audit journal's) come from the child where there is one: it reads
+            # every byte anyway, on its own core, so this process hashes a read once, as it does a file.
+            child = (ChildValidator(read.paths, read.size, pair_digest=digest, member_md5s=lanes)
                      if self.validate and read.size >= self.child_validation_bytes else None)
             names = NameDigest(read.label) if digest and child is None else None
             tap = finish = check = None
@@ -293,8 +297,7 @@ class SampleRoute:
             self.steps.rate.add(result.bytes_sent, result.seconds)
             log.info("upload.posted", sample_id=init.sample_id, read=read.role, filename=read.name,
                      seconds=round(result.seconds, 3))
-            md5s = streams[-1].member_md5s if len(read.members) > 1 else (result.md5,)
-            return Sent(md5s, found)
+            return Sent(_md5s(streams[-1], child) if lanes else (result.md5,), found)
 
         sent = self.steps.call("s3_post", attempt, log)
         for member in read.members:
@@ -316,3 +319,13 @@ class SampleRoute:
         for member in read.members:
             self.steps.check_identity(member)
         return found
+
+
+def _md5s(stream: LaneStream, child: ChildValidator | None) -> tuple[str, ...]:
+    """Each lane file's MD5: the child's (it read them; the bytes sent are the read's, ETag-checked),
+    else the stream's own."""
+    if child is None:
+        return stream.member_md5s
+    if (found := child.member_md5s) is None:
+        raise Transient("the validator process gave no MD5 of the lane files", reason="validator")
+    return found
