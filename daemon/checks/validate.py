@@ -905,7 +905,7 @@ PROBE_RECORDS = 16          # ... and how many whole records it must hold
 def blocks_carry(head: bytes) -> bool:
     """Whether the numpy checker (daemon/checks/fastq_blocks.py) will most likely carry a file that
     starts with these raw bytes: plain or gzip FASTQ whose first records are 4 lines, a bare '+'
-    and reads of one length, with no '\r' or NUL. Routing only, never a verdict: a file it misjudges
+    and reads of one length, with no '\\r' or NUL. Routing only, never a verdict: a file it misjudges
     is validated all the same, by the line-by-line parser, which holds the GIL (daemon/upload/pipeline.py
     then validates in a child process so as not to slow the sending thread)."""
     text = head[:PROBE_BYTES]
