@@ -7,8 +7,10 @@
 In one run, with the files in the page cache, each client uploads the same file to the same server,
 bench/cpu_sink.py (bench/sink.py plus the official client's multipart route and TLS: it discards what
 it receives and answers with the precomputed MD5 as ETag), one server per scheme, each its own process:
-  * seqdrop:  `seqdrop upload --config CFG FILE` (validation on, as by default: the FASTQ is checked
-              in a child process, the MD5 compared with the ETag);
+  * seqdrop:  `seqdrop upload --config CFG FILE` (validation on, as by default: FASTQ of one read
+              length, plain or gzip, is checked in the sending process as it is sent; until issue
+              16's second round, in a child process that read the file again; the MD5 compared with
+              the ETag);
   * official: the official client (`pip install onecodex` into --occ-venv) through bench/occ_upload.py:
               init_multipart_upload, then boto3's multipart upload, one part at a time, then the callback;
   * curl:     `curl -F` of the form init_upload gave (init and confirm done by this script, not timed).
@@ -16,9 +18,9 @@ HTTPS uses a self-signed certificate made here, which the clients trust through 
 AWS_CA_BUNDLE, SSL_CERT_FILE and curl's --cacert: TLS verification stays on.
 
 Per run: wall time spawn -> exit; CPU = user + sys of the client and every descendant it reaped (the
-rusage os.wait4 returns; seqdrop reaps its validator child), as CPU seconds per GiB of file; peak RSS
+rusage os.wait4 returns; seqdrop reaps a validator child, when it starts one), as CPU seconds per GiB of file; peak RSS
 = the largest sum of VmRSS over the client's process tree, sampled every 20 ms, and the largest single
-process (wait4's ru_maxrss). The median of --repeat runs is reported, and `gzip -t`'s CPU time on the
+process (its VmHWM, sampled: wait4's ru_maxrss would count this script's own memory). The median of --repeat runs is reported, and `gzip -t`'s CPU time on the
 .fastq.gz. The machine may be shared (2 cores here, other work running): compare within one run only.
 """
 

@@ -40,8 +40,9 @@ __all__ = ["BLOCK", "scan"]
 
 # Bytes of text checked per vectorised step: large enough that numpy's per-call cost (about 20 calls
 # per step) is small against the work, small enough that a step's temporaries stay in the L2 cache.
-# 512 KiB..1 MiB measured alike on a 2-core VM (bench/validate.py), 4 MiB 40 % slower.
-BLOCK = 1 << 21
+# 512 KiB..1 MiB measured alike on a 2-core VM (bench/validate.py), 4 MiB 40 % slower. 512 KiB, not 2 MiB:
+# the temporaries (about 2.5x the step) live in the uploading process now, under its 64 MiB bound.
+BLOCK = 1 << 19
 
 _AT, _PLUS, _NL = 64, 43, 10
 

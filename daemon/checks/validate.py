@@ -76,7 +76,7 @@ try:  # isal's inflate is several times faster than zlib's; zlib is the fallback
 except ImportError:  # pragma: no cover - isal is a core dependency
     igzip_lib = None
 
-__all__ = ["StreamValidator", "Summary", "sniff", "validate_path"]
+__all__ = ["StreamValidator", "Summary", "blocks_carry", "sniff", "validate_path"]
 
 TEXT_BLOCK = 512 << 10    # FASTA text checked per step, and most text inflated per call (cache)
 FASTQ_STEP = 128 << 10    # FASTQ lines checked per step: 64..256 KiB measured alike, 1 MiB slower
@@ -898,6 +898,33 @@ def sniff(head: bytes, name: str) -> None:
         v._guard(v._checker.drain)
 
 
+PROBE_BYTES = 256 << 10     # the start of a file that blocks_carry() looks at (raw bytes)
+PROBE_RECORDS = 16          # ... and how many whole records it must hold
+
+
+def blocks_carry(head: bytes) -> bool:
+    """Whether the numpy checker (daemon/checks/fastq_blocks.py) will most likely carry a file that
+    starts with these raw bytes: plain or gzip FASTQ whose first records are 4 lines, a bare '+'
+    and reads of one length, with no '\\r' or NUL. Routing only, never a verdict: a file it misjudges
+    is validated all the same, by the line-by-line parser, which holds the GIL (daemon/upload/pipeline.py
+    then validates in a child process so as not to slow the sending thread)."""
+    text = head[:PROBE_BYTES]
+    if text.startswith(_GZIP_MAGIC):
+        try:
+            text = zlib.decompressobj(wbits=31).decompress(text, PROBE_BYTES)
+        except zlib.error:
+            return False
+    if not text.startswith(b"@") or b"\r" in text or b"\0" in text:
+        return False
+    lines = text.split(b"\n")[:-1]     # whole lines only
+    records = len(lines) // 4
+    if records < PROBE_RECORDS:
+        return False
+    length = len(lines[1])
+    return all(lines[i][:1] == b"@" and len(lines[i + 1]) == length and lines[i + 2] == b"+"
+               and len(lines[i + 3]) == length for i in range(0, 4 * records, 4))
+
+
 def validate_path(path: str | os.PathLike, *, block_size: int = 4 << 20) -> Summary:
     """Validate a whole file, read in blocks of block_size bytes."""
     v = StreamValidator(name=os.path.basename(os.fspath(path)), vectorised=True)
@@ -910,8 +937,9 @@ def validate_path(path: str | os.PathLike, *, block_size: int = 4 << 20) -> Summ
 def main(argv: list[str] | None = None) -> int:
     """`python -m daemon.checks.validate [--json] FILE...`: validate files; exit 0 if all are valid, 1 if not.
 
-    The upload pipeline runs this as a child process for large files, so that validation gets a
-    core of its own instead of sharing the GIL with the thread that sends (see daemon/upload/pipeline.py).
+    The upload pipeline runs this as a child process for a large file that numpy's checker will not
+    carry (blocks_carry), so that the line-by-line parser gets a core of its own instead of sharing the
+    GIL with the thread that sends (see daemon/upload/pipeline.py).
     """
     args = list(sys.argv[1:] if argv is None else argv)
     as_json = "--json" in args

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from daemon.checks.child import ChildValidator
-from daemon.checks.validate import StreamValidator, sniff
+from daemon.checks.validate import PROBE_BYTES, StreamValidator, blocks_carry, sniff
 from daemon.config import MULTIPART_THRESHOLD_BYTES
 from daemon.detection.roots import WatchRoots
 from daemon.errors import (
@@ -74,7 +74,7 @@ if TYPE_CHECKING:       # for types only: importing s3multipart imports botocore
 MAX_SAMPLE_BYTES = 20 * 1000**3      # One Codex's limit for one sample (design.md: 20 GB)
 MAX_POST_BYTES = 5 * 1024**3         # S3's limit for one POST upload (5 GiB)
 SNIFF_BYTES = 64 * 1024
-CHILD_VALIDATION_BYTES = 64 << 20   # from this size on, validate in a child process (daemon/checks/child.py)
+CHILD_VALIDATION_BYTES = 64 << 20   # from this size on: numpy's checker in this process, or a child process
 MAX_POLICY_INITS = 3                 # the POST policy expired this often in a row: try again later
 POLICY_MARGIN_S = 60.0               # re-init when a stored policy outlives the expected upload by less
 
@@ -287,8 +287,7 @@ class Pipeline:
     def _post(self, row: FileRow, init: InitResult, log: Any,
               progress: Callable[[int], None] | None) -> tuple[str, float]:
         def attempt() -> tuple[str, float]:
-            child = ChildValidator(row.path, row.size) if self.validate and row.size >= CHILD_VALIDATION_BYTES \
-                else None
+            child = self._child(row)
             try:
                 result = self.steps.client.post_to_s3(init, self._body(row, init, child, progress))
             finally:
@@ -325,16 +324,32 @@ class Pipeline:
         log.warning("upload.etag_missing", sample_id=init.sample_id,
                     note="the server sent no ETag; the MD5 could not be checked (upload.allow_missing_etag)")
 
+    def _child(self, row: FileRow) -> ChildValidator | None:
+        """A validator process for a large file the numpy checker will not carry (reads of several
+        lengths, FASTA, bzip2...): the line-by-line parser holds the GIL, and in this process it would
+        slow the sending thread down; the child reads the file a second time on a core of its own.
+        None when the body validates the blocks it sends, in this process."""
+        if not self.validate or row.size < CHILD_VALIDATION_BYTES:
+            return None
+        try:
+            with os.fdopen(open_source(row.path), "rb") as f:
+                head = f.read(PROBE_BYTES)
+        except OSError:
+            return None     # the body's own read reports it
+        return None if blocks_carry(head) else ChildValidator(row.path, row.size)
+
     def _body(self, row: FileRow, init: InitResult, child: ChildValidator | None,
               progress: Callable[[int], None] | None) -> FormDataBody:
         """The POST's form-data body, validated on its way out: by the child process when there is one,
-        else by a StreamValidator fed each block in this process."""
+        else by a StreamValidator fed each block in this process, with the numpy checker from
+        CHILD_VALIDATION_BYTES on (numpy releases the GIL in its loops, so the sending thread keeps
+        going; no second read of the file, no second process: docs/benchmarks.md, "CPU per byte")."""
         name = os.path.basename(row.path)
         tap = finish = check = None
         if child is not None:
             finish, check = child.finish, child.check
         elif self.validate:
-            validator = StreamValidator(name=name)
+            validator = StreamValidator(name=name, vectorised=row.size >= CHILD_VALIDATION_BYTES)
             tap, finish = validator.feed, validator.finish
         body = FormDataBody(init.fields, path=row.path, filename=sanitize_filename(name), size=row.size,
                             block_size=self.block_size, tap=tap, finish=finish, check=check,
