@@ -13,7 +13,6 @@ import json
 import os
 import re
 import secrets
-import socket
 import threading
 from pathlib import Path
 
@@ -348,11 +347,9 @@ def test_the_client_lists_projects_with_where(lab):
 
 def test_multipart_init_sends_the_landing_fields(tmp_path, sb):
     """init_multipart_upload takes the same fields (moto's S3 behind the sandbox's multipart route)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)   # port 0: no race for it
     server.start()
+    port = server.get_host_and_port()[1]
     try:
         with Sandbox(api_keys=(KEY,), multipart_s3_endpoint=f"http://127.0.0.1:{port}",
                      multipart_bucket=f"seqdrop-mp-{secrets.token_hex(4)}") as mp:

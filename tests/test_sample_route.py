@@ -8,7 +8,6 @@ import gzip
 import hashlib
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -464,11 +463,9 @@ class MotoClient(OneCodexClient):
 def test_paired_lanes_reach_moto_byte_for_byte(tmp_path):
     """Both reads' POSTs against moto's S3 (no ETag in its answer: allow_missing_etag, as rehearsals
     do): the objects are the lane concatenations under the lane-free names; one confirm."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)   # port 0: no race for it
     server.start()
+    port = server.get_host_and_port()[1]
     try:
         client = MotoClient(f"http://127.0.0.1:{port}")
         h = Harness.__new__(Harness)

@@ -573,11 +573,9 @@ def test_s3_delay_fault_stores_after_the_wait(sb):
 @pytest.fixture
 def moto_url():
     from moto.server import ThreadedMotoServer
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)   # port 0: no race for it
     server.start()
+    port = server.get_host_and_port()[1]
     yield f"http://127.0.0.1:{port}"
     requests.post(f"http://127.0.0.1:{port}/moto-api/reset", timeout=10)
     server.stop()

@@ -123,7 +123,9 @@ def test_write_then_rename_is_uploaded_once_under_the_final_name(tmp_path: Path,
 
 def test_deleted_before_upload_is_vanished(tmp_path: Path, sandbox: Sandbox, watch_dir: Path) -> None:
     """A file deleted while it settles ends `vanished`, and nothing is sent for it."""
-    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, settle_s=3.0)
+    # The deletion must come while it settles: with 3 s, a loaded machine (a `status` call taking seconds)
+    # let it settle and upload first. The delete event ends it at once, so a long settle costs no time.
+    cfg = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url, settle_s=120.0)
     path = watch_dir / "gone.fastq"
     with Daemon(cfg) as d:
         d.wait_ready()

@@ -9,7 +9,6 @@ import io
 import json
 import os
 import shutil
-import socket
 import ssl
 import subprocess
 import threading
@@ -355,11 +354,9 @@ def test_form_data_body_length_is_exact_and_the_file_is_the_last_part(tmp_path):
 
 def test_moto_s3_accepts_our_post(tmp_path):
     """moto's S3 server (a server we did not write) stores exactly our bytes and returns the MD5 ETag."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)   # port 0: no race for it
     server.start()
+    port = server.get_host_and_port()[1]
     try:
         endpoint = f"http://127.0.0.1:{port}"
         s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
