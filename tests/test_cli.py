@@ -309,14 +309,17 @@ def test_status_piped_into_a_reader_that_leaves_early(cfg, tmp_path):
             store.add_seen(str(tmp_path / f"run/sample_{i:05d}_R1.fastq.gz"), Identity(1, i + 10, 3, 4))
     store.close()
     env = {k: v for k, v in os.environ.items() if k not in ("ONE_CODEX_API_KEY", "SEQDROP_CONFIG")}
-    proc = subprocess.Popen([sys.executable, "-m", "daemon", "status", "--config", cfg], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert proc.stdout.readline().startswith(b"seen 3000")
-    proc.stdout.close()                    # head -1 has what it wanted
-    err = proc.stderr.read().decode()
-    proc.wait(30)
+    # The pipe is made by bash, as a user's shell makes it: not in this (possibly xdist worker) process,
+    # where a thread left by an earlier test could hold a reused descriptor number and drain the pipe.
+    errors = tmp_path / "status.err"
+    script = (f'"{sys.executable}" -m daemon status --config "{cfg}" 2>"{errors}" | head -1; '
+              f'echo "status exit ${{PIPESTATUS[0]}}"')
+    done = subprocess.run(["bash", "-c", script], cwd=ROOT, env=env, capture_output=True, timeout=60)
+    lines = done.stdout.decode().splitlines()
+    assert lines[0].startswith("seen 3000"), lines[:2]
+    err = errors.read_text()
     assert "Traceback" not in err and "Exception ignored" not in err, err
-    assert proc.returncode == 1
+    assert lines[-1] == "status exit 1", lines[-1]
 
 
 def test_upload_names_what_it_cannot_send_and_gives_up_after_max_wait(cfg, sb, tmp_path):

@@ -44,15 +44,17 @@ def _rows(url: str, sql: str, *args: object) -> list[tuple]:
             return []
 
 
-def _confirmed_once(sb, names: list[str] | dict[str, str | None]) -> None:
+def _confirmed_once(sb, names: list[str] | dict[str, str | None], *, repeat_confirm_ok: bool = False) -> None:
     """Each sample is confirmed once, nothing else was confirmed. names: the uploaded names, or {R1 name (or
-    the single file's): its paired_end_filename, None for a single-end sample}."""
+    the single file's): its paired_end_filename, None for a single-end sample}. repeat_confirm_ok: the
+    same sample may have been confirmed twice (not a second sample: see the database restart's test)."""
     expected = names if isinstance(names, dict) else dict.fromkeys(names)
     confirmed = [s for s in sb.samples() if s["state"] == "confirmed"]
     per_name = collections.Counter(s["filename"] for s in confirmed)
     assert sorted(per_name) == sorted(expected), "a sample missing, or a stray sample confirmed"
     assert max(per_name.values()) == 1, [n for n, c in per_name.items() if c > 1][:5]
-    assert [s["sample_id"] for s in confirmed if s["confirm_count"] != 1] == []
+    if not repeat_confirm_ok:
+        assert [s["sample_id"] for s in confirmed if s["confirm_count"] != 1] == []
     assert {s["filename"]: s.get("paired_end_filename") for s in confirmed} == expected, "a pair sent as singles"
 
 
@@ -181,7 +183,10 @@ def test_the_database_restarted_during_uploads(tmp_path, watch_dir, sandbox, pg_
         wait_for(lambda: _rows(pg_url, "SELECT count(*) FROM files WHERE state = 'done'") == [(len(names),)], 120,
                  lambda: f"every file done after the restart\n{hosts[0].log_tail()}", interval_s=0.5)
         assert all(d.alive() for d in hosts)
-        _confirmed_once(sandbox, names)
+        # A daemon whose confirm_upload was answered just as the database went away could not record it:
+        # it confirms the same sample again once the database is back (One Codex's answer to a repeated
+        # confirm is handled: design.md "Rules"). Never a second sample for a file, which is checked.
+        _confirmed_once(sandbox, names, repeat_confirm_ok=True)
     finally:
         if not pg_server_running(pg_server):
             pg_server.start()
