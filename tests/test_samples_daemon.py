@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import gzip
+import json
 import os
 import random
 import sqlite3
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness import Daemon, confirmed, wait_for, write_config
+from harness import Daemon, cli, confirmed, wait_for, write_config
 
 from daemon.sandbox import Fault, Sandbox
 
@@ -72,6 +73,13 @@ def posts_stored(sandbox: Sandbox) -> collections.Counter[str]:
     """Successful S3 POSTs at the sandbox, by the uploaded file name."""
     return collections.Counter(r.get("filename") for r in sandbox.requests()
                                if r["target"] == "s3" and r["status"] in (200, 201, 204) and r.get("filename"))
+
+
+def show_sample(daemon: Daemon, local_id: int) -> dict[str, Any]:
+    """`seqdrop show sN --json`: the whole sample, its warnings and late flag included."""
+    done = cli(daemon.config, "show", f"s{local_id}", "--json")
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 def stored(sandbox: Sandbox, sample_id: str) -> dict[str, Any]:
@@ -139,12 +147,13 @@ def test_a_generic_pair_an_orphan_and_a_late_lane(tmp_path: Path, sandbox: Sandb
         by_name = {s["name"]: s for s in samples}
         assert by_name["reads"]["paired"] is True
         assert by_name["Lonely_S9"]["paired"] is False
-        assert any("R2" in w for w in by_name["Lonely_S9"]["warnings"]), by_name["Lonely_S9"]
+        lonely = show_sample(daemon, by_name["Lonely_S9"]["id"])
+        assert any("R2" in w for w in lonely["warnings"]), lonely
         late, _ = pair_lane("lonely", 2, 100, seed=8)
         (watch_dir / "Lonely_S9_L002_R1_001.fastq").write_bytes(late)
         samples = wait_samples(daemon, 3)
         assert daemon.terminate() == 0
-    late_samples = [s for s in samples if s["late"]]
+    late_samples = [s for s in samples if show_sample(daemon, s["id"])["late"]]
     assert len(late_samples) == 1 and late_samples[0]["state"] == "done", samples
     names = sorted((s["filename"], s.get("paired_end_filename")) for s in confirmed(sandbox))
     assert ("reads_1.fastq", "reads_2.fastq") in names and len(names) == 3, names

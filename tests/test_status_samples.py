@@ -65,11 +65,13 @@ def test_json_lists_samples_beside_files_and_honours_the_filters(setup):
     assert len(doc["files"]) == 7
     [a, b] = doc["samples"]
     assert a == store.sample(sid).public() and b == store.sample(other).public()
-    assert {"id", "name", "run", "paired", "files", "state", "sample_id", "project", "tags", "error",
-            "updated_at"} <= set(a)
+    assert set(a) == {"id", "name", "run", "paired", "files", "state", "sample_id", "project", "tags", "error",
+                      "updated_at"}      # design.md's keys exactly; late and warnings: `show sN --json`
     assert (a["state"], a["sample_id"], a["project"], a["tags"]) == ("done", "28459508592a481c", LANDING["project"],
                                                                      LANDING["tags"])
-    assert a["files"] == members and a["paired"] is True and a["warnings"] == ["R2 of lane 3 never came"]
+    assert a["files"] == members and a["paired"] is True
+    shown = json.loads(cli(config, "show", f"s{sid}", "--json").stdout)
+    assert shown["warnings"] == ["R2 of lane 3 never came"] and shown["late"] is False
     assert (b["state"], b["error"], b["project"], b["tags"]) == ("failed", "HTTP 400 from One Codex: bad file", None, [])
     by_file = {f["id"]: f for f in doc["files"]}
     assert [by_file[m]["role"] for m in members] == ["R1", "R1", "R2", "R2"]

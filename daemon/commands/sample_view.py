@@ -183,7 +183,8 @@ def sample_json(sample: SampleRow, live: dict[int, dict[str, Any]] | None = None
     (and "progress" while its upload is in flight)."""
     lead = lead_of(sample) or sample.files[0]
     doing = (live or {}).get(lead.id) if lead.state == "uploading" else None
-    return {**sample.public(), **({"progress": doing} if doing else {}), "folder": sample.folder, "key": sample.key, "created_at": iso_utc(sample.created_at),
+    return {**sample.public(), "late": sample.late, "warnings": list(sample.warnings),
+            **({"progress": doing} if doing else {}), "folder": sample.folder, "key": sample.key, "created_at": iso_utc(sample.created_at),
             "landing": sample.landing,
             "members": [{**m.public(), "md5": m.md5, "step": m.step, "flags": m.flags, "mtime_ns": m.identity.mtime_ns,
                          "device": m.identity.dev, "inode": m.identity.inode} for m in sample.files]}

@@ -144,8 +144,7 @@ class SampleRow:
                 "files": [f.id for f in self.files], "state": lead.state if lead else None,
                 "sample_id": lead.sample_id if lead else None, "project": landing.get("project"),
                 "tags": landing.get("tags") or [], "error": lead.error if lead else None,
-                "updated_at": iso_utc(lead.updated_at if lead else self.created_at),
-                "late": self.late, "warnings": list(self.warnings)}
+                "updated_at": iso_utc(lead.updated_at if lead else self.created_at)}
 
 
 def iso_utc(ts: float) -> str:

@@ -32,8 +32,7 @@ _SAMPLE_JSON = (
     " FROM files m WHERE m.sample = s.id), '[]'::json), 'state', f.state, 'sample_id', f.sample_id,"
     " 'project', s.landing::json -> 'project', 'tags', CASE WHEN json_typeof(s.landing::json -> 'tags') = 'array'"
     " THEN s.landing::json -> 'tags' ELSE '[]'::json END, 'error', f.error, 'updated_at',"
-    " to_char(to_timestamp(trunc(f.updated_at)) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'),"
-    " 'late', s.late, 'warnings', COALESCE(s.warnings::json, '[]'::json))::text")
+    " to_char(to_timestamp(trunc(f.updated_at)) AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"'))::text")
 
 
 class _Changed(Exception):

@@ -37,9 +37,7 @@ _SAMPLE_JSON = ("json_object('id', s.id, 'name', s.name, 'run', s.run, 'paired',
                 " sample = s.id ORDER BY CASE role WHEN 'R2' THEN 1 ELSE 0 END, COALESCE(lane, 0), id) m),"
                 " 'state', f.state, 'sample_id', f.sample_id, 'project', json_extract(s.landing, '$.project'),"
                 " 'tags', json(COALESCE(json_extract(s.landing, '$.tags'), '[]')), 'error', f.error,"
-                " 'updated_at', strftime('%Y-%m-%dT%H:%M:%SZ', CAST(f.updated_at AS INTEGER), 'unixepoch'),"
-                " 'late', json(CASE WHEN s.late THEN 'true' ELSE 'false' END),"
-                " 'warnings', json(COALESCE(s.warnings, '[]')))")
+                " 'updated_at', strftime('%Y-%m-%dT%H:%M:%SZ', CAST(f.updated_at AS INTEGER), 'unixepoch'))")
 
 
 def _sample_filters(states: tuple[str, ...], under: str | None, run: str | None,

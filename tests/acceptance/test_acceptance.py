@@ -26,6 +26,7 @@ STATES = {"seen", "queued", "uploading", "done", "rejected", "failed", "vanished
 # design.md turn 2: each file entry also names its local sample, its role and its lane.
 FILE_KEYS = {"id", "path", "state", "size", "sample_id", "attempts", "error", "updated_at",
              "sample", "role", "lane"}
+SAMPLE_KEYS = {"id", "name", "run", "paired", "files", "state", "sample_id", "project", "tags", "error", "updated_at"}
 
 
 # -- fixtures and helpers ----------------------------------------------------------------------
@@ -191,6 +192,9 @@ def test_files_end_byte_identical_in_one_sample_each(tmp_path: Path, emu: Emulat
             assert os.path.isabs(f["path"]) and f["state"] in STATES
             assert isinstance(f["id"], int) and isinstance(f["size"], int) and isinstance(f["attempts"], int)
             dt.datetime.fromisoformat(f["updated_at"].replace("Z", "+00:00"))
+        for sample in doc.get("samples", []):
+            assert set(sample) == SAMPLE_KEYS, sample
+            assert sample["state"] in STATES and all(isinstance(i, int) for i in sample["files"])
         assert sum(doc["counts"].values()) == len(doc["files"])
         names = {os.path.relpath(f["path"], watch) for f in files}
         assert not names & set(invisible), names
