@@ -29,7 +29,7 @@ from daemon.config.watch import WatchFolder
 from daemon.errors import AuthError, Permanent, Transient
 from daemon.paths import is_within
 from daemon.queue.base import FileRow, SampleRow, Store
-from daemon.upload.client import refuses_project
+from daemon.upload.answers import refuses_project
 
 from . import samplesheet
 from .metadata import (

@@ -2,8 +2,8 @@
 and the API half of the multipart route (init_multipart_upload, its callback; the S3 half is
 daemon/upload/s3multipart.py).
 
-The only module that imports requests. It translates HTTP into the exceptions of
-daemon.errors, so its callers never look at status codes. The API key is sent
+Every exchange with the API, and the standard route's S3 POST, is made here; daemon/upload/answers.py
+judges the answers (the exceptions of daemon.errors), so callers never look at status codes. The API key is sent
 only to base_url (per request, never on a session, so no redirect or second
 host can receive it); the S3 POST carries no Authorization header at all.
 TLS verification is always on.
@@ -17,11 +17,8 @@ characters escaped); a sample_id must look like one before anything keeps it.
 from __future__ import annotations
 
 import http.client
-import json
-import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -34,13 +31,24 @@ from requests.adapters import HTTPAdapter
 from daemon import __version__, redact
 from daemon.config import check_url
 from daemon.errors import (
-    AlreadyDone,
     AuthError,
     Permanent,
     PolicyExpired,
     Transient,
     UploadError,
     status_reason,
+)
+from daemon.upload.answers import (
+    TRANSIENT_S3_CODES,
+    TRANSIENT_STATUS,
+    UNUSABLE_INIT_RETRY_S,
+    Answer,
+    checked_sample_id,
+    confirmed_before,
+    judge,
+    network_error,
+    s3_error,
+    succeeded_before,
 )
 from daemon.upload.bounds import (
     API_ANSWER_LIMIT_BYTES,
@@ -54,65 +62,11 @@ from daemon.upload.formdata import FormDataBody
 from daemon.upload.records import InitResult, MultipartInit, PostResult
 from daemon.upload.retrying import parse_retry_after
 
-TRANSIENT_STATUS = {408, 425, 429, 500, 502, 503, 504}
-TRANSIENT_S3_CODES = {"SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable",
-                      "RequestTimeTooSkewed", "OperationAborted"}
-# The client is the one place that reads a server's words (here and S3's "Policy expired" below).
-# Confirming again after a lost answer is the design's rule (design.md, "The One Codex standard
-# upload"): a server refusing that repeat with "already confirmed/uploaded" says the sample exists.
-# A cancel refused with "Upload already successful" says the upload worked (the official client,
-# onecodex/lib/upload.py, reads it so); one refused with "already confirmed" alone does not count.
-ALREADY_RE = re.compile(r"already(?P<successful> successful)?", re.IGNORECASE)
 # GET /api/v1/samples/{id}: the published schema's UserFacingDataStatus (and, when a server sends no
 # status, its legacy `visibility`). Every status but awaiting data and deleted says One Codex has the
 # upload (the sample was confirmed); a status not listed here is not guessed at.
 RECEIVED_STATUSES, RECEIVED_VISIBILITIES = {"importing", "validating", "failed_validation", "available"}, \
     {"importing", "private", "shared", "public"}
-# An answer that may have created a sample we cannot use (an init answer lacking fields, or with a
-# sample_id that is not one) is not asked again at once: each ask could leave one more sample.
-UNUSABLE_INIT_RETRY_S = 60.0
-
-
-@dataclass(frozen=True)
-class Answer:
-    """A server's answer, read in full within its bounds."""
-    status: int
-    headers: Any              # requests' case-insensitive mapping
-    body: bytes
-    reason: str = ""
-
-    def json(self) -> Any:       # ValueError if it is not JSON
-        return json.loads(self.body)
-
-    @property
-    def text(self) -> str:
-        return self.body.decode("utf-8", errors="replace")
-
-
-def _api_message(answer: Answer) -> str:
-    """The API's words in a refusal, as seqdrop may keep and show them."""
-    try:
-        body = answer.json()
-        if isinstance(body, dict) and body.get("message"):
-            return redact.server_text(str(body["message"]), limit=200)
-    except ValueError:
-        pass
-    text = answer.text.strip().replace("\n", " ")
-    return redact.server_text(text or answer.reason or "no message", limit=200)
-
-
-def _s3_error(answer: Answer, secrets: tuple[str, ...]) -> tuple[str, str]:
-    """S3's <Code> and <Message>, as seqdrop may keep and show them (this upload's policy and
-    signature, which S3 echoes in SignatureDoesNotMatch, scrubbed too)."""
-    try:
-        root = ElementTree.fromstring(answer.body)
-        code, message = root.findtext("Code") or "", root.findtext("Message") or ""
-    except ElementTree.ParseError:
-        code, message = "", answer.text.strip()
-    return (redact.server_text(code, limit=60),
-            redact.server_text(message, also=secrets, limit=200))
-
-
 class _NoAuth(requests.auth.AuthBase):
     """Make sure nothing (not even ~/.netrc) adds credentials to the S3 request."""
 
@@ -184,7 +138,7 @@ class OneCodexClient:
                     resp.close()
             except (requests.RequestException, urllib3.exceptions.HTTPError, http.client.HTTPException,
                     OSError) as e:
-                raise _network_error(what, url, e, budget) from None
+                raise network_error(what, url, e, budget) from None
         return Answer(resp.status_code, resp.headers, body, resp.reason or "")
 
     # -- API calls (authenticated, base_url only) ---------------------------------------------
@@ -202,7 +156,7 @@ class OneCodexClient:
         """One API call: its JSON answer, or the exception of daemon.errors its refusal means.
         already(error, server's message): whether that refusal says a repeat found its work done
         (then AlreadyDone, with the same text)."""
-        return _judge(path, self._call(method, path, **kwargs), json_answer=json_answer, already=already)
+        return judge(path, self._call(method, path, **kwargs), json_answer=json_answer, already=already)
 
     def _note_date(self, answer: Answer) -> None:
         if date := answer.headers.get("Date"):
@@ -219,7 +173,7 @@ class OneCodexClient:
         body = self._api("POST", "/api/v1/samples/init_upload", json={
             **(extra or {}), "filename": filename, "size": size, "upload_type": "standard", **paired})
         answer = body if isinstance(body, dict) else {}
-        sample_id = _checked_sample_id(answer.get("sample_id"), "init_upload")
+        sample_id = checked_sample_id(answer.get("sample_id"), "init_upload")
         forms = [("upload_url", "additional_fields"),
                  ("paired_end_upload_url", "paired_end_additional_fields")][:1 + len(paired)]
         if any(not isinstance(answer.get(f), dict) or not isinstance(answer.get(u), str) or not answer.get(u)
@@ -241,12 +195,12 @@ class OneCodexClient:
 
     def confirm_upload(self, sample_id: str) -> dict[str, Any]:
         """Raises AlreadyDone if One Codex refuses it because the sample is already confirmed."""
-        return self._api("POST", "/api/v1/samples/confirm_upload", already=_confirmed_before,
+        return self._api("POST", "/api/v1/samples/confirm_upload", already=confirmed_before,
                          json={"sample_id": sample_id, "upload_type": "standard"})
 
     def cancel_upload(self, sample_id: str) -> None:
         """Raises AlreadyDone if One Codex refuses it because the sample's upload already succeeded."""
-        self._api("POST", "/api/v1/samples/cancel_upload", already=_succeeded_before, json={"sample_id": sample_id})
+        self._api("POST", "/api/v1/samples/cancel_upload", already=succeeded_before, json={"sample_id": sample_id})
 
     def sample_state(self, sample_id: str) -> str:
         """What One Codex says of a sample (GET /api/v1/samples/{id}): "confirmed" (it has the upload:
@@ -258,7 +212,7 @@ class OneCodexClient:
         answer = self._call("GET", path)
         if answer.status == 404:
             return "gone"
-        body = _judge(path, answer, json_answer=True, already=None)
+        body = judge(path, answer, json_answer=True, already=None)
         doc = body if isinstance(body, dict) else {}
         status, visibility = doc.get("status"), doc.get("visibility")
         if status in RECEIVED_STATUSES or (status is None and visibility in RECEIVED_VISIBILITIES):
@@ -282,7 +236,7 @@ class OneCodexClient:
         body = self._api("POST", path, json={**(extra or {}), "filename": filename, "sample_id": None,
                                              "external_sample_id": None, **paired})
         answer = body if isinstance(body, dict) else {}
-        sample_id = _checked_sample_id(answer.get("sample_id"), "init_multipart_upload")
+        sample_id = checked_sample_id(answer.get("sample_id"), "init_multipart_upload")
         missing = MultipartInit.missing(answer, paired=bool(paired))
         if missing or not sample_id:
             # This route is unverified: an answer of another shape is a fact to report, not to retry
@@ -305,7 +259,7 @@ class OneCodexClient:
         """Tell One Codex the object is in S3; a 2xx means the sample is created. The answer (JSON, or {}
         when it is not JSON, as the official client reads it) may name the sample_id. Raises
         AlreadyDone if One Codex refuses a repeat because the sample already exists."""
-        answer = self._api("POST", init.callback_url, json_answer=False, already=_confirmed_before,
+        answer = self._api("POST", init.callback_url, json_answer=False, already=confirmed_before,
                            json={"s3_path": init.s3_path, "filename": init.filename, "import_as_document": False})
         return answer if isinstance(answer, dict) else {}
 
@@ -360,7 +314,7 @@ class OneCodexClient:
                               bytes_sent=body.file_bytes_sent)
         named = dict(init.fields)
         secrets = tuple(v for k, v in named.items() if k.lower() in ("policy", "signature", "x-amz-signature"))
-        code, message = _s3_error(answer, secrets)
+        code, message = s3_error(answer, secrets)
         text = f"S3 answered HTTP {status} {code or ''}: {message}".replace("  ", " ").strip()
         if code == "AccessDenied" and "expired" in message.lower():
             raise PolicyExpired(text)
@@ -368,98 +322,3 @@ class OneCodexClient:
             raise Transient(text, reason=status_reason(status, code),
                             retry_after_s=parse_retry_after(answer.headers.get("Retry-After")))
         raise Permanent(text)
-
-
-def _judge(path: str, answer: Answer, *, json_answer: bool,
-           already: Callable[[UploadError, str], bool] | None) -> Any:
-    """An API answer's JSON (2xx), or the exception its refusal means."""
-    status = answer.status
-    if 200 <= status < 300:
-        try:
-            return answer.json()
-        except ValueError:
-            if not json_answer:
-                return {}
-            raise Transient(f"{path}: the server answered {status} with something that is not JSON",
-                            reason="bad_answer") from None
-    message = _api_message(answer)
-    error = _refusal(path, answer, message)
-    if already is not None and not 300 <= status < 400 and already(error, message):
-        raise AlreadyDone(str(error), answer=message) from None
-    raise error
-
-
-def _refusal(path: str, answer: Answer, message: str) -> UploadError:
-    """The exception a non-2xx answer of the API means (AuthError, Transient or Permanent)."""
-    status = answer.status
-    if status in (401, 402, 403):
-        what = {401: "API key rejected", 402: "account problem (payment required)",
-                403: "API key not allowed to upload"}[status]
-        return AuthError(f"{what}: {message} (HTTP {status})", status=status)
-    if status in TRANSIENT_STATUS or status >= 500:
-        return Transient(f"{path}: HTTP {status}: {message}", reason=status_reason(status),
-                         retry_after_s=parse_retry_after(answer.headers.get("Retry-After")))
-    if 300 <= status < 400:
-        location = redact.server_text(str(answer.headers.get("Location")), limit=120)
-        return Permanent(f"{path}: unexpected redirect (HTTP {status}) to {location!r}; check api.base_url")
-    return Permanent(f"{path}: HTTP {status}: {message}")
-
-
-def _checked_sample_id(value: object, what: str) -> str:
-    """A server's sample_id if it looks like one; "" if there is none; Transient (not to be asked again
-    at once) if it is something else, which is neither kept nor shown."""
-    if value is None or value == "":
-        return ""
-    if not redact.looks_like_sample_id(value):
-        raise Transient(f"{what}: the answer's sample_id is not a One Codex sample id (16 hex digits); the "
-                        f"answer is refused; will ask again later", reason="bad_sample_id",
-                        retry_after_s=UNUSABLE_INIT_RETRY_S, immediate=False)
-    return str(value)
-
-
-def _network_error(what: str, url: str, exc: BaseException, budget: Budget) -> Transient:
-    """The Transient a failed exchange means, naming the limit that ended it if one did."""
-    if budget.fired == "deadline":
-        return Transient(f"{what}: no complete answer within the {budget.deadline_s:g} s deadline "
-                         f"(api.call_deadline_s)", reason="deadline")
-    if budget.fired == "stall":
-        return Transient(f"{what}: {_host(url)} took no byte of the upload for {budget.stall_s:g} s "
-                         f"(upload.stall_timeout_s); abandoned", reason="stall")
-    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError, TimeoutError)):
-        return Transient(f"{what}: no answer within the timeout ({exc.__class__.__name__})", reason="timeout")
-    if isinstance(exc, (requests.ConnectionError, OSError, urllib3.exceptions.ProtocolError)):
-        return Transient(f"{what}: connection to {_host(url)} failed ({_short(exc)})", reason="connection")
-    return Transient(f"{what}: request failed ({_short(exc)})", reason="connection")
-
-
-def refuses_project(error: UploadError, project_id: str) -> bool:
-    """An init refused for good because of the project it names (deleted, access withdrawn): the
-    landing planner looks the project up again (daemon/landing/planner.py). One Codex's words for it
-    are not published; the sandbox's are "Project /api/v1/projects/<id> does not exist or you do not
-    have access to it.", so any plain refusal naming the id or a project counts."""
-    text = str(error).lower()
-    return type(error) is Permanent and (project_id in text or "project" in text)
-
-
-def _confirmed_before(error: UploadError, message: str) -> bool:
-    """A confirm or callback refused for good with "already ..." (see ALREADY_RE)."""
-    return type(error) is Permanent and ALREADY_RE.search(message) is not None
-
-
-def _succeeded_before(error: UploadError, message: str) -> bool:
-    """A cancel refused, whatever the status, with "already successful" (see ALREADY_RE)."""
-    return any(m["successful"] for m in ALREADY_RE.finditer(message))
-
-
-def _host(url: str) -> str:
-    return redact.server_text(urlsplit(url).netloc or url, limit=80)
-
-
-def _short(exc: BaseException) -> str:
-    text = str(exc)
-    # urllib3 messages repeat the pool and the URL; keep the root cause readable.
-    if m := re.search(r"(Connection refused|Connection reset by peer|Name or service not known|"
-                      r"timed out|Remote end closed connection without response|Broken pipe|"
-                      r"certificate verify failed[^)'\"]*|Temporary failure in name resolution)", text):
-        return m.group(1)
-    return redact.server_text(text, limit=160)
