@@ -40,7 +40,6 @@ from daemon.errors import (
     FileChanged,
     LeaseLost,
     Permanent,
-    PolicyExpired,
     Transient,
 )
 from daemon.queue.base import (
@@ -75,7 +74,6 @@ MAX_SAMPLE_BYTES = 20 * 1000**3      # One Codex's limit for one sample (design.
 MAX_POST_BYTES = 5 * 1024**3         # S3's limit for one POST upload (5 GiB)
 SNIFF_BYTES = 64 * 1024
 CHILD_VALIDATION_BYTES = 64 << 20   # from this size on: numpy's checker in this process, or a child process
-MAX_POLICY_INITS = 3                 # the POST policy expired this often in a row: try again later
 POLICY_MARGIN_S = 60.0               # re-init when a stored policy outlives the expected upload by less
 
 
@@ -251,20 +249,8 @@ class Pipeline:
             log.info("upload.policy_stale", sample_id=init.sample_id)
             steps.cancel(row.id, log, sample_id=init.sample_id)
             init = None
-        for _ in range(MAX_POLICY_INITS):
-            if init is None:
-                init = self._init(row, log)
-            try:
-                md5, seconds = self._post(row, init, log, progress)
-                break
-            except PolicyExpired as e:
-                log.warning("upload.policy_expired", sample_id=init.sample_id, error=str(e))
-                steps.emit("retry", reason="policy_expired")
-                steps.cancel(row.id, log, sample_id=init.sample_id)
-                init = None
-        else:
-            raise Transient("the upload policy expired three times in a row; will start again later",
-                            reason="policy_expired")
+        init, (md5, seconds) = steps.through_policy(row, init, lambda: self._init(row, log),
+                                                    lambda init: self._post(row, init, log, progress), log)
         steps.store.save_posted(row.id, md5)
         return self._confirm(row, init.sample_id, md5, log, seconds=seconds)
 

@@ -35,7 +35,6 @@ from daemon.errors import (
     ContentRejected,
     FileChanged,
     Permanent,
-    PolicyExpired,
     Transient,
 )
 from daemon.queue.base import (
@@ -50,6 +49,7 @@ from daemon.queue.base import (
     SampleRow,
 )
 from daemon.upload.formdata import FormDataBody
+from daemon.upload.multipart_sample import digest_again
 from daemon.upload.records import InitResult, sanitize_filename
 from daemon.upload.steps import Steps, unreadable
 
@@ -57,7 +57,6 @@ MAX_SAMPLE_BYTES = 20 * 1000**3      # One Codex's limit for one sample, all its
 MAX_POST_BYTES = 5 * 1024**3         # S3's limit for one POST: per read
 SNIFF_BYTES = 64 * 1024
 CHILD_VALIDATION_BYTES = 64 << 20    # from this size on a read is validated in a child process
-MAX_POLICY_INITS = 3
 MULTIPART_STEPS = (STEP_MP_INIT, STEP_MP_R2_COMPLETE, STEP_MP_COMPLETE)
 
 Plan = Callable[[SampleRow | None, FileRow], tuple[dict[str, Any], dict[str, Any] | None]]
@@ -187,21 +186,10 @@ class SampleRoute:
             log.info("upload.policy_stale", sample_id=init.sample_id)
             steps.cancel(row.id, log, sample_id=init.sample_id)
             init, r2_only = None, False
-        for _ in range(MAX_POLICY_INITS):
-            if init is None:
-                init, r2_only = self._init(row, sample, reads, log), False
-            try:
-                lead_md5 = self._send_reads(row, init, reads, r2_only, log, progress)
-                break
-            except PolicyExpired as e:
-                # Between the two POSTs too: the R1 S3 holds belongs to a sample that is now cancelled.
-                log.warning("upload.policy_expired", sample_id=init.sample_id, error=str(e))
-                steps.emit("retry", reason="policy_expired")
-                steps.cancel(row.id, log, sample_id=init.sample_id)
-                init = None
-        else:
-            raise Transient("the upload policy expired three times in a row; will start again later",
-                            reason="policy_expired")
+        resumed = init if r2_only else None      # only the init whose R1 S3 already holds skips the R1
+        init, lead_md5 = steps.through_policy(
+            row, init, lambda: self._init(row, sample, reads, log),
+            lambda init: self._send_reads(row, init, reads, init is resumed, log, progress), log)
         steps.store.save_posted(row.id, lead_md5)
         return self.confirm(row, init.sample_id, lead_md5, log, size=sample.size)
 
@@ -308,17 +296,7 @@ class SampleRoute:
         """R1's read-name digest after a restart at 'posted_r1': R1 read again here (never sent) by the
         validator child, which also checks it is still valid and of the size S3 holds."""
         log.info("upload.pair_digest_again", read=read.role, size=read.size)
-        child = ChildValidator(read.paths, read.size, pair_digest=True)
-        try:
-            child.finish()
-            found = child.pair_digest
-        finally:
-            child.close()
-        if found is None:
-            raise Transient("the validator process gave no read-name digest", reason="validator")
-        for member in read.members:
-            self.steps.check_identity(member)
-        return found
+        return digest_again(self.steps, read)
 
 
 def _md5s(stream: LaneStream, child: ChildValidator | None) -> tuple[str, ...]:

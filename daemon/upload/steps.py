@@ -18,6 +18,7 @@ from daemon.errors import (
     AuthError,
     FileChanged,
     Permanent,
+    PolicyExpired,
     Transient,
 )
 from daemon.detection.roots import WatchRoots
@@ -26,6 +27,7 @@ from daemon.upload import retrying
 from daemon.upload.client import OneCodexClient
 
 ASSUMED_RATE_BPS = 10e6              # the upload rate assumed until one has been measured
+MAX_POLICY_INITS = 3                 # the POST policy expired this often in a row: try again later
 
 Emit = Callable[..., None]
 
@@ -114,6 +116,24 @@ class Steps:
             raise unreadable(row.path) from None
         if Identity.of(st) != row.identity:
             raise FileChanged("replaced or changed before it was uploaded; the new version is queued separately")
+
+    def through_policy(self, row: FileRow, init: Any, make_init: Callable[[], Any], send: Callable[[Any], Any],
+                       log: Any) -> tuple[Any, Any]:
+        """send(init) under a POST policy: init's (None: make_init's). A policy that expires on the way
+        (between a pair's two POSTs too: what S3 holds then belongs to a sample that is cancelled here)
+        cancels its sample and inits again, at most MAX_POLICY_INITS times in a row; returns (init, sent)."""
+        for _ in range(MAX_POLICY_INITS):
+            if init is None:
+                init = make_init()
+            try:
+                return init, send(init)
+            except PolicyExpired as e:
+                log.warning("upload.policy_expired", sample_id=init.sample_id, error=str(e))
+                self.emit("retry", reason="policy_expired")
+                self.cancel(row.id, log, sample_id=init.sample_id)
+                init = None
+        raise Transient("the upload policy expired three times in a row; will start again later",
+                        reason="policy_expired")
 
     def cancel(self, file_id: int, log: Any, *, sample_id: str | None = None) -> bool:
         """Best effort: tell One Codex an abandoned sample will never be confirmed (the row's own, unless
