@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from daemon.checks import fastq_blocks, validate
+from daemon.checks import fastq_blocks, fastq_check, validate
 from daemon.checks.validate import StreamValidator, Summary, validate_path
 from daemon.errors import ContentRejected
 
@@ -37,12 +37,12 @@ def verdict(data: bytes, *, feed: int | None = None, vectorised: bool = True) ->
 def small_blocks(block: int, blocks_from: int = 1) -> Iterator[None]:
     """Block path tried on any text (blocks_from) in blocks of `block` bytes, so that block and feed
     boundaries fall at every offset of small test files."""
-    saved = fastq_blocks.BLOCK, validate.BLOCKS_FROM
-    fastq_blocks.BLOCK, validate.BLOCKS_FROM = block, blocks_from
+    saved = fastq_blocks.BLOCK, fastq_check.BLOCKS_FROM
+    fastq_blocks.BLOCK, fastq_check.BLOCKS_FROM = block, blocks_from
     try:
         yield
     finally:
-        fastq_blocks.BLOCK, validate.BLOCKS_FROM = saved
+        fastq_blocks.BLOCK, fastq_check.BLOCKS_FROM = saved
 
 
 @contextmanager

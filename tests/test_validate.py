@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.checks import validate
+from daemon.checks import decoders, fasta_check, fastq_check, text_check, validate
 from daemon.checks.validate import StreamValidator, Summary, sniff, validate_path
 from daemon.errors import ContentRejected
 
@@ -248,7 +248,7 @@ def test_stdlib_zlib_fallback_gives_the_same_verdicts(monkeypatch: pytest.Monkey
     """Without isal, every gzip file of both corpora gets the same verdict from stdlib zlib."""
     gz = [p for p in corpus_files() if p.read_bytes()[:2] == b"\x1f\x8b"]
     with_isal = [verdict(p.read_bytes(), p.name, 100) for p in gz]
-    monkeypatch.setattr(validate, "igzip_lib", None)
+    monkeypatch.setattr(decoders, "igzip_lib", None)
     without = [verdict(p.read_bytes(), p.name, 100) for p in gz]
     assert len(gz) > 10
     assert [isinstance(r, Summary) for r in without] == [isinstance(r, Summary) for r in with_isal]
@@ -293,9 +293,17 @@ def test_bgzf_needs_its_eof_marker_but_plain_multimember_does_not() -> None:
     assert isinstance(verdict(gzip.compress(text) + gzip.compress(text)), Summary)
 
 
+def line_limits(monkeypatch: pytest.MonkeyPatch, **limits: int) -> None:
+    """Set LONG_LINE / MAX_LINE in every checker module that reads them (each holds its own binding)."""
+    for module in (text_check, fastq_check, fasta_check):
+        for name, value in limits.items():
+            if hasattr(module, name):
+                monkeypatch.setattr(module, name, value)
+
+
 def test_long_fasta_lines_are_streamed_with_bounded_memory(monkeypatch: pytest.MonkeyPatch) -> None:
     """An unwrapped sequence line longer than LONG_LINE is checked in pieces, not held whole."""
-    monkeypatch.setattr(validate, "LONG_LINE", 1000)
+    line_limits(monkeypatch, LONG_LINE=1000)
     line = b"ACGT" * 25_000
     v = StreamValidator(name="genome.fa")
     v.feed(b">chr1\n")
@@ -310,8 +318,7 @@ def test_long_fasta_lines_are_streamed_with_bounded_memory(monkeypatch: pytest.M
 
 def test_overlong_fastq_line_is_rejected_whatever_the_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
     """A FASTQ line over MAX_LINE is refused (memory bound), with the same message for any block size."""
-    monkeypatch.setattr(validate, "MAX_LINE", 2000)
-    monkeypatch.setattr(validate, "LONG_LINE", 500)
+    line_limits(monkeypatch, MAX_LINE=2000, LONG_LINE=500)
     data = b"@r\nAC\n+\nII\n@s\n" + b"A" * 3000 + b"\n+\n" + b"I" * 3000 + b"\n"
     results = {verdict(data, block=b) for b in (None, 1000, 7, 4096)}
     assert len(results) == 1 and "line 6: the line is longer than" in results.pop()
@@ -535,13 +542,13 @@ def slow_verdict(data: bytes, block: int | None = None) -> Summary | str:
 
 @contextmanager
 def fastq_step(step: int):
-    """validate.FASTQ_STEP (bytes of lines per fast-path step) set to step inside the block."""
-    original = validate.FASTQ_STEP
-    validate.FASTQ_STEP = step
+    """fastq_check.FASTQ_STEP (bytes of lines per fast-path step) set to step inside the block."""
+    original = fastq_check.FASTQ_STEP
+    fastq_check.FASTQ_STEP = step
     try:
         yield
     finally:
-        validate.FASTQ_STEP = original
+        fastq_check.FASTQ_STEP = original
 
 
 @st.composite

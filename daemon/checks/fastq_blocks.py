@@ -14,7 +14,7 @@ character is looked at; here a block is checked with a handful of vectorised pas
 
 It only ever *accepts* text: anything it cannot prove valid (reads of several lengths, a '+' line
 repeating the title, '*', '-' or '.' in a read, a NUL, any error) makes it stop at the last block it
-proved, and the exact parser in daemon/checks/validate.py takes over from there, so verdicts and
+proved, and the exact parser in daemon/checks/fastq_check.py takes over from there, so verdicts and
 error messages are the exact parser's. What it proves is what that parser would accept for the same
 lines: a title line starting with '@' (any other byte but NUL, which the caller rules out first, and
 '\\n'), one sequence line of ASCII letters, a bare '+' line, one quality line of '!'..'~' exactly as
