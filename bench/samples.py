@@ -3,6 +3,7 @@ against one 2 GiB file, through `seqdrop upload`, in one run.
 
     .venv/bin/python bench/samples.py                  # 2 × 1 GiB in 4 lanes vs 2 GiB, 3 repetitions
     .venv/bin/python bench/samples.py --gib 0.25 --repeat 1      # a smoke run
+    .venv/bin/python bench/samples.py --max-mbps 1000  # both behind a 1 Gbit/s uplink, as at a lab
 
 The files are generated under bench/out/samples/ (valid FASTQ; R1 and R2 carry the same read names, so
 the pair check passes). Both runs go to the same `seqdrop sandbox --no-store` (strict: policy,
@@ -67,9 +68,11 @@ def make(path: Path, size: int, read: int, first_block: int) -> None:
         f.writelines(block.replace(b"BLOCKTOK", b"%08d" % (first_block + n)) for n in range(size // MiB))
 
 
-def one(sb: Sandbox, workdir: Path, target: Path) -> dict:
+def one(sb: Sandbox, workdir: Path, target: Path, max_mbps: float = 0.0) -> dict:
     api_url = sb.api_url
     cfg = write_config(workdir / "seqdrop.toml", base_url=api_url, queue=workdir / "queue.sqlite3")
+    if max_mbps:    # an uplink of this many megabits per second ([upload] max_mbps), as at a lab
+        cfg.write_text(cfg.read_text() + f"\n[upload]\nmax_mbps = {max_mbps}\n")
     for side in ("queue.sqlite3", "queue.sqlite3-wal", "queue.sqlite3-shm", "queue.sqlite3.lock", "journal.jsonl"):
         (workdir / side).unlink(missing_ok=True)
     sandbox_before = proc_cpu_s(sb.proc.pid)
@@ -105,12 +108,12 @@ def generate(gib: float) -> tuple[Path, Path, int]:
     return paired, single / "Bench_whole.fastq", total
 
 
-def run(paired: Path, single: Path, total: int, repeat: int) -> dict[str, list[dict]]:
+def run(paired: Path, single: Path, total: int, repeat: int, max_mbps: float = 0.0) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {PAIRED: [], SINGLE: []}
     with Sandbox() as sb:
         for rep in range(repeat):
             for label, target in ((SINGLE, single), (PAIRED, paired)):
-                r = one(sb, OUT / "samples" / "work", target)
+                r = one(sb, OUT / "samples" / "work", target, max_mbps)
                 r["mb_s"] = total / 1e6 / r["wall_s"]
                 results[label].append(r)
                 eprint(f"  rep {rep + 1} {label}: {r['mb_s']:.0f} MB/s, {r['cpu_s']:.1f} CPU s (sandbox "
@@ -144,9 +147,13 @@ def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--gib", type=float, default=1.0, help="GiB per read (default 1)")
     p.add_argument("--repeat", type=int, default=3)
+    p.add_argument("--max-mbps", type=float, default=0.0,
+                   help="cap both uploads at this uplink, megabits per second ([upload] max_mbps); 0: none")
     args = p.parse_args(argv)
     paired, single, total = generate(args.gib)
-    results = run(paired, single, total, args.repeat)
+    if args.max_mbps:
+        print(f"# both uploads capped at {args.max_mbps:g} Mbit/s ([upload] max_mbps)")
+    results = run(paired, single, total, args.repeat, args.max_mbps)
     report(results, total)
     return 0 if all(r["ok"] for runs in results.values() for r in runs) else 1
 
