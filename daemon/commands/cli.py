@@ -7,6 +7,7 @@ get one clear message naming the thing and the fix, never a traceback.
 from __future__ import annotations
 
 import argparse
+import io
 import os
 import signal
 import sqlite3
@@ -103,8 +104,20 @@ def _file_id(text: str) -> int:
     return int(text)
 
 
+def _complete_writes() -> None:
+    """Under PYTHONUNBUFFERED=1 (or `python -u`) sys.stdout writes straight to a raw file object, and
+    a partial write (the pipe's reader gone mid-write, a signal) is dropped without an error: `status`
+    would end 0 with its output cut. A BufferedWriter under it writes everything or raises (the
+    BrokenPipeError handled in main); line buffering keeps lines prompt as unbuffered output was."""
+    out = sys.stdout
+    if isinstance(out, io.TextIOWrapper) and isinstance(out.buffer, io.RawIOBase):
+        sys.stdout = io.TextIOWrapper(io.BufferedWriter(out.buffer), encoding=out.encoding, errors=out.errors,
+                                      line_buffering=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _complete_writes()
     if argv[:1] == ["sandbox"]:
         # lazy: the emulator is not part of the daemon (and would add ~80 ms to every command)
         from daemon.sandbox import main as sandbox_main
