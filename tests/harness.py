@@ -29,6 +29,19 @@ T = TypeVar("T")
 
 
 # -- waiting -----------------------------------------------------------------------------------
+def crash_after_step(store: Any, wanted: str, crash: type[BaseException]) -> None:
+    """Make store.save_posted raise `crash` right after it has recorded step `wanted`: a kill -9 at the
+    instant that step is persisted (the row keeps it; nothing after it runs)."""
+    real = store.save_posted
+
+    def save_then_crash(file_id: int, md5: str, *, step: str = "posted") -> None:
+        real(file_id, md5, step=step)
+        if step == wanted:
+            raise crash()
+
+    store.save_posted = save_then_crash
+
+
 def wait_for(predicate: Callable[[], T], timeout_s: float = 5.0,
              message: str | Callable[[], str] = "the condition", *, interval_s: float = 0.05) -> T:
     """Poll predicate until it returns something truthy (and return that); fail with message at the deadline."""

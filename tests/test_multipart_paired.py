@@ -22,7 +22,7 @@ import boto3
 import pytest
 import requests
 import structlog
-from harness import API_KEY, PipelineDriver, fastq_bytes
+from harness import API_KEY, PipelineDriver, crash_after_step, fastq_bytes
 from test_multipart import Moto
 
 from daemon.errors import FileChanged, Permanent, PolicyExpired, Transient
@@ -221,14 +221,7 @@ def test_crash_after_r2_completed_cancels_and_starts_again_in_a_new_process(sb, 
     h = Harness(sb, moto, tmp_path)
     files = two_lane_pair()
     lead = h.sample(files)
-    real = h.store.save_posted
-
-    def crash_after_r2(file_id: int, md5: str, *, step: str = "posted") -> None:
-        real(file_id, md5, step=step)
-        if step == STEP_MP_R2_COMPLETE:
-            raise Crash()
-
-    h.store.save_posted = crash_after_r2
+    crash_after_step(h.store, STEP_MP_R2_COMPLETE, Crash)
     with pytest.raises(Crash):
         h.drive(lead)
     first = h.store.get(lead)
@@ -424,14 +417,7 @@ def test_mismatch_is_found_after_a_restart_at_r2_complete(sb, moto, tmp_path):
     rejects the pair at the R1; both samples cancelled, nothing called back."""
     h = Harness(sb, moto, tmp_path)
     lead = h.sample(two_lane_pair(spoil=renamed))
-    real = h.store.save_posted
-
-    def crash_after_r2(file_id: int, md5: str, *, step: str = "posted") -> None:
-        real(file_id, md5, step=step)
-        if step == STEP_MP_R2_COMPLETE:
-            raise Crash()
-
-    h.store.save_posted = crash_after_r2
+    crash_after_step(h.store, STEP_MP_R2_COMPLETE, Crash)
     with pytest.raises(Crash):
         h.drive(lead)
     assert h.store.get(lead).step == STEP_MP_R2_COMPLETE

@@ -16,7 +16,7 @@ from typing import Any
 import boto3
 import pytest
 import structlog
-from harness import PipelineDriver
+from harness import PipelineDriver, crash_after_step
 from moto.server import ThreadedMotoServer
 
 from daemon.assembly.concat import LaneStream
@@ -154,14 +154,7 @@ def test_crash_after_r1_posted_resumes_with_r2_only(sb, tmp_path):
     h = Harness(sb, tmp_path)
     files = four_lanes()
     lead = h.sample(files)
-    real = h.store.save_posted
-
-    def crash_after_r1(file_id: int, md5: str, *, step: str = "posted") -> None:
-        real(file_id, md5, step=step)
-        if step == STEP_POSTED_R1:
-            raise Crash()
-
-    h.store.save_posted = crash_after_r1
+    crash_after_step(h.store, STEP_POSTED_R1, Crash)
     with pytest.raises(Crash):
         h.drive(lead)
     assert h.store.get(lead).step == STEP_POSTED_R1 and h.posts() == ["Liver_S3_R1_001.fastq"]
@@ -185,14 +178,7 @@ def test_a_stale_policy_at_posted_r1_starts_the_sample_again(tmp_path):
     with Sandbox(api_keys=(KEY,), policy_lifetime_s=30) as sb:    # under the 60 s margin: stale at once
         h = Harness(sb, tmp_path)
         lead = h.sample(four_lanes())
-        real = h.store.save_posted
-
-        def crash_after_r1(file_id: int, md5: str, *, step: str = "posted") -> None:
-            real(file_id, md5, step=step)
-            if step == STEP_POSTED_R1:
-                raise Crash()
-
-        h.store.save_posted = crash_after_r1
+        crash_after_step(h.store, STEP_POSTED_R1, Crash)
         with pytest.raises(Crash):
             h.drive(lead)
         h.store.close()
