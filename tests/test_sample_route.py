@@ -279,6 +279,24 @@ def test_lane_md5s_come_from_the_validator_child(h):
     assert by_name == {name: hashlib.md5(data).hexdigest() for name, data in files.items()}
 
 
+@pytest.mark.parametrize("child", [False, True], ids=["in-process", "child"])
+@pytest.mark.parametrize("edge", ["at-a-block-edge", "inside-a-block", "with-the-next-lane"])
+def test_first_lane_md5_is_the_reads_md5_at_its_end(h, child, edge):
+    """The first lane's MD5 is taken from the read's running MD5 after that lane's bytes (nobody hashes
+    them twice): right whether the lane ends at a block's edge, inside a block, or inside the block that
+    also holds the next lane."""
+    files = four_lanes()
+    first = len(files["Liver_S3_L001_R1_001.fastq"])
+    h.pipeline.samples.block_size = {"at-a-block-edge": first, "inside-a-block": first // 2 + 7,
+                                     "with-the-next-lane": first * 3}[edge]
+    if child:
+        h.pipeline.samples.child_validation_bytes = 1
+    lead = h.sample(files)
+    assert h.drive(lead) == "done"
+    by_name = {os.path.basename(f.path): f.md5 for f in h.store.sample_of(lead).files}
+    assert by_name == {name: hashlib.md5(data).hexdigest() for name, data in files.items()}
+
+
 def test_plain_lane_without_final_newline_is_rejected_naming_it(h):
     """A plain lane (not the last) without its final newline cannot be joined: rejected naming the
     file, before anything is sent."""

@@ -32,9 +32,11 @@ class LaneStream:
     """Read `paths` (in the order given: the caller's lane order) as one file."""
 
     def __init__(self, paths: Sequence[str], *, opener: Callable[[str], BinaryIO] = _open_read_only,
-                 whole_md5: bool = True, member_md5s: bool = False) -> None:
+                 whole_md5: bool = True, member_md5s: bool = False, member_md5s_from: int = 0) -> None:
         """whole_md5: keep the stream's MD5 (`md5`; off when the caller hashes the bytes itself);
-        member_md5s: also one MD5 per member (`member_md5s`, the audit journal's per-file MD5s)."""
+        member_md5s: also one MD5 per member (`member_md5s`, the audit journal's per-file MD5s), from
+        member `member_md5s_from` on (1 where the caller has the first one already: the MD5 of a
+        read's first lane is the read's MD5 after that many bytes, which the sender takes anyway)."""
         if not paths:
             raise ValueError("LaneStream needs at least one file")
         self.paths = tuple(os.fspath(p) for p in paths)
@@ -49,7 +51,8 @@ class LaneStream:
             raise
         self.size = sum(self.sizes)
         self._md5 = hashlib.md5() if whole_md5 else None
-        self._member_md5s = [hashlib.md5() for _ in self.paths] if member_md5s else None
+        self._member_md5s = ([hashlib.md5() if i >= member_md5s_from else None for i in range(len(self.paths))]
+                             if member_md5s else None)
         self._index = 0
         self._read_in_member = 0
         self.position = 0
@@ -73,10 +76,11 @@ class LaneStream:
 
     @property
     def member_md5s(self) -> tuple[str, ...]:
-        """The hex MD5 of each member's bytes read so far, in order (member_md5s=True)."""
+        """The hex MD5 of each member's bytes read so far, in order (member_md5s=True), from member
+        `member_md5s_from` on."""
         if self._member_md5s is None:
             raise ValueError("this LaneStream keeps no per-member MD5s (member_md5s=False)")
-        return tuple(h.hexdigest() for h in self._member_md5s)
+        return tuple(h.hexdigest() for h in self._member_md5s if h is not None)
 
     @property
     def current_path(self) -> str:
@@ -94,8 +98,8 @@ class LaneStream:
                 self.position += len(data)
                 if self._md5 is not None:
                     self._md5.update(data)
-                if self._member_md5s is not None:
-                    self._member_md5s[self._index].update(data)
+                if self._member_md5s is not None and (h := self._member_md5s[self._index]) is not None:
+                    h.update(data)
                 return data
             self._end_member(left)
         return b""

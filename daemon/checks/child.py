@@ -1,11 +1,13 @@
 """Validation of a large file in a child process: `python -m daemon.checks.validate --json FILE`,
 whose one JSON line (written by validate.main()) this module reads. A sample's read made of several
 lane files, or one whose read names the pair check needs, runs this module instead
-(`python -m daemon.checks.child --json [--pair-digest] [--member-md5s] LANE...`): the lanes validated
+(`python -m daemon.checks.child --json [--pair-digest] [--member-md5s[-after-first]] LANE...`): the lanes validated
 as one stream (daemon/assembly/concat.py) and, with --pair-digest, the read-name digest
 (daemon/assembly/pairs.py) computed in the same pass and carried in the JSON verdict; with
 --member-md5s, each lane file's MD5 too (the audit journal's), by a reading thread beside the checks,
-so that the sending process hashes a read of several lanes once, as it does a file.
+so that the sending process hashes a read of several lanes once, as it does a file (with
+--member-md5s-after-first, every lane's but the first: the sender has that one from its own MD5 of the
+read, taken after the first lane's bytes, so no byte is hashed three times).
 
 In one process the validator and the sending thread take turns on the GIL, and validation made a
 large upload 1.4-1.9x slower (docs/benchmarks.md). The child reads the same file from the page
@@ -37,7 +39,7 @@ from daemon.upload.source import open_source
 
 BLOCK_BYTES = 4 << 20
 READ_AHEAD_BLOCKS = 1       # blocks read (and MD5'd) ahead of the checks: 4 MiB more memory at most
-_FLAGS = ("--json", "--pair-digest", "--member-md5s")
+_FLAGS = ("--json", "--pair-digest", "--member-md5s", "--member-md5s-after-first")
 
 # What the child must not inherit (design.md, "Rules": child processes do not inherit the key): the
 # key's variable and systemd's credentials folder by name, and anything named like a secret.
@@ -55,16 +57,17 @@ def child_environment(environ: Mapping[str, str] | None = None) -> dict[str, str
 class ChildValidator:
     """One child process validating one file version of `size` bytes (started at once), or the lane
     files of one read (`path` a sequence, `size` their sum), with the pair check's digest and each
-    lane file's MD5 if asked."""
+    lane file's MD5 if asked (every one's but the first with skip_first_md5)."""
 
     def __init__(self, path: str | Sequence[str], size: int, *, pair_digest: bool = False,
-                 member_md5s: bool = False) -> None:
+                 member_md5s: bool = False, skip_first_md5: bool = False) -> None:
         paths = [path] if isinstance(path, str) else list(path)
         self.path, self.size = paths[0], size
         if len(paths) == 1 and not pair_digest and not member_md5s:
             command = ["-P", "-m", "daemon.checks.validate", "--json", *paths]
         else:
-            flags = [*(["--pair-digest"] if pair_digest else []), *(["--member-md5s"] if member_md5s else [])]
+            md5s = "--member-md5s-after-first" if skip_first_md5 else "--member-md5s"
+            flags = [*(["--pair-digest"] if pair_digest else []), *([md5s] if member_md5s else [])]
             command = ["-P", "-m", "daemon.checks.child", "--json", *flags, *paths]
         # -P: `-m` would otherwise put the working directory first on sys.path, and a folder named
         # `daemon` there (the directory `seqdrop upload` was run from) would be run instead of seqdrop's.
@@ -81,7 +84,8 @@ class ChildValidator:
 
     @property
     def member_md5s(self) -> tuple[str, ...] | None:
-        """Each lane file's hex MD5, in order (after finish(), with member_md5s=True)."""
+        """Each lane file's hex MD5, in order (after finish(), with member_md5s=True; without the
+        first lane's with skip_first_md5)."""
         found = self._read_verdict().get("member_md5s")
         return tuple(str(h) for h in found) if isinstance(found, list) else None
 
@@ -147,13 +151,15 @@ def digest_from_json(doc: dict[str, Any]) -> PairDigest:
                       checkpoints=tuple((int(c), str(h)) for c, h in doc["checkpoints"]))
 
 
-def validate_lanes(paths: Sequence[str], *, pair_digest: bool = False, member_md5s: bool = False) -> dict[str, Any]:
+def validate_lanes(paths: Sequence[str], *, pair_digest: bool = False, member_md5s: bool = False,
+                   member_md5s_from: int = 0) -> dict[str, Any]:
     """Validate the lane files of one read as one stream: the verdict main() prints."""
     label = lane_label(paths)
     names = NameDigest(label, vectorised=True) if pair_digest else None
     validator = StreamValidator(label, on_text=names.feed if names is not None else None, vectorised=True)
     try:
-        with (LaneStream(paths, opener=open_member, whole_md5=False, member_md5s=member_md5s) as stream,
+        with (LaneStream(paths, opener=open_member, whole_md5=False, member_md5s=member_md5s,
+                         member_md5s_from=member_md5s_from) as stream,
               closing(_read_ahead(stream) if member_md5s else _read(stream)) as chunks):
             for chunk in chunks:
                 validator.feed(chunk)
@@ -209,14 +215,16 @@ def _read_ahead(stream: LaneStream) -> Generator[bytes, None, None]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m daemon.checks.child --json [--pair-digest] [--member-md5s] LANE...`: one JSON verdict
+    """`python -m daemon.checks.child --json [--pair-digest] [--member-md5s[-after-first]] LANE...`: one JSON verdict
     line; exit 0 if valid."""
     args = list(sys.argv[1:] if argv is None else argv)
     paths = [a for a in args if a not in _FLAGS]
     if not paths:
-        print("usage: python -m daemon.checks.child --json [--pair-digest] [--member-md5s] LANE...", file=sys.stderr)
+        print("usage: python -m daemon.checks.child --json [--pair-digest] [--member-md5s[-after-first]] LANE...", file=sys.stderr)
         return 2
-    result = validate_lanes(paths, pair_digest="--pair-digest" in args, member_md5s="--member-md5s" in args)
+    after_first = "--member-md5s-after-first" in args
+    result = validate_lanes(paths, pair_digest="--pair-digest" in args,
+                            member_md5s=after_first or "--member-md5s" in args, member_md5s_from=int(after_first))
     print(json.dumps(result), flush=True)
     return 0 if result["ok"] else 1
 

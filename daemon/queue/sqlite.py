@@ -346,7 +346,8 @@ class SqliteStore(OperatorReads, SampleVerbs):
 
     def save_posted(self, file_id: int, md5: str, *, step: str = STEP_POSTED) -> None:
         """S3 holds the bytes (standard: 'posted'; multipart: 'mp_complete'): confirm, never re-init.
-        A pair's first read held by S3 (HALF_POSTED_STEPS): md5 is that read's; the other is next."""
+        A pair's first read held by S3 (HALF_POSTED_STEPS): md5 is that read's (its first
+        file's, where it has several); the other is next."""
         assert step in POSTED_STEPS + HALF_POSTED_STEPS, step
         with self.tx() as db:
             now = self.clock()

@@ -294,7 +294,10 @@ class S3Upload:
         self.upload_id: str | None = None
         self.etags: list[str] = []
         self.digests: list[bytes] = []
-        self.file_md5 = hashlib.md5()      # the whole file, in order, each byte once
+        # The whole file's MD5, in order, each byte once. Not for several files read as one: their own
+        # MD5s (member_md5s, the audit journal's) see every byte instead, S3 checks the parts' MD5s, and
+        # nothing needs the concatenation's — a third MD5 of every byte would be CPU for nothing.
+        self.file_md5 = hashlib.md5()
         self.hashed = 0
         self.completed_etag: str | None = None
         self._complete_tried = False
@@ -329,11 +332,12 @@ class S3Upload:
 
     @property
     def md5(self) -> str:
-        """The MD5 of the whole file as sent (valid once every part is sent)."""
+        """The MD5 of the whole file as sent (valid once every part is sent); for several files read
+        as one, the first file's (each file's own is in member_md5s)."""
         if self.hashed != self.size:
             raise Transient(f"internal: {self.hashed} of {self.size} bytes hashed; starting the file again",
                             reason="internal")
-        return self.file_md5.hexdigest()
+        return self.file_md5.hexdigest() if self.members is None else self.member_md5s[0]
 
     def _s3(self, what: str, fn: Callable[[], Any]) -> Any:
         try:
@@ -364,8 +368,9 @@ class S3Upload:
 
         def new_bytes(offset: int, data: bytes) -> None:
             if offset == self.hashed:      # the file's MD5 sees every byte once, in order
-                self.file_md5.update(data)
-                if self.members is not None:
+                if self.members is None:
+                    self.file_md5.update(data)
+                else:
                     self._hash_members(offset, data)
                 self.hashed += len(data)
                 if on_new is not None:

@@ -21,6 +21,7 @@ has it; where it does not, the sample fails with a sentence saying so, nothing s
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -251,7 +252,7 @@ class SampleRoute:
 
             def opener() -> LaneStream:
                 stream = LaneStream(read.paths, opener=open_member, whole_md5=False,
-                                    member_md5s=lanes and child is None)
+                                    member_md5s=lanes and child is None, member_md5s_from=1)
                 streams.append(stream)
                 for member, size in zip(read.members, stream.sizes):
                     if size != member.size:
@@ -262,7 +263,9 @@ class SampleRoute:
 
             # Lanes' own MD5s (the audit journal's) come from the child where there is one: it reads
             # every byte anyway, on its own core, so this process hashes a read once, as it does a file.
-            child = (ChildValidator(read.paths, read.size, pair_digest=digest, member_md5s=lanes)
+            # The first lane's is the read's MD5 after that lane's bytes (FormDataBody's md5_at), so
+            # nobody hashes those bytes twice.
+            child = (ChildValidator(read.paths, read.size, pair_digest=digest, member_md5s=lanes, skip_first_md5=True)
                      if self.validate and read.size >= self.child_validation_bytes else None)
             names = NameDigest(read.label) if digest and child is None else None
             tap = finish = check = None
@@ -274,7 +277,8 @@ class SampleRoute:
             body = FormDataBody(init.fields, path=read.paths[0], filename=read.name, size=read.size,
                                 block_size=self.block_size, tap=tap, finish=finish, check=check,
                                 throttle=self.steps.throttle, progress=progress,
-                                should_abort=self.steps.stop.is_set, opener=opener)
+                                should_abort=self.steps.stop.is_set, opener=opener,
+                                md5_at=read.members[0].size if lanes else None)
             try:
                 result = self.steps.client.post_to_s3(init, body)
                 found = child.pair_digest if child is not None else names.finish() if names is not None else None
@@ -285,7 +289,7 @@ class SampleRoute:
             self.steps.rate.add(result.bytes_sent, result.seconds)
             log.info("upload.posted", sample_id=init.sample_id, read=read.role, filename=read.name,
                      seconds=round(result.seconds, 3))
-            return Sent(_md5s(streams[-1], child) if lanes else (result.md5,), found)
+            return Sent(_md5s(body, streams[-1], child) if lanes else (result.md5,), found)
 
         sent = self.steps.call("s3_post", attempt, log)
         for member in read.members:
@@ -299,11 +303,14 @@ class SampleRoute:
         return digest_again(self.steps, read)
 
 
-def _md5s(stream: LaneStream, child: ChildValidator | None) -> tuple[str, ...]:
-    """Each lane file's MD5: the child's (it read them; the bytes sent are the read's, ETag-checked),
-    else the stream's own."""
+def _md5s(body: FormDataBody, stream: LaneStream, child: ChildValidator | None) -> tuple[str, ...]:
+    """Each lane file's MD5: the first lane's from the read's own MD5 after its bytes (md5_at), the
+    others' the child's (it read them; the bytes sent are the read's, ETag-checked), else the stream's."""
+    first = body.md5_at_hex if body.md5_at else hashlib.md5().hexdigest()   # an empty first lane: no block
+    if first is None:
+        raise Transient("internal: the first lane's MD5 was not taken; sending the read again", reason="internal")
     if child is None:
-        return stream.member_md5s
+        return (first, *stream.member_md5s)
     if (found := child.member_md5s) is None:
         raise Transient("the validator process gave no MD5 of the lane files", reason="validator")
-    return found
+    return (first, *found)
