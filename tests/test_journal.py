@@ -15,7 +15,7 @@ import pytest
 
 import daemon
 from daemon import redact
-from daemon.queue.base import Identity
+from daemon.queue.base import SHARED_DEV, Identity
 from daemon.queue.journal import FILE_ENDED, Journal, journal_path, read_records
 
 KEY = "journal-test-api-key-0123"
@@ -242,3 +242,23 @@ def test_a_sample_record_names_the_version_its_step_and_its_sample(journal):
         "sample_id": "0123456789abcdef", "md5": "d" * 32, "init": None, "host": "seq-pc",
         "version": daemon.__version__}
     assert list(journal.records(event=FILE_ENDED)) == []
+
+
+def test_a_shared_queue_version_is_recorded_with_the_device_this_host_sees(journal, tmp_path):
+    """A PostgreSQL row has no device (SHARED_DEV): the records name the device and inode of the file at
+    its path on this host while it is still that version; a file since changed or gone keeps -1."""
+    kept, changed = tmp_path / "kept_R1.fastq", tmp_path / "changed_R1.fastq"
+    for p in (kept, changed):
+        p.write_bytes(b"@r\nACGT\n+\nIIII\n")
+    st = os.stat(kept)
+    shared = Identity(SHARED_DEV, 0, st.st_size, st.st_mtime_ns)
+    ended(journal, 1, path=str(kept), identity=shared)
+    ended(journal, 2, path=str(changed), identity=Identity(SHARED_DEV, 0, st.st_size + 1, st.st_mtime_ns))
+    ended(journal, 3, path=str(tmp_path / "gone_R1.fastq"), identity=shared)
+    journal.sample_ended(sample=1, state="done", name="kept", run=None, paired=False,
+                         files=[{"path": str(kept), "identity": shared, "md5": "0" * 32, "role": "single"}],
+                         sample_id="0" * 16, landing=None, init_at=None, posted_at={}, confirmed_at=None)
+    first, second, third, sample = journal.records()
+    assert (first["device"], first["inode"]) == (st.st_dev, st.st_ino)
+    assert second["device"] == third["device"] == SHARED_DEV
+    assert (sample["files"][0]["device"], sample["files"][0]["inode"]) == (st.st_dev, st.st_ino)

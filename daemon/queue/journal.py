@@ -14,6 +14,10 @@ One line per record, one record per file version that ends (done, rejected, fail
      "sample_name": null, "project": null, "tags": [], "run": null,
      "host": "sequencer-pc", "version": "0.1.0"}
 
+On a shared queue (PostgreSQL) a version's row carries no device (each host numbers its mounts): the
+record names the device (and inode) this host sees at `path` when the file there is still that version
+(same size and mtime_ns), else device -1.
+
 Readers must ignore fields they do not know. `append` writes any event the same way (e.g.
 "queue.rebuilt"). A file.ended record of a version that belongs to an assembled sample also carries
 `sample` (the local sample id), `role` and `lane`, and its sample's name, run, project and tags; a
@@ -65,7 +69,7 @@ from typing import Any
 
 import daemon
 from daemon import redact
-from daemon.queue.base import Identity
+from daemon.queue.base import SHARED_DEV, Identity
 
 JOURNAL_NAME = "journal.jsonl"
 RECORD_VERSION = 1
@@ -135,6 +139,7 @@ class Journal:
                              f"not {state!r}")
         if state == "done" and not sample_id:
             raise ValueError("a done version's record needs its sample_id")
+        identity = local_identity(path, identity)
         return self._record(
             FILE_ENDED, state=state, path=path, device=identity.dev, inode=identity.inode, size=identity.size,
             mtime_ns=identity.mtime_ns, md5=md5, sample_id=sample_id, error=error,
@@ -149,6 +154,7 @@ class Journal:
         could not be made durable."""
         if not sample_id:
             raise ValueError("a sample record needs its sample_id")
+        identity = local_identity(path, identity)
         return self.append(SAMPLE_POSTED if posted else SAMPLE_INITIALIZED, path=path, device=identity.dev,
                            inode=identity.inode, size=identity.size, mtime_ns=identity.mtime_ns, step=step,
                            sample_id=sample_id, md5=md5, init=init)
@@ -163,9 +169,9 @@ class Journal:
         if state not in ENDED_STATES:
             raise ValueError(f"a sample record is for a sample that ended ({', '.join(ENDED_STATES)}), not {state!r}")
         landing = landing or {}
-        members = [{"path": f["path"], "device": f["identity"].dev, "inode": f["identity"].inode,
-                    "size": f["identity"].size, "mtime_ns": f["identity"].mtime_ns, "md5": f.get("md5"),
-                    "role": f.get("role"), "lane": f.get("lane")} for f in files]
+        members = [{"path": f["path"], "device": i.dev, "inode": i.inode, "size": i.size, "mtime_ns": i.mtime_ns,
+                    "md5": f.get("md5"), "role": f.get("role"), "lane": f.get("lane")}
+                   for f in files for i in [local_identity(f["path"], f["identity"])]]
         return self.append(SAMPLE_ENDED, state=state, sample=sample, sample_name=name, sample_id=sample_id, run=run,
                            paired=paired, project=landing.get("project"), project_name=landing.get("project_name"),
                            tags=list(landing.get("tags") or []), metadata=landing.get("metadata") or {},
@@ -300,6 +306,21 @@ def fsync_directory(directory: str) -> None:
         os.close(fd)
 
 
+def local_identity(path: str, identity: Identity) -> Identity:
+    """A shared queue's version (device SHARED_DEV) as this host sees it: the device and inode of the
+    file at `path` if it is still that version (same size and mtime_ns), else unchanged."""
+    if identity.dev != SHARED_DEV:
+        return identity
+    try:
+        st = os.stat(path)
+    except OSError:
+        return identity
+    if (st.st_size, st.st_mtime_ns) != (identity.size, identity.mtime_ns):
+        return identity
+    return Identity(st.st_dev, st.st_ino, identity.size, identity.mtime_ns)
+
+
 __all__ = ["ENDED_STATES", "FILE_ENDED", "IN_FLIGHT_EVENTS", "JOURNAL_NAME", "SAMPLE_ENDED", "SAMPLE_INITIALIZED",
            "SAMPLE_POSTED",
            "Journal", "iso_utc", "journal_path", "read_records"]
+
