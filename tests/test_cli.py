@@ -188,6 +188,27 @@ def test_retry_names_unknown_and_unretryable_ids(cfg, tmp_path):
         assert r.returncode == 2 and "not a file ID" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_retry_takes_a_local_sample_as_status_shows_it(cfg, tmp_path):
+    """`retry s12` puts a rejected paired sample back as one (its two members queued again); a sample not
+    in the queue exits 2 naming it and the fix; `sx` is a usage error."""
+    store = SqliteStore(str(tmp_path / "q.sqlite3"))
+    r1 = store.add_seen(str(tmp_path / "Liver_R1.fastq"), Identity(1, 2, 3, 4))
+    r2 = store.add_seen(str(tmp_path / "Liver_R2.fastq"), Identity(1, 3, 3, 4))
+    sample = store.add_sample(key="k", folder=str(tmp_path), name="Liver", run=None, paired=True,
+                              files=[(r1, "R1", None), (r2, "R2", None)], state="rejected", error="pair mismatch")
+    store.close()
+    r = seqdrop("retry", f"s{sample}", "--config", cfg)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+    assert f"sample Liver (2 files, s{sample}) put back in the queue" in r.stdout
+    store = SqliteStore(str(tmp_path / "q.sqlite3"))
+    assert [store.get(i).state for i in (r1, r2)] == ["queued", "queued"]
+    store.close()
+    r = seqdrop("retry", "--rejected", "s999", "--config", cfg)
+    assert r.returncode == 2 and "no sample s999" in r.stderr and "seqdrop status" in r.stderr
+    r = seqdrop("retry", "sx", "--config", cfg)
+    assert r.returncode == 2 and "not a file ID or a local sample" in r.stderr and "Traceback" not in r.stderr
+
+
 def test_ctrl_c_during_upload_cancels_the_begun_sample(sb, tmp_path):
     """Ctrl-C (SIGINT) while `seqdrop upload` sends a file: exit 1 (design.md), the file named as not uploaded, no
     traceback, and the sample begun for it cancelled rather than left dangling in the account."""

@@ -63,7 +63,8 @@ def _parser() -> argparse.ArgumentParser:
     rt = sub.add_parser("retry", parents=[common], help="put failed and/or rejected files back in the queue")
     rt.add_argument("--failed", action="store_true", help="retry failed files")
     rt.add_argument("--rejected", action="store_true", help="retry rejected files")
-    rt.add_argument("ids", nargs="*", type=_file_id, metavar="ID", help="only these file ids (see status)")
+    rt.add_argument("ids", nargs="*", type=_file_id, metavar="ID",
+                    help="only these file ids, or local samples as sN (see status); a member retries its sample")
     rn = sub.add_parser("runs", parents=[common], help="the runs the queue holds, with their samples by state")
     rn.add_argument("--json", action="store_true", help="machine-readable output (every sample of every run)")
     rp = sub.add_parser("report", parents=[common], help="the audit journal: every file that ended, with MD5, "
@@ -96,12 +97,14 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _file_id(text: str) -> int:
-    """A file ID as `status` shows it: a positive whole number (SQLite's integers end at 2**63)."""
-    if not text.isdigit() or not 0 < int(text) < 2**63:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a file ID; take one from the first column of "
+def _file_id(text: str) -> int | str:
+    """A file ID as `status` shows it: a positive whole number (SQLite's integers end at 2**63); or a
+    local sample as `status` shows it, `s12` (kept as the text, resolved to its lead file by retry)."""
+    number = text[1:] if text[:1] in ("s", "S") else text
+    if not number.isdigit() or not 0 < int(number) < 2**63:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a file ID or a local sample (s12); take one from "
                                          f"`seqdrop status`")
-    return int(text)
+    return int(number) if number is text else f"s{int(number)}"
 
 
 def _complete_writes() -> None:
@@ -315,10 +318,13 @@ def cmd_retry(args: argparse.Namespace) -> int:
     states = tuple(s for s, on in (("failed", args.failed), ("rejected", args.rejected)) if on) or \
         ("failed", "rejected")
     try:
-        rows = {i: store.get(i) for i in args.ids}
+        named = store.samples_by_id({int(i[1:]) for i in args.ids if isinstance(i, str)})
+        unknown_samples = [i for i in args.ids if isinstance(i, str) and int(i[1:]) not in named]
+        ids = [named[int(i[1:])].lead if isinstance(i, str) else i for i in args.ids if i not in unknown_samples]
+        rows = {i: store.get(i) for i in ids}
         samples = store.samples_by_id({r.sample for r in rows.values() if r is not None and r.sample is not None})
         before = store.counts()
-        n = store.retry(states=states, ids=tuple(args.ids))
+        n = store.retry(states=states, ids=tuple(ids)) if ids or not args.ids else 0
         files = sum(before[s] for s in states) - sum(store.counts()[s] for s in states)   # members too
     except sqlite3.DatabaseError as e:
         raise _read_failed(settings, e) from None
@@ -331,8 +337,10 @@ def cmd_retry(args: argparse.Namespace) -> int:
     if unknown:
         print(f"seqdrop: no file with id {', '.join(map(str, unknown))} in the queue {settings.queue.path}"
               f" — fix: take the ID from the first column of `seqdrop status`", file=sys.stderr)
-        return EXIT_USAGE
-    return EXIT_OK
+    if unknown_samples:
+        print(f"seqdrop: no sample {', '.join(unknown_samples)} in the queue {settings.queue.path}"
+              f" — fix: take the sample (s12) from `seqdrop status`", file=sys.stderr)
+    return EXIT_USAGE if unknown or unknown_samples else EXIT_OK
 
 
 # -- runs / report -----------------------------------------------------------------------------
