@@ -5,7 +5,8 @@ bare '+' line and reads of one length within a few MiB. Checking such text line 
 Python object per line (about 1 ns per byte on the machines seqdrop runs on) before a single
 character is looked at; here a block is checked with a handful of vectorised passes instead:
 
-  1. the positions of every '\\n' (one compare, one flatnonzero);
+  1. the positions of every '\\n' (one compare, one flatnonzero; in the validator child of a paired
+     read, shared with the read-name digest, which needs them for the same block: Newlines);
   2. the record layout from them alone: record r's lines end at t_r, t_r+L+1, t_r+L+3 and t_r+2L+4
      (title, sequence of L bases, '+', quality), the next title starts right after, and each title
      starts with '@' and each third line is '+';
@@ -36,7 +37,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402 - after the variable above, which OpenBLAS reads once at load
 from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 
-__all__ = ["BLOCK", "scan"]
+__all__ = ["BLOCK", "Newlines", "newlines_in", "scan"]
 
 # Bytes of text checked per vectorised step: large enough that numpy's per-call cost (about 20 calls
 # per step) is small against the work, small enough that a step's temporaries stay in the L2 cache.
@@ -44,18 +45,83 @@ __all__ = ["BLOCK", "scan"]
 # the temporaries (about 2.5x the step) live in the uploading process now, under its 64 MiB bound.
 BLOCK = 1 << 19
 
+# Newlines finds a block's '\n' this many bytes at a time (the temporaries of one step above), and
+# keeps them only while they average at least 8 bytes a line: FASTQ worth sharing them for, with its
+# positions (8 bytes each) at most as large as the text. Denser text: each step finds its own.
+NEWLINE_WINDOW = 1 << 20
+_DENSEST = NEWLINE_WINDOW // 8
+
 _AT, _PLUS, _NL = 64, 43, 10
 
 
-def scan(text: bytes, start: int) -> tuple[int, int, int]:
+class Newlines:
+    """The positions of every '\\n' in one block of text, found once for everyone who scans that block.
+
+    In the validator child of a paired read, two scanners take each block whole: this module's checker
+    and the pair check's read-name digest (daemon/assembly/name_blocks.py), each starting from the
+    block's '\\n' positions (one compare and one flatnonzero per byte: about a third of each one's
+    work). The child hands both the same Newlines (StreamValidator(newlines=...), NameDigest(newlines=
+    ...)): the first to scan a block finds them, the second reuses them. Each scanner still proves
+    everything else itself; these are only where the '\\n' are.
+
+    Positions are kept for one text, by identity: a bytes object cannot change, and the one held
+    here cannot be freed (so its address is never another block's), so `text is self._text` proves
+    they are that text's. Text rewritten on the way (a CRLF block the checker normalises) is
+    another object and gets its own. forget() lets the block go once every scanner is done with it.
+    """
+
+    def __init__(self) -> None:
+        self._text: bytes | None = None
+        self._at: np.ndarray | None = None
+        self.found = 0          # blocks whose positions were found (once per block, not per scanner)
+
+    def of(self, text: bytes) -> np.ndarray | None:
+        """The ascending positions of every '\\n' in text, or None for text too dense in lines to
+        keep them (each step then finds its own)."""
+        if text is not self._text:
+            self._text, self._at = text, _positions(text)
+            self.found += 1
+        return self._at
+
+    def forget(self) -> None:
+        """Let the last block go (its scanners are done with it)."""
+        self._text = self._at = None
+
+
+def _positions(text: bytes) -> np.ndarray | None:
+    a = np.frombuffer(text, np.uint8)
+    found = []
+    for w in range(0, len(a), NEWLINE_WINDOW):
+        at = np.flatnonzero(a[w:w + NEWLINE_WINDOW] == _NL)
+        if len(at) > _DENSEST:
+            return None
+        at += w
+        found.append(at)
+    if len(found) == 1:
+        return found[0]
+    return np.concatenate(found) if found else np.empty(0, np.intp)
+
+
+def newlines_in(a: np.ndarray, start: int, stop: int, at: np.ndarray | None) -> np.ndarray:
+    """The positions of the '\\n' in a[start:stop], counted from start: taken from `at` (those of all
+    of a, from Newlines.of) when known, else found here."""
+    if at is None:
+        return np.flatnonzero(a[start:stop] == _NL)
+    lo, hi = at.searchsorted((start, stop))
+    return at[lo:hi] - start
+
+
+def scan(text: bytes, start: int, newlines: Newlines | None = None) -> tuple[int, int, int]:
     """Check whole 4-line records of text from start (which must begin a record) for as long as
     they are proven valid. Returns (end, records, bases): text[start:end] is that many valid records
-    holding that many bases; end == start when nothing was proven (the exact parser decides)."""
+    holding that many bases; end == start when nothing was proven (the exact parser decides).
+    newlines: the block's '\\n' positions, shared with another scanner of the same text (Newlines)."""
     a = np.frombuffer(text, np.uint8)
+    at = newlines.of(text) if newlines is not None else None
     windows: dict[int, np.ndarray] = {}     # read length -> a sliding-window view of text (made once)
     pos, records, bases = start, 0, 0
     while pos < len(text):
-        got = _block(a, pos, min(len(text), pos + BLOCK), windows)
+        got = _block(a, pos, min(len(text), pos + BLOCK), windows, at)
         if got is None:
             break
         pos, k, length = got
@@ -63,10 +129,11 @@ def scan(text: bytes, start: int) -> tuple[int, int, int]:
     return pos, records, bases
 
 
-def _block(a: np.ndarray, start: int, stop: int, windows: dict[int, np.ndarray]) -> tuple[int, int, int] | None:
+def _block(a: np.ndarray, start: int, stop: int, windows: dict[int, np.ndarray],
+           at: np.ndarray | None) -> tuple[int, int, int] | None:
     """Check the complete records in a[start:stop]: (end, records, read length), or None."""
     r = a[start:stop]
-    nl = np.flatnonzero(r == _NL)
+    nl = newlines_in(a, start, stop, at)
     k = len(nl) // 4
     if k == 0:
         return None
