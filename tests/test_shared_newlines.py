@@ -13,6 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -185,7 +186,7 @@ def test_validate_lanes_shares_positions_and_matches_the_line_reader(tmp_path, m
         path.write_bytes(b"".join(ILLUMINA % (lane, i) for i in range(16000)))
         lanes.append(str(path))
     result = validate_lanes(lanes, pair_digest=True)
-    joined = b"".join(open(p, "rb").read() for p in lanes)
+    joined = b"".join(Path(p).read_bytes() for p in lanes)
     assert result["ok"] and result["records"] == 32000
     assert result["pair_digest"]["digest"] == line_reader_digest(joined)[1]
     assert len(searched) == len(lanes) * -(-len(joined) // 2 // (4 << 20))
