@@ -15,7 +15,6 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
 import pytest
 from test_cpu_validate import ILLUMINA, exact
 from test_pairs import fed, odd_record
@@ -67,23 +66,34 @@ def line_reader_digest(text: bytes) -> tuple:
     return fed(text, list(range(1, len(text))))
 
 
-def test_positions_are_those_of_every_newline_across_windows() -> None:
-    """Found window by window and joined, the positions are numpy's own over the whole text, for
-    texts shorter than, equal to and many times a window; empty text has none."""
+def newline_positions(text: bytes, start: int = 0, stop: int | None = None) -> list[int]:
+    stop = len(text) if stop is None else stop
+    return [i - start for i in range(start, stop) if text[i] == 10]
+
+
+def test_positions_are_those_of_every_newline_in_any_range_across_windows() -> None:
+    """Any range of a text, inside one window or across several, gives the positions of its '\\n'
+    counted from its start; each window is searched once, whichever range asked first."""
     rng = random.Random(7)
     with small_steps(64, 64):
-        for size in (0, 1, 63, 64, 65, 640, 1000):
+        for size in (1, 63, 64, 65, 640, 1000):
             text = bytes(rng.choice(b"ACGT\n" + b"ACGTACGTACGT") for _ in range(size))
-            expected = np.flatnonzero(np.frombuffer(text, np.uint8) == 10)
-            got = Newlines().of(text)
-            assert got is not None and got.tolist() == expected.tolist(), size
+            newlines = Newlines()
+            ranges = [(0, size), *((a, b) for a, b in (sorted(rng.sample(range(size + 1), 2)) for _ in range(30))
+                                   if a < b)]
+            for a, b in ranges:
+                assert newlines.between(text, a, b).tolist() == newline_positions(text, a, b), (size, a, b)
+            assert newlines.searched == -(-size // 64)
 
 
-def test_text_too_dense_in_lines_is_not_kept_and_each_step_finds_its_own() -> None:
-    """More '\\n' than one every 8 bytes on average in a window: no positions are kept (None), and
-    the scanners still read the text exactly, each finding its own."""
-    text = b"@r\nA\n+\nI\n" * 200_000                    # 8 bytes a record, 4 '\n': one every 2 bytes
-    assert Newlines().of(text) is None
+def test_a_window_too_dense_in_lines_is_not_kept_and_each_step_finds_its_own() -> None:
+    """More '\\n' than one every 8 bytes on average in a window: its positions are not kept (each
+    step over it finds its own, exactly), and the scanners still read the text exactly."""
+    text = b"@r\nA\n+\nI\n" * 200_000                    # 8 bytes a record, 4 '\\n': one every 2 bytes
+    newlines = Newlines()
+    assert newlines.between(text, 5, 1000).tolist() == newline_positions(text, 5, 1000)
+    assert newlines.between(text, 10, 2000).tolist() == newline_positions(text, 10, 2000)
+    assert newlines.searched == 1 and newlines._windows == {0: None}
     names, verdict = child_pass(text, [len(text) // 3])
     assert verdict == Summary(format="fastq", compression="none", records=200_000, bases=200_000,
                               raw_bytes=len(text))
@@ -97,12 +107,11 @@ def test_positions_follow_the_text_not_its_size() -> None:
     b = b"@r22\nACG\n+\nIII\n\n" * 4
     assert len(a) == len(b)
     newlines = Newlines()
-    first = newlines.of(a)
-    assert first is not None and first.tolist() == [i for i, c in enumerate(a) if c == 10]
-    again = newlines.of(bytes(bytearray(b)))
-    assert again is not None and again.tolist() == [i for i, c in enumerate(b) if c == 10]
-    assert newlines.found == 2
-    assert newlines.of(a) is not first and newlines.found == 3       # a again: found again, not stale
+    assert newlines.between(a, 0, len(a)).tolist() == newline_positions(a)
+    assert newlines.between(bytes(bytearray(b)), 0, len(b)).tolist() == newline_positions(b)
+    assert newlines.searched == 2
+    assert newlines.between(a, 3, len(a)).tolist() == newline_positions(a, 3)     # a again: searched again
+    assert newlines.searched == 3
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -128,8 +137,8 @@ def test_shared_positions_give_the_line_readers_digest_and_verdict(seed: int) ->
 @pytest.mark.parametrize("cr", [b"", b"\r"])
 def test_a_crlf_block_is_read_on_its_own_positions(cr: bytes) -> None:
     """The checker rewrites a CRLF block ('\\r\\n' to '\\n') before its block path: the digest's
-    positions (of the text as fed) are not the checker's, so the checker's are found for its own text
-    (two findings per block) and both still read every record: four-line records of one length,
+    positions (of the text as fed) are not the checker's, so the checker's own text is searched too
+    (each of its windows twice) and both still read every record: four-line records of one length,
     taken by both block paths."""
     records = [ILLUMINA.replace(b"\n", cr + b"\n") % (i, i) for i in range(4000)]
     text = b"".join(records)
@@ -141,52 +150,68 @@ def test_a_crlf_block_is_read_on_its_own_positions(cr: bytes) -> None:
     validator.feed(text[cut:])
     summary = validator.finish()
     assert (summary.records, summary.bases) == (4000, 4000 * 150)
-    assert newlines.found == (4 if cr else 2)           # once per block; twice for CRLF ones
+    windows = sum(-(-len(t) // fastq_blocks.NEWLINE_WINDOW) for t in (text[:cut], text[cut:]))
+    assert newlines.searched == (2 * windows if cr else windows)     # once per window; twice for CRLF
     d = digest.finish()
     assert (d.records, d.digest) == line_reader_digest(text)[:2]
 
 
-def test_each_block_is_searched_once_for_both_scanners(monkeypatch: pytest.MonkeyPatch) -> None:
-    """In the child's pass over plain four-line FASTQ, every block's '\\n' are found once (not once
-    by each scanner), both block paths take (nearly) every record with them (positions that did not
-    fit the text would leave the records to the line readers: same answers, no speed), and the block
-    is let go after."""
-    searched: list[int] = []
-    real = fastq_blocks._positions
-    monkeypatch.setattr(fastq_blocks, "_positions", lambda text: searched.append(len(text)) or real(text))
+@contextmanager
+def searches(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[tuple[int, int]]]:
+    """(block, window) of every window Newlines searched; blocks numbered in the order first seen."""
+    seen: list[tuple[int, int]] = []
+    texts: list[bytes | None] = []      # held, so that no two blocks can share an address
+    real = Newlines._search
+
+    def spy(self: Newlines, w: int) -> object:
+        if not any(t is self._text for t in texts):
+            texts.append(self._text)
+        seen.append((next(i for i, t in enumerate(texts) if t is self._text), w))
+        return real(self, w)
+    monkeypatch.setattr(Newlines, "_search", spy)
+    yield seen
+
+
+def test_each_window_is_searched_once_for_both_scanners(monkeypatch: pytest.MonkeyPatch) -> None:
+    """In the child's pass over plain four-line FASTQ, every window of every block is searched once
+    (not once by each scanner), both block paths take (nearly) every record with the positions
+    (positions that did not fit the text would leave the records to the line readers: the same
+    answers, none of the speed), and each block is let go after."""
     checked, named = [], []
     check_scan, name_scan = fastq_blocks.scan, name_blocks.scan
     monkeypatch.setattr(fastq_blocks, "scan", lambda *a, **k: checked.append(check_scan(*a, **k)[1]) or check_scan(*a, **k))
     monkeypatch.setattr(name_blocks, "scan", lambda *a, **k: (named.append(step[2]) or step for step in name_scan(*a, **k)))
     data = b"".join(ILLUMINA % (i, i * 3) for i in range(12000))
-    size = len(data) // 4 + 1                           # four blocks of ~1 MiB, cut inside records
+    size = len(data) // 3 + 1                           # three blocks of ~1.4 MiB, cut inside records
     blocks = [data[i:i + size] for i in range(0, len(data), size)]
     newlines = Newlines()
     digest = NameDigest("x", vectorised=True, newlines=newlines)
     validator = StreamValidator("x", on_text=digest.feed, vectorised=True, newlines=newlines)
-    for block in blocks:
-        validator.feed(block)
-        assert newlines._text is None                   # let go once both were done with it
+    with searches(monkeypatch) as seen:
+        for block in blocks:
+            validator.feed(block)
+            assert newlines._text is None               # let go once both were done with it
     summary = validator.finish()
-    assert searched == [len(b) for b in blocks]
+    assert sorted(seen) == [(b, w) for b in range(3) for w in range(2)]
     assert summary.records == digest.records == 12000
     assert sum(checked) >= 12000 - len(blocks) and sum(named) >= 12000 - len(blocks)
     assert digest.finish().digest == line_reader_digest(data)[1]
 
 
 def test_validate_lanes_shares_positions_and_matches_the_line_reader(tmp_path, monkeypatch) -> None:
-    """The validator child (validate_lanes --pair-digest) on lanes whose records cross the 4 MiB
-    reads: one search per block read, and the digest the line reader gives for the lanes joined."""
-    searched: list[int] = []
-    real = fastq_blocks._positions
-    monkeypatch.setattr(fastq_blocks, "_positions", lambda text: searched.append(len(text)) or real(text))
+    """The validator child (validate_lanes --pair-digest) on lanes whose records cross its 4 MiB
+    reads: each window of each block read searched once, and the digest the line reader gives for
+    the lanes joined."""
     lanes = []
     for lane in range(2):
         path = tmp_path / f"s_L00{lane + 1}_R1_001.fastq"
         path.write_bytes(b"".join(ILLUMINA % (lane, i) for i in range(16000)))
         lanes.append(str(path))
-    result = validate_lanes(lanes, pair_digest=True)
+    with searches(monkeypatch) as seen:
+        result = validate_lanes(lanes, pair_digest=True)
     joined = b"".join(Path(p).read_bytes() for p in lanes)
     assert result["ok"] and result["records"] == 32000
     assert result["pair_digest"]["digest"] == line_reader_digest(joined)[1]
-    assert len(searched) == len(lanes) * -(-len(joined) // 2 // (4 << 20))
+    lane_size = len(joined) // 2                        # each lane: a 4 MiB read, then the rest
+    windows = 4 + -(-(lane_size - (4 << 20)) // fastq_blocks.NEWLINE_WINDOW)
+    assert len(seen) == len(set(seen)) == 2 * windows

@@ -23,7 +23,7 @@ the text was read. numpy is imported only by the validator child (NameDigest(vec
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # Only elementwise passes here, never BLAS (the same reason as in daemon/checks/fastq_blocks.py: an
 # idle OpenBLAS thread per core costs CPU time). Set before numpy's first import.
@@ -32,7 +32,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # after the variable above, which OpenBLAS reads once at load
 from numpy.lib.stride_tricks import sliding_window_view
 
-from daemon.checks.fastq_blocks import Newlines, newlines_in
+from daemon.checks.fastq_blocks import Newlines, newline_finder
 
 __all__ = ["BLOCK", "scan"]
 
@@ -52,20 +52,21 @@ def scan(text: bytes, start: int, newlines: Newlines | None = None) -> Iterator[
     `count` more records and `names` their read names, each followed by '\\n'. newlines: the
     block's '\\n' positions, shared with the validator's checker of the same text (fastq_blocks.Newlines)."""
     a = np.frombuffer(text, np.uint8)
-    at = newlines.of(text) if newlines is not None else None
+    find = newline_finder(text, a, newlines)
     pos = start
     while pos < len(text):
-        got = _step(a, pos, min(len(text), pos + BLOCK), at)
+        got = _step(a, pos, min(len(text), pos + BLOCK), find)
         if got is None:
             return
         pos, names, count = got
         yield pos, names, count
 
 
-def _step(a: np.ndarray, start: int, stop: int, at: np.ndarray | None) -> tuple[int, bytes, int] | None:
+def _step(a: np.ndarray, start: int, stop: int,
+          find: Callable[[int, int], np.ndarray]) -> tuple[int, bytes, int] | None:
     """The proven records at the start of a[start:stop]: (end, names, count), or None."""
     r = a[start:stop]
-    nl = newlines_in(a, start, stop, at)
+    nl = find(start, stop)
     k = len(nl) // 4
     if k == 0:
         return None
