@@ -51,8 +51,8 @@ def counting_scans() -> Iterator[list[tuple[int, int, int]]]:
     calls: list[tuple[int, int, int]] = []
     original = fastq_blocks.scan
 
-    def spy(text: bytes, start: int) -> tuple[int, int, int]:
-        result = original(text, start)
+    def spy(text: bytes, start: int, newlines: fastq_blocks.Newlines | None = None) -> tuple[int, int, int]:
+        result = original(text, start, newlines)
         calls.append(result)
         return result
     fastq_blocks.scan = spy

@@ -59,8 +59,8 @@ def test_fastq_of_one_read_length_is_validated_in_the_sending_process(h, gz: boo
     proven: list[int] = []
     real_scan = fastq_blocks.scan
 
-    def scan(text: bytes, start: int) -> tuple[int, int, int]:
-        end, records, bases = real_scan(text, start)
+    def scan(text: bytes, start: int, newlines: fastq_blocks.Newlines | None = None) -> tuple[int, int, int]:
+        end, records, bases = real_scan(text, start, newlines)
         proven.append(records)
         return end, records, bases
 

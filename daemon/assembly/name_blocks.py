@@ -4,7 +4,8 @@ The pair check digests the read names of every record (daemon/assembly/pairs.py)
 line costs a Python object per line and ran at ~300 MB/s, which halved a paired upload's speed. Here a
 block of four-line FASTQ is taken with a handful of vectorised passes:
 
-  1. the positions of every '\\n' in the block (one compare, one flatnonzero);
+  1. the positions of every '\\n' in the block (one compare, one flatnonzero; in the validator child,
+     found once for this and the FASTQ checker of the same block: fastq_blocks.Newlines);
   2. the record layout from them (title, sequence, '+', quality lines), checked to be exactly what the
      line-by-line reader would see: a title starting with '@' and a non-blank byte, a sequence line
      not starting with '+', a '+' line, and a quality line (a trailing '\\r' not counted) at least as
@@ -22,7 +23,7 @@ the text was read. numpy is imported only by the validator child (NameDigest(vec
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 # Only elementwise passes here, never BLAS (the same reason as in daemon/checks/fastq_blocks.py: an
 # idle OpenBLAS thread per core costs CPU time). Set before numpy's first import.
@@ -30,6 +31,8 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np  # after the variable above, which OpenBLAS reads once at load
 from numpy.lib.stride_tricks import sliding_window_view
+
+from daemon.checks.fastq_blocks import Newlines, newline_finder
 
 __all__ = ["BLOCK", "scan"]
 
@@ -43,24 +46,27 @@ _BLANK = np.zeros(256, np.bool_)
 _BLANK[[9, 10, 11, 12, 13, 32]] = True
 
 
-def scan(text: bytes, start: int) -> Iterator[tuple[int, bytes, int]]:
+def scan(text: bytes, start: int, newlines: Newlines | None = None) -> Iterator[tuple[int, bytes, int]]:
     """Take whole four-line records of text from start (which must begin a line), step by step, for
     as long as they are proven plain: yields (end, names, count) per step, where text[..end] holds
-    `count` more records and `names` their read names, each followed by '\\n'."""
+    `count` more records and `names` their read names, each followed by '\\n'. newlines: the
+    block's '\\n' positions, shared with the validator's checker of the same text (fastq_blocks.Newlines)."""
     a = np.frombuffer(text, np.uint8)
+    find = newline_finder(text, a, newlines)
     pos = start
     while pos < len(text):
-        got = _step(a, pos, min(len(text), pos + BLOCK))
+        got = _step(a, pos, min(len(text), pos + BLOCK), find)
         if got is None:
             return
         pos, names, count = got
         yield pos, names, count
 
 
-def _step(a: np.ndarray, start: int, stop: int) -> tuple[int, bytes, int] | None:
+def _step(a: np.ndarray, start: int, stop: int,
+          find: Callable[[int, int], np.ndarray]) -> tuple[int, bytes, int] | None:
     """The proven records at the start of a[start:stop]: (end, names, count), or None."""
     r = a[start:stop]
-    nl = np.flatnonzero(r == _NL)
+    nl = find(start, stop)
     k = len(nl) // 4
     if k == 0:
         return None

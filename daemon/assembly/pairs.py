@@ -23,7 +23,10 @@ import re
 from dataclasses import dataclass
 from itertools import repeat
 from types import ModuleType
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
+
+if TYPE_CHECKING:   # numpy's: imported only by the validator child (see _name_blocks)
+    from daemon.checks.fastq_blocks import Newlines
 
 GUESS_NAMES = 1000          # design.md: the `_1/_2` guess needs the first 1,000 read names to agree
 _READ_BLOCK = 1 << 20
@@ -58,10 +61,14 @@ class NameDigest:
     and re); anything else (wrapped records, a block's first partial record) line by line. Both give
     the same names, so the digest does not depend on how the text was cut."""
 
-    def __init__(self, name: str, *, keep_names: int = GUESS_NAMES, vectorised: bool = False) -> None:
+    def __init__(self, name: str, *, keep_names: int = GUESS_NAMES, vectorised: bool = False,
+                 newlines: Newlines | None = None) -> None:
+        """newlines (vectorised only): the '\\n' positions of each block, shared with the validator that
+        feeds this digest (StreamValidator(newlines=...), the same object), so they are found once."""
         self.name = name
         self._keep = keep_names
         self._blocks = _name_blocks() if vectorised else None
+        self._newlines = newlines
         self._hash = hashlib.sha256()
         self._carry = b""
         self._records = 0
@@ -105,7 +112,7 @@ class NameDigest:
         phase); return where the records taken end (start: none)."""
         if self._blocks is not None:
             end = start
-            for end, names, count in self._blocks.scan(text, start):
+            for end, names, count in self._blocks.scan(text, start, self._newlines):
                 self._add(names, count)
             return end
         lines = text[start:].split(b"\n")

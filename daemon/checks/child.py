@@ -155,8 +155,13 @@ def validate_lanes(paths: Sequence[str], *, pair_digest: bool = False, member_md
                    member_md5s_from: int = 0) -> dict[str, Any]:
     """Validate the lane files of one read as one stream: the verdict main() prints."""
     label = lane_label(paths)
-    names = NameDigest(label, vectorised=True) if pair_digest else None
-    validator = StreamValidator(label, on_text=names.feed if names is not None else None, vectorised=True)
+    # Lazy: fastq_blocks loads numpy, and the sending process imports this module for ChildValidator.
+    from daemon.checks.fastq_blocks import Newlines
+    # One Newlines for both scanners of each block: its '\n' are found once, not once by each.
+    newlines = Newlines() if pair_digest else None
+    names = NameDigest(label, vectorised=True, newlines=newlines) if pair_digest else None
+    validator = StreamValidator(label, on_text=names.feed if names is not None else None, vectorised=True,
+                                newlines=newlines)
     try:
         with (LaneStream(paths, opener=open_member, whole_md5=False, member_md5s=member_md5s,
                          member_md5s_from=member_md5s_from) as stream,

@@ -5,7 +5,8 @@ bare '+' line and reads of one length within a few MiB. Checking such text line 
 Python object per line (about 1 ns per byte on the machines seqdrop runs on) before a single
 character is looked at; here a block is checked with a handful of vectorised passes instead:
 
-  1. the positions of every '\\n' (one compare, one flatnonzero);
+  1. the positions of every '\\n' (one compare, one flatnonzero; in the validator child of a paired
+     read, shared with the read-name digest, which needs them for the same block: Newlines);
   2. the record layout from them alone: record r's lines end at t_r, t_r+L+1, t_r+L+3 and t_r+2L+4
      (title, sequence of L bases, '+', quality), the next title starts right after, and each title
      starts with '@' and each third line is '+';
@@ -27,6 +28,8 @@ about 0.1 s and 16 MiB of memory, which the daemon (which validates small files 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from functools import partial
 
 # Only elementwise passes here, never BLAS: without this, numpy's OpenBLAS starts a worker thread per
 # core at import, which spins for a while and cost the validator child 0.11 CPU s per file (of ~0.85
@@ -36,7 +39,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402 - after the variable above, which OpenBLAS reads once at load
 from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 
-__all__ = ["BLOCK", "scan"]
+__all__ = ["BLOCK", "Newlines", "newline_finder", "scan"]
 
 # Bytes of text checked per vectorised step: large enough that numpy's per-call cost (about 20 calls
 # per step) is small against the work, small enough that a step's temporaries stay in the L2 cache.
@@ -44,18 +47,88 @@ __all__ = ["BLOCK", "scan"]
 # the temporaries (about 2.5x the step) live in the uploading process now, under its 64 MiB bound.
 BLOCK = 1 << 19
 
+# Newlines finds a block's '\n' in windows of this many bytes, as the scanners first ask for them (the
+# temporaries of one step above), and keeps a window's only while they average at least 8 bytes a line:
+# FASTQ worth sharing them for, their positions (8 bytes each) at most as large as the text. A step over
+# a denser window finds its own, as without sharing.
+NEWLINE_WINDOW = 1 << 20
+_DENSEST = NEWLINE_WINDOW // 8
+
 _AT, _PLUS, _NL = 64, 43, 10
 
 
-def scan(text: bytes, start: int) -> tuple[int, int, int]:
+class Newlines:
+    """The positions of the '\\n' in one block of text, found once for everyone who scans that block.
+
+    In the validator child of a paired read, two scanners take each block whole: this module's checker
+    and the pair check's read-name digest (daemon/assembly/name_blocks.py), each step of each starting
+    from the '\\n' positions in it (one compare and one flatnonzero per byte: about a third of each
+    one's work). The child hands both the same Newlines (StreamValidator(newlines=...),
+    NameDigest(newlines=...)): whichever asks first for part of a block has it searched, a window at a
+    time; the other reuses it. Each scanner still proves everything else itself; these are only where
+    the '\\n' are, and no byte is searched that neither asked for.
+
+    Positions are kept for one text, by identity: a bytes object cannot change, and the one held here
+    cannot be freed (so its address is never another block's), so `text is self._text` proves they
+    are that text's. Text rewritten on the way (a CRLF block the checker normalises) is another object
+    and is searched on its own. forget() lets the block go once every scanner is done with it.
+    """
+
+    def __init__(self) -> None:
+        self._text: bytes | None = None
+        self._a = np.empty(0, np.uint8)
+        self._windows: dict[int, np.ndarray | None] = {}  # window -> its '\\n' (in the text), None: too dense
+        self.searched = 0       # windows searched: each once per block, whichever scanner asks first
+
+    def between(self, text: bytes, start: int, stop: int) -> np.ndarray:
+        """The positions of the '\\n' in text[start:stop] (start < stop), counted from start."""
+        if text is not self._text:
+            self._text, self._a, self._windows = text, np.frombuffer(text, np.uint8), {}
+        parts = []
+        for w in range(start // NEWLINE_WINDOW, (stop - 1) // NEWLINE_WINDOW + 1):
+            at = self._windows[w] if w in self._windows else self._search(w)
+            if at is None:
+                return np.flatnonzero(self._a[start:stop] == _NL)
+            lo, hi = at.searchsorted((start, stop))
+            parts.append(at[lo:hi])
+        found = parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return found - start
+
+    def _search(self, w: int) -> np.ndarray | None:
+        low = w * NEWLINE_WINDOW
+        at: np.ndarray | None = np.flatnonzero(self._a[low:low + NEWLINE_WINDOW] == _NL)
+        self.searched += 1
+        if len(at) > _DENSEST:
+            at = None
+        else:
+            at += low
+        self._windows[w] = at
+        return at
+
+    def forget(self) -> None:
+        """Let the last block go (its scanners are done with it)."""
+        self._text, self._a, self._windows = None, np.empty(0, np.uint8), {}
+
+
+def newline_finder(text: bytes, a: np.ndarray, newlines: Newlines | None) -> Callable[[int, int], np.ndarray]:
+    """How a scanner of text (a: its bytes) finds the '\\n' of a step, text[start:stop], counted
+    from start: from the Newlines it shares with another scanner of the same text, else by itself."""
+    if newlines is not None:
+        return partial(newlines.between, text)
+    return lambda start, stop: np.flatnonzero(a[start:stop] == _NL)
+
+
+def scan(text: bytes, start: int, newlines: Newlines | None = None) -> tuple[int, int, int]:
     """Check whole 4-line records of text from start (which must begin a record) for as long as
     they are proven valid. Returns (end, records, bases): text[start:end] is that many valid records
-    holding that many bases; end == start when nothing was proven (the exact parser decides)."""
+    holding that many bases; end == start when nothing was proven (the exact parser decides).
+    newlines: the block's '\\n' positions, shared with another scanner of the same text (Newlines)."""
     a = np.frombuffer(text, np.uint8)
+    find = newline_finder(text, a, newlines)
     windows: dict[int, np.ndarray] = {}     # read length -> a sliding-window view of text (made once)
     pos, records, bases = start, 0, 0
     while pos < len(text):
-        got = _block(a, pos, min(len(text), pos + BLOCK), windows)
+        got = _block(a, pos, min(len(text), pos + BLOCK), windows, find)
         if got is None:
             break
         pos, k, length = got
@@ -63,10 +136,11 @@ def scan(text: bytes, start: int) -> tuple[int, int, int]:
     return pos, records, bases
 
 
-def _block(a: np.ndarray, start: int, stop: int, windows: dict[int, np.ndarray]) -> tuple[int, int, int] | None:
+def _block(a: np.ndarray, start: int, stop: int, windows: dict[int, np.ndarray],
+           find: Callable[[int, int], np.ndarray]) -> tuple[int, int, int] | None:
     """Check the complete records in a[start:stop]: (end, records, read length), or None."""
     r = a[start:stop]
-    nl = np.flatnonzero(r == _NL)
+    nl = find(start, stop)
     k = len(nl) // 4
     if k == 0:
         return None

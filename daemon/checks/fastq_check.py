@@ -11,6 +11,7 @@ from __future__ import annotations
 from io import BytesIO
 from operator import itemgetter
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from daemon.checks.text_check import (
     _SEQ_NL,
@@ -21,6 +22,9 @@ from daemon.checks.text_check import (
     _first_bad,
     _snip,
 )
+
+if TYPE_CHECKING:   # fastq_blocks loads numpy, which only a large file's validation imports (on demand)
+    from daemon.checks.fastq_blocks import Newlines
 
 FASTQ_STEP = 128 << 10    # FASTQ lines checked per step: 64..256 KiB measured alike, 1 MiB slower
 BLOCKS_FROM = 256 << 10   # FASTQ text fed at once from which whole blocks are tried with numpy first
@@ -34,9 +38,10 @@ _TITLE, _SEQ, _QUAL = "title", "sequence", "quality"
 class _FastqChecker(_Checker):
     format = "fastq"
 
-    def __init__(self, name: str, blocks: ModuleType | None = None) -> None:
+    def __init__(self, name: str, blocks: ModuleType | None = None, newlines: Newlines | None = None) -> None:
         super().__init__(name)
         self.blocks = blocks     # daemon.checks.fastq_blocks, when whole blocks may be checked with numpy
+        self.newlines = newlines  # fastq_blocks.Newlines shared with another scanner of the same text, or None
         self.state = _TITLE
         self.title = b""
         self.title_line = 0
@@ -72,7 +77,7 @@ class _FastqChecker(_Checker):
                     self._lines_of(tail, text[:start], False, longest_new, final=False)
                     tail = b""
                 if self.state is _TITLE and not self.blank_line and not self._lines:
-                    end, records, bases = self.blocks.scan(text, start)
+                    end, records, bases = self.blocks.scan(text, start, newlines=self.newlines)
                     self.records += records
                     self.bases += bases
                     self.line += 4 * records

@@ -68,6 +68,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 from daemon.checks.decoders import (
     _BGZF_EOF as _BGZF_EOF,  # re-exported: tests build BGZF files with it
@@ -80,6 +81,9 @@ from daemon.checks.text_check import (
 )
 from daemon.checks.text_check import _snip
 from daemon.errors import ContentRejected
+
+if TYPE_CHECKING:   # fastq_blocks loads numpy, which only a large file's validation imports (on demand)
+    from daemon.checks.fastq_blocks import Newlines
 
 __all__ = ["StreamValidator", "Summary", "blocks_carry", "sniff", "validate_path"]
 
@@ -138,12 +142,16 @@ class StreamValidator:
     """
 
     def __init__(self, name: str, *, on_text: Callable[[bytes], None] | None = None,
-                 vectorised: bool = False) -> None:
+                 vectorised: bool = False, newlines: Newlines | None = None) -> None:
         self.name = name
         self.vectorised = vectorised
         # on_text: handed every decompressed block before it is checked, so that one pass over the
         # data also feeds e.g. the pair check's read-name digest (daemon/assembly/pairs.py).
         self._on_text = on_text
+        # newlines (vectorised only): a fastq_blocks.Newlines that on_text's reader scans the same
+        # blocks with, so that each block's '\n' are found once for both (the validator child of a
+        # paired read: daemon/checks/child.py); let go after each block.
+        self._newlines = newlines if vectorised else None
         self._raw_bytes = 0
         self._head = b""
         self._decoder: _Plain | _Gzip | _Bzip2 | None = None
@@ -213,6 +221,13 @@ class StreamValidator:
             self._decoder = _Plain(self.name)
 
     def _text(self, text: bytes) -> None:
+        try:
+            self._check_text(text)
+        finally:
+            if self._newlines is not None:
+                self._newlines.forget()
+
+    def _check_text(self, text: bytes) -> None:
         if self._on_text is not None:
             self._on_text(text)
         if self._checker is None:
@@ -244,7 +259,7 @@ class StreamValidator:
             if text[:4] in (b"@HD\t", b"@SQ\t", b"@RG\t", b"@PG\t"):
                 raise ContentRejected(f"{self.name}: the file is a SAM alignment file, not FASTQ — "
                                       f"convert it to FASTQ first.")
-            return _FastqChecker(self.name, _fastq_blocks() if self.vectorised else None)
+            return _FastqChecker(self.name, _fastq_blocks() if self.vectorised else None, self._newlines)
         if first == b">":
             return _FastaChecker(self.name)
         subject = ("the file" if self._decoder.compression == "none"
