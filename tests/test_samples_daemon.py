@@ -216,3 +216,39 @@ def test_kill_9_during_paired_multi_lane_uploads_confirms_each_sample_once(tmp_p
     assert frozen, "no kill fell after a recorded POST: the check below checked nothing (change the seed)"
     assert all(n >= 1 for n in frozen.values()), frozen     # what the queue records as sent, S3 has
     assert {n: stored_end[n] for n in frozen} == frozen, "a read was POSTed again after its POST was recorded"
+
+
+def test_a_run_folder_renamed_while_its_paired_sample_uploads(tmp_path: Path, sandbox: Sandbox,
+                                                              watch_dir: Path) -> None:
+    """design.md: a run folder renamed while one of its files is being uploaded ends that upload cleanly
+    (sample cancelled, rows vanished), never a row stuck for ever — here with a paired 2-lane sample
+    renamed during its R1's POST: the begun sample is cancelled, every member under the old path ends
+    vanished naming the rename, and the files under the new name become one paired sample, confirmed once."""
+    old, new = watch_dir / f"{RUN}_tmp", watch_dir / RUN
+    old.mkdir()
+    for lane in (1, 2):
+        r1, r2 = pair_lane("Ren", lane, 4000, seed=lane)
+        (old / f"Ren_S1_L00{lane}_R1_001.fastq").write_bytes(r1)
+        (old / f"Ren_S1_L00{lane}_R2_001.fastq").write_bytes(r2)
+    # 4 Mbit/s in 64 KiB blocks: each read (~1.7 MB) takes seconds, time enough to rename mid-POST
+    cfg = config(tmp_path, sandbox, [watch_dir], max_mbps=4, block_size=65536)
+    with Daemon(cfg) as daemon:
+        daemon.wait_ready()
+        daemon.wait_files(lambda files: any(f["state"] == "uploading" for f in files), 30, "the sample uploading")
+        os.rename(old, new)
+        samples = wait_samples(daemon, 1, timeout_s=90)
+        files = daemon.wait_files(
+            lambda fs: all(f["state"] in ("vanished", "done") for f in fs) and len(fs) == 8, 30,
+            "the old members vanished, the new ones done")
+        assert daemon.terminate() == 0
+    gone = [f for f in files if f["path"].startswith(str(old) + os.sep)]
+    kept = [f for f in files if f["path"].startswith(str(new) + os.sep)]
+    assert len(gone) == 4 and all(f["state"] == "vanished" for f in gone), gone
+    assert any(str(old) in (f["error"] or "") and "renamed" in (f["error"] or "") for f in gone), gone
+    assert len(kept) == 4 and all(f["state"] == "done" for f in kept), kept
+    done = [s for s in samples if s["state"] == "done"]
+    assert len(done) == 1 and done[0]["paired"] and sorted(done[0]["files"]) == sorted(f["id"] for f in kept)
+    at_sandbox = confirmed(sandbox)
+    assert [(s["filename"], s["paired_end_filename"]) for s in at_sandbox] == [
+        ("Ren_S1_R1_001.fastq", "Ren_S1_R2_001.fastq")]
+    assert [s["state"] for s in sandbox.samples() if s["sample_id"] != done[0]["sample_id"]] == ["cancelled"]
