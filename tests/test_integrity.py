@@ -413,3 +413,71 @@ def test_a_salvaged_ending_beats_an_older_sample_record(paths):
     aside = integrity.set_aside(queue)
     assert integrity.rebuild(queue, journal_file, salvage_from=aside) == 1
     assert rows(queue)[path][:2] == ("done", "00000000000000c3")
+
+
+def _pair_record(lead_step_files: list[tuple[str, Identity, str, int]]) -> dict:
+    """The "sample" object of a paired 2-lane sample's lead record (the lead first)."""
+    return {"key": "/srv/run:P_S1", "folder": "/srv/run", "name": "P_S1", "run": "run", "paired": True,
+            "late": False, "warnings": [], "landing": {"project": "5eed000000000002", "tags": ["t"]},
+            "files": [{"path": p, "device": i.dev, "inode": i.inode, "size": i.size, "mtime_ns": i.mtime_ns,
+                       "role": role, "lane": lane} for p, i, role, lane in lead_step_files]}
+
+
+def _pair(n: int) -> list[tuple[str, Identity, str, int]]:
+    members = []
+    for k, (role, lane) in enumerate((("R1", 1), ("R1", 2), ("R2", 1), ("R2", 2))):
+        members.append((f"/srv/run/P{n}_S1_L00{lane}_{role}_001.fastq", Identity(2049, 100 * n + k, 500 + k, 10**18 + k),
+                        role, lane))
+    return members
+
+
+def test_rebuild_resumes_a_sample_of_several_files_whole(paths):
+    """The lead of a paired 2-lane sample in flight (posted_r1's record falls back to its init, posted
+    is confirmable): rebuilt with its three other members, roles, lanes, the sample row and its landing,
+    queued at the lead's step — never the lead alone as a file of its own (a half sample)."""
+    queue, journal_file = paths
+    journal = Journal(journal_file, host="h")
+    for n, step in ((1, "initialized"), (2, "posted")):
+        members = _pair(n)
+        journal.sample_saved(path=members[0][0], identity=members[0][1], step=step, sample_id=f"{n:016x}",
+                             posted=step == "posted", md5="d" if step == "posted" else None,
+                             sample=_pair_record(members))
+    assert integrity.rebuild(queue, journal_file) == 2
+    store = SqliteStore(queue, readonly=True)
+    try:
+        samples = store.samples()
+        assert len(samples) == 2 and len(store.files()) == 8
+        for n, (sample, step) in enumerate(zip(samples, ("initialized", "posted")), start=1):
+            members = _pair(n)
+            assert (sample.name, sample.paired, sample.landing["project"]) == ("P_S1", True, "5eed000000000002")
+            assert [(f.path, f.identity, f.role, f.lane) for f in sample.files] == \
+                [(p, i, r, lane) for p, i, r, lane in members]
+            lead = next(f for f in sample.files if f.id == sample.lead)
+            assert lead.path == members[0][0]
+            assert {(f.state, f.step, f.sample_id) for f in sample.files} == {("queued", step, f"{n:016x}")}
+    finally:
+        store.close()
+    assert integrity.check(queue).kind == "ok"
+
+
+def test_a_sample_lead_whose_sample_is_torn_or_unreadable_is_not_resumed_alone(paths):
+    """A lead in flight whose sample object is not whole, or whose members have endings of their own
+    (a journal that does not hold together), is not rebuilt: alone it would be sent as a half sample;
+    the start-up scan finds its file again. The members' own endings are kept."""
+    queue, journal_file = paths
+    journal = Journal(journal_file, host="h")
+    torn, broken = _pair(1), _pair(2)
+    journal.sample_saved(path=torn[0][0], identity=torn[0][1], step="posted", sample_id="1" * 16, posted=True,
+                         md5="d", sample=_pair_record(torn))
+    journal.file_ended(path=torn[2][0], identity=torn[2][1], state="rejected", error="r")
+    record = _pair_record(broken)
+    record["files"][1]["inode"] = "not a number"
+    journal.sample_saved(path=broken[0][0], identity=broken[0][1], step="posted", sample_id="2" * 16, posted=True,
+                         md5="d", sample=record)
+    assert integrity.rebuild(queue, journal_file) == 1
+    store = SqliteStore(queue, readonly=True)
+    try:
+        assert [(f.path, f.state) for f in store.files()] == [(torn[2][0], "rejected")]
+        assert store.samples() == []
+    finally:
+        store.close()

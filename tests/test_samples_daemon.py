@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
 from harness import Daemon, cli, confirmed, wait_for, write_config
 
 from daemon.sandbox import Fault, Sandbox
@@ -252,3 +253,88 @@ def test_a_run_folder_renamed_while_its_paired_sample_uploads(tmp_path: Path, sa
     assert [(s["filename"], s["paired_end_filename"]) for s in at_sandbox] == [
         ("Ren_S1_R1_001.fastq", "Ren_S1_R2_001.fastq")]
     assert [s["state"] for s in sandbox.samples() if s["sample_id"] != done[0]["sample_id"]] == ["cancelled"]
+
+
+def test_a_queue_truncated_after_paired_samples_uploads_none_of_them_again(tmp_path: Path, sandbox: Sandbox,
+                                                                           watch_dir: Path) -> None:
+    """3 paired 2-lane samples confirmed, then the queue truncated to 0 bytes (design.md: set aside, rebuilt
+    from the audit journal): after the restart every member is done with its sample's id, One Codex gets
+    no new sample for any of them; a paired sample dropped after the restart still goes, as one."""
+    run = watch_dir / RUN
+    run.mkdir()
+    for n in range(1, 4):
+        for lane in (1, 2):
+            r1, r2 = pair_lane(f"Q{n}", lane, 300, seed=n)
+            (run / f"Q{n}_S{n}_L00{lane}_R1_001.fastq").write_bytes(r1)
+            (run / f"Q{n}_S{n}_L00{lane}_R2_001.fastq").write_bytes(r2)
+    (run / "CopyComplete.txt").write_text("")
+    cfg = config(tmp_path, sandbox, [{"path": watch_dir, "marker": "illumina"}])
+    with Daemon(cfg) as daemon:
+        daemon.wait_ready()
+        wait_samples(daemon, 3)
+        before = {f["path"]: f["sample_id"] for f in daemon.status()["files"]}
+        assert daemon.terminate() == 0
+        os.truncate(tmp_path / "state" / "queue.sqlite3", 0)
+        daemon.start()
+        daemon.wait_ready()
+        late = watch_dir / "after"
+        late.mkdir()
+        r1, r2 = pair_lane("After", 1, 300, seed=99)
+        (late / "After_R1.fastq").write_bytes(r1)
+        (late / "After_R2.fastq").write_bytes(r2)
+        (late / "CopyComplete.txt").write_text("")     # the watch path waits for Illumina's marker
+        files = daemon.wait_files(lambda fs: sum(f["state"] == "done" for f in fs) == 14, 60,
+                                  "the 12 members and the new pair done")
+        assert daemon.terminate() == 0
+    after = {f["path"]: f["sample_id"] for f in files}
+    assert {p: after[p] for p in before} == before
+    assert [e for e in daemon.log_events() if e.get("event") == "queue.rebuilt"][0]["restored"] == 12
+    at_sandbox = confirmed(sandbox)
+    assert len(sandbox.samples()) == len(at_sandbox) == 4, [s["filename"] for s in sandbox.samples()]
+    assert ("After_R1.fastq", "After_R2.fastq") in [(s["filename"], s["paired_end_filename"]) for s in at_sandbox]
+
+
+@pytest.mark.parametrize("moment", ["posted_r1", "posted"])
+def test_a_queue_lost_while_a_paired_sample_is_in_flight_resumes_it_whole(tmp_path: Path, sandbox: Sandbox,
+                                                                         watch_dir: Path, moment: str) -> None:
+    """kill -9 while a paired 2-lane sample is in flight — its R1 in S3 and the R2's POST under way
+    (posted_r1), or both reads in S3 and the confirm sent (posted) — then the queue truncated: the queue
+    rebuilt from the journal resumes the sample whole. posted_r1: the begun sample cancelled (its POST
+    forms are never journaled), a new one with both reads confirmed; posted: the same sample confirmed
+    again. Never its lead file alone as a sample of its own (which a rebuild did before 2026-12-03:
+    `P_S1_L001_R1_001.fastq` confirmed as a single-end sample, the other three members rejected)."""
+    run = watch_dir / RUN
+    run.mkdir()
+    for lane in (1, 2):
+        r1, r2 = pair_lane("P", lane, 300, seed=lane)
+        (run / f"P_S1_L00{lane}_R1_001.fastq").write_bytes(r1)
+        (run / f"P_S1_L00{lane}_R2_001.fastq").write_bytes(r2)
+    (run / "CopyComplete.txt").write_text("")
+    if moment == "posted_r1":    # the R2's POST (the second to S3) held until the daemon is dead
+        sandbox.add_fault(Fault(target="s3", kind="delay", delay_s=20, times=1, after=1))
+    else:
+        sandbox.add_fault(Fault(target="confirm_upload", kind="delay", delay_s=20, times=1))
+    journal_file = tmp_path / "state" / "journal.jsonl"
+    cfg = config(tmp_path, sandbox, [{"path": watch_dir, "marker": "illumina"}])
+    with Daemon(cfg) as daemon:
+        daemon.wait_ready()
+        # the step journaled: the R2's POST, or the confirm, is then held by the sandbox's delay
+        wait_for(lambda: journal_file.exists() and f'"step": "{moment}"' in journal_file.read_text(), 30,
+                 f"the sample's step {moment} journaled")
+        daemon.kill()
+        queue = tmp_path / "state" / "queue.sqlite3"
+        os.truncate(queue, 0)
+        for side in (Path(f"{queue}-wal"), Path(f"{queue}-shm")):
+            side.unlink(missing_ok=True)
+        daemon.start()
+        daemon.wait_ready()
+        [sample] = wait_samples(daemon, 1)
+        files = daemon.status()["files"]
+        assert daemon.terminate() == 0
+    assert sample["paired"] and len(sample["files"]) == 4 and sample["state"] == "done", sample
+    assert len(files) == 4 and all(f["state"] == "done" and f["sample_id"] == sample["sample_id"] for f in files)
+    [kept] = confirmed(sandbox)
+    assert (kept["filename"], kept["paired_end_filename"]) == ("P_S1_R1_001.fastq", "P_S1_R2_001.fastq")
+    assert kept["sample_id"] == sample["sample_id"]
+    others = [s["state"] for s in sandbox.samples() if s["sample_id"] != kept["sample_id"]]
+    assert others == (["cancelled"] if moment == "posted_r1" else []), sandbox.samples()

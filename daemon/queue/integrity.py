@@ -18,7 +18,8 @@ daemon upload confirmed files again (issue 10). So:
   nothing confirmed is uploaded again; and every version whose latest record is a sample in flight
   ("sample.initialized" / "sample.posted") `queued` at that step with that sample id and md5, so
   its upload resumes with that sample (a posted one is confirmed again, never sent as a new
-  sample). Rows still readable in the set-aside file can be added (`salvage_from`): ended versions
+  sample); the lead of a sample of several files with its members and sample row
+  (daemon/queue/journal_samples.py), never alone. Rows still readable in the set-aside file can be added (`salvage_from`): ended versions
   the journal lacks (a queue older than its journal).
 - `recover(path)` does the three in order and says what it did.
 
@@ -36,6 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
+from daemon.queue import journal_samples
 from daemon.queue.base import (
     INIT_STEPS,
     POSTED_STEPS,
@@ -154,6 +156,7 @@ def rebuild(path: str, journal: str, *, salvage_from: str | None = None, batch_s
             # may be newer than the sample record it holds.
             if known is None or (known.state == "queued" and (row.state == "done" or row.at >= known.at)):
                 ended[version] = row
+    journal_samples.drop_torn(ended)
     rows = sorted(ended.items(), key=lambda item: item[1].at)     # by time: ids follow history
     now = [time.time()]
     store = SqliteStore(path, clock=lambda: now[0])
@@ -162,7 +165,9 @@ def rebuild(path: str, journal: str, *, salvage_from: str | None = None, batch_s
             with store.batch():
                 for (vpath, dev, inode, size, mtime_ns), entry in rows[start:start + batch_size]:
                     now[0] = entry.at
-                    _restore(store, store.add_seen(vpath, Identity(dev, inode, size, mtime_ns)), entry)
+                    file_id = store.add_seen(vpath, Identity(dev, inode, size, mtime_ns))
+                    if entry.sample is None or journal_samples.restore(store, file_id, entry.sample):
+                        _restore(store, file_id, entry)
         now[0] = time.time()
         store.set_meta("rebuilt", {"at": now[0], "from_journal": journal, "salvaged_from": salvage_from,
                                    "versions": len(rows)})
@@ -336,6 +341,7 @@ class _Entry:
     at: float                       # when it ended (or its sample was recorded): rows follow history
     step: str = STEP_NONE
     init: str | None = None
+    sample: journal_samples.JournaledSample | None = None    # the sample of several files it leads
 
 
 def _latest_in_journal(journal: str) -> dict[Version, _Entry]:
@@ -375,7 +381,10 @@ def _in_flight(record: dict, at: float) -> _Entry | None:
             step = STEP_MP_INIT
     if step in POSTED_STEPS and md5 is None:
         step = _INIT_STEP_OF[step]
-    return _Entry("queued", sample_id, md5 if step in POSTED_STEPS else None, None, at, step, init_json)
+    sample = journal_samples.parse(record.get("sample"))
+    if "sample" in record and sample is None:
+        return None       # a sample's lead whose sample cannot be read: never resumed alone (a half sample)
+    return _Entry("queued", sample_id, md5 if step in POSTED_STEPS else None, None, at, step, init_json, sample)
 
 
 def _salvage(aside: str) -> Iterator[tuple[Version, _Entry]]:

@@ -43,7 +43,14 @@ after init, "sample.posted" once S3 holds the bytes), with `step`, `sample_id`, 
 multipart route, `init` (bucket, key, callback; never credentials). A confirm whose answer is lost
 leaves the version at `posted` with no ending: without this record a queue rebuilt after a lost WAL
 would not know the sample and would upload the file again (design.md: "nothing already confirmed is
-uploaded again"). The standard route's init (a signed S3 POST policy) is never journaled.
+uploaded again"). The standard route's init (a signed S3 POST policy) is never journaled. The record
+of the lead of a sample of several files (lanes, a pair) also carries that sample, so that a rebuilt
+queue resumes it as one and never as its lead file alone (a half sample):
+
+    "sample": {"key", "folder", "name", "run", "paired", "late", "warnings", "landing",
+               "files": [{"path", "device", "inode", "size", "mtime_ns", "role", "lane"}, …]}
+
+with the lead first in `files`.
 
 Durability: each record is one write(2) to a descriptor opened O_APPEND, then fsync(2); the
 directory is fsynced when the file is created, so a record that `append` returned survives a
@@ -148,16 +155,19 @@ class Journal:
             tags=list(tags or []), run=run, **later)
 
     def sample_saved(self, *, path: str, identity: Identity, step: str, sample_id: str, posted: bool,
-                     md5: str | None = None, init: dict[str, Any] | None = None) -> dict[str, Any]:
+                     md5: str | None = None, init: dict[str, Any] | None = None,
+                     sample: dict[str, Any] | None = None) -> dict[str, Any]:
         """Record that a sample id was stored for this version at `step` (posted: S3 holds its bytes);
-        init: the multipart route's stored init, as an object (it holds no credentials). Raises OSError if it
-        could not be made durable."""
+        init: the multipart route's stored init, as an object (it holds no credentials); sample: the
+        local sample this version leads, if it has several files (see the module docstring). Raises
+        OSError if it could not be made durable."""
         if not sample_id:
             raise ValueError("a sample record needs its sample_id")
         identity = local_identity(path, identity)
+        extra = {} if sample is None else {"sample": sample}
         return self.append(SAMPLE_POSTED if posted else SAMPLE_INITIALIZED, path=path, device=identity.dev,
                            inode=identity.inode, size=identity.size, mtime_ns=identity.mtime_ns, step=step,
-                           sample_id=sample_id, md5=md5, init=init)
+                           sample_id=sample_id, md5=md5, init=init, **extra)
 
     def sample_ended(self, *, sample: int, state: str, name: str, run: str | None, paired: bool,
                      files: list[dict[str, Any]], sample_id: str | None, landing: dict[str, Any] | None,

@@ -122,6 +122,14 @@ class AuditTrail:
             times[missing[0]] = lead.posted_at
         return times
 
+    def _sample_of(self, row: FileRow) -> dict[str, Any] | None:
+        """The sample the row leads, for its in-flight record, if it has several files (a rebuilt queue
+        must resume it whole); None for a file that is its own sample."""
+        if row.sample is None:
+            return None
+        sample = self.store.sample(row.sample)
+        return _sample_record(sample) if sample is not None and len(sample.files) > 1 else None
+
     def sample_saved(self, file_id: int) -> None:
         """Journal the sample the row with this id now has (after save_init / save_posted committed).
         Never raises: a record that cannot be written is logged as an error."""
@@ -137,11 +145,21 @@ class AuditTrail:
         try:
             self.journal.sample_saved(path=row.path, identity=row.identity, step=row.step,
                                       sample_id=row.sample_id, posted=row.step in POSTED_STEPS,
-                                      md5=row.md5, init=_multipart_init(row))
+                                      md5=row.md5, init=_multipart_init(row), sample=self._sample_of(row))
         except (OSError, ValueError) as e:
             self.on_failure(e)
             self.log.error("journal.not_written", files=1, path=row.path, error=repr(e),
                            fix=f"check the disk and the permissions of {self.journal.path}")
+
+
+def _sample_record(sample: SampleRow) -> dict[str, Any]:
+    """A sample of several files as its lead's in-flight journal record carries it (the lead first)."""
+    files = sorted(sample.files, key=lambda f: f.id != sample.lead)
+    return {"key": sample.key, "folder": sample.folder, "name": sample.name, "run": sample.run,
+            "paired": sample.paired, "late": sample.late, "warnings": list(sample.warnings),
+            "landing": sample.landing,
+            "files": [{"path": f.path, "device": f.identity.dev, "inode": f.identity.inode, "size": f.identity.size,
+                       "mtime_ns": f.identity.mtime_ns, "role": f.role, "lane": f.lane} for f in files]}
 
 
 def _multipart_init(row: FileRow) -> dict[str, Any] | None:
