@@ -338,3 +338,27 @@ def test_a_queue_lost_while_a_paired_sample_is_in_flight_resumes_it_whole(tmp_pa
     assert kept["sample_id"] == sample["sample_id"]
     others = [s["state"] for s in sandbox.samples() if s["sample_id"] != kept["sample_id"]]
     assert others == (["cancelled"] if moment == "posted_r1" else []), sandbox.samples()
+
+
+def test_a_touched_lane_of_a_confirmed_paired_sample_is_not_uploaded_again(tmp_path: Path, sandbox: Sandbox,
+                                                                          watch_dir: Path) -> None:
+    """`touch` of a lane file of a confirmed paired 2-lane sample (same bytes, new mtime): a new version
+    recorded done with the same sample id, nothing sent — each lane file's own MD5 (the journal's) is what
+    tells its bytes are those already confirmed."""
+    for lane in (1, 2):
+        r1, r2 = pair_lane("T", lane, 200, seed=lane)
+        (watch_dir / f"T_S1_L00{lane}_R1_001.fastq").write_bytes(r1)
+        (watch_dir / f"T_S1_L00{lane}_R2_001.fastq").write_bytes(r2)
+    cfg = config(tmp_path, sandbox, [watch_dir])
+    touched = watch_dir / "T_S1_L002_R2_001.fastq"
+    with Daemon(cfg) as daemon:
+        daemon.wait_ready()
+        [sample] = wait_samples(daemon, 1)
+        st = touched.stat()
+        os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+        files = daemon.wait_files(lambda fs: len(fs) == 5 and all(f["state"] == "done" for f in fs), 30,
+                                  "the touched version recorded done")
+        assert daemon.terminate() == 0
+    new = max((f for f in files if f["path"] == str(touched)), key=lambda f: f["id"])
+    assert new["sample_id"] == sample["sample_id"] and "not uploaded again" in (new["error"] or ""), new
+    assert len(sandbox.samples()) == 1 and len(confirmed(sandbox)) == 1
