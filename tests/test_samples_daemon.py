@@ -362,3 +362,27 @@ def test_a_touched_lane_of_a_confirmed_paired_sample_is_not_uploaded_again(tmp_p
     new = max((f for f in files if f["path"] == str(touched)), key=lambda f: f["id"])
     assert new["sample_id"] == sample["sample_id"] and "not uploaded again" in (new["error"] or ""), new
     assert len(sandbox.samples()) == 1 and len(confirmed(sandbox)) == 1
+
+
+def test_a_paired_init_answer_without_the_r2_form_is_cancelled_and_asked_again(tmp_path: Path, sandbox: Sandbox,
+                                                                                watch_dir: Path) -> None:
+    """A lying server: init_upload of a pair answers without `paired_end_upload_url`. That sample is
+    cancelled (nothing could ever be sent to it), the delay names the missing field, and the next init
+    gives a pair confirmed once — never the R1 sent alone as if single-end."""
+    r1, r2 = pair_lane("X", 1, 100, seed=1)
+    (watch_dir / "X_R1.fastq").write_bytes(r1)
+    (watch_dir / "X_R2.fastq").write_bytes(r2)
+    sandbox.add_fault(Fault(target="init_upload", kind="partial_init", omit=["paired_end_upload_url"], times=1))
+    cfg = config(tmp_path, sandbox, [watch_dir])
+    with Daemon(cfg) as daemon:
+        daemon.wait_ready()
+        [sample] = wait_samples(daemon, 1)
+        assert daemon.terminate() == 0
+    [delayed] = [e for e in daemon.log_events() if e.get("event") == "upload.delayed"]
+    assert "lacks paired_end_upload_url;" in delayed["error"] and "cancelled" in delayed["error"], delayed
+    assert sample["paired"] and sample["state"] == "done"
+    [kept] = confirmed(sandbox)
+    assert (kept["filename"], kept["paired_end_filename"]) == ("X_R1.fastq", "X_R2.fastq")
+    assert [s["state"] for s in sandbox.samples() if s["sample_id"] != kept["sample_id"]] == ["cancelled"]
+    assert [r.get("filename") for r in sandbox.requests() if r["target"] == "s3" and r.get("filename")] == [
+        "X_R1.fastq", "X_R2.fastq"]      # nothing was POSTed under the cancelled sample

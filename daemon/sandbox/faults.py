@@ -26,7 +26,8 @@ KIND_TARGETS = {
     "partial_init": ("init_upload",),
     "hostile_sample_id": ("init_upload", "init_multipart_upload"),
 }
-INIT_FIELDS = ("upload_url", "additional_fields")   # what partial_init may leave out
+# what partial_init may leave out (the paired_end_ ones: of a paired sample's answer)
+INIT_FIELDS = ("upload_url", "additional_fields", "paired_end_upload_url", "paired_end_additional_fields")
 SUCCESS_STATUSES = (200, 201, 204)                  # S3's success_action_status values
 
 # S3 error codes by status when a status fault names none (the codes S3 really uses for them).

@@ -176,11 +176,12 @@ class OneCodexClient:
         sample_id = checked_sample_id(answer.get("sample_id"), "init_upload")
         forms = [("upload_url", "additional_fields"),
                  ("paired_end_upload_url", "paired_end_additional_fields")][:1 + len(paired)]
-        if any(not isinstance(answer.get(f), dict) or not isinstance(answer.get(u), str) or not answer.get(u)
-               for u, f in forms):
+        missing = [n for u, f in forms for n, ok in ((u, isinstance(answer.get(u), str) and answer.get(u)),
+                                                      (f, isinstance(answer.get(f), dict))) if not ok]
+        if missing:
             if sample_id:     # a sample nothing will ever be uploaded to: do not leave it pending
                 self._cancel_quietly(sample_id)
-            raise Transient(f"init_upload: the answer lacks {' or '.join(n for form in forms for n in form)}"
+            raise Transient(f"init_upload: the answer lacks {' and '.join(missing)}"
                             f"{'; its sample was cancelled' if sample_id else ''}; will ask again later",
                             reason="bad_answer", retry_after_s=UNUSABLE_INIT_RETRY_S, immediate=False)
         if not sample_id:
