@@ -481,3 +481,48 @@ def test_a_sample_lead_whose_sample_is_torn_or_unreadable_is_not_resumed_alone(p
         assert store.samples() == []
     finally:
         store.close()
+
+
+def _end_pair(journal: Journal, members: list[tuple[str, Identity, str, int]], *, n: int, state: str = "done",
+              key: bool = True, late: bool = False) -> None:
+    """What the daemon journals when a paired sample ends: each member's file.ended, then sample.ended."""
+    sid = f"{n:016x}" if state == "done" else None
+    for path, ident, role, lane in members:
+        journal.file_ended(path=path, identity=ident, state=state, sample_id=sid, md5=f"{n:032x}",
+                           error=None if state == "done" else "bad pair", role=role, lane=lane, sample=n)
+    journal.sample_ended(sample=n, state=state, name=f"P{n}_S1", run="run", paired=True,
+                         files=[{"path": p, "identity": i, "md5": f"{n:032x}", "role": r, "lane": lane}
+                                for p, i, r, lane in members],
+                         sample_id=sid, landing={"project": "5eed000000000002", "tags": ["t"]}, init_at=None,
+                         posted_at={}, confirmed_at=None, late=late, warnings=("R2 of lane 3 never came",),
+                         **({"key": f'["/srv/run", "P{n}_S1"]', "folder": "/srv/run", "lead": members[0][0]}
+                            if key else {}))
+
+
+def test_rebuild_holds_ended_samples_again(paths):
+    """Samples that ended come back as samples around their members' final rows (key, lead, roles, lanes,
+    landing, late, warnings; states untouched); a record of an older seqdrop (no key) leaves its files
+    as files."""
+    queue, journal_file = paths
+    journal = Journal(journal_file, host="h")
+    _end_pair(journal, _pair(1), n=1)
+    _end_pair(journal, _pair(2), n=2, state="rejected", late=True)
+    _end_pair(journal, _pair(3), n=3, key=False)
+    assert integrity.rebuild(queue, journal_file) == 12
+    store = SqliteStore(queue, readonly=True)
+    try:
+        samples = {s.name: s for s in store.samples()}
+        assert sorted(samples) == ["P1_S1", "P2_S1"]
+        for n, state in ((1, "done"), (2, "rejected")):
+            sample = samples[f"P{n}_S1"]
+            assert [(f.path, f.role, f.lane, f.state) for f in sample.files] == \
+                [(p, r, lane, state) for p, _, r, lane in _pair(n)]
+            assert next(f for f in sample.files if f.id == sample.lead).path == _pair(n)[0][0]
+            assert (sample.key, sample.folder, sample.paired, sample.late) == (
+                f'["/srv/run", "P{n}_S1"]', "/srv/run", True, n == 2)
+            assert sample.warnings == ("R2 of lane 3 never came",) and sample.landing["project"] == "5eed000000000002"
+        assert {f.sample_id for f in samples["P1_S1"].files} == {f"{1:016x}"}
+        assert all(f.sample is None and f.state == "done" for f in store.files() if "/P3_" in f.path)
+    finally:
+        store.close()
+    assert integrity.check(queue).kind == "ok"

@@ -285,8 +285,13 @@ def test_a_queue_truncated_after_paired_samples_uploads_none_of_them_again(tmp_p
         (late / "CopyComplete.txt").write_text("")     # the watch path waits for Illumina's marker
         files = daemon.wait_files(lambda fs: sum(f["state"] == "done" for f in fs) == 14, 60,
                                   "the 12 members and the new pair done")
+        samples_after = samples_status(daemon)
         assert daemon.terminate() == 0
     after = {f["path"]: f["sample_id"] for f in files}
+    # the ended samples are samples again (from their sample.ended records), beside the new pair
+    assert sorted((s["name"], s["paired"], len(s["files"]), s["state"]) for s in samples_after) == [
+        ("After", True, 2, "done"), ("Q1_S1", True, 4, "done"), ("Q2_S2", True, 4, "done"), ("Q3_S3", True, 4, "done")]
+    assert {s["sample_id"] for s in samples_after if s["name"] != "After"} == set(before.values())
     assert {p: after[p] for p in before} == before
     assert [e for e in daemon.log_events() if e.get("event") == "queue.rebuilt"][0]["restored"] == 12
     at_sandbox = confirmed(sandbox)

@@ -160,15 +160,18 @@ def rebuild(path: str, journal: str, *, salvage_from: str | None = None, batch_s
     rows = sorted(ended.items(), key=lambda item: item[1].at)     # by time: ids follow history
     now = [time.time()]
     store = SqliteStore(path, clock=lambda: now[0])
+    restored: dict[Version, int] = {}
     try:
         for start in range(0, len(rows), batch_size):
             with store.batch():
-                for (vpath, dev, inode, size, mtime_ns), entry in rows[start:start + batch_size]:
+                for version, entry in rows[start:start + batch_size]:
                     now[0] = entry.at
-                    file_id = store.add_seen(vpath, Identity(dev, inode, size, mtime_ns))
+                    restored[version] = file_id = store.add_seen(version[0], Identity(*version[1:]))
                     if entry.sample is None or journal_samples.restore(store, file_id, entry.sample):
                         _restore(store, file_id, entry)
         now[0] = time.time()
+        with store.batch():
+            journal_samples.restore_ended(store, journal, restored)
         store.set_meta("rebuilt", {"at": now[0], "from_journal": journal, "salvaged_from": salvage_from,
                                    "versions": len(rows)})
     finally:

@@ -34,7 +34,8 @@ members' file.ended records:
      "init_at": "…Z", "posted_at": {"R1": "…Z", "R2": "…Z"}, "confirmed_at": "…Z", "error": null,
      "host": "sequencer-pc", "version": "0.1.0"}
 
-`posted_at` names the time of each read's POST (a one-read sample: {"R1": …}, or {"single": …}); a time
+It also carries the sample's `key`, `folder` and `lead` (the lead member's path), from which a rebuilt
+queue holds the sample again. `posted_at` names the time of each read's POST (a one-read sample: {"R1": …}, or {"single": …}); a time
 the daemon did not see (a restart between the two reads' POSTs) is null. The queue rebuild
 (integrity.py) reads only file.ended and the in-flight records.
 
@@ -172,10 +173,12 @@ class Journal:
     def sample_ended(self, *, sample: int, state: str, name: str, run: str | None, paired: bool,
                      files: list[dict[str, Any]], sample_id: str | None, landing: dict[str, Any] | None,
                      init_at: float | None, posted_at: dict[str, float | None], confirmed_at: float | None,
-                     error: str | None = None, late: bool = False, warnings: tuple[str, ...] = ()) -> dict[str, Any]:
+                     error: str | None = None, late: bool = False, warnings: tuple[str, ...] = (),
+                     key: str | None = None, folder: str | None = None, lead: str | None = None) -> dict[str, Any]:
         """Record that a sample ended in `state` (see the module docstring). files: each member's path,
-        identity (as an Identity under "identity"), md5, role and lane. Raises OSError if it could not be
-        made durable."""
+        identity (as an Identity under "identity"), md5, role and lane; key, folder and lead (its lead
+        member's path): what a queue rebuilt from the journal needs to hold the sample again. Raises
+        OSError if it could not be made durable."""
         if state not in ENDED_STATES:
             raise ValueError(f"a sample record is for a sample that ended ({', '.join(ENDED_STATES)}), not {state!r}")
         landing = landing or {}
@@ -188,7 +191,8 @@ class Journal:
                            omitted=landing.get("omitted") or [], late=late, warnings=list(warnings), files=members,
                            init_at=_iso_or_none(init_at),
                            posted_at={read: _iso_or_none(t) for read, t in posted_at.items()},
-                           confirmed_at=_iso_or_none(confirmed_at), error=error)
+                           confirmed_at=_iso_or_none(confirmed_at), error=error,
+                           **{k: v for k, v in (("key", key), ("folder", folder), ("lead", lead)) if v is not None})
 
     def append(self, event: str, **fields: Any) -> dict[str, Any]:
         """Write one record (`v`, `event`, `time`, the fields, `host`, `version`) durably."""

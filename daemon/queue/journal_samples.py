@@ -6,14 +6,20 @@ rebuilt from the journal (daemon/queue/integrity.py) must resume such a sample a
 lead file alone, a pair whose R1 was in S3 was sent again as that one lane file, a single-end sample of
 one file, and confirmed — a half sample (found 2026-12-03: a queue truncated while a paired 2-lane sample
 was at `posted_r1`). Here: the record read back and checked, and the sample put back into a new queue.
+
+A sample that ended is held again too (`restore_ended`, from its "sample.ended" record: key, folder,
+lead, members), around its members' rows already restored in their final state, so that `status` and
+`runs` still speak of samples after a rebuild, and a lane that comes late is still flagged late.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from daemon.queue.base import ROLES, Identity
+from daemon.queue.journal import SAMPLE_ENDED, read_records
 from daemon.queue.sqlite import SqliteStore
 
 Version = tuple[str, int, int, int, int]     # (path, dev, inode, size, mtime_ns), as integrity.py's
@@ -100,4 +106,42 @@ def restore(store: SqliteStore, lead_id: int, sample: JournaledSample) -> bool:
     return True
 
 
-__all__ = ["JournaledSample", "drop_torn", "parse", "restore"]
+def restore_ended(store: SqliteStore, journal: str, restored: dict[Version, int]) -> int:
+    """The sample rows of the samples whose "sample.ended" record is the latest for its lead and whose
+    members were all restored (`restored`: version → new file id) in the sample's final state and in no
+    other sample. Returns how many were restored; a record that does not fit is left (its files stay)."""
+    latest: dict[Version, tuple[dict[str, Any], list[tuple[Version, str, int | None]]]] = {}
+    for record in read_records(journal):
+        if record.get("event") != SAMPLE_ENDED:
+            continue
+        members = [m for m in map(_member, record.get("files") or []) if m is not None]
+        lead = next((m for m in members if m[0][0] == record.get("lead")), None)
+        if lead is None or len(members) != len(record.get("files") or []):
+            continue
+        latest[lead[0]] = (record, [lead] + [m for m in members if m is not lead])
+    count = 0
+    for record, members in latest.values():
+        count += _restore_one(store, record, members, restored)
+    return count
+
+
+def _restore_one(store: SqliteStore, record: dict[str, Any], members: list[tuple[Version, str, int | None]],
+                 restored: dict[Version, int]) -> bool:
+    key, folder, name = (record.get(k) for k in ("key", "folder", "sample_name"))
+    ids = [restored.get(version) for version, _, _ in members]
+    if not all(isinstance(t, str) and t for t in (key, folder, name)) or None in ids:
+        return False
+    rows = [store.get(i) for i in ids]       # type: ignore[arg-type]
+    if any(r is None or r.state != record.get("state") or r.sample is not None for r in rows):
+        return False
+    landing = {k: record[k] for k in ("project", "project_name", "tags", "metadata", "omitted") if record.get(k)}
+    warnings = record.get("warnings")
+    return store.restore_ended_sample(
+        key=key, folder=folder, name=name, run=record.get("run") if isinstance(record.get("run"), str) else None,
+        paired=record.get("paired") is True, late=record.get("late") is True,
+        warnings=tuple(w for w in warnings if isinstance(w, str)) if isinstance(warnings, list) else (),
+        landing=landing or None, created_at=datetime.fromisoformat(record["time"]).timestamp(),
+        files=[(i, role, lane) for i, (_, role, lane) in zip(ids, members)]) is not None   # type: ignore[misc]
+
+
+__all__ = ["JournaledSample", "drop_torn", "parse", "restore", "restore_ended"]

@@ -101,6 +101,29 @@ class SampleVerbs:
         with self.tx() as db:
             db.executemany("UPDATE files SET md5 = ? WHERE id = ?", [(m, i) for i, m in md5s.items()])
 
+    def restore_ended_sample(self, *, key: str, folder: str, name: str, run: str | None, paired: bool,
+                             files: list[tuple[int, str, int | None]], late: bool, warnings: tuple[str, ...],
+                             landing: dict[str, Any] | None, created_at: float) -> int | None:
+        """A queue rebuilt from the audit journal (daemon/queue/journal_samples.py): the sample row of
+        members already restored in their final state (the lead first), their states untouched. None,
+        and nothing recorded, if a member already belongs to a sample."""
+        try:
+            with self.tx() as db:
+                cur = db.execute("INSERT INTO samples(key, folder, name, run, paired, lead, late, warnings, landing,"
+                                 " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                                 (key, folder, name, run, int(paired), files[0][0], int(late),
+                                  json.dumps(list(warnings)) if warnings else None,
+                                  json.dumps(landing) if landing else None, created_at))
+                sample = int(cur.lastrowid)
+                for file_id, role, lane in files:
+                    if db.execute("UPDATE files SET sample = ?, role = ?, lane = ?, follower = ? WHERE id = ?"
+                                  " AND sample IS NULL", (sample, role, lane, int(file_id != files[0][0]),
+                                                          file_id)).rowcount != 1:
+                        raise _Changed()
+                return sample
+        except _Changed:
+            return None
+
     def set_landing(self, sample: int, landing: dict[str, Any]) -> None:
         with self.tx() as db:
             db.execute("UPDATE samples SET landing = ? WHERE id = ?", (json.dumps(landing), sample))

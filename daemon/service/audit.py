@@ -108,7 +108,8 @@ class AuditTrail:
                     "lane": m.lane} for m in sample.files],
             sample_id=lead.sample_id, landing=sample.landing, init_at=lead.init_at,
             posted_at=self._post_times(sample, lead), confirmed_at=lead.updated_at if lead.state == "done" else None,
-            error=lead.error, late=sample.late, warnings=sample.warnings)
+            error=lead.error, late=sample.late, warnings=sample.warnings, key=sample.key, folder=sample.folder,
+            lead=lead.path)
 
     def _post_times(self, sample: SampleRow, lead: FileRow) -> dict[str, float | None]:
         """When S3 accepted each read: the half-posted step's time (seen by this process) and the row's
