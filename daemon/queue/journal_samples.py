@@ -59,11 +59,16 @@ def parse(value: Any) -> JournaledSample | None:
         if member is None:
             return None
         members.append(member)
-    run, warnings, landing = value.get("run"), value.get("warnings") or [], value.get("landing")
+    run, landing = value.get("run"), value.get("landing")
     return JournaledSample(key=texts[0], folder=texts[1], name=texts[2], run=run if isinstance(run, str) else None,
                            paired=value.get("paired") is True, late=value.get("late") is True,
-                           warnings=tuple(w for w in warnings if isinstance(w, str)) if isinstance(warnings, list) else (),
+                           warnings=_strings(value.get("warnings")),
                            landing=landing if isinstance(landing, dict) else None, members=tuple(members))
+
+
+def _strings(value: Any) -> tuple[str, ...]:
+    """A record's list of sentences (a sample's warnings), without anything that is not one."""
+    return tuple(w for w in value if isinstance(w, str)) if isinstance(value, list) else ()
 
 
 def _member(f: Any) -> tuple[Version, str, int | None] | None:
@@ -135,11 +140,9 @@ def _restore_one(store: SqliteStore, record: dict[str, Any], members: list[tuple
     if any(r is None or r.state != record.get("state") or r.sample is not None for r in rows):
         return False
     landing = {k: record[k] for k in ("project", "project_name", "tags", "metadata", "omitted") if record.get(k)}
-    warnings = record.get("warnings")
     return store.restore_ended_sample(
         key=key, folder=folder, name=name, run=record.get("run") if isinstance(record.get("run"), str) else None,
-        paired=record.get("paired") is True, late=record.get("late") is True,
-        warnings=tuple(w for w in warnings if isinstance(w, str)) if isinstance(warnings, list) else (),
+        paired=record.get("paired") is True, late=record.get("late") is True, warnings=_strings(record.get("warnings")),
         landing=landing or None, created_at=datetime.fromisoformat(record["time"]).timestamp(),
         files=[(i, role, lane) for i, (_, role, lane) in zip(ids, members)]) is not None   # type: ignore[misc]
 
