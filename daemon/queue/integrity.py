@@ -75,7 +75,7 @@ REQUIRED_COLUMNS = frozenset({"id", "path", "dev", "inode", "size", "mtime_ns", 
                               "init", "md5", "attempts", "next_attempt_at", "error", "claimed_by",
                               "stable_since", "created_at", "updated_at"})
 
-Version = tuple[str, int, int, int, int]     # (path, dev, inode, size, mtime_ns)
+Version = journal_samples.Version
 _INIT_STEP_OF = {STEP_POSTED: STEP_INITIALIZED, STEP_MP_COMPLETE: STEP_MP_INIT}
 _MULTIPART_INIT_KEYS = ("sample_id", "bucket", "key", "callback_url", "filename")
 
@@ -311,7 +311,7 @@ def _expected(journal: str, recent: int) -> dict[Version, str | None]:
     newest: deque[tuple[Version, dict]] = deque(maxlen=recent)
     for record in read_records(journal):
         if record.get("event") in (FILE_ENDED, SAMPLE_POSTED):
-            version = _version(record)
+            version = journal_samples.version_of(record)
             if version is not None:
                 newest.append((version, record))
     latest = dict(newest)           # a later record replaces an earlier one
@@ -352,7 +352,7 @@ def _latest_in_journal(journal: str) -> dict[Version, _Entry]:
     then done: done; a version whose confirm's answer was lost: queued at `posted` with its sample)."""
     latest: dict[Version, _Entry] = {}
     for record in read_records(journal):
-        version = _version(record)
+        version = journal_samples.version_of(record)
         if version is None:
             continue
         at = datetime.fromisoformat(record["time"]).timestamp()
@@ -435,15 +435,6 @@ def _ending(state: object, sample_id: object, md5: object, error: object, ended_
         return None
     text = [v if isinstance(v, str) else None for v in (sample_id, md5, error)]
     return _Entry(str(state), text[0], text[1], text[2], ended_at)
-
-
-def _version(record: dict) -> Version | None:
-    values = (record.get("path"), record.get("device"), record.get("inode"), record.get("size"),
-              record.get("mtime_ns"))
-    if not isinstance(values[0], str) or not all(isinstance(v, int) and not isinstance(v, bool)
-                                                 for v in values[1:]):
-        return None
-    return values  # type: ignore[return-value]
 
 
 __all__ = ["DAMAGE", "Recovery", "Verdict", "check", "journal_has_records", "rebuild", "recover", "set_aside"]

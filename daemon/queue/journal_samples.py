@@ -22,7 +22,7 @@ from daemon.queue.base import ROLES, Identity
 from daemon.queue.journal import SAMPLE_ENDED, read_records
 from daemon.queue.sqlite import SqliteStore
 
-Version = tuple[str, int, int, int, int]     # (path, dev, inode, size, mtime_ns), as integrity.py's
+Version = tuple[str, int, int, int, int]     # (path, dev, inode, size, mtime_ns): a file version in the journal
 
 
 @dataclass(frozen=True)
@@ -71,16 +71,26 @@ def _strings(value: Any) -> tuple[str, ...]:
     return tuple(w for w in value if isinstance(w, str)) if isinstance(value, list) else ()
 
 
+def version_of(record: Any) -> Version | None:
+    """The file version a record (or a sample's member in one) names, or None if it names none whole."""
+    if not isinstance(record, dict):
+        return None
+    values = (record.get("path"), record.get("device"), record.get("inode"), record.get("size"),
+              record.get("mtime_ns"))
+    if not isinstance(values[0], str) or not all(isinstance(v, int) and not isinstance(v, bool)
+                                                 for v in values[1:]):
+        return None
+    return values  # type: ignore[return-value]
+
+
 def _member(f: Any) -> tuple[Version, str, int | None] | None:
-    if not isinstance(f, dict):
+    version = version_of(f)
+    if version is None:
         return None
-    path, numbers = f.get("path"), [f.get(k) for k in ("device", "inode", "size", "mtime_ns")]
     role, lane = f.get("role"), f.get("lane")
-    if not isinstance(path, str) or not all(isinstance(n, int) and not isinstance(n, bool) for n in numbers):
-        return None
     if role not in ROLES or not (lane is None or (isinstance(lane, int) and not isinstance(lane, bool))):
         return None
-    return (path, *numbers), role, lane     # type: ignore[return-value]
+    return version, role, lane
 
 
 def drop_torn(latest: dict[Version, Any]) -> None:
@@ -96,12 +106,10 @@ def drop_torn(latest: dict[Version, Any]) -> None:
 
 def restore(store: SqliteStore, lead_id: int, sample: JournaledSample) -> bool:
     """Put the sample back around its lead's new row (the other members as new rows, the sample row
-    with its landing), queued. False if the store would not take it (a member version already there)."""
+    with its landing), queued. False if the store would not take it."""
     files = [(lead_id, sample.members[0][1], sample.members[0][2])]
     for (path, dev, inode, size, mtime_ns), role, lane in sample.members[1:]:
         files.append((store.add_seen(path, Identity(dev, inode, size, mtime_ns)), role, lane))
-    if len({file_id for file_id, _, _ in files}) != len(files):
-        return False
     local = store.add_sample(key=sample.key, folder=sample.folder, name=sample.name, run=sample.run,
                              paired=sample.paired, files=files, warnings=sample.warnings, late=sample.late)
     if local is None:
@@ -147,4 +155,4 @@ def _restore_one(store: SqliteStore, record: dict[str, Any], members: list[tuple
         files=[(i, role, lane) for i, (_, role, lane) in zip(ids, members)]) is not None   # type: ignore[misc]
 
 
-__all__ = ["JournaledSample", "drop_torn", "parse", "restore", "restore_ended"]
+__all__ = ["JournaledSample", "Version", "drop_torn", "parse", "restore", "restore_ended", "version_of"]
