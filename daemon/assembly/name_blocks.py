@@ -32,7 +32,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # after the variable above, which OpenBLAS reads once at load
 from numpy.lib.stride_tricks import sliding_window_view
 
-from daemon.checks.fastq_blocks import Newlines, newline_finder
+from daemon.checks.fastq_blocks import Newlines, newline_finder, record_newlines
 
 __all__ = ["BLOCK", "scan"]
 
@@ -66,11 +66,10 @@ def _step(a: np.ndarray, start: int, stop: int,
           find: Callable[[int, int], np.ndarray]) -> tuple[int, bytes, int] | None:
     """The proven records at the start of a[start:stop]: (end, names, count), or None."""
     r = a[start:stop]
-    nl = find(start, stop)
-    k = len(nl) // 4
-    if k == 0:
+    nl = record_newlines(find, start, stop)
+    if nl is None:
         return None
-    nl = nl[:4 * k]
+    k = len(nl) // 4
     t_end, s_end, p_end, q_end = nl[0::4], nl[1::4], nl[2::4], nl[3::4]
     titles = np.empty(k, np.int64)          # where each title line starts
     titles[0] = 0

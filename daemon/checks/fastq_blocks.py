@@ -39,7 +39,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 import numpy as np  # noqa: E402 - after the variable above, which OpenBLAS reads once at load
 from numpy.lib.stride_tricks import sliding_window_view  # noqa: E402
 
-__all__ = ["BLOCK", "Newlines", "newline_finder", "scan"]
+__all__ = ["BLOCK", "Newlines", "newline_finder", "record_newlines", "scan"]
 
 # Bytes of text checked per vectorised step: large enough that numpy's per-call cost (about 20 calls
 # per step) is small against the work, small enough that a step's temporaries stay in the L2 cache.
@@ -118,6 +118,14 @@ def newline_finder(text: bytes, a: np.ndarray, newlines: Newlines | None) -> Cal
     return lambda start, stop: np.flatnonzero(a[start:stop] == _NL)
 
 
+def record_newlines(find: Callable[[int, int], np.ndarray], start: int, stop: int) -> np.ndarray | None:
+    """The '\\n' of the whole four-line records of a step (from newline_finder's `find`), four per
+    record, or None if the step holds not one whole record."""
+    nl = find(start, stop)
+    k = len(nl) // 4
+    return nl[:4 * k] if k else None
+
+
 def scan(text: bytes, start: int, newlines: Newlines | None = None) -> tuple[int, int, int]:
     """Check whole 4-line records of text from start (which must begin a record) for as long as
     they are proven valid. Returns (end, records, bases): text[start:end] is that many valid records
@@ -140,11 +148,10 @@ def _block(a: np.ndarray, start: int, stop: int, windows: dict[int, np.ndarray],
            find: Callable[[int, int], np.ndarray]) -> tuple[int, int, int] | None:
     """Check the complete records in a[start:stop]: (end, records, read length), or None."""
     r = a[start:stop]
-    nl = find(start, stop)
-    k = len(nl) // 4
-    if k == 0:
+    nl = record_newlines(find, start, stop)
+    if nl is None:
         return None
-    nl = nl[:4 * k]
+    k = len(nl) // 4
     t_end = nl[0::4]                        # where each title line ends
     length = int(nl[1] - nl[0] - 1)         # the first read's length; all must have it
     if length <= 0:
