@@ -208,7 +208,6 @@ def test_the_daemon_under_systemd_logs_to_the_journal_with_priorities(tmp_path, 
     its PATH, a confirmed one info (6) with SAMPLE_ID; nothing is written to stdout."""
     config = write_config(tmp_path, watch=[watch_dir], api_url=sandbox.api_url)
     config.write_text(config.read_text().replace('format = "json"', 'format = "auto"'))
-    sandbox.add_fault(Fault(target="s3", kind="status", status=503, times=1))
     out_path = tmp_path / "stdout"
     with open(out_path, "wb") as out:
         st = os.fstat(out.fileno())
@@ -217,10 +216,15 @@ def test_the_daemon_under_systemd_logs_to_the_journal_with_priorities(tmp_path, 
                                 cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
     try:
         journal.wait("service.ready", 20)
-        (watch_dir / "good.fastq").write_bytes(fastq_bytes(20_000))
+        # the bad file first, and the 503 only after it is rejected: its own POST (sent while the validator
+        # reads it) would otherwise take the fault, and a cancelled upload schedules no retry
         (watch_dir / "bad.fastq").write_bytes(fastq_bytes(20_000)[:-5])
-        confirmed, rejected = journal.wait("upload.confirmed", 30), journal.wait("file.rejected", 30)
-        retried = next(e for e in journal.entries if e["PRIORITY"] == "4" and "503" in e["MESSAGE"])
+        rejected = journal.wait("file.rejected", 30)
+        sandbox.add_fault(Fault(target="s3", kind="status", status=503, times=1))
+        (watch_dir / "good.fastq").write_bytes(fastq_bytes(20_000))
+        confirmed = journal.wait("upload.confirmed", 30)
+        retried = next((e for e in journal.entries if e["PRIORITY"] == "4" and "503" in e["MESSAGE"]), None)
+        assert retried is not None, "\n".join(f"{e['PRIORITY']} {e['MESSAGE'][:300]}" for e in journal.entries)
     finally:
         proc.terminate()
         proc.wait(15)
