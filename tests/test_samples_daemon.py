@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import Daemon, cli, confirmed, wait_for, write_config
+from harness import API_KEY, Daemon, cli, confirmed, wait_for, write_config
 
 from daemon.sandbox import Fault, Sandbox
 
@@ -343,6 +343,69 @@ def test_a_queue_lost_while_a_paired_sample_is_in_flight_resumes_it_whole(tmp_pa
     assert kept["sample_id"] == sample["sample_id"]
     others = [s["state"] for s in sandbox.samples() if s["sample_id"] != kept["sample_id"]]
     assert others == (["cancelled"] if moment == "posted_r1" else []), sandbox.samples()
+
+
+@pytest.mark.parametrize("restart_key", ["same", "rotated"])
+def test_an_in_flight_pairs_s3_forms_are_only_sealed_in_the_queue(tmp_path: Path, watch_dir: Path,
+                                                                   restart_key: str) -> None:
+    """A paired sample whose R1 is in S3 and whose R2's POST is under way (posted_r1) keeps its R2's signed
+    form in the queue to resume without sending the R1 again — sealed with the API key, so no policy or
+    signature the sandbox granted is in the queue's files (SQLite, WAL) nor the journal, even then (design.md:
+    a policy and signature never appear in anything seqdrop stores). kill -9: restarted with the same key,
+    only the R2 is sent again, one sample; with a rotated key the form cannot be opened, so that sample is
+    cancelled and a new one gets both reads, confirmed once."""
+    new_key = "rotated-key-0123456789abcdef0123456789"
+    with Sandbox(api_keys=(API_KEY, new_key)) as sandbox:
+        run = watch_dir / RUN
+        run.mkdir()
+        for lane in (1, 2):
+            r1, r2 = pair_lane("F", lane, 300, seed=lane)
+            (run / f"F_S1_L00{lane}_R1_001.fastq").write_bytes(r1)
+            (run / f"F_S1_L00{lane}_R2_001.fastq").write_bytes(r2)
+        (run / "CopyComplete.txt").write_text("")
+        sandbox.add_fault(Fault(target="s3", kind="delay", delay_s=20, times=1, after=1))   # the R2's POST
+        state = tmp_path / "state"
+        cfg = config(tmp_path, sandbox, [{"path": watch_dir, "marker": "illumina"}])
+        with Daemon(cfg) as daemon:
+            daemon.wait_ready()
+            wait_for(lambda: (state / "journal.jsonl").exists()
+                     and '"step": "posted_r1"' in (state / "journal.jsonl").read_text(), 30, "posted_r1 journaled")
+            wait_for(lambda: len([r for r in sandbox.requests() if r["target"] == "s3"]) >= 1
+                     and recorded_posts(tmp_path) == {"F_S1_R1_001.fastq"}, 30, "the R1 recorded as posted")
+            stored_bytes = {p.name: p.read_bytes() for p in sorted(state.iterdir()) if p.is_file()}
+            daemon.kill()
+            assert {"queue.sqlite3", "journal.jsonl"} <= set(stored_bytes), sorted(stored_bytes)
+            granted = sandbox.granted_forms()
+            assert len(granted) == 2, granted       # the R1's form and the R2's
+            leaks = {(name, what[:12]) for name, data in stored_bytes.items() for form in granted
+                     for what in form if what.encode() in data}
+            assert not leaks, f"a policy or signature stored in clear: {leaks}"
+            db = sqlite3.connect(f"file:{state}/queue.sqlite3?mode=ro", uri=True)
+            try:
+                [init] = db.execute("SELECT init FROM files WHERE step = 'posted_r1'").fetchone()
+            finally:
+                db.close()
+            assert json.loads(init)["sealed"] and json.loads(init)["paired"] is True
+            if restart_key == "rotated":
+                daemon.api_key = new_key
+            daemon.start()
+            daemon.wait_ready()
+            [sample] = wait_samples(daemon, 1)
+            events = [e.get("event") for e in daemon.log_events()]
+            assert daemon.terminate() == 0
+        [kept] = confirmed(sandbox)
+        assert kept["sample_id"] == sample["sample_id"] and kept["paired_end_filename"] == "F_S1_R2_001.fastq"
+        posts = posts_stored(sandbox)
+        if restart_key == "same":       # the R1 was not sent again, the begun sample went on
+            assert posts == {"F_S1_R1_001.fastq": 1, "F_S1_R2_001.fastq": 1}, posts
+            assert len(sandbox.samples()) == 1 and "upload.init_form_lost" not in events
+        else:
+            assert posts == {"F_S1_R1_001.fastq": 2, "F_S1_R2_001.fastq": 1}, posts
+            # the begun sample is let go (never confirmed); the sandbox treats each key as a user of its
+            # own, so the new key may not cancel it (One Codex's keys of one account could)
+            assert [s["state"] for s in sandbox.samples()] in (["cancelled", "confirmed"],
+                                                                ["initialized", "confirmed"])
+            assert "upload.init_form_lost" in events
 
 
 def test_a_touched_lane_of_a_confirmed_paired_sample_is_not_uploaded_again(tmp_path: Path, sandbox: Sandbox,

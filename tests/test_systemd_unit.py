@@ -153,6 +153,9 @@ _WORKLOAD = textwrap.dedent("""
                  part_size=5 << 20).create()
     except Transient:
         pass
+    from daemon.upload.seal import FormSeal   # the queue's S3 forms, sealed (cryptography: Rust + OpenSSL)
+    seal = FormSeal("k" * 40)
+    assert seal.open(seal.seal("form")) == "form"
     print("workload ok")
 """)
 

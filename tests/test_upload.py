@@ -162,7 +162,7 @@ def test_stored_policy_that_will_expire_is_renewed_before_posting(h):
     path = h.file("reads.fastq", fastq_bytes())
     file_id = h.queue(path)
     init = h.client.init_upload("reads.fastq", path.stat().st_size)
-    h.store.save_init(file_id, init.sample_id, init.to_json())
+    h.store.save_init(file_id, init.sample_id, init.to_json(h.client.form_seal))
     h.sb.policy_lifetime_s = 3600.0
     assert h.drive(file_id) == "done"
     states = {s["sample_id"]: s["state"] for s in h.sb.samples()}
@@ -508,7 +508,7 @@ def test_file_whose_folder_is_gone_waits_instead_of_vanishing(h):
     path.write_bytes(fastq_bytes())
     file_id = h.queue(path)
     init = h.client.init_upload("reads.fastq", path.stat().st_size)
-    h.store.save_init(file_id, init.sample_id, init.to_json())
+    h.store.save_init(file_id, init.sample_id, init.to_json(h.client.form_seal))
     backup = h.tmp / "backup"
     shutil.move(str(folder), str(backup))
     assert h.drive(file_id, rounds=1) == "queued"

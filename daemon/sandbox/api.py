@@ -198,6 +198,9 @@ class ApiHandler(BaseHandler):
         answer = {"additional_fields": fields, "sample_id": sample["sample_id"], "upload_url": self.sb.s3_url}
         if paired is not None:
             answer.update(self._paired_end_ticket(owner, sample["sample_id"], paired))
+        for form in (answer.get("additional_fields"), answer.get("paired_end_additional_fields")):
+            if form:
+                self.sb._granted.append((form["policy"], form["signature"]))
         return 200, answer
 
     def _paired_end_filename(self, data: dict) -> str | None:

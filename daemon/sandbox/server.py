@@ -49,6 +49,7 @@ class Sandbox:
         self._samples = Samples()
         self.landing = Landing()   # projects and tags (init_upload's landing fields)
         self._log = RequestLog()
+        self._granted: list[tuple[str, str]] = []   # (policy, signature) of every S3 form init_upload gave
         self._stopping = threading.Event()
         self._servers: list[SandboxServer] = []
         self._threads: list[threading.Thread] = []
@@ -141,6 +142,11 @@ class Sandbox:
     def samples(self) -> list[dict]:
         """Every sample, oldest first (copies)."""
         return [{k: v for k, v in s.items() if k != "owner"} for s in self._samples.all()]
+
+    def granted_forms(self) -> list[tuple[str, str]]:
+        """The (policy, signature) of every S3 POST form init_upload answered, R2 forms included,
+        oldest first: what a test looks for where a client must never keep or show it."""
+        return list(self._granted)
 
     def requests(self) -> list[dict]:
         """Every request received by either server, oldest first (copies; Authorization redacted)."""

@@ -60,6 +60,7 @@ from daemon.upload.bounds import (
 )
 from daemon.upload.formdata import FormDataBody
 from daemon.upload.records import InitResult, MultipartInit, PostResult
+from daemon.upload.seal import FormSeal
 from daemon.upload.retrying import parse_retry_after
 
 # GET /api/v1/samples/{id}: the published schema's UserFacingDataStatus (and, when a server sends no
@@ -121,6 +122,9 @@ class OneCodexClient:
         first, so no form of it can come back through a server's words."""
         redact.register(api_key)
         self._auth = (api_key, "")
+        if not hasattr(self, "form_seal"):
+            self.form_seal = FormSeal()
+        self.form_seal.use_key(api_key)       # the S3 forms an upload keeps in the queue (seal.py)
 
     def _send(self, what: str, method: str, url: str, *, budget: Budget, limit_bytes: int,
               **kwargs: Any) -> Answer:

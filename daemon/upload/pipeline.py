@@ -237,10 +237,12 @@ class Pipeline:
     # -- the standard route ----------------------------------------------------------------------
     def _standard(self, row: FileRow, log: Any, progress: Callable[[int], None] | None) -> str:
         steps = self.steps
-        init = InitResult.from_json(row.init) if row.step == STEP_INITIALIZED and row.init else None
-        if init is None and row.step == STEP_INITIALIZED and row.sample_id:
-            # Rebuilt from the audit journal, which never holds the signed POST form: cancel that sample
-            # (nothing of it was confirmed, unless One Codex says otherwise) and init again.
+        begun = row.step == STEP_INITIALIZED
+        init = InitResult.from_json(row.init, steps.client.form_seal) if begun and row.init else None
+        if init is None and begun and row.sample_id:
+            # Rebuilt from the audit journal, which never holds the signed POST form, or a form sealed
+            # under an API key this process has not got: cancel that sample (nothing of it was
+            # confirmed, unless One Codex says otherwise) and init again.
             log.info("upload.init_form_lost", sample_id=row.sample_id)
             if steps.cancel(row.id, log, sample_id=row.sample_id):
                 return steps.done(row, row.sample_id, None, log, note="One Codex says this sample's upload "
@@ -261,7 +263,7 @@ class Pipeline:
         if self.samples.plan is not None:
             landing = {"extra": self.samples.landing(self.steps.store.sample_of(row.id), row, log)}
         init = self.steps.call("init_upload", lambda: client.init_upload(name, row.size, **landing), log)
-        self.steps.store.save_init(row.id, init.sample_id, init.to_json())
+        self.steps.store.save_init(row.id, init.sample_id, init.to_json(self.steps.client.form_seal))
         log.info("upload.initialized", sample_id=init.sample_id)
         return init
 

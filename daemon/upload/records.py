@@ -1,7 +1,7 @@
 """What one upload's steps hand each other: the S3 POST form an init_upload grants (InitResult), the
 multipart upload an init_multipart_upload grants (MultipartInit), what an S3 POST proved (PostResult),
 and the file name the API accepts. What may be stored in the queue is each one's to_json; the
-temporary S3 credentials never are.
+temporary S3 credentials never are, and an S3 POST form only sealed (daemon/upload/seal.py).
 """
 
 from __future__ import annotations
@@ -11,7 +11,10 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from daemon.upload.seal import FormSeal
 
 FILENAME_RE = re.compile(r"^[\w\.]+[\w\-\.\[\]\(\)\{\} ]*\.[\w\.]+$")
 
@@ -43,19 +46,31 @@ class InitResult:
     def paired(self) -> bool:
         return self.paired_end_upload_url is not None
 
-    def to_json(self) -> str:
-        doc = {"sample_id": self.sample_id, "upload_url": self.upload_url,
-               "fields": [list(f) for f in self.fields], "expires_at": self.expires_at}
+    def to_json(self, seal: FormSeal) -> str:
+        """What the queue keeps: the sample id and the policy's expiry in clear, the URLs and signed
+        fields only sealed (daemon/upload/seal.py: a policy and signature are never stored as such)."""
+        form = {"upload_url": self.upload_url, "fields": [list(f) for f in self.fields]}
         if self.paired:
-            doc.update(paired_end_upload_url=self.paired_end_upload_url,
-                       paired_end_fields=[list(f) for f in self.paired_end_fields])
-        return json.dumps(doc)
+            form.update(paired_end_upload_url=self.paired_end_upload_url,
+                        paired_end_fields=[list(f) for f in self.paired_end_fields])
+        return json.dumps({"sample_id": self.sample_id, "expires_at": self.expires_at, "paired": self.paired,
+                           "sealed": seal.seal(json.dumps(form))})
 
     @classmethod
-    def from_json(cls, text: str) -> InitResult:
-        d = json.loads(text)
-        return cls(d["sample_id"], d["upload_url"], tuple((k, v) for k, v in d["fields"]), d.get("expires_at"),
-                   d.get("paired_end_upload_url"), tuple((k, v) for k, v in d.get("paired_end_fields") or ()))
+    def from_json(cls, text: str, seal: FormSeal) -> InitResult | None:
+        """The stored init, or None if its form cannot be opened (sealed under another API key, or
+        damaged): a lost form, which the caller treats as after a queue rebuilt from the journal.
+        A row written by a version before the seal holds its form in clear; it is still read."""
+        try:
+            d = json.loads(text)
+            form = d if "sealed" not in d else json.loads(seal.open(d["sealed"]) or "null")
+            if not isinstance(form, dict):
+                return None
+            return cls(d["sample_id"], form["upload_url"], tuple((k, v) for k, v in form["fields"]),
+                       d.get("expires_at"), form.get("paired_end_upload_url"),
+                       tuple((k, v) for k, v in form.get("paired_end_fields") or ()))
+        except (ValueError, KeyError, TypeError):
+            return None
 
     @classmethod
     def from_answer(cls, sample_id: str, answer: dict[str, Any], *, paired: bool) -> InitResult:

@@ -174,9 +174,10 @@ class SampleRoute:
                   progress: Callable[[int], None] | None) -> str:
         steps = self.steps
         begun = row.step in (STEP_INITIALIZED, STEP_POSTED_R1)
-        init = InitResult.from_json(row.init) if begun and row.init else None
+        init = InitResult.from_json(row.init, steps.client.form_seal) if begun and row.init else None
         if init is None and begun and row.sample_id:
-            # Rebuilt from the audit journal, which never holds the signed POST forms: cancel, init again.
+            # Rebuilt from the audit journal, which never holds the signed POST forms, or forms sealed
+            # under an API key this process has not got: cancel, init again.
             log.info("upload.init_form_lost", sample_id=row.sample_id)
             if steps.cancel(row.id, log, sample_id=row.sample_id):
                 return steps.done(row, row.sample_id, None, log, size=sample.size,
@@ -199,7 +200,7 @@ class SampleRoute:
         r2 = reads[1].name if len(reads) > 1 else None
         init = self.steps.call("init_upload", lambda: self.steps.client.init_upload(
             reads[0].name, reads[0].size, paired_end_filename=r2, extra=extra), log)
-        self.steps.store.save_init(row.id, init.sample_id, init.to_json())
+        self.steps.store.save_init(row.id, init.sample_id, init.to_json(self.steps.client.form_seal))
         log.info("upload.initialized", sample_id=init.sample_id, filename=reads[0].name, paired_end_filename=r2)
         return init
 
