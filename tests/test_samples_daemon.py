@@ -35,6 +35,14 @@ def pair_lane(sample: str, lane: int, reads: int, *, seed: int) -> tuple[bytes, 
     return "".join(r1).encode(), "".join(r2).encode()
 
 
+def write_pair_lanes(folder: Path, prefix: str, reads: int, *, seed: int, lanes: tuple[int, ...] = (1, 2)) -> None:
+    """`<prefix>_L00<lane>_R1_001.fastq` and its R2 for each lane: one paired library in lanes."""
+    for lane in lanes:
+        r1, r2 = pair_lane(prefix, lane, reads, seed=seed)
+        (folder / f"{prefix}_L00{lane}_R1_001.fastq").write_bytes(r1)
+        (folder / f"{prefix}_L00{lane}_R2_001.fastq").write_bytes(r2)
+
+
 def samples_status(daemon: Daemon) -> list[dict[str, Any]]:
     return daemon.status()["samples"]
 
@@ -183,10 +191,7 @@ def test_kill_9_during_paired_multi_lane_uploads_confirms_each_sample_once(tmp_p
     run = watch_dir / RUN
     run.mkdir()
     for n in range(1, 11):
-        for lane in (1, 2):
-            r1, r2 = pair_lane(f"S{n}", lane, 3000, seed=n)
-            (run / f"Lib{n:02d}_S{n}_L00{lane}_R1_001.fastq").write_bytes(r1)
-            (run / f"Lib{n:02d}_S{n}_L00{lane}_R2_001.fastq").write_bytes(r2)
+        write_pair_lanes(run, f"Lib{n:02d}_S{n}", 3000, seed=n)
     (run / "CopyComplete.txt").write_text("")
     sandbox.add_fault(Fault(target="init_upload", kind="delay", delay_s=0.1, times=None))
     sandbox.add_fault(Fault(target="confirm_upload", kind="delay", delay_s=0.2, times=None))
@@ -227,10 +232,7 @@ def test_a_run_folder_renamed_while_its_paired_sample_uploads(tmp_path: Path, sa
     vanished naming the rename, and the files under the new name become one paired sample, confirmed once."""
     old, new = watch_dir / f"{RUN}_tmp", watch_dir / RUN
     old.mkdir()
-    for lane in (1, 2):
-        r1, r2 = pair_lane("Ren", lane, 4000, seed=lane)
-        (old / f"Ren_S1_L00{lane}_R1_001.fastq").write_bytes(r1)
-        (old / f"Ren_S1_L00{lane}_R2_001.fastq").write_bytes(r2)
+    write_pair_lanes(old, "Ren_S1", 4000, seed=1)
     # 4 Mbit/s in 64 KiB blocks: each read (~1.7 MB) takes seconds, time enough to rename mid-POST
     cfg = config(tmp_path, sandbox, [watch_dir], max_mbps=4, block_size=65536)
     with Daemon(cfg) as daemon:
@@ -263,10 +265,7 @@ def test_a_queue_truncated_after_paired_samples_uploads_none_of_them_again(tmp_p
     run = watch_dir / RUN
     run.mkdir()
     for n in range(1, 4):
-        for lane in (1, 2):
-            r1, r2 = pair_lane(f"Q{n}", lane, 300, seed=n)
-            (run / f"Q{n}_S{n}_L00{lane}_R1_001.fastq").write_bytes(r1)
-            (run / f"Q{n}_S{n}_L00{lane}_R2_001.fastq").write_bytes(r2)
+        write_pair_lanes(run, f"Q{n}_S{n}", 300, seed=n)
     (run / "CopyComplete.txt").write_text("")
     cfg = config(tmp_path, sandbox, [{"path": watch_dir, "marker": "illumina"}])
     with Daemon(cfg) as daemon:
@@ -310,10 +309,7 @@ def test_a_queue_lost_while_a_paired_sample_is_in_flight_resumes_it_whole(tmp_pa
     `P_S1_L001_R1_001.fastq` confirmed as a single-end sample, the other three members rejected)."""
     run = watch_dir / RUN
     run.mkdir()
-    for lane in (1, 2):
-        r1, r2 = pair_lane("P", lane, 300, seed=lane)
-        (run / f"P_S1_L00{lane}_R1_001.fastq").write_bytes(r1)
-        (run / f"P_S1_L00{lane}_R2_001.fastq").write_bytes(r2)
+    write_pair_lanes(run, "P_S1", 300, seed=1)
     (run / "CopyComplete.txt").write_text("")
     if moment == "posted_r1":    # the R2's POST (the second to S3) held until the daemon is dead
         sandbox.add_fault(Fault(target="s3", kind="delay", delay_s=20, times=1, after=1))
@@ -358,10 +354,7 @@ def test_an_in_flight_pairs_s3_forms_are_only_sealed_in_the_queue(tmp_path: Path
     with Sandbox(api_keys=(API_KEY, new_key)) as sandbox:
         run = watch_dir / RUN
         run.mkdir()
-        for lane in (1, 2):
-            r1, r2 = pair_lane("F", lane, 300, seed=lane)
-            (run / f"F_S1_L00{lane}_R1_001.fastq").write_bytes(r1)
-            (run / f"F_S1_L00{lane}_R2_001.fastq").write_bytes(r2)
+        write_pair_lanes(run, "F_S1", 300, seed=1)
         (run / "CopyComplete.txt").write_text("")
         sandbox.add_fault(Fault(target="s3", kind="delay", delay_s=20, times=1, after=1))   # the R2's POST
         state = tmp_path / "state"
@@ -413,10 +406,7 @@ def test_a_touched_lane_of_a_confirmed_paired_sample_is_not_uploaded_again(tmp_p
     """`touch` of a lane file of a confirmed paired 2-lane sample (same bytes, new mtime): a new version
     recorded done with the same sample id, nothing sent — each lane file's own MD5 (the journal's) is what
     tells its bytes are those already confirmed."""
-    for lane in (1, 2):
-        r1, r2 = pair_lane("T", lane, 200, seed=lane)
-        (watch_dir / f"T_S1_L00{lane}_R1_001.fastq").write_bytes(r1)
-        (watch_dir / f"T_S1_L00{lane}_R2_001.fastq").write_bytes(r2)
+    write_pair_lanes(watch_dir, "T_S1", 200, seed=1)
     cfg = config(tmp_path, sandbox, [watch_dir])
     touched = watch_dir / "T_S1_L002_R2_001.fastq"
     with Daemon(cfg) as daemon:
