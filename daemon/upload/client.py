@@ -60,8 +60,8 @@ from daemon.upload.bounds import (
 )
 from daemon.upload.formdata import FormDataBody
 from daemon.upload.records import InitResult, MultipartInit, PostResult
-from daemon.upload.seal import FormSeal
 from daemon.upload.retrying import parse_retry_after
+from daemon.upload.seal import FormSeal
 
 # GET /api/v1/samples/{id}: the published schema's UserFacingDataStatus (and, when a server sends no
 # status, its legacy `visibility`). Every status but awaiting data and deleted says One Codex has the
@@ -97,6 +97,7 @@ class OneCodexClient:
                  session: requests.Session | None = None,
                  on_answer: Callable[[str, int], None] | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.form_seal = FormSeal()   # the S3 forms an upload keeps in the queue, sealed with the key (seal.py)
         self.set_api_key(api_key)
         self.timeout = (connect_timeout_s, read_timeout_s)
         # call_deadline_s: each API call end to end, and S3's answer once the body is sent;
@@ -122,9 +123,7 @@ class OneCodexClient:
         first, so no form of it can come back through a server's words."""
         redact.register(api_key)
         self._auth = (api_key, "")
-        if not hasattr(self, "form_seal"):
-            self.form_seal = FormSeal()
-        self.form_seal.use_key(api_key)       # the S3 forms an upload keeps in the queue (seal.py)
+        self.form_seal.use_key(api_key)
 
     def _send(self, what: str, method: str, url: str, *, budget: Budget, limit_bytes: int,
               **kwargs: Any) -> Answer:

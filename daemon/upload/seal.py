@@ -33,32 +33,26 @@ class FormSeal:
     after a pause can still open the forms sealed before it)."""
 
     def __init__(self, api_key: str | None = None) -> None:
-        self._fernets: list[Any] = []      # newest first
-        self._keys: list[str] = []
+        self._fernets: dict[bytes, Any] = {}     # by derived key, oldest first: the last one seals
         if api_key:
             self.use_key(api_key)
 
     def use_key(self, api_key: str) -> None:
-        if api_key in self._keys:
-            i = self._keys.index(api_key)
-            self._keys.insert(0, self._keys.pop(i))
-            self._fernets.insert(0, self._fernets.pop(i))
-            return
         from cryptography.fernet import Fernet
-        self._keys.insert(0, api_key)
-        self._fernets.insert(0, Fernet(_fernet_key(api_key)))
+        key = _fernet_key(api_key)
+        self._fernets[key] = self._fernets.pop(key, None) or Fernet(key)
 
     def seal(self, text: str) -> str:
         if not self._fernets:
             raise ValueError("no API key to seal the S3 form with")
-        return self._fernets[0].encrypt(text.encode()).decode("ascii")
+        return next(reversed(self._fernets.values())).encrypt(text.encode()).decode("ascii")
 
     def open(self, token: str) -> str | None:
         """The sealed text, or None if no key of this process opens it (or it is not a token)."""
         from cryptography.fernet import InvalidToken
         if not isinstance(token, str):
             return None
-        for fernet in self._fernets:
+        for fernet in reversed(self._fernets.values()):
             try:
                 return fernet.decrypt(token.encode("ascii")).decode()
             except (InvalidToken, UnicodeError, ValueError, TypeError):
