@@ -260,7 +260,8 @@ def test_the_daemons_memory_stays_small_while_servers_send_endless_bodies(sb, tm
 def test_an_echoed_key_reaches_no_output_of_the_daemon_nor_of_check_and_upload(sb, tmp_path):
     """Servers echo the key and its base64 basic-auth form (a 400 and a 401 from the API, S3's
     SignatureDoesNotMatch repeating the policy): neither form appears in status --json, the queue's
-    files (SQLite, WAL, journal), the log, the webhook's payloads, or `check`/`upload` output."""
+    files (SQLite, WAL, journal), the log, the webhook's payloads, or `check`/`upload` output; nor does
+    any S3 policy or signature the sandbox granted."""
     receiver = Receiver()
     try:
         config = _config(tmp_path, sb, extra=f'\n[notify]\nwebhook_url = "{receiver.url}"\nformat = "json"\n')
@@ -291,6 +292,11 @@ def test_an_echoed_key_reaches_no_output_of_the_daemon_nor_of_check_and_upload(s
     assert "Request refused for API key" in outputs["log"], "the echo fault did not fire"
     leaks = {name: form for name, text in outputs.items() for form in SECRET_FORMS if form in text}
     assert not leaks, f"the key leaked: {leaks}"
+    # nor any S3 policy or signature the sandbox granted (b.fastq's, which S3 echoed back, among them)
+    granted = [part for form in sb.granted_forms() for part in form]
+    assert len(granted) >= 4, granted        # b.fastq's form and c.fastq's
+    leaks = {name: part[:12] for name, text in outputs.items() for part in granted if part in text}
+    assert not leaks, f"an S3 policy or signature leaked: {leaks}"
 
 
 def _both(done) -> str:
